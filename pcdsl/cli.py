@@ -1,0 +1,137 @@
+"""The `pcdsl` command.
+
+Exit codes: 0 success, 1 the input has errors (diagnostics printed),
+2 usage error, 3 internal error (a bug in pcdsl).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Sequence
+
+from pcdsl import __version__
+from pcdsl.codes import CODES
+from pcdsl.diagnostics import PcdslError, render, render_all
+
+EXIT_OK, EXIT_DIAGNOSTICS, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pcdsl", description="A compiler and DSL for probabilistic circuits.")
+    p.add_argument("--version", action="version", version=f"pcdsl {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    check = sub.add_parser("check", help="check .pc files and summarise their circuits",
+                           description="Parse, resolve and validate .pc files. Exit 0 when all are valid, "
+                           "1 when any has errors.")
+    check.add_argument("files", nargs="+", metavar="FILE")
+    check.add_argument("-q", "--quiet", action="store_true", help="print errors only")
+
+    render_ = sub.add_parser("render", help="draw a circuit with graphviz",
+                             description="Draw a circuit as DOT, SVG, PNG or PDF (format from -o's suffix).")
+    render_.add_argument("file", metavar="FILE")
+    render_.add_argument("-o", "--output", required=True, metavar="OUT", help="e.g. circuit.svg")
+    render_.add_argument("--circuit", metavar="NAME", help="which circuit (default: the file's first)")
+    render_.add_argument("--level", choices=("auto", "circuit", "region"), default="auto",
+                         help="node groups, or regions (scopes); auto picks regions for large circuits")
+
+    explain = sub.add_parser("explain", help="explain a diagnostic code, e.g. E0203")
+    explain.add_argument("code", metavar="CODE")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(_COMMANDS[args.command](args))
+    except KeyboardInterrupt:
+        print("pcdsl: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug, not the user's fault: say so plainly
+        print(f"pcdsl: internal error: {type(exc).__name__}: {exc}\n"
+              "This is a bug in pcdsl; please report it with the input that triggered it.", file=sys.stderr)
+        if os.environ.get("PCDSL_DEBUG"):
+            traceback.print_exc()
+        else:
+            print("(set PCDSL_DEBUG=1 to see the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def _check(args: argparse.Namespace) -> int:
+    from pcdsl.frontend import check_file
+
+    status = EXIT_OK
+    for file in args.files:
+        try:
+            checked = check_file(file)
+        except PcdslError as exc:
+            print(render_all(exc.diagnostics) + "\n", file=sys.stderr)
+            errors = sum(d.is_error for d in exc.diagnostics)
+            print(f"{file}: {errors} error{'s' if errors != 1 else ''}", file=sys.stderr)
+            status = EXIT_DIAGNOSTICS
+            continue
+        for w in checked.warnings:
+            print(render(w) + "\n", file=sys.stderr)
+        if args.quiet:
+            continue
+        for name, graph in checked.circuits.items():
+            if graph.span.source is checked.program.main:
+                print(f"{file}: {summary(checked, name)}")
+        for name in checked.recipes:
+            print(f"{file}: recipe {name}: ok")
+    return status
+
+
+def summary(checked, name: str) -> str:  # type: ignore[no-untyped-def]
+    """One line: sizes and structural properties of a checked circuit."""
+    g, p = checked.circuits[name], checked.properties[name]
+    sizes = (f"{len(g)} nodes ({g.num_units()} units), {g.num_edges()} edges, {g.num_parameters()} parameters, "
+             f"{len(g.variables)} variables")
+    det = "deterministic" if p.deterministic else f"determinism {p.determinism_note}"
+    sd = f"structured-decomposable, vtree {p.vtree}" if p.structured else "not structured-decomposable"
+    return f"circuit {name}: {sizes}; smooth, decomposable; {det}; {sd}"
+
+
+def _render(args: argparse.Namespace) -> int:
+    from pcdsl.frontend import check_file
+    from pcdsl.render import RenderError, render_file
+
+    try:
+        checked = check_file(args.file)
+        graph = checked.circuit(args.circuit)
+    except PcdslError as exc:
+        print(render_all(exc.diagnostics), file=sys.stderr)
+        return EXIT_DIAGNOSTICS
+    except KeyError as exc:
+        print(f"pcdsl render: {exc.args[0]}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        out = render_file(graph, Path(args.output), args.level)
+    except RenderError as exc:
+        print(f"pcdsl render: {exc}", file=sys.stderr)
+        return EXIT_USAGE if "format" in str(exc) else EXIT_DIAGNOSTICS
+    print(f"wrote {out} (circuit {graph.name})")
+    return EXIT_OK
+
+
+def _explain(args: argparse.Namespace) -> int:
+    code = args.code.upper()
+    if code not in CODES:
+        print(f"pcdsl explain: unknown code '{args.code}' (codes run from E0001 to W0202)", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"{code}: {CODES[code]}")
+    return EXIT_OK
+
+
+_COMMANDS = {"check": _check, "render": _render, "explain": _explain}
+
+if __name__ == "__main__":
+    sys.exit(main())

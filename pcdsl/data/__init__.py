@@ -1,0 +1,65 @@
+"""Data sources named in .pc files, and loading them as integer matrices.
+
+Formats (chosen by extension):
+
+- ``.data``, ``.csv``, ``.txt``: one sample per line, comma-separated integers
+  (the DEBD convention); an empty field or ``?`` marks a missing value (-1);
+- ``.npy``: a 2-D integer array; ``.npz``: its first array.
+
+Rows are samples, columns are variables in declaration order; -1 marks a
+missing value.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+FORMATS = (".data", ".csv", ".txt", ".npy", ".npz")
+
+
+class DataError(Exception):
+    """A data file that cannot be read; the message says why."""
+
+
+def load_matrix(path: str | Path) -> np.ndarray:
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        raise DataError(f"unknown data format '{suffix}' (known: {', '.join(FORMATS)})")
+    try:
+        if suffix == ".npy":
+            return _as_matrix(np.load(path, allow_pickle=False), path)
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                return _as_matrix(archive[archive.files[0]], path)
+        return _read_text(path)
+    except OSError as exc:
+        raise DataError(f"cannot read '{path}': {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise DataError(f"'{path}' is not a valid {suffix} file: {exc}") from None
+
+
+def _read_text(path: Path) -> np.ndarray:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rows.append([int(x) if x.strip() not in ("", "?") else -1 for x in line.split(",")])
+            except ValueError:
+                raise DataError(f"{path}:{number}: expected comma-separated integers") from None
+            if len(rows[-1]) != len(rows[0]):
+                raise DataError(f"{path}:{number}: {len(rows[-1])} values, but line 1 has {len(rows[0])}")
+    if not rows:
+        raise DataError(f"'{path}' holds no samples")
+    return np.asarray(rows, dtype=np.int64)
+
+
+def _as_matrix(array: np.ndarray, path: Path) -> np.ndarray:
+    if array.ndim != 2 or not np.issubdtype(array.dtype, np.integer):
+        raise DataError(f"'{path}' must hold a 2-D integer array, found {array.dtype} with shape {array.shape}")
+    return array.astype(np.int64, copy=False)

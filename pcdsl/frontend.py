@@ -1,0 +1,102 @@
+"""The front-end pipeline, one step per line: file -> checked circuits and recipes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pcdsl.diagnostics import Diagnostic, PcdslError, Sink, sorted_diagnostics
+from pcdsl.ir.graph import CircuitGraph
+from pcdsl.ir.validate import Properties, analyse, validate
+from pcdsl.syntax import ast
+from pcdsl.syntax.elaborate import elaborate
+from pcdsl.syntax.names import did_you_mean
+from pcdsl.syntax.program import Program, load_program, load_text
+from pcdsl.syntax.recipes import RecipeSpec, check_recipe
+from pcdsl.syntax.sources import DataSource, read_source
+from pcdsl.syntax.values import Bad, Values
+
+
+@dataclass
+class Checked:
+    """A checked file: its circuits (as graphs), their properties, its recipes, its warnings."""
+
+    program: Program
+    circuits: dict[str, CircuitGraph] = field(default_factory=dict)
+    properties: dict[str, Properties] = field(default_factory=dict)
+    recipes: dict[str, RecipeSpec] = field(default_factory=dict)
+    warnings: list[Diagnostic] = field(default_factory=list)
+
+    def circuit(self, name: str | None = None) -> CircuitGraph:
+        """The named circuit, or the file's only (or first) circuit."""
+        if name is None:
+            own = self.program.circuit_names_in_main() or list(self.circuits)
+            if not own:
+                raise KeyError("the file declares no circuit")
+            return self.circuits[own[0]]
+        if name not in self.circuits:
+            hint = did_you_mean(name, self.circuits) or f"circuits: {', '.join(self.circuits) or 'none'}"
+            raise KeyError(f"no circuit '{name}' ({hint})")
+        return self.circuits[name]
+
+
+def check_file(path: str | Path) -> Checked:
+    """Parse, resolve, elaborate and validate a file; raise PcdslError with every error."""
+    return check_program(load_program(path))
+
+
+def check_text(text: str, name: str = "<string>") -> Checked:
+    return check_program(load_text(text, name))
+
+
+def check_program(program: Program) -> Checked:
+    sink = Sink()
+    vals = Values(sink, program.consts)
+    result = Checked(program)
+    for const in program.consts.values():  # every constant resolves, used or not
+        try:
+            vals.deref(ast.Ref((const.name,), span=const.name.span))
+        except Bad:
+            pass
+    sources = _data_sources(program, vals)
+    resolve = _data_resolver(sources, vals)
+    for name, circ in program.circuits.items():
+        graph = elaborate(circ, vals, resolve)
+        if graph is None:
+            continue
+        found = validate(graph)
+        for d in found:
+            sink.add(d)
+        result.circuits[name] = graph
+        result.properties[name] = analyse(graph, found)
+    for name, recipe in program.recipes.items():
+        try:
+            result.recipes[name] = check_recipe(recipe, vals, set(program.circuits), set(sources))
+        except Bad:
+            pass
+    sink.raise_if_errors()
+    result.warnings = sorted_diagnostics(sink.items)
+    return result
+
+
+def _data_sources(program: Program, vals: Values) -> dict[str, DataSource]:
+    out = {}
+    for name, decl in program.data.items():
+        try:
+            out[name] = read_source(vals, decl.source)
+        except Bad:
+            pass
+    return out
+
+
+def _data_resolver(sources: dict[str, DataSource], vals: Values):  # type: ignore[no-untyped-def]
+    def resolve(ref: ast.Ref, local: Values) -> DataSource:
+        name = ref.parts[0].text
+        if name in sources and len(ref.parts) == 1 and ref.index is None:
+            return sources[name]
+        raise local.fail("E0101", f"undefined data source '{ref.dotted}'", ref.span,
+                         help=did_you_mean(name, sources) or "declare it: `data NAME = file(\"path\")`")
+    return resolve
+
+
+__all__ = ["Checked", "PcdslError", "check_file", "check_text", "check_program"]

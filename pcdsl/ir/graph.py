@@ -1,0 +1,208 @@
+"""The circuit graph: a typed façade over networkx.
+
+A node is a *node group* of ``num_units`` units of one kind (DESIGN.md §3):
+INPUT (a distribution family over one variable), PRODUCT (hadamard or
+kronecker over children with disjoint scopes), SUM (a weight block
+``num_units x sum(child units)`` over children with equal scopes, optionally
+tied to a named parameter group). A scalar circuit is the special case of
+width-1 groups. Scopes are int bitmasks over variable indices.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Iterator, Mapping
+
+import networkx as nx
+import numpy as np
+
+from pcdsl.diagnostics import NO_SPAN, InternalError, Span
+
+
+class NodeKind(enum.Enum):
+    INPUT = "input"
+    PRODUCT = "product"
+    SUM = "sum"
+
+
+@dataclass(frozen=True)
+class Domain:
+    """``bool``, ``categorical(n)`` or ``real``."""
+
+    kind: str
+    size: int | None = None  # number of values for discrete domains
+
+    @property
+    def is_discrete(self) -> bool:
+        return self.kind != "real"
+
+    def __str__(self) -> str:
+        return f"categorical({self.size})" if self.kind == "categorical" else self.kind
+
+
+BOOL = Domain("bool", 2)
+REAL = Domain("real")
+
+
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    index: int  # the data column
+    domain: Domain
+    span: Span = field(default=NO_SPAN, compare=False, repr=False)
+
+
+@dataclass(frozen=True, eq=False)
+class Node:
+    """One node group. Kind-specific fields are None where they do not apply."""
+
+    name: str
+    kind: NodeKind
+    num_units: int
+    children: tuple[str, ...] = ()
+    scope: int = 0
+    # INPUT
+    family: str | None = None
+    var: int | None = None
+    params: Mapping[str, np.ndarray] | None = None  # None: learned
+    # PRODUCT
+    pattern: str | None = None  # "hadamard" | "kronecker"
+    # SUM
+    weights: np.ndarray | None = None  # (num_units, sum of child units); None: learned
+    tie: str | None = None  # parameter group shared by several sums
+    span: Span = field(default=NO_SPAN, repr=False)
+
+
+class CircuitGraph:
+    """Nodes are added children first, so the graph is acyclic by construction."""
+
+    def __init__(self, name: str, variables: tuple[Variable, ...], span: Span = NO_SPAN):
+        self.name = name
+        self.variables = variables
+        self.span = span
+        self._g = nx.DiGraph()
+
+    # ---- construction -------------------------------------------------------------
+    def add_input(self, name: str, var: int, family: str, num_units: int,
+                  params: Mapping[str, np.ndarray] | None = None, span: Span = NO_SPAN) -> Node:
+        node = Node(name, NodeKind.INPUT, num_units, (), 1 << var, family=family, var=var,
+                    params=params, span=span)
+        return self._add(node)
+
+    def add_product(self, name: str, children: tuple[str, ...], pattern: str = "hadamard",
+                    span: Span = NO_SPAN) -> Node:
+        units = [self.node(c).num_units for c in children]
+        num_units = int(np.prod(units)) if pattern == "kronecker" else max(units)
+        node = Node(name, NodeKind.PRODUCT, num_units, children, self._union(children),
+                    pattern=pattern, span=span)
+        return self._add(node)
+
+    def add_sum(self, name: str, children: tuple[str, ...], num_units: int = 1,
+                weights: np.ndarray | None = None, tie: str | None = None,
+                span: Span = NO_SPAN) -> Node:
+        node = Node(name, NodeKind.SUM, num_units, children, self._union(children),
+                    weights=weights, tie=tie, span=span)
+        return self._add(node)
+
+    def _union(self, children: tuple[str, ...]) -> int:
+        scope = 0
+        for c in children:
+            scope |= self.node(c).scope
+        return scope
+
+    def _add(self, node: Node) -> Node:
+        if node.name in self._g:
+            raise InternalError(f"node '{node.name}' added twice")
+        for c in node.children:
+            if c not in self._g:
+                raise InternalError(f"node '{node.name}': child '{c}' must be added first")
+        self._g.add_node(node.name, node=node)
+        for position, c in enumerate(node.children):
+            # a child may appear twice (x * x is caught by validation, not here)
+            if not self._g.has_edge(node.name, c):
+                self._g.add_edge(node.name, c, position=position)
+        return node
+
+    # ---- queries ----------------------------------------------------------------------
+    def node(self, name: str) -> Node:
+        try:
+            return self._g.nodes[name]["node"]  # type: ignore[no-any-return]
+        except KeyError:
+            raise InternalError(f"no node '{name}' in circuit '{self.name}'") from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._g
+
+    def __len__(self) -> int:
+        return self._g.number_of_nodes()
+
+    def nodes(self) -> Iterator[Node]:
+        """Nodes in insertion order (children before parents)."""
+        for name in self._g.nodes:
+            yield self._g.nodes[name]["node"]
+
+    def parents(self, name: str) -> list[str]:
+        return list(self._g.predecessors(name))
+
+    def roots(self) -> list[Node]:
+        return [n for n in self.nodes() if self._g.in_degree(n.name) == 0]
+
+    @property
+    def root(self) -> Node:
+        roots = self.roots()
+        if len(roots) != 1:
+            raise InternalError(f"circuit '{self.name}' has {len(roots)} roots; validate it first")
+        return roots[0]
+
+    def reachable(self, name: str) -> set[str]:
+        return {name} | set(nx.descendants(self._g, name))
+
+    def to_networkx(self) -> nx.DiGraph:
+        """A copy of the underlying graph (parent -> child edges, 'node' attributes)."""
+        return self._g.copy()
+
+    def scope_names(self, scope: int) -> list[str]:
+        return [v.name for v in self.variables if scope >> v.index & 1]
+
+    # ---- sizes ---------------------------------------------------------------------------
+    def child_units(self, node: Node) -> int:
+        return sum(self.node(c).num_units for c in node.children)
+
+    def num_edges(self) -> int:
+        """Unit-level edges: what a layered evaluation touches."""
+        total = 0
+        for n in self.nodes():
+            if n.kind is NodeKind.SUM:
+                total += n.num_units * self.child_units(n)
+            elif n.kind is NodeKind.PRODUCT:
+                total += n.num_units * len(n.children)
+        return total
+
+    def num_units(self) -> int:
+        return sum(n.num_units for n in self.nodes())
+
+    def num_parameters(self) -> int:
+        """Stored parameters, counting each tied group once."""
+        total, seen = 0, set()
+        for n in self.nodes():
+            if n.kind is NodeKind.SUM:
+                if n.tie is not None:
+                    if n.tie in seen:
+                        continue
+                    seen.add(n.tie)
+                total += n.num_units * self.child_units(n)
+            elif n.kind is NodeKind.INPUT:
+                assert n.var is not None
+                total += n.num_units * _input_param_count(n.family, self.variables[n.var].domain)
+        return total
+
+
+def _input_param_count(family: str | None, domain: Domain) -> int:
+    if family == "categorical":
+        return domain.size or 0
+    if family == "bernoulli":
+        return 1
+    if family == "gaussian":
+        return 2
+    return 0  # indicators have no parameters

@@ -1,0 +1,137 @@
+"""Call signatures: binding ``f(a, b, key = value)`` to named, typed parameters.
+
+Leaf families, templates, data sources and recipe stages all declare their
+parameters here, so every call gets the same checks and the same messages:
+unknown function or argument (with a suggestion), missing or repeated
+argument, too many positional arguments, and typed values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from pcdsl.syntax import ast
+from pcdsl.syntax.names import did_you_mean, one_of
+from pcdsl.syntax.values import Bad, Values
+
+Reader = Callable[[Values, ast.Value, str], Any]
+REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    read: Reader | None  # None: keep the raw AST value (read later, in context)
+    default: Any = REQUIRED
+    positional: bool = True
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class Signature:
+    name: str
+    params: tuple[Param, ...]
+    doc: str = ""
+
+    def usage(self) -> str:
+        parts = [p.name if p.default is REQUIRED else f"{p.name} = ..." for p in self.params]
+        return f"{self.name}({', '.join(parts)})"
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A call bound to its signature: values by parameter name, and where each came from."""
+
+    call: ast.Call
+    values: Mapping[str, Any]
+    sources: Mapping[str, ast.Value]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+    def span_of(self, key: str) -> Any:
+        source = self.sources.get(key)
+        return source.span if source is not None else self.call.span
+
+
+def lookup(vals: Values, call: ast.Call, table: Mapping[str, Signature], kind: str) -> Signature:
+    sig = table.get(call.func.text)
+    if sig is None:
+        raise vals.fail("E0401", f"unknown {kind} '{call.func.text}'", call.func.span,
+                        f"known {kind}s: {one_of(table)}", help=did_you_mean(call.func.text, table))
+    return sig
+
+
+def bind(vals: Values, call: ast.Call, sig: Signature) -> Bound:
+    """Match arguments to parameters and read each with its type; report all problems."""
+    given: dict[str, ast.Value] = {}
+    positional = [p for p in sig.params if p.positional]
+    failed = False
+    if len(call.args) > len(positional):
+        extra = call.args[len(positional)]
+        vals.fail("E0404", f"'{sig.name}' takes at most {len(positional)} positional argument"
+                  f"{'s' if len(positional) != 1 else ''}, found {len(call.args)}", extra.span,
+                  f"usage: {sig.usage()}")
+        failed = True
+    for p, v in zip(positional, call.args):
+        given[p.name] = v
+    names = {p.name for p in sig.params}
+    for kw in call.kwargs:
+        key = kw.name.text
+        if key not in names:
+            vals.fail("E0402", f"'{sig.name}' has no argument '{key}'", kw.name.span,
+                      f"usage: {sig.usage()}", help=did_you_mean(key, names))
+            failed = True
+        elif key in given:
+            vals.fail("E0406", f"argument '{key}' given twice", kw.name.span)
+            failed = True
+        else:
+            given[key] = kw.value
+    out: dict[str, Any] = {}
+    for p in sig.params:
+        if p.name not in given:
+            if p.default is REQUIRED:
+                vals.fail("E0403", f"'{sig.name}' needs argument '{p.name}'", call.span,
+                          f"usage: {sig.usage()}")
+                failed = True
+            else:
+                out[p.name] = p.default
+            continue
+        try:
+            out[p.name] = given[p.name] if p.read is None else p.read(
+                vals, given[p.name], f"argument '{p.name}' of '{sig.name}'")
+        except Bad:
+            failed = True
+    if failed:
+        raise Bad()
+    return Bound(call, out, given)
+
+
+# ---- common readers ---------------------------------------------------------------------
+def read_int(minimum: int | None = None) -> Reader:
+    return lambda vals, v, what: vals.int(v, what, minimum)
+
+
+def read_float(minimum: float | None = None, maximum: float | None = None, strict: bool = False) -> Reader:
+    return lambda vals, v, what: vals.float(v, what, minimum, maximum, strict)
+
+
+def read_prob() -> Reader:
+    return lambda vals, v, what: vals.prob(v, what)
+
+
+def read_bool() -> Reader:
+    return lambda vals, v, what: vals.bool(v, what)
+
+
+def read_str() -> Reader:
+    return lambda vals, v, what: vals.str(v, what)
+
+
+def read_symbol(*choices: str) -> Reader:
+    return lambda vals, v, what: vals.symbol(v, what, choices)
+
+
+def read_ints(minimum: int | None = None) -> Reader:
+    return lambda vals, v, what: vals.int_or_list(v, what, minimum)
