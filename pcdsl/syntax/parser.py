@@ -85,9 +85,11 @@ def _describe(terminal: str) -> str:
 
 
 def _expected_words(terminals: set[str]) -> str:
-    words = sorted({_describe(t) for t in terminals}, key=lambda w: (not w.startswith("a"), w))
-    if len(words) > 8:
-        words = words[:8] + ["..."]
+    # names and literals first, then punctuation, then keywords
+    words = sorted({_describe(t) for t in terminals},
+                   key=lambda w: (not w.startswith(("a ", "end")), w[1:2].isalpha(), w))
+    if len(words) > 12:
+        words = words[:12] + ["..."]
     if len(words) == 1:
         return words[0]
     return ", ".join(words[:-1]) + " or " + words[-1]
@@ -99,11 +101,10 @@ def _syntax_diagnostic(source: Source, exc: lark.exceptions.UnexpectedInput) -> 
         char = source.text[exc.pos_in_stream] if exc.pos_in_stream < len(source.text) else "?"
         span = Span(source, line, col, line, col + 1)
         shown = repr(char) if char.isprintable() else f"U+{ord(char):04X}"
-        return error("E0002", f"unexpected character {shown}", span,
-                     help=f"expected {_expected_words(set(exc.allowed))}" if exc.allowed else None)
+        return error("E0002", f"unexpected character {shown}", span, help=_character_help(char))
     assert isinstance(exc, lark.exceptions.UnexpectedToken)
     tok: Token = exc.token
-    expected = set(exc.expected) | set(getattr(exc, "accepts", set()) or set())
+    expected = _accepted(exc)
     if tok.type == "$END":
         span = _end_span(source)
         notes = [Note("this '{' is never closed", s) for s in _unclosed_braces(source)[-1:]]
@@ -114,6 +115,23 @@ def _syntax_diagnostic(source: Source, exc: lark.exceptions.UnexpectedInput) -> 
     shown = f"'{text}'" if len(text) < 40 else f"'{text[:37]}...'"
     help_ = _syntax_help(text, expected)
     return error("E0001", f"unexpected {shown}; expected {_expected_words(expected)}", span, help=help_)
+
+
+def _accepted(exc: lark.exceptions.UnexpectedToken) -> set[str]:
+    """Tokens that really continue the parse (LALR's own list includes merged lookaheads)."""
+    try:
+        accepts = set(exc.interactive_parser.accepts())
+    except Exception:  # the precise list is a nicety; fall back to the table's list
+        accepts = set()
+    return accepts or set(exc.expected)
+
+
+def _character_help(char: str) -> str | None:
+    if char in "\u201c\u201d\u2018\u2019":
+        return 'use plain ASCII quotes: "..."'
+    if char in "\t\r\n ":
+        return None
+    return "this character has no meaning in a .pc file; comments start with '#'"
 
 
 def _syntax_help(text: str, expected: set[str]) -> str | None:
@@ -129,7 +147,7 @@ def _syntax_help(text: str, expected: set[str]) -> str | None:
 
 
 def _end_span(source: Source) -> Span:
-    lines = source.text.split("\n")
+    lines = source.text.rstrip().split("\n")  # point just after the last character
     line = len(lines)
     col = len(lines[-1]) + 1
     return Span(source, line, col, line, col + 1)

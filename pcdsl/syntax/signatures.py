@@ -59,8 +59,12 @@ def lookup(vals: Values, call: ast.Call, table: Mapping[str, Signature], kind: s
     sig = table.get(call.func.text)
     if sig is None:
         raise vals.fail("E0401", f"unknown {kind} '{call.func.text}'", call.func.span,
-                        f"known {kind}s: {one_of(table)}", help=did_you_mean(call.func.text, table))
+                        f"known {_plural(kind)}: {one_of(table)}", help=did_you_mean(call.func.text, table))
     return sig
+
+
+def _plural(kind: str) -> str:
+    return kind[:-1] + "ies" if kind.endswith("y") else kind + "s"
 
 
 def bind(vals: Values, call: ast.Call, sig: Signature) -> Bound:

@@ -34,13 +34,14 @@ class Values:
     """Typed readers over one constant environment (global constants, shadowed
     by a circuit's own)."""
 
-    def __init__(self, sink: Sink, consts: Mapping[str, ast.Const]):
+    def __init__(self, sink: Sink, consts: Mapping[str, ast.Const], cycles: set[frozenset[str]] | None = None):
         self.sink = sink
         self.consts = consts
         self._resolving: list[str] = []
+        self._cycles = cycles if cycles is not None else set()  # reported once, however often met
 
     def child(self, local: Mapping[str, ast.Const]) -> "Values":
-        return Values(self.sink, {**self.consts, **local})
+        return Values(self.sink, {**self.consts, **local}, self._cycles)
 
     def fail(self, code: str, message: str, span: Span, *notes: Note | str, help: str | None = None) -> Bad:
         self.sink.add(error(code, message, span, *notes, help=help))
@@ -55,7 +56,11 @@ class Values:
             if const is None:
                 return v
             if name in self._resolving:
-                cycle = " -> ".join(self._resolving[self._resolving.index(name):] + [name])
+                members = self._resolving[self._resolving.index(name):]
+                if frozenset(members) in self._cycles:
+                    raise Bad()
+                self._cycles.add(frozenset(members))
+                cycle = " -> ".join(members + [name])
                 raise self.fail("E0103", f"constant '{name}' is defined in terms of itself",
                                 const.name.span, f"cycle: {cycle}")
             self._resolving.append(name)
