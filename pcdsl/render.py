@@ -17,6 +17,7 @@ from pcdsl.ir.validate import scope_text
 
 FORMATS = ("dot", "svg", "png", "pdf")
 AUTO_REGION_LIMIT = 300  # above this many node groups, the region level reads better
+_FONTS = '  node [fontname="Helvetica"];\n  edge [fontname="Helvetica", fontsize=10];'
 
 
 class RenderError(Exception):
@@ -33,6 +34,13 @@ def _attrs(**kw: str) -> str:
 
 def _scope(graph: CircuitGraph, node: Node) -> str:
     return scope_text(graph, node.scope)
+
+
+def _short_scope(graph: CircuitGraph, node: Node) -> str:
+    names = graph.scope_names(node.scope)
+    if len(names) <= 4:
+        return "{" + ", ".join(names) + "}"
+    return f"{{{names[0]} .. {names[-1]}}} ({len(names)} vars)"
 
 
 def _units(node: Node) -> str:
@@ -61,17 +69,18 @@ def _fmt(value: object) -> str:
 def circuit_dot(graph: CircuitGraph) -> str:
     """One DOT node per node group: kind, scope and units; sum edges carry weights."""
     ids = {n.name: f"n{i}" for i, n in enumerate(graph.nodes())}
-    lines = [f"digraph {_quote(graph.name)} {{", '  rankdir="TB";', '  node [fontname="Helvetica"];']
+    lines = [f"digraph {_quote(graph.name)} {{", '  rankdir="TB";', _FONTS]
     for node in graph.nodes():
         tooltip = f"{node.name}: {node.kind.value}{_units(node)} over {_scope(graph, node)}"
         if node.kind is NodeKind.INPUT:
             attrs = _attrs(label=_input_label(graph, node), shape="box", style="rounded", tooltip=tooltip)
         elif node.kind is NodeKind.PRODUCT:
             symbol = "⊗" if node.pattern == "kronecker" else "×"
-            attrs = _attrs(label=f"{symbol}{_units(node)}\n{node.name}", shape="circle", tooltip=tooltip)
+            attrs = _attrs(label=f"{symbol}{_units(node)}\n{node.name}\n{_short_scope(graph, node)}",
+                           shape="ellipse", tooltip=tooltip)
         else:
             tied = f"\ntied: {node.tie}" if node.tie else ""
-            attrs = _attrs(label=f"+{_units(node)}\n{node.name}{tied}", shape="circle",
+            attrs = _attrs(label=f"+{_units(node)}\n{node.name}\n{_short_scope(graph, node)}{tied}", shape="ellipse",
                            style="filled", fillcolor="#dde8f7", tooltip=tooltip)
         lines.append(f"  {ids[node.name]} {attrs};")
     for node in graph.nodes():
@@ -101,7 +110,7 @@ def region_dot(graph: CircuitGraph) -> str:
             regions.setdefault(s, [])
     rid = {scope: f"r{i}" for i, scope in enumerate(sorted(regions, key=lambda s: (-s.bit_count(), s)))}
     lines = [f"digraph {_quote(graph.name + ' (regions)')} {{", '  rankdir="TB";',
-             '  node [fontname="Helvetica"];']
+             _FONTS]
     for scope, rname in rid.items():
         nodes = regions[scope]
         units = sum(n.num_units for n in nodes)

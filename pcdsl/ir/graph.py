@@ -187,10 +187,10 @@ class CircuitGraph:
         total, seen = 0, set()
         for n in self.nodes():
             if n.kind is NodeKind.SUM:
-                if n.tie is not None:
-                    if n.tie in seen:
-                        continue
-                    seen.add(n.tie)
+                group = n.tie or n.name  # a tie names the sum whose weights it shares
+                if group in seen:
+                    continue
+                seen.add(group)
                 total += n.num_units * self.child_units(n)
             elif n.kind is NodeKind.INPUT:
                 assert n.var is not None

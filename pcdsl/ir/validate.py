@@ -106,9 +106,9 @@ def _hadamard_units(graph: CircuitGraph, node: Node) -> list[Diagnostic]:
 
 
 def _tied(graph: CircuitGraph, node: Node, ties: dict[str, Node]) -> list[Diagnostic]:
-    if node.tie is None:
+    first = ties.setdefault(node.tie or node.name, node)  # a tie names the sum it shares with
+    if first is node:
         return []
-    first = ties.setdefault(node.tie, node)
     shape = (node.num_units, graph.child_units(node))
     expected = (first.num_units, graph.child_units(first))
     if shape == expected:

@@ -12,7 +12,7 @@ over discrete variables and gaussian over real ones; parameters and sum weights 
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -25,8 +25,16 @@ from pcdsl.structures.image import poon_domingos, quad_tree
 from pcdsl.structures.rat import rat
 
 __all__ = [
-    "TEMPLATES", "generate", "chow_liu_edges", "mutual_information", "spanning_trees",
-    "fully_factorized", "hclt", "poon_domingos", "quad_tree", "rat",
+    "TEMPLATES",
+    "chow_liu_edges",
+    "fully_factorized",
+    "generate",
+    "hclt",
+    "mutual_information",
+    "poon_domingos",
+    "quad_tree",
+    "rat",
+    "spanning_trees",
 ]
 
 TEMPLATES: dict[str, Callable[..., str]] = {

@@ -40,8 +40,8 @@ _SPLIT = Param("split", read_symbol(*SPLITS), "test")
 
 TABLES: dict[str, dict[str, Signature]] = {
     "data": SOURCES,
-    "patches": {"grid": _sig("grid", Param("image", None), Param("height", read_int(1)),
-                             Param("width", read_int(1)), doc="cut images into height x width patches")},
+    "patches": {"grid": _sig("grid", Param("image", read_symbol("x")), Param("height", read_int(1)),
+                             Param("width", read_int(1)), doc="cut the data's images `x` into height x width patches")},
     "transform": {t: _sig(t, doc=f"the {t} colour transform") for t in ("identity", "ycocg_r", "ycbcr")},
     "teacher": {
         "vqvae": _sig("vqvae", _kw("patch_decoder", read_symbol("independent", "neighbourhood"), "independent"),
