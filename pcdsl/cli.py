@@ -39,6 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     render_.add_argument("--level", choices=("auto", "circuit", "region"), default="auto",
                          help="node groups, or regions (scopes); auto picks regions for large circuits")
 
+    demo = sub.add_parser("demo", help="check and draw the shipped examples (the quick-start job)",
+                          description="Check every .pc file in a folder and draw each circuit as SVG and PNG.")
+    demo.add_argument("--examples", default="examples", metavar="DIR", help="default: ./examples")
+    demo.add_argument("-o", "--output", default="out/demo", metavar="DIR", help="default: ./out/demo")
+
     explain = sub.add_parser("explain", help="explain a diagnostic code, e.g. E0203")
     explain.add_argument("code", metavar="CODE")
     return p
@@ -122,6 +127,44 @@ def _render(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _demo(args: argparse.Namespace) -> int:
+    import shutil
+
+    from pcdsl.frontend import check_file
+    from pcdsl.render import RenderError, render_file
+
+    files = sorted(Path(args.examples).glob("*.pc"))
+    if not files:
+        print(f"pcdsl demo: no .pc files in '{args.examples}' (run it from the repository root)", file=sys.stderr)
+        return EXIT_USAGE
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    formats = ("svg", "png") if shutil.which("dot") else ("dot",)
+    status = EXIT_OK
+    for file in files:
+        try:
+            checked = check_file(file)
+        except PcdslError as exc:
+            print(render_all(exc.diagnostics), file=sys.stderr)
+            status = EXIT_DIAGNOSTICS
+            continue
+        for name in checked.recipes:
+            print(f"{file}: recipe {name}: ok")
+        for name, graph in checked.circuits.items():
+            if graph.span.source is not checked.program.main:
+                continue
+            print(f"{file}: {summary(checked, name)}")
+            try:
+                pictures = [render_file(graph, out / f"{name}.{fmt}") for fmt in formats]
+            except RenderError as exc:
+                print(f"pcdsl demo: {exc}", file=sys.stderr)
+                return EXIT_DIAGNOSTICS
+            print("  drew " + ", ".join(str(p) for p in pictures))
+    if formats == ("dot",):
+        print("(graphviz 'dot' is not installed: wrote DOT text only; apt-get install graphviz for pictures)")
+    return status
+
+
 def _explain(args: argparse.Namespace) -> int:
     code = args.code.upper()
     if code not in CODES:
@@ -131,7 +174,7 @@ def _explain(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_COMMANDS = {"check": _check, "render": _render, "explain": _explain}
+_COMMANDS = {"check": _check, "render": _render, "demo": _demo, "explain": _explain}
 
 if __name__ == "__main__":
     sys.exit(main())
