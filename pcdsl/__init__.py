@@ -24,6 +24,18 @@ def check(path: str | Path) -> Checked:
 
 
 __all__ = [
-    "Checked", "CircuitGraph", "Diagnostic", "InternalError", "Node", "NodeKind", "PcdslError",
-    "Variable", "check", "check_file", "check_text", "render", "render_all", "__version__",
+    "Checked",
+    "CircuitGraph",
+    "Diagnostic",
+    "InternalError",
+    "Node",
+    "NodeKind",
+    "PcdslError",
+    "Variable",
+    "__version__",
+    "check",
+    "check_file",
+    "check_text",
+    "render",
+    "render_all",
 ]

@@ -10,8 +10,8 @@ import argparse
 import os
 import sys
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from pcdsl import __version__
 from pcdsl.codes import CODES
@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pcdsl: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # a bug, not the user's fault: say so plainly
+    except Exception as exc:  # noqa: BLE001 -- a bug, not the user's fault: say so plainly
         print(f"pcdsl: internal error: {type(exc).__name__}: {exc}\n"
               "This is a bug in pcdsl; please report it with the input that triggered it.", file=sys.stderr)
         if os.environ.get("PCDSL_DEBUG"):
@@ -101,7 +101,8 @@ def summary(checked, name: str) -> str:  # type: ignore[no-untyped-def]
     sizes = (f"{len(g)} nodes ({g.num_units()} units), {g.num_edges()} edges, {g.num_parameters()} parameters, "
              f"{len(g.variables)} variables")
     det = "deterministic" if p.deterministic else f"determinism {p.determinism_note}"
-    sd = f"structured-decomposable, vtree {p.vtree}" if p.structured else "not structured-decomposable"
+    vtree = p.vtree if p.vtree is None or len(p.vtree) <= 100 else p.vtree[:97] + "..."
+    sd = f"structured-decomposable, vtree {vtree}" if p.structured else "not structured-decomposable"
     return f"circuit {name}: {sizes}; smooth, decomposable; {det}; {sd}"
 
 

@@ -9,8 +9,8 @@ source line, a caret under the span, and notes.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 
 @dataclass(frozen=True, eq=False)
@@ -47,10 +47,10 @@ class Span:
         return f"{self.file}:{self.line}:{self.column}"
 
     @staticmethod
-    def at_start(source: Source) -> "Span":
+    def at_start(source: Source) -> Span:
         return Span(source, 1, 1, 1, 2)
 
-    def merge(self, other: "Span") -> "Span":
+    def merge(self, other: Span) -> Span:
         start = min((self.line, self.column), (other.line, other.column))
         end = max((self.end_line, self.end_column), (other.end_line, other.end_column))
         return Span(self.source, start[0], start[1], end[0], end[1])

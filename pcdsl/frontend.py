@@ -67,8 +67,9 @@ def check_program(program: Program) -> Checked:
         found = validate(graph)
         for d in found:
             sink.add(d)
-        result.circuits[name] = graph
-        result.properties[name] = analyse(graph, found)
+        if not any(d.is_error for d in found):  # the analyses assume a valid circuit
+            result.circuits[name] = graph
+            result.properties[name] = analyse(graph, found)
     for name, recipe in program.recipes.items():
         try:
             result.recipes[name] = check_recipe(recipe, vals, set(program.circuits), set(sources))
@@ -99,4 +100,4 @@ def _data_resolver(sources: dict[str, DataSource], vals: Values):  # type: ignor
     return resolve
 
 
-__all__ = ["Checked", "PcdslError", "check_file", "check_text", "check_program"]
+__all__ = ["Checked", "PcdslError", "check_file", "check_program", "check_text"]

@@ -115,7 +115,7 @@ def region_dot(graph: CircuitGraph) -> str:
         nodes = regions[scope]
         units = sum(n.num_units for n in nodes)
         kinds = sorted({n.kind.value for n in nodes})
-        label = f"{scope_text(graph, scope)}\n{', '.join(kinds) or 'products'}: {units} units"
+        label = f"{scope_text(graph, scope)}\n{', '.join(kinds) or 'products'}: {units} unit{'s' * (units != 1)}"
         lines.append(f"  {rname} {_attrs(label=label, shape='box')};")
     for i, ((scope, child_scopes), nodes) in enumerate(partitions.items()):
         units = sum(n.num_units for n in nodes)
@@ -165,6 +165,9 @@ def _atomic_write(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes private files; a picture is not secret
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

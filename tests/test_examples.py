@@ -6,8 +6,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import EXAMPLES, require_dot
+
 from pcdsl.cli import main
 from pcdsl.frontend import check_file
 from pcdsl.render import to_dot

@@ -142,6 +142,15 @@ def test_poon_domingos_delta_2_on_4x4():
     assert len(graph.parents("s/r0-2c0-2.sum")) == 2
 
 
+def test_poon_domingos_cuts_at_multiples_of_each_delta():
+    graph, _ = build("poon_domingos", 7, np.arange(7).reshape(1, 7), delta=[2, 3], units=2)
+    assert graph.node("s/root").children == tuple(f"s/r0-1c0-7.cutc{p}" for p in (2, 3, 4, 6))
+    # absolute multiples, not offsets from the rectangle's corner (which would give 5 and 6)
+    assert graph.node("s/r0-1c3-7.sum").children == ("s/r0-1c3-7.cutc4", "s/r0-1c3-7.cutc6")
+    assert graph.node("s/r0-1c0-3.sum").children == ("s/r0-1c0-3.cutc2",)
+    assert graph.node("s/r0-1c0-2.sum").children == ("s/r0-1c0-2.cutc1",)  # no multiple inside: halved
+
+
 def test_poon_domingos_input_units_wrap_pixels():
     graph, _ = build("poon_domingos", 16, GRID, delta=2, units=3, input_units=2)
     assert graph.node("s/r0-1c0-1.sum").children == ("s/v0.in",)
@@ -197,7 +206,7 @@ def direct_mi(x: np.ndarray, y: np.ndarray, kx: int, ky: int, pseudocount: float
     both = (x >= 0) & (y >= 0)
     x, y = x[both], y[both]
     joint = np.zeros((kx, ky))
-    for a, b in zip(x, y):
+    for a, b in zip(x, y, strict=True):
         joint[a, b] += 1
     joint = (joint + pseudocount / (kx * ky)) / (len(x) + pseudocount)
     px, py = joint.sum(1), joint.sum(0)

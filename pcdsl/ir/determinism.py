@@ -10,6 +10,7 @@ to sets that do not meet. "Not proved" never means "not deterministic".
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -56,10 +57,11 @@ def _input_supports(graph: CircuitGraph, node: Node) -> list[Support]:
 
 def _product_supports(node: Node, supports: dict[str, list[Support]]) -> list[Support]:
     rows = [supports[c] for c in node.children]
+    combos: Iterable[tuple[Support, ...]]
     if node.pattern == "kronecker":
         combos = itertools.product(*rows)
-    else:
-        combos = zip(*[r if len(r) == node.num_units else r * node.num_units for r in rows])
+    else:  # hadamard: a one-unit child is broadcast
+        combos = zip(*[r if len(r) == node.num_units else r * node.num_units for r in rows], strict=True)
     out = []
     for parts in combos:
         merged: Support = {}
@@ -72,7 +74,7 @@ def _product_supports(node: Node, supports: dict[str, list[Support]]) -> list[Su
 def _active(node: Node, unit: int, inputs: list[Support]) -> list[Support]:
     if node.weights is None:
         return inputs
-    return [s for s, w in zip(inputs, node.weights[unit]) if w > 0]
+    return [s for s, w in zip(inputs, node.weights[unit], strict=False) if w > 0]
 
 
 def _sum_witness(node: Node, inputs: list[Support]) -> str | None:

@@ -11,8 +11,8 @@ width-1 groups. Scopes are int bitmasks over variable indices.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping
 
 import networkx as nx
 import numpy as np

@@ -59,11 +59,11 @@ def generate(template: str, graph: CircuitGraph, variables: np.ndarray, *, prefi
     accepted = _options(generator)
     if data is not None:
         if "data" not in accepted:
-            raise ValueError(f"{template}: does not learn from data")
+            raise ValueError(f"'{template}' does not learn from data")
         options["data"] = data
     unknown = sorted(set(options) - accepted)
     if unknown:
-        raise ValueError(f"{template}: unknown option(s) {', '.join(unknown)}; "
+        raise ValueError(f"unknown option(s) of '{template}': {', '.join(unknown)}; "
                          f"accepted: {', '.join(sorted(accepted))}")
     return generator(graph, np.asarray(variables), prefix=prefix, span=span, **options)
 

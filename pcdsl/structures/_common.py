@@ -15,31 +15,31 @@ from pcdsl.diagnostics import NO_SPAN, Span
 from pcdsl.ir.graph import CircuitGraph
 
 
-def positive_int(template: str, option: str, value: object, minimum: int = 1) -> int:
+def positive_int(option: str, value: object, minimum: int = 1) -> int:
     """``value`` as an int >= ``minimum``, or a ValueError that names the option."""
     # bool is an int subclass; `units = true` is a mistake, not 1
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{template}: '{option}' must be an integer >= {minimum}, got {value!r}")
+        raise ValueError(f"'{option}' must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
 
-def check_variables(graph: CircuitGraph, variables: np.ndarray, template: str,
+def check_variables(graph: CircuitGraph, variables: np.ndarray,
                     ndim: int | None = None) -> np.ndarray:
     """Validate the variable-index array; returns it as an int64 array of the same shape."""
     array = np.asarray(variables)
     if array.size == 0:
-        raise ValueError(f"{template}: needs at least one variable")
+        raise ValueError("needs at least one variable")
     if not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"{template}: variables must be integer indices, got dtype {array.dtype}")
+        raise ValueError(f"variables must be integer indices, got dtype {array.dtype}")
     if ndim is not None and array.ndim != ndim:
-        raise ValueError(f"{template}: needs a {ndim}-D array of variables (an image), "
+        raise ValueError(f"needs a {ndim}-D array of variables (an image), "
                          f"found shape {tuple(array.shape)}")
     flat = array.reshape(-1)
     if flat.min() < 0 or flat.max() >= len(graph.variables):
-        raise ValueError(f"{template}: variable index out of range 0..{len(graph.variables) - 1}")
+        raise ValueError(f"variable index out of range 0..{len(graph.variables) - 1}")
     if len(np.unique(flat)) != flat.size:
         # a repeated variable would make some product non-decomposable
-        raise ValueError(f"{template}: a variable appears more than once")
+        raise ValueError("a variable appears more than once")
     return array.astype(np.int64)
 
 

@@ -105,7 +105,7 @@ def _complete_graph(weights: np.ndarray) -> nx.Graph:
     graph = nx.Graph()
     graph.add_nodes_from(range(len(weights)))
     rows, cols = np.triu_indices(len(weights), 1)
-    graph.add_weighted_edges_from(zip(rows.tolist(), cols.tolist(), weights[rows, cols].tolist()))
+    graph.add_weighted_edges_from(zip(rows.tolist(), cols.tolist(), weights[rows, cols].tolist(), strict=False))
     return graph
 
 
@@ -132,7 +132,7 @@ def _runner_up_edges(weights: np.ndarray, best: nx.Graph, count: int) -> list[tu
         lightest[seen, child] = row
         seen.append(child)
     rows, cols = np.triu_indices(m, 1)
-    off_tree = np.array([not best.has_edge(i, j) for i, j in zip(rows.tolist(), cols.tolist())])
+    off_tree = np.array([not best.has_edge(i, j) for i, j in zip(rows.tolist(), cols.tolist(), strict=False)])
     rows, cols = rows[off_tree], cols[off_tree]
     loss = lightest[rows, cols] - weights[rows, cols]
     pick = np.argsort(loss, kind="stable")[:count]

@@ -17,8 +17,8 @@ def fully_factorized(graph: CircuitGraph, variables: np.ndarray, *, prefix: str,
     factorised distributions, mixed by a 1-unit root sum.
     Names: ``{prefix}/v{var}.in``, ``{prefix}/prod`` (when mixed), ``{prefix}/root``.
     """
-    flat = check_variables(graph, variables, "fully_factorized").reshape(-1)
-    units = positive_int("fully_factorized", "units", units)
+    flat = check_variables(graph, variables).reshape(-1)
+    units = positive_int("units", units)
     b = Builder(graph, prefix, span)
     leaves = tuple(b.input(int(v), units) for v in flat)
     if units == 1:

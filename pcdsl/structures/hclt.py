@@ -24,12 +24,12 @@ def hclt(graph: CircuitGraph, variables: np.ndarray, *, prefix: str, span: Span 
     Names: ``{p}/v{v}.in``, ``{p}/v{v}.prod`` (latent), ``{p}/v{u}.sum`` (u's message to
     its parent), root ``{prefix}/root``; ``p`` is the prefix, or ``{prefix}/t{i}`` when k > 1.
     """
-    flat = check_variables(graph, variables, "hclt").reshape(-1)
-    hidden = positive_int("hclt", "hidden", hidden)
-    trees = positive_int("hclt", "trees", trees)
-    bins = positive_int("hclt", "bins", bins, minimum=2)
+    flat = check_variables(graph, variables).reshape(-1)
+    hidden = positive_int("hidden", hidden)
+    trees = positive_int("trees", trees)
+    bins = positive_int("bins", bins, minimum=2)
     if not pseudocount >= 0:
-        raise ValueError(f"hclt: 'pseudocount' must be >= 0, got {pseudocount!r}")
+        raise ValueError(f"'pseudocount' must be >= 0, got {pseudocount!r}")
     columns, cards = _select_data(graph, flat, data)
     weights = mutual_information(columns, cards, float(pseudocount), bins)
     b = Builder(graph, prefix, span)
@@ -44,24 +44,24 @@ def _select_data(graph: CircuitGraph, flat: np.ndarray,
                  data: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """The data columns of ``flat`` and their cardinalities, checked."""
     if data is None:
-        raise ValueError("hclt: needs data to learn the Chow-Liu tree from (data = ...)")
+        raise ValueError("needs data to learn the Chow-Liu tree from (data = ...)")
     data = np.asarray(data)
     if data.ndim != 2 or data.shape[1] != len(graph.variables) or data.shape[0] == 0:
-        raise ValueError(f"hclt: data must have shape (n_samples >= 1, {len(graph.variables)}), "
+        raise ValueError(f"data must have shape (n_samples >= 1, {len(graph.variables)}), "
                          f"got {tuple(data.shape)}")
     if not np.issubdtype(data.dtype, np.integer):
-        raise ValueError(f"hclt: data must hold integer values, got dtype {data.dtype}")
+        raise ValueError(f"data must hold integer values, got dtype {data.dtype}")
     domains = [graph.variables[v].domain for v in flat]
-    for v, domain in zip(flat, domains):
+    for v, domain in zip(flat, domains, strict=False):
         if not domain.is_discrete:
-            raise ValueError(f"hclt: variable '{graph.variables[v].name}' is real; "
+            raise ValueError(f"variable '{graph.variables[v].name}' is real; "
                              "Chow-Liu trees need discrete variables")
     cards = np.array([d.size for d in domains], dtype=np.int64)
     columns = data[:, flat]
     bad = np.argwhere((columns < -1) | (columns >= cards))
     if len(bad):
         row, col = bad[0]
-        raise ValueError(f"hclt: data row {row} has value {columns[row, col]} for variable "
+        raise ValueError(f"data row {row} has value {columns[row, col]} for variable "
                          f"'{graph.variables[flat[col]].name}', outside 0..{cards[col] - 1} (-1 = missing)")
     return columns, cards
 

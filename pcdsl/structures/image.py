@@ -52,11 +52,11 @@ class _Regions:
         return self.b.sum(f"{rect_name(rect)}.sum", children, self.units)
 
 
-def _regions(template: str, graph: CircuitGraph, variables: np.ndarray, prefix: str, span: Span,
+def _regions(graph: CircuitGraph, variables: np.ndarray, prefix: str, span: Span,
              units: int, input_units: int | None) -> _Regions:
-    grid = check_variables(graph, variables, template, ndim=2)
-    units = positive_int(template, "units", units)
-    inputs = units if input_units is None else positive_int(template, "input_units", input_units)
+    grid = check_variables(graph, variables, ndim=2)
+    units = positive_int("units", units)
+    inputs = units if input_units is None else positive_int("input_units", input_units)
     return _Regions(Builder(graph, prefix, span), grid, units, inputs)
 
 
@@ -79,7 +79,7 @@ def poon_domingos(graph: CircuitGraph, variables: np.ndarray, *, prefix: str, sp
     ``{rect}.cutc{column}`` per split); a rectangle no delta can split is halved along its
     longer side (rows on a tie). Rectangles are shared between the partitions using them.
     """
-    regions = _regions("poon_domingos", graph, variables, prefix, span, units, input_units)
+    regions = _regions(graph, variables, prefix, span, units, input_units)
     deltas = _deltas(delta)
     h, w = regions.grid.shape
     return _pd_region(regions, (0, h, 0, w), deltas, {}, root=True)
@@ -87,11 +87,11 @@ def poon_domingos(graph: CircuitGraph, variables: np.ndarray, *, prefix: str, sp
 
 def _deltas(delta: object) -> tuple[int, ...]:
     if delta is None:
-        raise ValueError("poon_domingos: needs 'delta' (an int or a list of ints)")
+        raise ValueError("needs 'delta' (an int or a list of ints)")
     values = list(delta) if isinstance(delta, (list, tuple, np.ndarray)) else [delta]
     if not values:
-        raise ValueError("poon_domingos: 'delta' must not be empty")
-    return tuple(positive_int("poon_domingos", "delta", d) for d in values)
+        raise ValueError("'delta' must not be empty")
+    return tuple(positive_int("delta", d) for d in values)
 
 
 def _pd_region(regions: _Regions, rect: Rect, deltas: tuple[int, ...], memo: dict[Rect, str],
@@ -129,7 +129,7 @@ def quad_tree(graph: CircuitGraph, variables: np.ndarray, *, prefix: str, span: 
               units: int = 16, input_units: int | None = None) -> str:
     """Recursive quadrants of an (H, W) image: a region is a sum over one hadamard product
     ``{rect}.prod`` of its (up to) 4 quadrants, 2 halves when one side has length 1."""
-    regions = _regions("quad_tree", graph, variables, prefix, span, units, input_units)
+    regions = _regions(graph, variables, prefix, span, units, input_units)
     h, w = regions.grid.shape
     return _qt_region(regions, (0, h, 0, w), root=True)
 

@@ -23,12 +23,12 @@ def rat(graph: CircuitGraph, variables: np.ndarray, *, prefix: str, span: Span =
     Names (region path ``r`` + one bit per split): ``{prefix}/rep{i}/v{v}.in``,
     ``.../r01.prod`` (leaf), ``.../r0.kron``, ``.../r0.sum``, root ``{prefix}/root``.
     """
-    flat = check_variables(graph, variables, "rat").reshape(-1)
-    depth = positive_int("rat", "depth", depth)
-    repetitions = positive_int("rat", "repetitions", repetitions)
-    units = positive_int("rat", "units", units)
-    inputs = units if input_units is None else positive_int("rat", "input_units", input_units)
-    seed = positive_int("rat", "seed", seed, minimum=0)
+    flat = check_variables(graph, variables).reshape(-1)
+    depth = positive_int("depth", depth)
+    repetitions = positive_int("repetitions", repetitions)
+    units = positive_int("units", units)
+    inputs = units if input_units is None else positive_int("input_units", input_units)
+    seed = positive_int("seed", seed, minimum=0)
     rng = np.random.default_rng(seed)
     b = Builder(graph, prefix, span)
     tops = []

@@ -4,7 +4,6 @@ equality ignores spans, so two parses of the same text compare equal."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
 from pcdsl.diagnostics import NO_SPAN, Span
 
@@ -40,29 +39,29 @@ class Bool:
 
 @dataclass(frozen=True)
 class ListV:
-    items: tuple["Value", ...]
+    items: tuple[Value, ...]
     span: Span = _span()
 
 
 @dataclass(frozen=True)
 class KwArg:
     name: Name
-    value: "Value"
+    value: Value
     span: Span = _span()
 
 
 @dataclass(frozen=True)
 class Call:
     func: Name
-    args: tuple["Value", ...]
+    args: tuple[Value, ...]
     kwargs: tuple[KwArg, ...]
     span: Span = _span()
 
 
 @dataclass(frozen=True)
 class Slice:
-    start: "Value | None"
-    stop: "Value | None"
+    start: Value | None
+    stop: Value | None
     span: Span = _span()
 
 
@@ -71,7 +70,7 @@ class Ref:
     """A name, possibly dotted (``teacher.features``) and indexed (``x[0, 2:5]``)."""
 
     parts: tuple[Name, ...]
-    index: tuple["Value | Slice", ...] | None = None
+    index: tuple[Value | Slice, ...] | None = None
     span: Span = _span()
 
     @property
@@ -83,11 +82,11 @@ class Ref:
 class Schedule:
     """``0.1 -> 0.01``: a value that changes linearly over training."""
 
-    points: tuple["Value", ...]
+    points: tuple[Value, ...]
     span: Span = _span()
 
 
-Value = Union[Num, Str, Bool, ListV, Call, Ref, Schedule]
+Value = Num | Str | Bool | ListV | Call | Ref | Schedule
 
 
 # ---- declarations ------------------------------------------------------------
@@ -170,8 +169,8 @@ class StructureDecl:
     span: Span = _span()
 
 
-Stmt = Union[VarDecl, Const, LeafDecl, ProdDecl, SumDecl, StructureDecl]
-NodeDecl = Union[LeafDecl, ProdDecl, SumDecl]
+Stmt = VarDecl | Const | LeafDecl | ProdDecl | SumDecl | StructureDecl
+NodeDecl = LeafDecl | ProdDecl | SumDecl
 
 
 @dataclass(frozen=True)
@@ -203,7 +202,7 @@ class ListEntry:
     span: Span = _span()
 
 
-Entry = Union[AssignEntry, BlockEntry, ListEntry]
+Entry = AssignEntry | BlockEntry | ListEntry
 
 
 @dataclass(frozen=True)
@@ -213,7 +212,7 @@ class Recipe:
     span: Span = _span()
 
 
-Item = Union[Import, Const, DataDecl, Circuit, Recipe]
+Item = Import | Const | DataDecl | Circuit | Recipe
 
 
 @dataclass(frozen=True)

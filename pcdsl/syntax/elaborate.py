@@ -8,7 +8,7 @@ a cascade.
 from __future__ import annotations
 
 import itertools
-from typing import Callable
+from collections.abc import Callable
 
 import networkx as nx
 import numpy as np
@@ -19,7 +19,7 @@ from pcdsl.syntax import ast
 from pcdsl.syntax.leaves import FAMILIES, check_domain, check_normalised, leaf_params
 from pcdsl.syntax.names import did_you_mean
 from pcdsl.syntax.signatures import Param, Signature, bind, lookup, read_int
-from pcdsl.syntax.sources import DataSource, read_source
+from pcdsl.syntax.sources import DataSource
 from pcdsl.syntax.templates import IMAGE_TEMPLATES, TEMPLATES
 from pcdsl.syntax.values import Bad, Values
 
@@ -119,7 +119,7 @@ class _Elaborator:
                 if item.name.text in self.arrays or item.name.text in self.decls:
                     continue  # a duplicate, reported already
                 try:
-                    shape = tuple(self.vals.int(v, "an array size", 1) for v in item.shape or ())
+                    shape = tuple(self.vals.as_int(v, "an array size", 1) for v in item.shape or ())
                 except Bad:
                     ok = False
                     continue
@@ -142,7 +142,7 @@ class _Elaborator:
         if name == "categorical":
             if d.arg is None:
                 raise self.fail("E0310", "categorical needs its number of values: categorical(n)", d.span)
-            return Domain("categorical", self.vals.int(d.arg, "the number of categories", 2))
+            return Domain("categorical", self.vals.as_int(d.arg, "the number of categories", 2))
         if d.arg is not None:
             raise self.fail("E0310", f"domain '{name}' takes no argument", d.arg.span)
         return BOOL if name == "bool" else REAL
@@ -177,14 +177,14 @@ class _Elaborator:
         for axis, idx in enumerate(ref.index):
             size = array.shape[axis]
             if isinstance(idx, ast.Slice):
-                lo = 0 if idx.start is None else self.vals.int(idx.start, "a slice bound", 0)
-                hi = size if idx.stop is None else self.vals.int(idx.stop, "a slice bound", 0)
+                lo = 0 if idx.start is None else self.vals.as_int(idx.start, "a slice bound", 0)
+                hi = size if idx.stop is None else self.vals.as_int(idx.stop, "a slice bound", 0)
                 if not lo < hi <= size:
                     raise self.fail("E0108", f"slice {lo}:{hi} is empty or outside '{name}' "
                                     f"(axis {axis} has size {size})", idx.span)
                 keys.append(slice(lo, hi))
             else:
-                i = self.vals.int(idx, "an index")
+                i = self.vals.as_int(idx, "an index")
                 if not 0 <= i < size:
                     raise self.fail("E0108", f"index {i} is out of range for '{name}' with shape "
                                     f"{tuple(array.shape)}", idx.span, help=f"indices on axis {axis} "
@@ -219,7 +219,7 @@ class _Elaborator:
         # failed nodes leave the graph, which breaks every cycle; their parents stay and
         # fail quietly when built (see _node)
         acyclic = deps.subgraph(n for n in deps if n not in self.failed)
-        return list(nx.lexicographical_topological_sort(acyclic.reverse(copy=True), key=position.get))
+        return list(nx.lexicographical_topological_sort(acyclic.reverse(copy=True), key=position.__getitem__))
 
     def _bad_child(self, child: ast.Name) -> None:
         kind = self._kind_of(child.text)
@@ -233,7 +233,7 @@ class _Elaborator:
                       help=did_you_mean(child.text, self.decls))
 
     def _cycle(self, sub: nx.DiGraph, position: dict[str, int]) -> None:
-        start = min(sub, key=position.get)
+        start = min(sub, key=position.__getitem__)
         cycle = [start] + [v for _, v in nx.find_cycle(sub, start)]
         cycle = cycle[: cycle.index(start, 1) + 1] if start in cycle[1:] else cycle
         self.fail("E0103", f"node '{start}' is defined in terms of itself", _where(self.decls[start]),

@@ -12,7 +12,7 @@ from pcdsl.diagnostics import Note
 from pcdsl.ir.graph import Domain, Variable
 from pcdsl.syntax import ast
 from pcdsl.syntax.signatures import Bound, Param, Signature, read_float, read_int
-from pcdsl.syntax.values import Bad, Values
+from pcdsl.syntax.values import Values
 
 WEIGHT_TOLERANCE = 1e-6
 
@@ -69,7 +69,7 @@ def _rows(vals: Values, v: ast.Value, units: int, is_table: bool, what: str) -> 
     """One value shared by all units, or (when `is_table`) a list of one value per unit."""
     if not is_table:
         return [v] * units
-    items = vals.list(v, what)
+    items = vals.as_list(v, what)
     if len(items) != units:
         raise vals.fail("E0304", f"{what}: {len(items)} rows given for a group of {units} units",
                         v.span, help="give one row per unit, or a single row shared by all units")
@@ -85,7 +85,7 @@ def _bernoulli(vals: Values, bound: Bound, units: int) -> dict[str, np.ndarray] 
         return None
     p = bound["p"]
     rows = _rows(vals, p, units, _is_list(vals, p), "argument 'p' of 'bernoulli'")
-    return {"p": np.array([vals.prob(r, "argument 'p' of 'bernoulli'") for r in rows])}
+    return {"p": np.array([vals.as_prob(r, "argument 'p' of 'bernoulli'") for r in rows])}
 
 
 def _categorical(vals: Values, bound: Bound, var: Variable, units: int) -> dict[str, np.ndarray] | None:
@@ -94,16 +94,16 @@ def _categorical(vals: Values, bound: Bound, var: Variable, units: int) -> dict[
     size = var.domain.size
     assert size is not None
     probs = bound["probs"]
-    items = vals.list(probs, "argument 'probs' of 'categorical'")
+    items = vals.as_list(probs, "argument 'probs' of 'categorical'")
     is_table = bool(items) and _is_list(vals, items[0])
     rows = _rows(vals, probs, units, is_table, "argument 'probs' of 'categorical'")
     table = []
     for row in rows:
-        items = vals.list(row, "argument 'probs' of 'categorical'")
+        items = vals.as_list(row, "argument 'probs' of 'categorical'")
         if len(items) != size:
             raise vals.fail("E0304", f"'{var.name}' is {var.domain} and needs {size} probabilities, "
                             f"found {len(items)}", row.span, Note(f"'{var.name}' is declared here", var.span))
-        probs = [vals.prob(x, "a categorical probability") for x in items]
+        probs = [vals.as_prob(x, "a categorical probability") for x in items]
         check_normalised(vals, probs, row, "probabilities")
         table.append(probs)
     return {"probs": np.array(table, dtype=np.float64)}

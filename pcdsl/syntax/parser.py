@@ -29,9 +29,9 @@ def read_source(path: str | Path) -> Source:
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
-        raise PcdslError([error("E0004", f"file '{name}' does not exist", Span(None, 0, 0, 0, 0))])
+        raise PcdslError([error("E0004", f"file '{name}' does not exist", Span(None, 0, 0, 0, 0))]) from None
     except OSError as exc:
-        raise PcdslError([error("E0004", f"cannot read '{name}': {exc.strerror}", Span(None, 0, 0, 0, 0))])
+        raise PcdslError([error("E0004", f"cannot read '{name}': {exc.strerror}", Span(None, 0, 0, 0, 0))]) from None
     return decode_source(name, data)
 
 
@@ -51,7 +51,7 @@ def decode_source(name: str, data: bytes) -> Source:
         col = len(prefix) - (prefix.rfind("\n") + 1) + 1
         raise PcdslError([error(
             "E0005", f"file is not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start})",
-            Span(src, line, col, line, col + 1), help="save the file as UTF-8")])
+            Span(src, line, col, line, col + 1), help="save the file as UTF-8")]) from None
 
 
 def parse(source: Source) -> ast.Module:
@@ -89,7 +89,7 @@ def _expected_words(terminals: set[str]) -> str:
     words = sorted({_describe(t) for t in terminals},
                    key=lambda w: (not w.startswith(("a ", "end")), w[1:2].isalpha(), w))
     if len(words) > 12:
-        words = words[:12] + ["..."]
+        words = [*words[:12], "..."]
     if len(words) == 1:
         return words[0]
     return ", ".join(words[:-1]) + " or " + words[-1]
@@ -98,7 +98,8 @@ def _expected_words(terminals: set[str]) -> str:
 def _syntax_diagnostic(source: Source, exc: lark.exceptions.UnexpectedInput) -> Diagnostic:
     if isinstance(exc, lark.exceptions.UnexpectedCharacters):
         line, col = exc.line, exc.column
-        char = source.text[exc.pos_in_stream] if exc.pos_in_stream < len(source.text) else "?"
+        pos = exc.pos_in_stream or 0
+        char = source.text[pos] if pos < len(source.text) else "?"
         span = Span(source, line, col, line, col + 1)
         shown = repr(char) if char.isprintable() else f"U+{ord(char):04X}"
         return error("E0002", f"unexpected character {shown}", span, help=_character_help(char))
@@ -110,7 +111,8 @@ def _syntax_diagnostic(source: Source, exc: lark.exceptions.UnexpectedInput) -> 
         notes = [Note("this '{' is never closed", s) for s in _unclosed_braces(source)[-1:]]
         return error("E0003", f"unexpected end of file; expected {_expected_words(expected)}",
                      span, *notes)
-    span = Span(source, tok.line, tok.column, tok.end_line or tok.line, tok.end_column or tok.column + 1)
+    line, col = tok.line or 1, tok.column or 1
+    span = Span(source, line, col, tok.end_line or line, tok.end_column or col + 1)
     text = str(tok)
     shown = f"'{text}'" if len(text) < 40 else f"'{text[:37]}...'"
     help_ = _syntax_help(text, expected)
@@ -121,7 +123,7 @@ def _accepted(exc: lark.exceptions.UnexpectedToken) -> set[str]:
     """Tokens that really continue the parse (LALR's own list includes merged lookaheads)."""
     try:
         accepts = set(exc.interactive_parser.accepts())
-    except Exception:  # the precise list is a nicety; fall back to the table's list
+    except Exception:  # noqa: BLE001 -- the precise list is a nicety; fall back to the table's
         accepts = set()
     return accepts or set(exc.expected)
 
@@ -300,7 +302,7 @@ class _Builder(Transformer):  # type: ignore[type-arg]
         return ast.Bool(False, span=self._span(meta))
 
     @v_args(meta=True)
-    def list(self, meta: Any, c: list[Any]) -> ast.ListV:
+    def vlist(self, meta: Any, c: list[Any]) -> ast.ListV:
         items = tuple(x for x in c if x is not None)
         return ast.ListV(items, span=self._span(meta))
 

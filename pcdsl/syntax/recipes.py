@@ -13,8 +13,18 @@ from dataclasses import dataclass, field
 from pcdsl.diagnostics import Note, Span
 from pcdsl.syntax import ast
 from pcdsl.syntax.names import did_you_mean, one_of
-from pcdsl.syntax.signatures import (Bound, Param, Signature, bind, lookup, read_bool, read_float,
-                                     read_int, read_prob, read_symbol)
+from pcdsl.syntax.signatures import (
+    Bound,
+    Param,
+    Signature,
+    bind,
+    lookup,
+    read_bool,
+    read_float,
+    read_int,
+    read_prob,
+    read_symbol,
+)
 from pcdsl.syntax.sources import SOURCES, SPLITS
 from pcdsl.syntax.values import Bad, Values
 
@@ -24,7 +34,7 @@ def read_rate(minimum: float = 0.0) -> object:
     def read(vals: Values, v: ast.Value, what: str) -> tuple[float, ...]:
         d = vals.deref(v)
         points = d.points if isinstance(d, ast.Schedule) else (v,)
-        return tuple(vals.float(p, what, minimum) for p in points)
+        return tuple(vals.as_float(p, what, minimum) for p in points)
     return read
 
 
@@ -84,8 +94,8 @@ PATCH_PC = {
     "fully_factorized": _sig("fully_factorized", _kw("units", read_int(1), 1), _kw("shared", read_bool(), True)),
 }
 
-_FORMS = {"train": ast.BlockEntry, "report": ast.ListEntry}
-_EXAMPLES = {ast.BlockEntry: "`{key} {{ ... }}`", ast.ListEntry: "`{key} a(...), b(...)`",
+_FORMS: dict[str, type] = {"train": ast.BlockEntry, "report": ast.ListEntry}
+_EXAMPLES: dict[type, str] = {ast.BlockEntry: "`{key} {{ ... }}`", ast.ListEntry: "`{key} a(...), b(...)`",
              ast.AssignEntry: "`{key} = ...`"}
 REQUIRED = ("data", "model", "train")
 
@@ -114,10 +124,11 @@ def check_recipe(recipe: ast.Recipe, vals: Values, circuits: set[str], data: set
             _entry(spec, entry, vals, circuits, data, set(seen))
         except Bad:
             failed = True
-    for key in REQUIRED:
-        if key not in seen:
-            vals.fail("E0603", f"recipe '{recipe.name.text}' has no '{key}' entry", recipe.name.span,
-                      help=f"add {_EXAMPLES[_FORMS.get(key, ast.AssignEntry)].format(key=key)}")
+    for required in REQUIRED:
+        if required not in seen:
+            form = _FORMS.get(required, ast.AssignEntry)
+            vals.fail("E0603", f"recipe '{recipe.name.text}' has no '{required}' entry", recipe.name.span,
+                      help=f"add {_EXAMPLES[form].format(key=required)}")
             failed = True
     if failed:
         raise Bad()

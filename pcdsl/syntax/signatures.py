@@ -8,8 +8,9 @@ argument, too many positional arguments, and typed values.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from pcdsl.syntax import ast
 from pcdsl.syntax.names import did_you_mean, one_of
@@ -78,7 +79,7 @@ def bind(vals: Values, call: ast.Call, sig: Signature) -> Bound:
                   f"{'s' if len(positional) != 1 else ''}, found {len(call.args)}", extra.span,
                   f"usage: {sig.usage()}")
         failed = True
-    for p, v in zip(positional, call.args):
+    for p, v in zip(positional, call.args, strict=False):
         given[p.name] = v
     names = {p.name for p in sig.params}
     for kw in call.kwargs:
@@ -114,28 +115,28 @@ def bind(vals: Values, call: ast.Call, sig: Signature) -> Bound:
 
 # ---- common readers ---------------------------------------------------------------------
 def read_int(minimum: int | None = None) -> Reader:
-    return lambda vals, v, what: vals.int(v, what, minimum)
+    return lambda vals, v, what: vals.as_int(v, what, minimum)
 
 
 def read_float(minimum: float | None = None, maximum: float | None = None, strict: bool = False) -> Reader:
-    return lambda vals, v, what: vals.float(v, what, minimum, maximum, strict)
+    return lambda vals, v, what: vals.as_float(v, what, minimum, maximum, strict)
 
 
 def read_prob() -> Reader:
-    return lambda vals, v, what: vals.prob(v, what)
+    return lambda vals, v, what: vals.as_prob(v, what)
 
 
 def read_bool() -> Reader:
-    return lambda vals, v, what: vals.bool(v, what)
+    return lambda vals, v, what: vals.as_bool(v, what)
 
 
 def read_str() -> Reader:
-    return lambda vals, v, what: vals.str(v, what)
+    return lambda vals, v, what: vals.as_str(v, what)
 
 
 def read_symbol(*choices: str) -> Reader:
-    return lambda vals, v, what: vals.symbol(v, what, choices)
+    return lambda vals, v, what: vals.as_symbol(v, what, choices)
 
 
 def read_ints(minimum: int | None = None) -> Reader:
-    return lambda vals, v, what: vals.int_or_list(v, what, minimum)
+    return lambda vals, v, what: vals.as_int_or_list(v, what, minimum)

@@ -65,7 +65,7 @@ class DataSource:
 
 def _debd_roots(base_dir: str) -> list[str]:
     roots = [os.path.join(p, "debd") for p in os.environ.get("PCDSL_DATA", "").split(os.pathsep) if p]
-    return roots + [os.path.join(base_dir, "data", "debd"), os.path.join(base_dir, "data")]
+    return [*roots, os.path.join(base_dir, "data", "debd"), os.path.join(base_dir, "data")]
 
 
 def read_source(vals: Values, call: ast.Call) -> DataSource:

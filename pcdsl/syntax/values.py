@@ -3,7 +3,7 @@ every mismatch reported as a diagnostic at the value's span."""
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from pcdsl.diagnostics import Note, Sink, Span, error
 from pcdsl.syntax import ast
@@ -40,7 +40,7 @@ class Values:
         self._resolving: list[str] = []
         self._cycles = cycles if cycles is not None else set()  # reported once, however often met
 
-    def child(self, local: Mapping[str, ast.Const]) -> "Values":
+    def child(self, local: Mapping[str, ast.Const]) -> Values:
         return Values(self.sink, {**self.consts, **local}, self._cycles)
 
     def fail(self, code: str, message: str, span: Span, *notes: Note | str, help: str | None = None) -> Bad:
@@ -60,7 +60,7 @@ class Values:
                 if frozenset(members) in self._cycles:
                     raise Bad()
                 self._cycles.add(frozenset(members))
-                cycle = " -> ".join(members + [name])
+                cycle = " -> ".join([*members, name])
                 raise self.fail("E0103", f"constant '{name}' is defined in terms of itself",
                                 const.name.span, f"cycle: {cycle}")
             self._resolving.append(name)
@@ -71,13 +71,13 @@ class Values:
         return v
 
     # ---- typed readers ---------------------------------------------------------------
-    def number(self, v: ast.Value, what: str) -> int | float:
+    def as_number(self, v: ast.Value, what: str) -> int | float:
         d = self.deref(v)
         if isinstance(d, ast.Num):
             return d.value
         raise self._type(v, d, what, "a number")
 
-    def int(self, v: ast.Value, what: str, minimum: int | None = None) -> int:
+    def as_int(self, v: ast.Value, what: str, minimum: int | None = None) -> int:
         d = self.deref(v)
         if not isinstance(d, ast.Num) or not isinstance(d.value, int):
             raise self._type(v, d, what, "an integer")
@@ -85,9 +85,9 @@ class Values:
             raise self.fail("E0309", f"{what} must be at least {minimum}, found {d.value}", v.span)
         return d.value
 
-    def float(self, v: ast.Value, what: str, minimum: float | None = None,
+    def as_float(self, v: ast.Value, what: str, minimum: float | None = None,
               maximum: float | None = None, strict_min: bool = False) -> float:
-        value = float(self.number(v, what))
+        value = float(self.as_number(v, what))
         if value != value or value in (float("inf"), float("-inf")):
             raise self.fail("E0309", f"{what} must be finite, found {value}", v.span)
         low_bad = minimum is not None and (value <= minimum if strict_min else value < minimum)
@@ -98,25 +98,25 @@ class Values:
             raise self.fail("E0309", f"{what} must be {bound}, found {value}", v.span)
         return value
 
-    def prob(self, v: ast.Value, what: str) -> float:
-        value = float(self.number(v, what))
+    def as_prob(self, v: ast.Value, what: str) -> float:
+        value = float(self.as_number(v, what))
         if not 0.0 <= value <= 1.0:
             raise self.fail("E0301", f"{what} must be a probability in [0, 1], found {value}", v.span)
         return value
 
-    def bool(self, v: ast.Value, what: str) -> bool:
+    def as_bool(self, v: ast.Value, what: str) -> bool:
         d = self.deref(v)
         if isinstance(d, ast.Bool):
             return d.value
         raise self._type(v, d, what, "true or false")
 
-    def str(self, v: ast.Value, what: str) -> str:
+    def as_str(self, v: ast.Value, what: str) -> str:
         d = self.deref(v)
         if isinstance(d, ast.Str):
             return d.value
         raise self._type(v, d, what, "a string")
 
-    def symbol(self, v: ast.Value, what: str, choices: Iterable[str]) -> str:
+    def as_symbol(self, v: ast.Value, what: str, choices: Iterable[str]) -> str:
         """A bare name or a string naming one of `choices`."""
         d = self.deref(v)
         options = sorted(choices)
@@ -131,18 +131,18 @@ class Values:
                             help=did_you_mean(text, options))
         return text
 
-    def list(self, v: ast.Value, what: str) -> tuple[ast.Value, ...]:
+    def as_list(self, v: ast.Value, what: str) -> tuple[ast.Value, ...]:
         d = self.deref(v)
         if isinstance(d, ast.ListV):
             return d.items
         raise self._type(v, d, what, "a list")
 
-    def int_or_list(self, v: ast.Value, what: str, minimum: int | None = None) -> tuple[int, ...]:
+    def as_int_or_list(self, v: ast.Value, what: str, minimum: int | None = None) -> tuple[int, ...]:
         d = self.deref(v)
         items = d.items if isinstance(d, ast.ListV) else (v,)
         if not items:
             raise self.fail("E0309", f"{what} must not be empty", v.span)
-        return tuple(self.int(x, what, minimum) for x in items)
+        return tuple(self.as_int(x, what, minimum) for x in items)
 
     def _type(self, v: ast.Value, d: ast.Value, what: str, expected: str) -> Bad:
         notes = []
