@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import EXAMPLES, ROOT
+
 from pcdsl import __version__
 from pcdsl.cli import main
 
