@@ -30,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
                            "1 when any has errors.")
     check.add_argument("files", nargs="+", metavar="FILE")
     check.add_argument("-q", "--quiet", action="store_true", help="print errors only")
+    check.add_argument("--dump-ir", action="store_true", help="print each circuit graph in a stable text form")
 
     render_ = sub.add_parser("render", help="draw a circuit with graphviz",
                              description="Draw a circuit as DOT, SVG, PNG or PDF (format from -o's suffix).")
@@ -72,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from pcdsl.frontend import check_file
+    from pcdsl.ir.dump import dump
 
     status = EXIT_OK
     for file in args.files:
@@ -90,6 +92,8 @@ def _check(args: argparse.Namespace) -> int:
         for name, graph in checked.circuits.items():
             if graph.span.source is checked.program.main:
                 print(f"{file}: {summary(checked, name)}")
+                if args.dump_ir:
+                    print(dump(graph), end="")
         for name in checked.recipes:
             print(f"{file}: recipe {name}: ok")
     return status

@@ -34,3 +34,18 @@ def test_bad_file_renders_expected_diagnostics(name: str, in_root: Path) -> None
     assert got == expected.read_text(encoding="utf-8")
     for d in info.value.diagnostics:  # every diagnostic points into a real file
         assert d.span.source is not None and d.span.line >= 1
+
+
+IR_CASES = ["tiny", "groups", "gaussians", "rat"]
+
+
+@pytest.mark.parametrize("name", IR_CASES)
+def test_ir_dump_matches_golden(name: str, in_root: Path) -> None:
+    from pcdsl.ir.dump import dump
+
+    checked = check_file(Path("examples") / f"{name}.pc")
+    got = "".join(dump(g) for g in checked.circuits.values())
+    expected = Path("tests/golden/ir") / f"{name}.ir"
+    if os.environ.get("PCDSL_UPDATE_GOLDEN"):
+        expected.write_text(got, encoding="utf-8")
+    assert got == expected.read_text(encoding="utf-8")

@@ -39,7 +39,7 @@ def validate(graph: CircuitGraph) -> list[Diagnostic]:
     elif roots[0].num_units != 1:
         root = roots[0]
         out.append(error("E0210", f"the root '{root.name}' has {root.num_units} units; a circuit's root is one "
-                         "unit", root.span, help=f"add a sum over it: `sum root = {root.name}`"))
+                         "unit", root.span, help=f"add a one-unit sum over it, e.g. `sum top = {root.name}`"))
     ties: dict[str, Node] = {}
     for node in graph.nodes():
         if node.kind is NodeKind.SUM:
