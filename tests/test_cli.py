@@ -7,10 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLES, ROOT
 
 from pcdsl import __version__
 from pcdsl.cli import main
+
+from conftest import EXAMPLES, ROOT
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:

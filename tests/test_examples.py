@@ -6,11 +6,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLES, require_dot
 
 from pcdsl.cli import main
 from pcdsl.frontend import check_file
 from pcdsl.render import to_dot
+
+from conftest import EXAMPLES, require_dot
 
 FILES = sorted(p.name for p in EXAMPLES.glob("*.pc"))
 

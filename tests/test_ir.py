@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import EXAMPLES
 from pcdsl.diagnostics import PcdslError
 from pcdsl.frontend import check_file, check_text
 from pcdsl.ir.graph import NodeKind
 from pcdsl.syntax.parser import decode_source, parse
+
+from conftest import EXAMPLES
 
 
 def _props(text: str):  # type: ignore[no-untyped-def]

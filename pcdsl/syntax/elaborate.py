@@ -8,6 +8,7 @@ a cascade.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable
 
 import networkx as nx
@@ -18,18 +19,19 @@ from pcdsl.ir.graph import BOOL, REAL, CircuitGraph, Domain, Variable
 from pcdsl.syntax import ast
 from pcdsl.syntax.leaves import FAMILIES, check_domain, check_normalised, leaf_params
 from pcdsl.syntax.names import did_you_mean
-from pcdsl.syntax.signatures import Param, Signature, bind, lookup, read_int
+from pcdsl.syntax.signatures import MAX_UNITS, Param, Signature, bind, lookup, read_units
 from pcdsl.syntax.sources import DataSource
 from pcdsl.syntax.templates import IMAGE_TEMPLATES, TEMPLATES
 from pcdsl.syntax.values import Bad, Values
 
 DOMAINS = ("bool", "categorical", "real")
 MAX_VARIABLES = 1 << 20
+MAX_CATEGORIES = 1 << 16
 
 _OPTIONS = {
-    "leaf": Signature("leaf options", (Param("units", read_int(1), 1, positional=False),)),
+    "leaf": Signature("leaf options", (Param("units", read_units(), 1, positional=False),)),
     "prod": Signature("product options", ()),
-    "sum": Signature("sum options", (Param("units", read_int(1), 1, positional=False),
+    "sum": Signature("sum options", (Param("units", read_units(), 1, positional=False),
                                      Param("tie", None, None, positional=False))),
 }
 
@@ -123,7 +125,7 @@ class _Elaborator:
                 except Bad:
                     ok = False
                     continue
-                count = int(np.prod(shape)) if shape else 1
+                count = math.prod(shape)
                 if len(variables) + count > MAX_VARIABLES:
                     raise self.fail("E0309", f"too many variables (more than {MAX_VARIABLES})", item.span)
                 start = len(variables)
@@ -142,7 +144,7 @@ class _Elaborator:
         if name == "categorical":
             if d.arg is None:
                 raise self.fail("E0310", "categorical needs its number of values: categorical(n)", d.span)
-            return Domain("categorical", self.vals.as_int(d.arg, "the number of categories", 2))
+            return Domain("categorical", self.vals.as_int(d.arg, "the number of categories", 2, MAX_CATEGORIES))
         if d.arg is not None:
             raise self.fail("E0310", f"domain '{name}' takes no argument", d.arg.span)
         return BOOL if name == "bool" else REAL
@@ -247,7 +249,13 @@ class _Elaborator:
         if isinstance(decl, ast.LeafDecl):
             self._leaf(graph, decl, options["units"])
         elif isinstance(decl, ast.ProdDecl):
-            graph.add_product(decl.name.text, tuple(c.text for c in decl.children), decl.pattern, decl.span)
+            children = tuple(c.text for c in decl.children)
+            if decl.pattern == "kronecker":
+                units = math.prod(graph.node(c).num_units for c in children)
+                if units > MAX_UNITS:
+                    raise self.fail("E0309", f"outer product '{decl.name.text}' would have {units} units (at most "
+                                    f"{MAX_UNITS})", decl.span, help="use fewer units in its children")
+            graph.add_product(decl.name.text, children, decl.pattern, decl.span)
         else:
             self._sum(graph, decl, options["units"], options["tie"])
 

@@ -114,8 +114,15 @@ def bind(vals: Values, call: ast.Call, sig: Signature) -> Bound:
 
 
 # ---- common readers ---------------------------------------------------------------------
-def read_int(minimum: int | None = None) -> Reader:
-    return lambda vals, v, what: vals.as_int(v, what, minimum)
+MAX_UNITS = 1 << 16  # per node group; far beyond what fits in memory as dense weights anyway
+
+
+def read_int(minimum: int | None = None, maximum: int | None = None) -> Reader:
+    return lambda vals, v, what: vals.as_int(v, what, minimum, maximum)
+
+
+def read_units() -> Reader:
+    return read_int(1, MAX_UNITS)
 
 
 def read_float(minimum: float | None = None, maximum: float | None = None, strict: bool = False) -> Reader:

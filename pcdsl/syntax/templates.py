@@ -7,25 +7,25 @@ a slice of one, or a list of variables); the generators live in
 
 from __future__ import annotations
 
-from pcdsl.syntax.signatures import Param, Signature, read_float, read_int, read_ints
+from pcdsl.syntax.signatures import Param, Signature, read_float, read_int, read_ints, read_units
 
 _VARS = Param("vars", None, doc="the variables: an array, a slice `x[0:14, :]` or a list")
 
 
 def _units(default: int | None = 16) -> Param:
-    return Param("units", read_int(1), default, positional=False, doc="units per region")
+    return Param("units", read_units(), default, positional=False, doc="units per region")
 
 
 def _input_units() -> Param:
-    return Param("input_units", read_int(1), None, positional=False, doc="units per input group")
+    return Param("input_units", read_units(), None, positional=False, doc="units per input group")
 
 
 TEMPLATES = {
     "hclt": Signature("hclt", (
         _VARS,
-        Param("hidden", read_int(1), 16, positional=False, doc="latent units per variable"),
+        Param("hidden", read_units(), 16, positional=False, doc="latent units per variable"),
         Param("data", None, positional=False, doc="the data the Chow-Liu tree is learned from"),
-        Param("trees", read_int(1), 1, positional=False, doc="mixture of this many Chow-Liu trees"),
+        Param("trees", read_int(1, 64), 1, positional=False, doc="mixture of this many Chow-Liu trees"),
         Param("pseudocount", read_float(0.0), 0.1, positional=False),
         Param("bins", read_int(2), 16, positional=False, doc="bins per variable for mutual information"),
     ), "hidden Chow-Liu tree (Liu & Van den Broeck 2021)"),
@@ -36,8 +36,8 @@ TEMPLATES = {
     "quad_tree": Signature("quad_tree", (_VARS, _units(), _input_units()),
                            "recursive split of an image into quadrants"),
     "rat": Signature("rat", (
-        _VARS, Param("depth", read_int(1), 2, positional=False),
-        Param("repetitions", read_int(1), 1, positional=False),
+        _VARS, Param("depth", read_int(1, 64), 2, positional=False),
+        Param("repetitions", read_int(1, 4096), 1, positional=False),
         _units(), _input_units(), Param("seed", read_int(0), 0, positional=False),
     ), "random and tensorised binary region trees (Peharz et al. 2020)"),
     "fully_factorized": Signature("fully_factorized", (_VARS, _units(1)),

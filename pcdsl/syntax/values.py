@@ -77,12 +77,14 @@ class Values:
             return d.value
         raise self._type(v, d, what, "a number")
 
-    def as_int(self, v: ast.Value, what: str, minimum: int | None = None) -> int:
+    def as_int(self, v: ast.Value, what: str, minimum: int | None = None, maximum: int | None = None) -> int:
         d = self.deref(v)
         if not isinstance(d, ast.Num) or not isinstance(d.value, int):
             raise self._type(v, d, what, "an integer")
         if minimum is not None and d.value < minimum:
             raise self.fail("E0309", f"{what} must be at least {minimum}, found {d.value}", v.span)
+        if maximum is not None and d.value > maximum:
+            raise self.fail("E0309", f"{what} must be at most {maximum}, found {d.value}", v.span)
         return d.value
 
     def as_float(self, v: ast.Value, what: str, minimum: float | None = None,
