@@ -1,0 +1,236 @@
+"""The reference evaluator: the executable semantics of a circuit, node by node.
+
+Small, obviously correct, not fast: numpy, one node group at a time, log space.
+Every backend is tested against it.
+
+Data: a float array (batch, variables). A missing value is -1 for a discrete
+variable and NaN for a real one; a missing variable is marginalised out
+(sum mode) or maximised over (max mode).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pcdsl.ir.graph import CircuitGraph, Node, NodeKind
+from pcdsl.params import Parameters, weight_group
+
+LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def missing_mask(graph: CircuitGraph, x: np.ndarray) -> np.ndarray:
+    discrete = np.array([v.domain.is_discrete for v in graph.variables])
+    return np.isnan(x) | (discrete[None, :] & (x == -1))
+
+
+def _log(a: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        return np.log(a)
+
+
+def input_values(graph: CircuitGraph, params: Parameters, node: Node, x: np.ndarray, mode: str) -> np.ndarray:
+    """(batch, units) log-values of an input group."""
+    assert node.var is not None
+    p = params.inputs[node.name]
+    column = x[:, node.var]
+    missing = missing_mask(graph, x)[:, node.var]
+    safe = np.where(missing, 0, column)
+    if node.family == "categorical":
+        table = _log(p["probs"])  # (units, k)
+        observed = table[:, safe.astype(np.int64)].T
+        free = table.max(axis=1) if mode == "max" else np.zeros(node.num_units)
+    elif node.family == "bernoulli":
+        table = _log(np.stack([1 - p["p"], p["p"]], axis=1))
+        observed = table[:, safe.astype(np.int64)].T
+        free = table.max(axis=1) if mode == "max" else np.zeros(node.num_units)
+    elif node.family == "gaussian":
+        z = (safe[:, None] - p["mean"][None, :]) / p["std"][None, :]
+        observed = -0.5 * z**2 - np.log(p["std"])[None, :] - LOG_SQRT_2PI
+        free = -np.log(p["std"]) - LOG_SQRT_2PI if mode == "max" else np.zeros(node.num_units)
+    elif node.family == "indicator":
+        observed = np.where(safe[:, None] == p["value"][None, :], 0.0, -np.inf)
+        free = np.zeros(node.num_units)
+    else:
+        raise ValueError(f"unknown leaf family {node.family}")
+    return np.where(missing[:, None], free[None, :], observed)
+
+
+def logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
+    m = np.max(a, axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)  # all -inf stays -inf, never NaN
+    with np.errstate(divide="ignore"):
+        return np.squeeze(m, axis) + np.log(np.sum(np.exp(a - m), axis=axis))
+
+
+def product_children_units(graph: CircuitGraph, node: Node) -> list[list[tuple[str, int]]]:
+    """For each unit of a product, the (child, unit) pairs it multiplies."""
+    sizes = [graph.node(c).num_units for c in node.children]
+    out = []
+    for u in range(node.num_units):
+        if node.pattern == "kronecker":
+            idx = np.unravel_index(u, sizes)
+            out.append([(c, int(i)) for c, i in zip(node.children, idx, strict=True)])
+        else:
+            out.append([(c, u if s > 1 else 0) for c, s in zip(node.children, sizes, strict=True)])
+    return out
+
+
+def sum_inputs(graph: CircuitGraph, node: Node) -> list[tuple[str, int]]:
+    """The (child, unit) pairs behind a sum's weight columns, in order."""
+    return [(c, u) for c in node.children for u in range(graph.node(c).num_units)]
+
+
+def forward(graph: CircuitGraph, params: Parameters, x: np.ndarray, mode: str = "sum") -> dict[str, np.ndarray]:
+    """Log-values of every node group: sum-product (`sum`) or max-product (`max`)."""
+    values: dict[str, np.ndarray] = {}
+    for node in graph.nodes():
+        if node.kind is NodeKind.INPUT:
+            values[node.name] = input_values(graph, params, node, x, mode)
+        elif node.kind is NodeKind.PRODUCT:
+            rows = product_children_units(graph, node)
+            values[node.name] = np.stack([sum(values[c][:, i] for c, i in row) for row in rows], axis=1)
+        else:
+            inputs = np.concatenate([values[c] for c in node.children], axis=1)  # (B, C)
+            scores = _log(params.sum_weights(node))[None, :, :] + inputs[:, None, :]  # (B, M, C)
+            values[node.name] = scores.max(axis=2) if mode == "max" else logsumexp(scores, axis=2)
+    return values
+
+
+def log_prob(graph: CircuitGraph, params: Parameters, x: np.ndarray) -> np.ndarray:
+    """log p(x) per row; missing entries are marginalised."""
+    return forward(graph, params, np.asarray(x, dtype=np.float64))[graph.root.name][:, 0]
+
+
+@dataclass
+class Flows:
+    """Expected sufficient statistics, summed over a batch.
+
+    ``weights[group]``: (units, child units) edge flows; ``inputs[node]``: per family
+    ``counts`` (units, k) for categorical and bernoulli (k = 2), ``n``/``sx``/``sxx``
+    for gaussian; ``node[name]``: (batch, units) flow of every unit.
+    """
+
+    weights: dict[str, np.ndarray] = field(default_factory=dict)
+    inputs: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    node: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def flows(graph: CircuitGraph, params: Parameters, x: np.ndarray) -> Flows:
+    """Top-down flows: root flow 1, split at sums in proportion to w * p(child) / p(sum)."""
+    x = np.asarray(x, dtype=np.float64)
+    values = forward(graph, params, x)
+    out = Flows()
+    order = list(graph.nodes())
+    f = {n.name: np.zeros_like(values[n.name]) for n in order}
+    f[graph.root.name][:, 0] = 1.0
+    for node in reversed(order):
+        if node.kind is NodeKind.SUM:
+            _sum_flows(graph, params, node, values, f, out)
+        elif node.kind is NodeKind.PRODUCT:
+            for u, row in enumerate(product_children_units(graph, node)):
+                for c, i in row:
+                    f[c][:, i] += f[node.name][:, u]
+        else:
+            out.inputs[node.name] = _input_stats(graph, params, node, x, f[node.name])
+    out.node = f
+    return out
+
+
+def _sum_flows(graph: CircuitGraph, params: Parameters, node: Node, values: dict[str, np.ndarray],
+               f: dict[str, np.ndarray], out: Flows) -> None:
+    inputs = np.concatenate([values[c] for c in node.children], axis=1)  # (B, C)
+    parent = values[node.name]  # (B, M)
+    with np.errstate(invalid="ignore"):
+        share = np.exp(inputs[:, None, :] - parent[:, :, None])  # p(child) / p(sum)
+    share = np.where(np.isfinite(parent)[:, :, None], share, 0.0)
+    edge = f[node.name][:, :, None] * params.sum_weights(node)[None] * share  # (B, M, C)
+    group = weight_group(node)
+    out.weights[group] = out.weights.get(group, 0) + edge.sum(axis=0)
+    child_flow = edge.sum(axis=1)  # (B, C)
+    for col, (c, i) in enumerate(sum_inputs(graph, node)):
+        f[c][:, i] += child_flow[:, col]
+
+
+def _input_stats(graph: CircuitGraph, params: Parameters, node: Node, x: np.ndarray,
+                 flow: np.ndarray) -> dict[str, np.ndarray]:
+    assert node.var is not None
+    p = params.inputs[node.name]
+    missing = missing_mask(graph, x)[:, node.var]
+    column = np.where(missing, 0, x[:, node.var])
+    if node.family in ("categorical", "bernoulli"):
+        probs = p["probs"] if node.family == "categorical" else np.stack([1 - p["p"], p["p"]], axis=1)
+        onehot = np.eye(probs.shape[1])[column.astype(np.int64)]  # (B, k)
+        expected = np.where(missing[:, None, None], probs[None], onehot[:, None, :])  # (B, U, k)
+        return {"counts": (flow[:, :, None] * expected).sum(axis=0)}
+    if node.family == "gaussian":
+        mean, var = p["mean"][None, :], p["std"][None, :] ** 2
+        ex = np.where(missing[:, None], mean, column[:, None])
+        exx = np.where(missing[:, None], mean**2 + var, column[:, None] ** 2)
+        return {"n": flow.sum(axis=0), "sx": (flow * ex).sum(axis=0), "sxx": (flow * exx).sum(axis=0)}
+    return {}
+
+
+def top_down(graph: CircuitGraph, params: Parameters, x: np.ndarray, mode: str,
+             rng: np.random.Generator | None = None) -> np.ndarray:
+    """Complete the missing entries of each row: argmax choices (`map`) or draws (`sample`)."""
+    x = np.array(x, dtype=np.float64)
+    values = forward(graph, params, x, "max" if mode == "map" else "sum")
+    missing = missing_mask(graph, x)
+    for b in range(x.shape[0]):
+        stack = [(graph.root.name, 0)]
+        while stack:
+            name, unit = stack.pop()
+            node = graph.node(name)
+            if node.kind is NodeKind.PRODUCT:
+                stack += product_children_units(graph, node)[unit]
+            elif node.kind is NodeKind.SUM:
+                inputs = np.concatenate([values[c][b] for c in node.children])
+                scores = _log(params.sum_weights(node)[unit]) + inputs
+                stack.append(sum_inputs(graph, node)[_choose(scores, mode, rng)])
+            else:
+                assert node.var is not None
+                if missing[b, node.var]:
+                    x[b, node.var] = _leaf_value(params.inputs[name], node.family, unit, mode, rng)
+    return x
+
+
+def _choose(scores: np.ndarray, mode: str, rng: np.random.Generator | None) -> int:
+    if mode == "map":
+        return int(np.argmax(scores))
+    assert rng is not None
+    probs = np.exp(scores - logsumexp(scores, axis=0))
+    return int(rng.choice(len(scores), p=probs / probs.sum()))
+
+
+def _leaf_value(p: dict[str, np.ndarray], family: str | None, unit: int, mode: str,
+                rng: np.random.Generator | None) -> float:
+    if family == "indicator":
+        return float(p["value"][unit])
+    if family == "gaussian":
+        mean, std = p["mean"][unit], p["std"][unit]
+        return float(mean if mode == "map" else rng.normal(mean, std))  # type: ignore[union-attr]
+    probs = p["probs"][unit] if family == "categorical" else np.array([1 - p["p"][unit], p["p"][unit]])
+    if mode == "map":
+        return float(np.argmax(probs))
+    return float(rng.choice(len(probs), p=probs / probs.sum()))  # type: ignore[union-attr]
+
+
+def map_state(graph: CircuitGraph, params: Parameters, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Max-product completion of the missing entries and its exact log-probability."""
+    completed = top_down(graph, params, x, "map")
+    return completed, log_prob(graph, params, completed)
+
+
+def sample(graph: CircuitGraph, params: Parameters, n: int, evidence: np.ndarray | None = None,
+           seed: int = 0) -> np.ndarray:
+    """Ancestral samples; with `evidence` (one row, or n rows), from p(missing | observed)."""
+    rng = np.random.default_rng(seed)
+    if evidence is None:
+        evidence = np.full((n, len(graph.variables)), np.nan)
+    evidence = np.atleast_2d(np.asarray(evidence, dtype=np.float64))
+    if evidence.shape[0] == 1:
+        evidence = np.repeat(evidence, n, axis=0)
+    return top_down(graph, params, evidence, "sample", rng)
