@@ -39,3 +39,22 @@ __all__ = [
     "render",
     "render_all",
 ]
+
+
+def load(path: str | Path, circuit: str | None = None) -> CircuitGraph:
+    """The named circuit of a .pc file (or its first), checked and validated."""
+    return check_file(path).circuit(circuit)
+
+
+def compile(graph: CircuitGraph, backend: str = "torch", *, params: object = None, seed: int = 0,
+            **options: object) -> object:
+    """Compile a circuit graph to a runnable model (``device=`` and ``dtype=`` for torch).
+
+    Parameters the file leaves out are initialised randomly from ``seed``.
+    """
+    from pcdsl.backends import lower
+    from pcdsl.params import Parameters, initialise
+    from pcdsl.plan import compile_plan
+
+    concrete = params if isinstance(params, Parameters) else initialise(graph, seed)
+    return lower(compile_plan(graph, concrete), backend, **options)

@@ -1,0 +1,176 @@
+"""The torch backend: a LayeredPlan lowered to tensor ops, on any device.
+
+Every query is built from three passes over the layers (see ``layers.py``):
+forward (sum- or max-product), flows (top-down expected counts) and down
+(top-down choice of active units). Loops run over layers, never over nodes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from pcdsl.plan import ONE, ZERO, InputLayer, LayeredPlan, SumLayer
+from pcdsl.reference import Flows
+
+from .layers import RULES, Batch, InputRule, SumRule
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def lower(plan: LayeredPlan, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32") -> TorchModel:
+    return TorchModel(plan, torch.device(device), _DTYPES[dtype] if isinstance(dtype, str) else dtype)
+
+
+class TorchModel:
+    """A compiled circuit. Data: (batch, variables) numpy arrays or tensors; -1 or NaN marks a
+    missing value (NaN for real variables). Results come back in the type they were given."""
+
+    def __init__(self, plan: LayeredPlan, device: torch.device, dtype: torch.dtype):
+        self.plan = plan
+        self.device, self.dtype = device, dtype
+        self.rules = [RULES[type(layer)](layer, device, dtype) for layer in plan.layers]
+        self.discrete = torch.tensor([c is not None for c in plan.cardinalities], device=device)
+
+    @property
+    def variables(self) -> tuple[str, ...]:
+        return self.plan.variables
+
+    @property
+    def cardinalities(self) -> tuple[int | None, ...]:
+        return self.plan.cardinalities
+
+    # ---- evidence ------------------------------------------------------------------------
+    def _batch(self, x: Any) -> tuple[Batch, torch.Tensor]:
+        t = torch.as_tensor(x, device=self.device)
+        if t.ndim == 1:
+            t = t[None, :]
+        if t.ndim != 2 or t.shape[1] != self.plan.num_vars:
+            raise ValueError(f"data must have shape (batch, {self.plan.num_vars}), got {tuple(t.shape)}")
+        real = t.to(torch.float64)
+        missing = torch.isnan(real) | (self.discrete[None, :] & (real == -1))
+        index = torch.where(missing, torch.zeros_like(real), real).to(torch.long)
+        self._check_domains(index, missing)
+        return Batch(index, real.to(self.dtype), missing), real
+
+    def _check_domains(self, index: torch.Tensor, missing: torch.Tensor) -> None:
+        for v, card in enumerate(self.plan.cardinalities):
+            if card is None:
+                continue
+            column = index[:, v][~missing[:, v]]
+            if column.numel() and (int(column.min()) < 0 or int(column.max()) >= card):
+                bad = column[(column < 0) | (column >= card)][0].item()
+                raise ValueError(f"value {bad} of variable '{self.plan.variables[v]}' is outside 0..{card - 1} "
+                                 "(missing values are -1)")
+
+    @staticmethod
+    def _out(result: torch.Tensor, like: Any) -> Any:
+        return result if isinstance(like, torch.Tensor) else result.detach().cpu().numpy()
+
+    # ---- passes ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _forward(self, batch: Batch, mode: str = "sum") -> torch.Tensor:
+        buf = torch.empty(batch.index.shape[0], self.plan.num_slots, device=self.device, dtype=self.dtype)
+        buf[:, ONE], buf[:, ZERO] = 0.0, -torch.inf
+        for rule in self.rules:
+            rule.forward(buf, batch, mode)
+        return buf
+
+    # ---- queries --------------------------------------------------------------------------------
+    def log_prob(self, x: Any) -> Any:
+        """log p(x) per row; missing entries are marginalised."""
+        batch, _ = self._batch(x)
+        return self._out(self._forward(batch)[:, self.plan.root], x)
+
+    def conditional(self, x: Any, query: Any) -> Any:
+        """log p(x_Q | x_E): Q the query variables (indices, names or a mask), E the other observed ones."""
+        columns = self._columns(query)
+        full = torch.as_tensor(x, device=self.device, dtype=torch.float64).clone()
+        evidence = full.clone()
+        evidence[..., columns] = torch.where(self.discrete[columns], -1.0, torch.nan).to(evidence.dtype)
+        joint, _ = self._batch(full)
+        marginal, _ = self._batch(evidence)
+        result = self._forward(joint)[:, self.plan.root] - self._forward(marginal)[:, self.plan.root]
+        return self._out(result, x)
+
+    def _columns(self, query: Any) -> torch.Tensor:
+        q = np.asarray(query)
+        if q.dtype == bool:
+            q = np.flatnonzero(q)
+        elif q.dtype.kind in "US":
+            names = {n: i for i, n in enumerate(self.plan.variables)}
+            q = np.array([names[str(n)] for n in q.reshape(-1)])
+        return torch.as_tensor(q.reshape(-1).astype(np.int64), device=self.device)
+
+    @torch.no_grad()
+    def _down(self, batch: Batch, real: torch.Tensor, mode: str, seed: int | None) -> torch.Tensor:
+        buf = self._forward(batch, "max" if mode == "map" else "sum")
+        gen = None
+        if mode == "sample":
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(seed or 0)
+        active = torch.zeros_like(buf)
+        active[:, self.plan.root] = 1.0
+        out = real.clone()
+        for rule in reversed(self.rules):
+            rule.down(active, buf, batch, out, mode, gen)
+        return out
+
+    def map(self, x: Any) -> tuple[Any, Any]:
+        """Complete missing entries by max-product and backtracking; return (completion, its log p).
+
+        The completion is the exact MPE for deterministic circuits; otherwise it is the
+        max-product (Viterbi) approximation. The log-probability is exact either way."""
+        batch, real = self._batch(x)
+        completed = self._down(batch, real, "map", None)
+        lp = self._forward(self._batch(completed)[0])[:, self.plan.root]
+        return self._out(completed, x), self._out(lp, x)
+
+    def sample(self, n: int, evidence: Any = None, seed: int = 0) -> Any:
+        """n ancestral samples; with evidence (one row or n rows), from p(missing | observed)."""
+        if evidence is None:
+            rows = torch.full((n, self.plan.num_vars), torch.nan, dtype=torch.float64, device=self.device)
+        else:
+            rows = torch.as_tensor(evidence, device=self.device, dtype=torch.float64)
+            rows = rows[None, :] if rows.ndim == 1 else rows
+            rows = rows.expand(n, -1) if rows.shape[0] == 1 else rows
+        batch, real = self._batch(rows)
+        out = self._down(batch, real, "sample", seed)
+        return out if isinstance(evidence, torch.Tensor) else out.cpu().numpy()
+
+    @torch.no_grad()
+    def flows(self, x: Any) -> Flows:
+        """Expected sufficient statistics of every parameter, summed over the batch."""
+        batch, _ = self._batch(x)
+        buf = self._forward(batch)
+        flow = torch.zeros_like(buf)
+        flow[:, self.plan.root] = 1.0
+        result = Flows()
+        for rule in reversed(self.rules):
+            stats = rule.flows(buf, flow, batch)
+            if isinstance(rule, SumRule):
+                _gather_weights(rule.layer, stats["weights"], result)
+            elif isinstance(rule, InputRule):
+                _split_inputs(rule.layer, stats, self.plan, result)
+        return result
+
+
+def _gather_weights(layer: SumLayer, flows: torch.Tensor, result: Flows) -> None:
+    for slot, group in enumerate(layer.groups):  # tied sums add their flows
+        result.weights[group] = result.weights.get(group, 0) + flows[slot]
+
+
+def _split_inputs(layer: InputLayer, stats: dict[str, torch.Tensor], plan: LayeredPlan, result: Flows) -> None:
+    offset = 0
+    for name, family, units in zip(layer.nodes, layer.families, layer.node_units, strict=True):
+        rows = slice(offset, offset + units)
+        offset += units
+        if family == "indicator":
+            result.inputs[name] = {}
+        elif layer.family == "categorical":
+            size = plan.cardinalities[int(layer.var[rows.start])]
+            result.inputs[name] = {"counts": stats["counts"][rows, :size]}
+        else:
+            result.inputs[name] = {k: v[rows] for k, v in stats.items()}

@@ -1,0 +1,212 @@
+"""CircuitGraph -> LayeredPlan: backend-neutral layers of index arrays.
+
+Every unit of the circuit gets a slot in one value buffer of shape
+(batch, num_slots). Slot 0 holds log 1 (padding for products), slot 1 holds
+log 0 (padding for sums); node groups follow, layer by layer, each group's
+units contiguous. Layers run in order:
+
+- an input layer per family: categorical (Bernoulli and indicator leaves are
+  categorical leaves over their domain), gaussian;
+- a product layer per fan-in: ``out[u] = sum_k buf[index[u, k]]``;
+- a sum layer per fold of same-shape sums (F nodes of M units over C child
+  units): ``out[f, m] = log sum_c W[f, m, c] exp(buf[index[f, c]])``, one
+  batched matrix product.
+
+Nodes are layered by height (inputs 0, others 1 + the highest child), so
+everything a layer reads was written by an earlier layer.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from pcdsl.ir.graph import CircuitGraph, Node, NodeKind
+from pcdsl.params import Parameters, weight_group
+
+ONE, ZERO = 0, 1  # the constant slots: log 1 and log 0
+FIRST_SLOT = 2
+
+
+@dataclass(frozen=True)
+class InputLayer:
+    family: str  # "categorical" | "gaussian"
+    start: int  # output slots [start, start + len(var))
+    var: np.ndarray  # (U,) variable of each unit
+    nodes: tuple[str, ...]
+    params: dict[str, np.ndarray]  # categorical: log_probs (U, K) padded with -inf; gaussian: mean, std
+    families: tuple[str, ...] = ()  # each node's own family (bernoulli, indicator, ...)
+    node_units: tuple[int, ...] = ()
+
+    @property
+    def stop(self) -> int:
+        return self.start + len(self.var)
+
+
+@dataclass(frozen=True)
+class ProductLayer:
+    start: int
+    index: np.ndarray  # (U, K) slots to add
+    nodes: tuple[str, ...]
+
+    @property
+    def stop(self) -> int:
+        return self.start + self.index.shape[0]
+
+
+@dataclass(frozen=True)
+class SumLayer:
+    start: int  # output slots [start, start + F * M), node-major
+    index: np.ndarray  # (F, C) input slots
+    weights: np.ndarray  # (F, M, C)
+    nodes: tuple[str, ...]
+    groups: tuple[str, ...]  # weight group of each fold slot (tied sums share one)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.weights.shape  # type: ignore[return-value]
+
+    @property
+    def stop(self) -> int:
+        f, m, _ = self.shape
+        return self.start + f * m
+
+
+Layer = InputLayer | ProductLayer | SumLayer
+
+
+@dataclass(frozen=True)
+class LayeredPlan:
+    name: str
+    num_slots: int
+    num_vars: int
+    cardinalities: tuple[int | None, ...]  # None for real variables
+    variables: tuple[str, ...]
+    layers: tuple[Layer, ...]
+    root: int  # the root's slot
+    slot_of: dict[str, int]  # first slot of each node group
+
+    def input_layers(self) -> list[InputLayer]:
+        return [layer for layer in self.layers if isinstance(layer, InputLayer)]
+
+
+def heights(graph: CircuitGraph) -> dict[str, int]:
+    h: dict[str, int] = {}
+    for node in graph.nodes():  # children first
+        h[node.name] = 0 if node.kind is NodeKind.INPUT else 1 + max(h[c] for c in node.children)
+    return h
+
+
+def compile_plan(graph: CircuitGraph, params: Parameters) -> LayeredPlan:
+    """Fold a validated circuit graph and its parameters into layers."""
+    buckets: dict[tuple, list[Node]] = defaultdict(list)
+    h = heights(graph)
+    for node in graph.nodes():
+        buckets[_bucket_key(graph, node, h[node.name])].append(node)
+    slots: dict[str, int] = {}
+    layers: list[Layer] = []
+    next_slot = FIRST_SLOT
+    for key in sorted(buckets, key=_order):
+        nodes = buckets[key]
+        layer = _layer(graph, params, key[1], nodes, slots, next_slot)
+        for node in nodes:  # node-major: each group's units contiguous, in fold order
+            slots[node.name] = next_slot
+            next_slot += node.num_units
+        layers.append(layer)
+    cards = tuple(v.domain.size if v.domain.is_discrete else None for v in graph.variables)
+    return LayeredPlan(graph.name, next_slot, len(graph.variables), cards,
+                       tuple(v.name for v in graph.variables), tuple(layers), slots[graph.root.name], slots)
+
+
+_KIND_ORDER = {"input": 0, "product": 1, "sum": 2}
+
+
+def _bucket_key(graph: CircuitGraph, node: Node, height: int) -> tuple:
+    if node.kind is NodeKind.INPUT:
+        return (0, "input", "gaussian" if node.family == "gaussian" else "categorical")
+    if node.kind is NodeKind.PRODUCT:
+        return (height, "product", len(node.children))
+    return (height, "sum", node.num_units, graph.child_units(node))
+
+
+def _order(key: tuple) -> tuple:
+    return (key[0], _KIND_ORDER[key[1]], *key[2:])
+
+
+def _layer(graph: CircuitGraph, params: Parameters, kind: str, nodes: list[Node],
+           slots: dict[str, int], start: int) -> Layer:
+    names = tuple(n.name for n in nodes)
+    if kind == "input":
+        return _input_layer(graph, params, nodes, start)
+    if kind == "product":
+        rows = [row for n in nodes for row in _product_rows(graph, n, slots)]
+        return ProductLayer(start, np.array(rows, dtype=np.int64), names)
+    index = np.array([[slots[c] + u for c in n.children for u in range(graph.node(c).num_units)]
+                      for n in nodes], dtype=np.int64)
+    weights = np.stack([params.sum_weights(n) for n in nodes])
+    return SumLayer(start, index, weights, names, tuple(weight_group(n) for n in nodes))
+
+
+def _product_rows(graph: CircuitGraph, node: Node, slots: dict[str, int]) -> list[list[int]]:
+    sizes = [graph.node(c).num_units for c in node.children]
+    rows = []
+    for u in range(node.num_units):
+        if node.pattern == "kronecker":
+            units = np.unravel_index(u, sizes)
+        else:
+            units = tuple(u if s > 1 else 0 for s in sizes)
+        rows.append([slots[c] + int(i) for c, i in zip(node.children, units, strict=True)])
+    return rows
+
+
+def _input_layer(graph: CircuitGraph, params: Parameters, nodes: list[Node], start: int) -> InputLayer:
+    var = np.concatenate([np.full(n.num_units, n.var, dtype=np.int64) for n in nodes])
+    names = tuple(n.name for n in nodes)
+    meta = {"families": tuple(str(n.family) for n in nodes), "node_units": tuple(n.num_units for n in nodes)}
+    if nodes[0].family == "gaussian":
+        mean = np.concatenate([params.inputs[n.name]["mean"] for n in nodes]).astype(np.float64)
+        std = np.concatenate([params.inputs[n.name]["std"] for n in nodes]).astype(np.float64)
+        return InputLayer("gaussian", start, var, names, {"mean": mean, "std": std}, **meta)
+    width = max(graph.variables[n.var].domain.size or 0 for n in nodes)  # type: ignore[index]
+    rows = [_categorical_table(graph, params, n, width) for n in nodes]
+    with np.errstate(divide="ignore"):
+        log_probs = np.log(np.concatenate(rows))
+    return InputLayer("categorical", start, var, names, {"log_probs": log_probs}, **meta)
+
+
+def categorical_probs(graph: CircuitGraph, params: Parameters, node: Node) -> np.ndarray:
+    """(units, domain size) probabilities of a categorical, Bernoulli or indicator group."""
+    p = params.inputs[node.name]
+    if node.family == "categorical":
+        return np.asarray(p["probs"], dtype=np.float64)
+    if node.family == "bernoulli":
+        return np.stack([1 - p["p"], p["p"]], axis=1).astype(np.float64)
+    size = graph.variables[node.var].domain.size  # type: ignore[index]
+    return np.eye(size)[p["value"]]
+
+
+def _categorical_table(graph: CircuitGraph, params: Parameters, node: Node, width: int) -> np.ndarray:
+    probs = categorical_probs(graph, params, node)
+    return np.pad(probs, ((0, 0), (0, width - probs.shape[1])))  # padded values have probability 0
+
+
+def dump_plan(plan: LayeredPlan) -> str:
+    """A stable text form of the plan, for debugging and golden tests."""
+    lines = [f"plan {plan.name}: {plan.num_slots} slots, {len(plan.layers)} layers, root slot {plan.root}"]
+    for i, layer in enumerate(plan.layers):
+        if isinstance(layer, InputLayer):
+            desc = f"input {layer.family} units={len(layer.var)}"
+        elif isinstance(layer, ProductLayer):
+            desc = f"product units={layer.index.shape[0]} fan_in={layer.index.shape[1]}"
+        else:
+            f, m, c = layer.shape
+            desc = f"sum fold={f} units={m} inputs={c} edges={f * m * c}"
+        lines.append(f"  layer {i}: {desc} slots [{layer.start}, {layer.stop}) nodes {_names(layer.nodes)}")
+    return "\n".join(lines) + "\n"
+
+
+def _names(names: tuple[str, ...]) -> str:
+    shown = ", ".join(names[:4])
+    return f"[{shown}{', ...' if len(names) > 4 else ''}] ({len(names)})"
