@@ -153,27 +153,25 @@ def _product_rows(graph: CircuitGraph, node: Node, slots: dict[str, int]) -> lis
     sizes = [graph.node(c).num_units for c in node.children]
     rows = []
     for u in range(node.num_units):
-        if node.pattern == "kronecker":
-            units = np.unravel_index(u, sizes)
-        else:
-            units = tuple(u if s > 1 else 0 for s in sizes)
-        rows.append([slots[c] + int(i) for c, i in zip(node.children, units, strict=True)])
+        units = [int(i) for i in np.unravel_index(u, sizes)] if node.pattern == "kronecker" else \
+            [u if s > 1 else 0 for s in sizes]
+        rows.append([slots[c] + i for c, i in zip(node.children, units, strict=True)])
     return rows
 
 
 def _input_layer(graph: CircuitGraph, params: Parameters, nodes: list[Node], start: int) -> InputLayer:
     var = np.concatenate([np.full(n.num_units, n.var, dtype=np.int64) for n in nodes])
     names = tuple(n.name for n in nodes)
-    meta = {"families": tuple(str(n.family) for n in nodes), "node_units": tuple(n.num_units for n in nodes)}
+    families, units = tuple(str(n.family) for n in nodes), tuple(n.num_units for n in nodes)
     if nodes[0].family == "gaussian":
         mean = np.concatenate([params.inputs[n.name]["mean"] for n in nodes]).astype(np.float64)
         std = np.concatenate([params.inputs[n.name]["std"] for n in nodes]).astype(np.float64)
-        return InputLayer("gaussian", start, var, names, {"mean": mean, "std": std}, **meta)
+        return InputLayer("gaussian", start, var, names, {"mean": mean, "std": std}, families, units)
     width = max(graph.variables[n.var].domain.size or 0 for n in nodes)  # type: ignore[index]
     rows = [_categorical_table(graph, params, n, width) for n in nodes]
     with np.errstate(divide="ignore"):
         log_probs = np.log(np.concatenate(rows))
-    return InputLayer("categorical", start, var, names, {"log_probs": log_probs}, **meta)
+    return InputLayer("categorical", start, var, names, {"log_probs": log_probs}, families, units)
 
 
 def categorical_probs(graph: CircuitGraph, params: Parameters, node: Node) -> np.ndarray:
@@ -184,6 +182,7 @@ def categorical_probs(graph: CircuitGraph, params: Parameters, node: Node) -> np
     if node.family == "bernoulli":
         return np.stack([1 - p["p"], p["p"]], axis=1).astype(np.float64)
     size = graph.variables[node.var].domain.size  # type: ignore[index]
+    assert size is not None
     return np.eye(size)[p["value"]]
 
 

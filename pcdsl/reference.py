@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -113,9 +114,9 @@ class Flows:
     for gaussian; ``node[name]``: (batch, units) flow of every unit.
     """
 
-    weights: dict[str, np.ndarray] = field(default_factory=dict)
-    inputs: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
-    node: dict[str, np.ndarray] = field(default_factory=dict)
+    weights: dict[str, Any] = field(default_factory=dict)  # numpy arrays here; tensors from torch
+    inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    node: dict[str, Any] = field(default_factory=dict)
 
 
 def flows(graph: CircuitGraph, params: Parameters, x: np.ndarray) -> Flows:
