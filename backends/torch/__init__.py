@@ -85,7 +85,9 @@ class TorchModel:
         return self._out(self._forward(batch)[:, self.plan.root], x)
 
     def conditional(self, x: Any, query: Any) -> Any:
-        """log p(x_Q | x_E): Q the query variables (indices, names or a mask), E the other observed ones."""
+        """log p(x_Q | x_E): Q the query variables (indices, names or a mask), E the other observed ones.
+
+        NaN where p(x_E) = 0: the conditional is undefined there."""
         columns = self._columns(query)
         full = torch.as_tensor(x, device=self.device, dtype=torch.float64).clone()
         evidence = full.clone()
