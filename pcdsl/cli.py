@@ -45,6 +45,16 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--examples", default="examples", metavar="DIR", help="default: ./examples")
     demo.add_argument("-o", "--output", default="out/demo", metavar="DIR", help="default: ./out/demo")
 
+    compile_ = sub.add_parser("compile", help="compile a circuit to a layered plan and emit backend code",
+                              description="Fold a circuit into layers; print the plan (--dump-plan) and/or "
+                              "write a standalone module for a backend (-o DIR).")
+    compile_.add_argument("file", metavar="FILE")
+    compile_.add_argument("--circuit", metavar="NAME", help="which circuit (default: the file's first)")
+    compile_.add_argument("--backend", default="torch", metavar="NAME", help="default: torch")
+    compile_.add_argument("-o", "--output", metavar="DIR", help="write the emitted module and its parameters here")
+    compile_.add_argument("--dump-plan", action="store_true", help="print the layered plan in a stable text form")
+    compile_.add_argument("--seed", type=int, default=0, help="seed for parameters the file leaves out (default 0)")
+
     explain = sub.add_parser("explain", help="explain a diagnostic code, e.g. E0203")
     explain.add_argument("code", metavar="CODE")
     return p
@@ -170,6 +180,55 @@ def _demo(args: argparse.Namespace) -> int:
     return status
 
 
+def _compile(args: argparse.Namespace) -> int:
+    import importlib
+
+    from pcdsl.backends import available
+    from pcdsl.frontend import check_file
+    from pcdsl.params import initialise
+    from pcdsl.plan import compile_plan, dump_plan
+
+    emitters = {"torch": "pcdsl.backends.torch.emit"}  # backends that can write standalone code
+    if args.backend not in available():
+        print(f"pcdsl compile: unknown backend '{args.backend}' (known: {', '.join(available())})", file=sys.stderr)
+        return EXIT_USAGE
+    if args.output is not None and args.backend not in emitters:
+        print(f"pcdsl compile: backend '{args.backend}' has no code emission "
+              f"(backends that emit code: {', '.join(sorted(emitters))})", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        checked = check_file(args.file)
+        graph = checked.circuit(args.circuit)
+    except PcdslError as exc:
+        print(render_all(exc.diagnostics), file=sys.stderr)
+        return EXIT_DIAGNOSTICS
+    except KeyError as exc:
+        print(f"pcdsl compile: {exc.args[0]}", file=sys.stderr)
+        return EXIT_USAGE
+    for w in checked.warnings:
+        print(render(w) + "\n", file=sys.stderr)
+    plan = compile_plan(graph, initialise(graph, args.seed))
+    if args.dump_plan:
+        print(dump_plan(plan), end="")
+    elif args.output is None:
+        print(dump_plan(plan).splitlines()[0] + " (use -o DIR to emit code, --dump-plan for the layers)")
+    if args.output is None:
+        return EXIT_OK
+    try:
+        emitter = importlib.import_module(emitters[args.backend])
+    except ImportError as exc:
+        print(f"pcdsl compile: the {args.backend} backend needs '{exc.name}' (pip install 'pcdsl[all]')",
+              file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        written = emitter.emit_module(plan, Path(args.output))
+    except OSError as exc:
+        print(f"pcdsl compile: cannot write to '{args.output}': {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"wrote {', '.join(str(p) for p in written)} (circuit {graph.name}, backend {args.backend})")
+    return EXIT_OK
+
+
 def _explain(args: argparse.Namespace) -> int:
     code = args.code.upper()
     if code not in CODES:
@@ -179,7 +238,7 @@ def _explain(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_COMMANDS = {"check": _check, "render": _render, "demo": _demo, "explain": _explain}
+_COMMANDS = {"check": _check, "render": _render, "demo": _demo, "compile": _compile, "explain": _explain}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -21,12 +21,13 @@ class Source:
     text: str
 
     def line(self, number: int) -> str:
-        lines = self.text.splitlines()
-        return lines[number - 1] if 0 < number <= len(lines) else ""
+        # lines end at "\n" only, as the parser counts them (not at \r, \x0c, U+2028, ...)
+        lines = self.text.split("\n")
+        return lines[number - 1].removesuffix("\r") if 0 < number <= len(lines) else ""
 
     @property
     def num_lines(self) -> int:
-        return max(1, len(self.text.splitlines()))
+        return self.text.count("\n") + 1
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ Every unit of the circuit gets a slot in one value buffer of shape
 log 0 (padding for sums); node groups follow, layer by layer, each group's
 units contiguous. Layers run in order:
 
-- an input layer per family: categorical (Bernoulli and indicator leaves are
-  categorical leaves over their domain), gaussian;
+- an input layer per family and group width: categorical (Bernoulli and
+  indicator leaves are categorical leaves over their domain), gaussian;
 - a product layer per fan-in: ``out[u] = sum_k buf[index[u, k]]``;
 - a sum layer per fold of same-shape sums (F nodes of M units over C child
   units): ``out[f, m] = log sum_c W[f, m, c] exp(buf[index[f, c]])``, one
@@ -105,10 +105,12 @@ def compile_plan(graph: CircuitGraph, params: Parameters) -> LayeredPlan:
     h = heights(graph)
     for node in graph.nodes():
         buckets[_bucket_key(graph, node, h[node.name])].append(node)
+    keys = sorted(buckets, key=_order)
+    _order_for_consumers(graph, [buckets[k] for k in keys])
     slots: dict[str, int] = {}
     layers: list[Layer] = []
     next_slot = FIRST_SLOT
-    for key in sorted(buckets, key=_order):
+    for key in keys:
         nodes = buckets[key]
         layer = _layer(graph, params, key[1], nodes, slots, next_slot)
         for node in nodes:  # node-major: each group's units contiguous, in fold order
@@ -123,9 +125,30 @@ def compile_plan(graph: CircuitGraph, params: Parameters) -> LayeredPlan:
 _KIND_ORDER = {"input": 0, "product": 1, "sum": 2}
 
 
+def _order_for_consumers(graph: CircuitGraph, layers: list[list[Node]]) -> None:
+    """Order each layer's nodes as the layers above read them, so most gathers read
+    one contiguous block of slots (a view, not a copy). Works top-down, in place."""
+    rank: dict[str, tuple[int, int, int, int]] = {}
+    for depth, nodes in enumerate(reversed(layers)):
+        nodes.sort(key=lambda n: rank.get(n.name, (-1, 0, 0, 0)))
+        for position, node in enumerate(nodes):
+            for j, child in enumerate(node.children):
+                # a product layer gathers column by column; a sum layer row by row
+                key = (depth, j, position, 0) if node.kind is NodeKind.PRODUCT else (depth, 0, position, j)
+                rank.setdefault(child, key)
+
+
+def contiguous_start(index: np.ndarray) -> int | None:
+    """The first slot when `index` reads consecutive slots, else None."""
+    flat = index.reshape(-1)
+    if flat.size and np.array_equal(flat, np.arange(flat[0], flat[0] + flat.size)):
+        return int(flat[0])
+    return None
+
+
 def _bucket_key(graph: CircuitGraph, node: Node, height: int) -> tuple:
-    if node.kind is NodeKind.INPUT:
-        return (0, "input", "gaussian" if node.family == "gaussian" else "categorical")
+    if node.kind is NodeKind.INPUT:  # equal units per group: the layer is a (groups, units) grid
+        return (0, "input", "gaussian" if node.family == "gaussian" else "categorical", node.num_units)
     if node.kind is NodeKind.PRODUCT:
         return (height, "product", len(node.children))
     return (height, "sum", node.num_units, graph.child_units(node))

@@ -31,7 +31,7 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.pc"))
 TEXTS = {p.name: p.read_text(encoding="utf-8") for p in EXAMPLES}
 NAMES = sorted(TEXTS)
 
-SETTINGS = dict(derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
+SETTINGS = dict(derandomize=True, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 
 
 # ---- the contract ------------------------------------------------------------------------
@@ -101,7 +101,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # ---- mutations ----------------------------------------------------------------------------
-SPECIAL = list("{}[]()\"'#;:,=*+-/.|\\<>@$%^&~`!? \t\n\r") + [
+SPECIAL = [*"{}[]()\"'#;:,=*+-/.|\\<>@$%^&~`!? \t\n\r",
     "\x00", "\x01", "\x0b", "\x0c", "\x1b", "\x1c", "\x7f", "\x85", "\xa0", "\u2028", "\u2029", "\ufeff",
     "\u200b", "\u201c", "\u201d", "\u2018", "é", "λ", "名", "😀", "\U0010ffff", "\\n", "\\\"",
 ]
@@ -184,7 +184,7 @@ def test_there_are_examples() -> None:
     assert EXAMPLES, "no examples/*.pc to mutate"
 
 
-@settings(max_examples=400, **SETTINGS)
+@settings(max_examples=700, **SETTINGS)
 @given(data=mutants())
 def test_mutant_checks_or_raises_pcdsl_error(workdir: Path, data: bytes) -> None:
     check_contract(workdir / "zz_mutant.pc", data)
@@ -203,7 +203,7 @@ def test_invalid_utf8_is_reported_at_the_first_bad_byte(workdir: Path, text: str
     assert f"offset {len(prefix.encode('utf-8'))}" in diagnostics[0].message
 
 
-@settings(max_examples=200, **SETTINGS)
+@settings(max_examples=300, **SETTINGS)
 @given(data=mutants())
 def test_snippet_shows_the_reported_line(workdir: Path, data: bytes) -> None:
     """The rendered source line is the line the location names (lines end at '\\n' or '\\r\\n')."""
@@ -226,7 +226,7 @@ def test_snippet_shows_the_reported_line(workdir: Path, data: bytes) -> None:
             f"{d.code} at line {span.line} should show {shown!r}; rendered:\n{render(d)}"
 
 
-@settings(max_examples=30, **SETTINGS)
+@settings(max_examples=40, **SETTINGS)
 @given(data=mutants())
 def test_cli_check_never_reports_an_internal_error(workdir: Path, data: bytes) -> None:
     path = workdir / "zz_mutant.pc"
@@ -255,11 +255,11 @@ HOSTILE = {
     "long_const_chain": ("".join(f"const c{i} = c{i + 1}\n" for i in range(5000)) + "const c5000 = 1\n"
                          + TINY_LIKE.replace("0.2", "c0")).encode(),
     "huge_leaf_units": TINY_LIKE.replace("p = 0.2)", "p = 0.2) with units = 10000000000").encode(),
-    "huge_sum_units": TINY_LIKE.replace("prod root = la * lb", "prod r = la * lb\n  sum root = r with units = 10000000000")
-    .encode(),
+    "huge_sum_units": TINY_LIKE.replace("prod root = la * lb",
+                                        "prod r = la * lb\n  sum root = r with units = 10000000000").encode(),
     "too_many_variables": TINY_LIKE.replace("var a, b : bool", "var a, b : bool\n  var x[2000, 1000] : bool").encode(),
-    "huge_variable_shape": TINY_LIKE.replace("var a, b : bool", "var a, b : bool\n  var x[10000000000000000000000] : bool")
-    .encode(),
+    "huge_variable_shape": TINY_LIKE.replace("var a, b : bool",
+                                             "var a, b : bool\n  var x[10000000000000000000000] : bool").encode(),
     "huge_categorical": TINY_LIKE.replace("var a, b : bool", "var a : bool\n  var b : categorical(10000000000000)")
     .replace("bernoulli(b, p = 0.5)", "categorical(b)").encode(),
 }

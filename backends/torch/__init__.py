@@ -33,6 +33,8 @@ class TorchModel:
         self.device, self.dtype = device, dtype
         self.rules = [RULES[type(layer)](layer, device, dtype) for layer in plan.layers]
         self.discrete = torch.tensor([c is not None for c in plan.cardinalities], device=device)
+        big = torch.iinfo(torch.long).max  # real variables: no bound on the (unused) index
+        self.limits = torch.tensor([c if c is not None else big for c in plan.cardinalities], device=device)
 
     @property
     def variables(self) -> tuple[str, ...]:
@@ -53,17 +55,15 @@ class TorchModel:
         missing = torch.isnan(real) | (self.discrete[None, :] & (real == -1))
         index = torch.where(missing, torch.zeros_like(real), real).to(torch.long)
         self._check_domains(index, missing)
-        return Batch(index, real.to(self.dtype), missing), real
+        batch = Batch(index.T.contiguous(), real.T.to(self.dtype).contiguous(), missing.T.contiguous())
+        return batch, real
 
     def _check_domains(self, index: torch.Tensor, missing: torch.Tensor) -> None:
-        for v, card in enumerate(self.plan.cardinalities):
-            if card is None:
-                continue
-            column = index[:, v][~missing[:, v]]
-            if column.numel() and (int(column.min()) < 0 or int(column.max()) >= card):
-                bad = column[(column < 0) | (column >= card)][0].item()
-                raise ValueError(f"value {bad} of variable '{self.plan.variables[v]}' is outside 0..{card - 1} "
-                                 "(missing values are -1)")
+        bad = ~missing & self.discrete[None, :] & ((index < 0) | (index >= self.limits[None, :]))
+        if bool(bad.any()):
+            row, v = (int(i) for i in bad.nonzero()[0])
+            raise ValueError(f"value {int(index[row, v])} of variable '{self.plan.variables[v]}' is outside "
+                             f"0..{int(self.limits[v]) - 1} (missing values are -1)")
 
     @staticmethod
     def _out(result: torch.Tensor, like: Any) -> Any:
@@ -72,8 +72,8 @@ class TorchModel:
     # ---- passes ------------------------------------------------------------------------------
     @torch.no_grad()
     def _forward(self, batch: Batch, mode: str = "sum") -> torch.Tensor:
-        buf = torch.empty(batch.index.shape[0], self.plan.num_slots, device=self.device, dtype=self.dtype)
-        buf[:, ONE], buf[:, ZERO] = 0.0, -torch.inf
+        buf = torch.empty(self.plan.num_slots, batch.index.shape[1], device=self.device, dtype=self.dtype)
+        buf[ONE], buf[ZERO] = 0.0, -torch.inf
         for rule in self.rules:
             rule.forward(buf, batch, mode)
         return buf
@@ -82,7 +82,7 @@ class TorchModel:
     def log_prob(self, x: Any) -> Any:
         """log p(x) per row; missing entries are marginalised."""
         batch, _ = self._batch(x)
-        return self._out(self._forward(batch)[:, self.plan.root], x)
+        return self._out(self._forward(batch)[self.plan.root], x)
 
     def conditional(self, x: Any, query: Any) -> Any:
         """log p(x_Q | x_E): Q the query variables (indices, names or a mask), E the other observed ones.
@@ -94,7 +94,7 @@ class TorchModel:
         evidence[..., columns] = torch.where(self.discrete[columns], -1.0, torch.nan).to(evidence.dtype)
         joint, _ = self._batch(full)
         marginal, _ = self._batch(evidence)
-        result = self._forward(joint)[:, self.plan.root] - self._forward(marginal)[:, self.plan.root]
+        result = self._forward(joint)[self.plan.root] - self._forward(marginal)[self.plan.root]
         return self._out(result, x)
 
     def _columns(self, query: Any) -> torch.Tensor:
@@ -114,7 +114,7 @@ class TorchModel:
             gen = torch.Generator(device=self.device)
             gen.manual_seed(seed or 0)
         active = torch.zeros_like(buf)
-        active[:, self.plan.root] = 1.0
+        active[self.plan.root] = 1.0
         out = real.clone()
         for rule in reversed(self.rules):
             rule.down(active, buf, batch, out, mode, gen)
@@ -127,7 +127,7 @@ class TorchModel:
         max-product (Viterbi) approximation. The log-probability is exact either way."""
         batch, real = self._batch(x)
         completed = self._down(batch, real, "map", None)
-        lp = self._forward(self._batch(completed)[0])[:, self.plan.root]
+        lp = self._forward(self._batch(completed)[0])[self.plan.root]
         return self._out(completed, x), self._out(lp, x)
 
     def sample(self, n: int, evidence: Any = None, seed: int = 0) -> Any:
@@ -148,7 +148,7 @@ class TorchModel:
         batch, _ = self._batch(x)
         buf = self._forward(batch)
         flow = torch.zeros_like(buf)
-        flow[:, self.plan.root] = 1.0
+        flow[self.plan.root] = 1.0
         result = Flows()
         for rule in reversed(self.rules):
             stats = rule.flows(buf, flow, batch)

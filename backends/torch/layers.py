@@ -9,21 +9,26 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from pcdsl.plan import InputLayer, ProductLayer, SumLayer
+from pcdsl.plan import InputLayer, ProductLayer, SumLayer, contiguous_start
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
-MAX_CHUNK_ELEMENTS = 1 << 24  # bounds (batch, F, M, C) temporaries of max-product sums
+MAX_CHUNK_ELEMENTS = 1 << 24  # bounds (F, M, C, batch) temporaries of max-product sums
 
 
 @dataclass
 class Batch:
-    """Evidence on the device: category indices (missing -> 0), real values, missing mask."""
+    """Evidence on the device, variable-major: category indices (missing -> 0), real values,
+    missing mask; each (V, B)."""
 
-    index: torch.Tensor  # (B, V) long
-    real: torch.Tensor  # (B, V) float
-    missing: torch.Tensor  # (B, V) bool
+    index: torch.Tensor
+    real: torch.Tensor
+    missing: torch.Tensor
+
+
+# Buffers are slot-major, (slots, batch): gathering a slot copies one contiguous row.
 
 
 class InputRule:
@@ -32,45 +37,53 @@ class InputRule:
         self.start, self.stop = layer.start, layer.stop
         self.var = torch.as_tensor(layer.var, device=device)
         self.params = {k: torch.as_tensor(v, device=device, dtype=dtype) for k, v in layer.params.items()}
+        # every group of the layer has the same width (see the plan), so units form a grid
+        self.width = layer.node_units[0]
+        self.group_var = self.var[:: self.width].contiguous()  # (G,)
+        if layer.family == "categorical":
+            lp = self.params["log_probs"]
+            self.row_offset = (torch.arange(lp.shape[0], device=device) * lp.shape[1])[:, None]
+            self.grid = lp.view(-1, self.width, lp.shape[1])  # (G, width, K)
 
     def values(self, batch: Batch, mode: str) -> torch.Tensor:
-        missing = batch.missing[:, self.var]
+        """(U, B) log-values of the layer's units."""
+        missing = batch.missing[self.var]
         if self.layer.family == "categorical":
             lp = self.params["log_probs"]  # (U, K)
-            flat = torch.arange(lp.shape[0], device=lp.device) * lp.shape[1] + batch.index[:, self.var]
-            observed = lp.reshape(-1)[flat]
+            index = batch.index[self.group_var][:, None, :]  # (G, 1, B): one value row per group
+            observed = torch.gather(self.grid, 2, index.expand(-1, self.width, -1)).view(lp.shape[0], -1)
             free = lp.amax(dim=1) if mode == "max" else torch.zeros_like(lp[:, 0])
         else:
-            mean, std = self.params["mean"], self.params["std"]
-            z = (batch.real[:, self.var] - mean) / std
+            mean, std = self.params["mean"][:, None], self.params["std"][:, None]
+            z = (batch.real[self.var] - mean) / std
             observed = -0.5 * z * z - torch.log(std) - LOG_SQRT_2PI
-            free = -torch.log(std) - LOG_SQRT_2PI if mode == "max" else torch.zeros_like(mean)
-        return torch.where(missing, free.expand_as(observed), observed)
+            free = (-torch.log(std) - LOG_SQRT_2PI)[:, 0] if mode == "max" else torch.zeros_like(mean[:, 0])
+        return torch.where(missing, free[:, None].expand_as(observed), observed)
 
     def forward(self, buf: torch.Tensor, batch: Batch, mode: str) -> None:
-        buf[:, self.start:self.stop] = self.values(batch, mode)
+        buf[self.start:self.stop] = self.values(batch, mode)
 
     def flows(self, buf: torch.Tensor, flow: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
-        f = flow[:, self.start:self.stop]  # (B, U)
-        missing = batch.missing[:, self.var]
+        f = flow[self.start:self.stop]  # (U, B)
+        missing = batch.missing[self.var]
         if self.layer.family == "categorical":
             lp = self.params["log_probs"]
             units, k = lp.shape
-            flat = torch.arange(units, device=lp.device) * k + batch.index[:, self.var]
+            flat = self.row_offset + batch.index[self.var]
             counts = torch.zeros(units * k, dtype=f.dtype, device=f.device)
             counts.index_add_(0, flat[~missing], f[~missing])
-            free = (f * missing).sum(dim=0)
+            free = (f * missing).sum(dim=1)
             return {"counts": counts.view(units, k) + free[:, None] * torch.exp(lp)}
-        mean, std = self.params["mean"], self.params["std"]
-        x = torch.where(missing, mean.expand_as(f), batch.real[:, self.var])
+        mean, std = self.params["mean"][:, None], self.params["std"][:, None]
+        x = torch.where(missing, mean.expand_as(f), batch.real[self.var])
         xx = torch.where(missing, (mean * mean + std * std).expand_as(f), x * x)
-        return {"n": f.sum(dim=0), "sx": (f * x).sum(dim=0), "sxx": (f * xx).sum(dim=0)}
+        return {"n": f.sum(dim=1), "sx": (f * x).sum(dim=1), "sxx": (f * xx).sum(dim=1)}
 
     def down(self, active: torch.Tensor, buf: torch.Tensor, batch: Batch, out: torch.Tensor, mode: str,
              gen: torch.Generator | None) -> None:
-        """Write a value for each missing variable whose input unit is active."""
-        pick = (active[:, self.start:self.stop] > 0) & batch.missing[:, self.var]
-        rows, units = pick.nonzero(as_tuple=True)
+        """Write a value for each missing variable whose input unit is active (out: (B, V))."""
+        pick = (active[self.start:self.stop] > 0) & batch.missing[self.var]
+        units, rows = pick.nonzero(as_tuple=True)
         if rows.numel() == 0:
             return
         if self.layer.family == "categorical":
@@ -89,26 +102,30 @@ class InputRule:
 class ProductRule:
     def __init__(self, layer: ProductLayer, device: torch.device, dtype: torch.dtype):
         self.start, self.stop = layer.start, layer.stop
-        self.index = torch.as_tensor(layer.index, device=device)
-        self.flat = self.index.reshape(-1)
+        self.columns = [_Gather(layer.index[:, k], device) for k in range(layer.index.shape[1])]
+        self.flat = torch.as_tensor(layer.index.reshape(-1), device=device)
+        self.fan_in = layer.index.shape[1]
 
     def forward(self, buf: torch.Tensor, batch: Batch, mode: str) -> None:
-        out = buf[:, self.index[:, 0]]
-        for k in range(1, self.index.shape[1]):
-            out += buf[:, self.index[:, k]]
-        buf[:, self.start:self.stop] = out
+        out = buf[self.start:self.stop]
+        columns = [c.read(buf) for c in self.columns]
+        if len(columns) == 1:
+            out.copy_(columns[0])
+            return
+        torch.add(columns[0], columns[1], out=out)
+        for column in columns[2:]:
+            out.add_(column)
 
     def _spread(self, target: torch.Tensor, parent: torch.Tensor) -> None:
-        k = self.index.shape[1]
-        target.index_add_(1, self.flat, parent.repeat_interleave(k, dim=1))
+        target.index_add_(0, self.flat, parent.repeat_interleave(self.fan_in, dim=0))
 
     def flows(self, buf: torch.Tensor, flow: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
-        self._spread(flow, flow[:, self.start:self.stop])
+        self._spread(flow, flow[self.start:self.stop])
         return {}
 
     def down(self, active: torch.Tensor, buf: torch.Tensor, batch: Batch, out: torch.Tensor, mode: str,
              gen: torch.Generator | None) -> None:
-        self._spread(active, active[:, self.start:self.stop])
+        self._spread(active, active[self.start:self.stop])
 
 
 class SumRule:
@@ -116,61 +133,73 @@ class SumRule:
         self.layer = layer
         self.start, self.stop = layer.start, layer.stop
         self.index = torch.as_tensor(layer.index, device=device)
+        self.flat = self.index.reshape(-1)
+        self.gather = _Gather(layer.index, device)
         self.weights = torch.as_tensor(layer.weights, device=device, dtype=dtype)  # (F, M, C)
         self.log_weights = torch.log(self.weights)
         self.fold, self.units, self.inputs = layer.shape
 
     def _inputs(self, buf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = buf[:, self.index]  # (B, F, C)
-        m = x.amax(dim=2, keepdim=True)
-        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # all -inf stays -inf, never NaN
+        """Inputs (F, C, B) (a view of `buf` where possible: do not write) and their per-column
+        max (F, 1, B), finite."""
+        x = self.gather.read(buf).view(self.fold, self.inputs, -1)
+        m = x.amax(dim=1, keepdim=True).clamp_min_(torch.finfo(x.dtype).min)  # all -inf: stays -inf, no NaN
         return x, m
 
     def forward(self, buf: torch.Tensor, batch: Batch, mode: str) -> None:
-        b = buf.shape[0]
+        out = buf[self.start:self.stop].view(self.fold, self.units, -1)
         if mode == "max":
-            out = torch.cat([self._max(buf[i:i + n]) for i, n in self._chunks(b)], dim=0)
-        else:
-            x, m = self._inputs(buf)
-            e = torch.exp(x - m).transpose(0, 1)  # (F, B, C)
-            s = torch.bmm(e, self.weights.transpose(1, 2))  # (F, B, M)
-            out = torch.log(s).transpose(0, 1) + m  # (B, F, M)
-        buf[:, self.start:self.stop] = out.reshape(b, -1)
+            for lo, hi in self._chunks(buf.shape[1]):
+                x = buf[:, lo:hi].index_select(0, self.flat).view(self.fold, 1, self.inputs, -1)
+                out[:, :, lo:hi] = (self.log_weights[..., None] + x).amax(dim=2)
+            return
+        x, m = self._inputs(buf)
+        torch.bmm(self.weights, torch.exp(x - m), out=out)  # log(W @ exp(x - m)) + m
+        out.log_().add_(m)
 
     def _chunks(self, b: int) -> list[tuple[int, int]]:
         step = max(1, MAX_CHUNK_ELEMENTS // max(1, self.fold * self.units * self.inputs))
-        return [(i, min(step, b - i)) for i in range(0, b, step)]
-
-    def _max(self, buf: torch.Tensor) -> torch.Tensor:
-        x = buf[:, self.index]  # (b, F, C)
-        return (self.log_weights[None] + x[:, :, None, :]).amax(dim=3)
+        return [(i, min(i + step, b)) for i in range(0, b, step)]
 
     def flows(self, buf: torch.Tensor, flow: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
-        b = buf.shape[0]
         x, m = self._inputs(buf)
-        value = buf[:, self.start:self.stop].view(b, self.fold, self.units)
-        f = flow[:, self.start:self.stop].view(b, self.fold, self.units)
-        # r = f * p(x_n)^-1 scaled by exp(m): the parent's flow per unit of its value
-        r = torch.where(torch.isfinite(value), f * torch.exp(m - value), torch.zeros_like(f)).transpose(0, 1)
-        e = torch.exp(x - m).transpose(0, 1)  # (F, B, C)
-        child = e * torch.bmm(r, self.weights)  # (F, B, C)
-        flow.index_add_(1, self.index.reshape(-1), child.transpose(0, 1).reshape(b, -1))
-        return {"weights": self.weights * torch.bmm(r.transpose(1, 2), e)}  # (F, M, C)
+        value = buf[self.start:self.stop].view(self.fold, self.units, -1)
+        f = flow[self.start:self.stop].view(self.fold, self.units, -1)
+        # r: the parent's flow per unit of its value, scaled by exp(m)
+        r = torch.where(torch.isfinite(value), f * torch.exp(m - value), torch.zeros_like(f))  # (F, M, B)
+        e = torch.exp(x - m)  # (F, C, B)
+        child = e * torch.bmm(self.weights.transpose(1, 2), r)  # (F, C, B)
+        flow.index_add_(0, self.flat, child.view(self.fold * self.inputs, -1))
+        return {"weights": self.weights * torch.bmm(r, e.transpose(1, 2))}  # (F, M, C)
 
     def down(self, active: torch.Tensor, buf: torch.Tensor, batch: Batch, out: torch.Tensor, mode: str,
              gen: torch.Generator | None) -> None:
         """Activate, for each active sum unit, its best (map) or a drawn (sample) input."""
-        b = buf.shape[0]
-        a = active[:, self.start:self.stop].view(b, self.fold, self.units) > 0
-        any_active = a.any(dim=2)  # (B, F): at most one active unit per group in a valid circuit
-        unit = a.to(torch.uint8).argmax(dim=2)  # (B, F)
-        fold = torch.arange(self.fold, device=buf.device)[None, :].expand_as(unit)
-        scores = self.log_weights[fold, unit] + buf[:, self.index]  # (B, F, C)
+        a = active[self.start:self.stop].view(self.fold, self.units, -1) > 0
+        any_active = a.any(dim=1)  # (F, B): at most one active unit per group in a valid circuit
+        unit = a.to(torch.uint8).argmax(dim=1)  # (F, B)
+        fold = torch.arange(self.fold, device=buf.device)[:, None].expand_as(unit)
+        x = self.gather.read(buf).view(self.fold, self.inputs, -1).transpose(1, 2)  # (F, B, C)
+        scores = self.log_weights[fold, unit] + x
         if mode == "sample":
             scores = scores + _gumbel(scores.shape, scores, gen)
-        choice = scores.argmax(dim=2)  # (B, F)
-        slot = self.index[fold, choice]
-        active.scatter_add_(1, slot, any_active.to(active.dtype))
+        slot = self.index[fold, scores.argmax(dim=2)]  # (F, B)
+        active.scatter_add_(0, slot, any_active.to(active.dtype))
+
+
+class _Gather:
+    """Reads rows `index` of a slot-major buffer: a view when they are consecutive (the plan
+    orders nodes to make them so), else a gather."""
+
+    def __init__(self, index: np.ndarray, device: torch.device):
+        self.start = contiguous_start(index)
+        self.count = index.size
+        self.index = torch.as_tensor(index.reshape(-1), device=device)
+
+    def read(self, buf: torch.Tensor) -> torch.Tensor:
+        if self.start is not None:
+            return buf[self.start:self.start + self.count]
+        return buf.index_select(0, self.index)
 
 
 def _gumbel(shape: torch.Size | tuple[int, ...], like: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:

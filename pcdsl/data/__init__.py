@@ -41,6 +41,43 @@ def load_matrix(path: str | Path) -> np.ndarray:
         raise DataError(f"'{path}' is not a valid {suffix} file: {exc}") from None
 
 
+def load_values(path: str | Path) -> np.ndarray:
+    """A data file as float64 (batch, variables): integers for discrete variables, reals for
+    real ones; a missing value is NaN (`?` or an empty field in text files)."""
+    path = Path(path)
+    if path.suffix.lower() in (".npy", ".npz"):
+        try:
+            with np.load(path, allow_pickle=False) as loaded:
+                array = loaded[loaded.files[0]] if hasattr(loaded, "files") else loaded
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cannot read '{path}': {exc}") from None
+        if array.ndim != 2:
+            raise DataError(f"'{path}' must hold a 2-D array, found shape {array.shape}")
+        return array.astype(np.float64)
+    if path.suffix.lower() not in FORMATS:
+        raise DataError(f"unknown data format '{path.suffix}' (known: {', '.join(FORMATS)})")
+    rows = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    rows.append(_parse_row(line, path, number))
+    except OSError as exc:
+        raise DataError(f"cannot read '{path}': {exc.strerror or exc}") from None
+    if not rows:
+        raise DataError(f"'{path}' holds no samples")
+    if len({len(r) for r in rows}) != 1:
+        raise DataError(f"'{path}': rows have different numbers of values")
+    return np.asarray(rows, dtype=np.float64)
+
+
+def _parse_row(line: str, path: Path, number: int) -> list[float]:
+    try:
+        return [float(x) if x.strip() not in ("", "?") else float("nan") for x in line.strip().split(",")]
+    except ValueError:
+        raise DataError(f"{path}:{number}: expected comma-separated numbers") from None
+
+
 def _read_text(path: Path) -> np.ndarray:
     rows = []
     with open(path, encoding="utf-8") as f:

@@ -66,7 +66,10 @@ class _Elaborator:
 
     def run(self) -> CircuitGraph | None:
         self._collect_names()
-        variables = self._variables()
+        try:
+            variables = self._variables()
+        except Bad:
+            return None
         if variables is None:
             return None
         graph = CircuitGraph(self.circ.name.text, tuple(variables), self.circ.name.span)

@@ -58,11 +58,12 @@ def parse(source: Source) -> ast.Module:
     """Parse a whole source file into a Module, or raise PcdslError."""
     try:
         tree = _parser().parse(source.text)
+        items = _Builder(source).transform(tree)
     except lark.exceptions.UnexpectedInput as exc:
         raise PcdslError([_syntax_diagnostic(source, exc)]) from None
-    except RecursionError:
-        raise PcdslError([error("E0007", "expression is nested too deeply", Span.at_start(source))]) from None
-    items = _Builder(source).transform(tree)
+    except RecursionError:  # the parser and the tree walk both recurse on nesting
+        raise PcdslError([error("E0007", "expression is nested too deeply", Span.at_start(source),
+                                help="flatten the expression; nesting this deep is never needed")]) from None
     return ast.Module(source.name, tuple(items), span=Span.at_start(source))
 
 

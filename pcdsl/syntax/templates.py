@@ -37,7 +37,7 @@ TEMPLATES = {
                            "recursive split of an image into quadrants"),
     "rat": Signature("rat", (
         _VARS, Param("depth", read_int(1, 64), 2, positional=False),
-        Param("repetitions", read_int(1, 4096), 1, positional=False),
+        Param("repetitions", read_int(1, 256), 1, positional=False),
         _units(), _input_units(), Param("seed", read_int(0), 0, positional=False),
     ), "random and tensorised binary region trees (Peharz et al. 2020)"),
     "fully_factorized": Signature("fully_factorized", (_VARS, _units(1)),

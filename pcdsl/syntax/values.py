@@ -37,7 +37,6 @@ class Values:
     def __init__(self, sink: Sink, consts: Mapping[str, ast.Const], cycles: set[frozenset[str]] | None = None):
         self.sink = sink
         self.consts = consts
-        self._resolving: list[str] = []
         self._cycles = cycles if cycles is not None else set()  # reported once, however often met
 
     def child(self, local: Mapping[str, ast.Const]) -> Values:
@@ -49,25 +48,23 @@ class Values:
 
     # ---- constants -----------------------------------------------------------------
     def deref(self, v: ast.Value) -> ast.Value:
-        """Replace a bare name that names a constant by the constant's value."""
+        """Replace a bare name that names a constant by the constant's value (following
+        chains of constants iteratively, so long chains cannot exhaust the stack)."""
+        chain: list[str] = []
         while isinstance(v, ast.Ref) and len(v.parts) == 1 and v.index is None:
             name = v.parts[0].text
             const = self.consts.get(name)
             if const is None:
                 return v
-            if name in self._resolving:
-                members = self._resolving[self._resolving.index(name):]
-                if frozenset(members) in self._cycles:
-                    raise Bad()
-                self._cycles.add(frozenset(members))
-                cycle = " -> ".join([*members, name])
-                raise self.fail("E0103", f"constant '{name}' is defined in terms of itself",
-                                const.name.span, f"cycle: {cycle}")
-            self._resolving.append(name)
-            try:
-                v = self.deref(const.value)
-            finally:
-                self._resolving.pop()
+            if name in chain:
+                members = chain[chain.index(name):]
+                if frozenset(members) not in self._cycles:
+                    self._cycles.add(frozenset(members))
+                    self.fail("E0103", f"constant '{name}' is defined in terms of itself", const.name.span,
+                              f"cycle: {' -> '.join([*members, name])}")
+                raise Bad()
+            chain.append(name)
+            v = const.value
         return v
 
     # ---- typed readers ---------------------------------------------------------------

@@ -1,0 +1,165 @@
+"""`pcdsl compile`: the emitted torch module runs without pcdsl and matches the in-memory backend."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import pcdsl
+from pcdsl import reference
+from pcdsl.cli import main
+from pcdsl.params import initialise
+from pcdsl.plan import compile_plan, dump_plan
+
+from conftest import ATOL, EXAMPLES
+
+pytest.importorskip("torch")
+pytest.importorskip("safetensors")
+
+SEED = 3
+CASES = [("tiny.pc", None), ("groups.pc", None), ("gaussians.pc", None), ("hclt_nltcs.pc", "nltcs_hclt"),
+         ("quad_tree.pc", None)]
+
+# Runs in a fresh interpreter in which any import of pcdsl fails. For each folder given, it makes
+# that folder the working directory, imports the emitted module from it and scores x.npy.
+_CHILD = textwrap.dedent("""
+    import importlib
+    import os
+    import sys
+
+    class BlockPcdsl:
+        def find_spec(self, name, path=None, target=None):
+            if name == "pcdsl" or name.startswith("pcdsl."):
+                raise ImportError("pcdsl is blocked in this test")
+            return None
+
+    sys.meta_path.insert(0, BlockPcdsl())
+    try:
+        import pcdsl  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        raise SystemExit("the blocker let pcdsl through")
+    import numpy as np
+    import torch
+
+    for folder in sys.argv[1:]:
+        os.chdir(folder)
+        sys.path.insert(0, os.getcwd())
+        sys.modules.pop("circuit", None)
+        importlib.invalidate_caches()
+        circuit = importlib.import_module("circuit")
+        model = circuit.Circuit.from_file(dtype=torch.float64)
+        np.save("log_prob.npy", model.log_prob(torch.from_numpy(np.load("x.npy"))).numpy())
+        with open("variables.txt", "w") as f:
+            f.write("\\n".join(model.variables))
+        sys.path.pop(0)
+    assert not any(m == "pcdsl" or m.startswith("pcdsl.") for m in sys.modules)
+""")
+
+
+def _compile(file: str, circuit: str | None, out: Path) -> None:
+    argv = ["compile", str(EXAMPLES / file), "-o", str(out), "--seed", str(SEED)]
+    assert main([*argv, "--circuit", circuit] if circuit else argv) == 0
+
+
+def _data(graph: pcdsl.CircuitGraph, rows: int = 64) -> np.ndarray:
+    """Random values, about a fifth missing (-1 discrete, NaN real), plus an all-missing row."""
+    rng = np.random.default_rng(0)
+    columns = []
+    for v in graph.variables:
+        size = v.domain.size if v.domain.is_discrete else None
+        values = rng.integers(0, size, rows).astype(np.float64) if size else rng.standard_normal(rows)
+        values[rng.random(rows) < 0.2] = -1.0 if size else np.nan
+        columns.append(np.append(values, -1.0 if size else np.nan))
+    return np.stack(columns, axis=1)
+
+
+@pytest.fixture(scope="module")
+def emitted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every case emitted into its own folder and scored by one pcdsl-free child interpreter
+    (one, because importing torch dominates the cost)."""
+    root = tmp_path_factory.mktemp("emitted")
+    for file, circuit in CASES:
+        _compile(file, circuit, root / file)
+        np.save(root / file / "x.npy", _data(pcdsl.load(EXAMPLES / file, circuit)))
+    folders = [str(root / file) for file, _ in CASES]
+    proc = subprocess.run([sys.executable, "-c", _CHILD, *folders], cwd=root, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return root
+
+
+@pytest.mark.parametrize(("file", "circuit"), CASES, ids=[f for f, _ in CASES])
+def test_emitted_module_matches_torch_backend(file: str, circuit: str | None, emitted: Path) -> None:
+    folder = emitted / file
+    source = (folder / "circuit.py").read_text()
+    assert "import pcdsl" not in source and "from pcdsl" not in source
+    assert str(emitted) not in source and str(EXAMPLES) not in source  # no absolute paths
+    graph = pcdsl.load(EXAMPLES / file, circuit)
+    assert (folder / "variables.txt").read_text().splitlines() == [v.name for v in graph.variables]
+    x, got = np.load(folder / "x.npy"), np.load(folder / "log_prob.npy")
+    params = initialise(graph, SEED)
+    np.testing.assert_allclose(got, reference.log_prob(graph, params, x), rtol=0, atol=ATOL)  # the semantics
+    model = pcdsl.compile(graph, params=params, dtype="float64")
+    np.testing.assert_allclose(got, model.log_prob(x), rtol=0, atol=ATOL)  # type: ignore[attr-defined]
+    assert abs(got[-1]) < ATOL  # marginalising everything gives log 1
+
+
+def test_emission_is_deterministic(tmp_path: Path) -> None:
+    _compile("hclt_nltcs.pc", "nltcs_hclt", tmp_path / "a")
+    _compile("hclt_nltcs.pc", "nltcs_hclt", tmp_path / "b")
+    for name in ("circuit.py", "circuit.safetensors"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert not [p for p in (tmp_path / "a").iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_emitted_source_names_layers_in_plan_order(tmp_path: Path) -> None:
+    _compile("groups.pc", None, tmp_path)
+    source = (tmp_path / "circuit.py").read_text()
+    calls = [line.strip() for line in source.splitlines() if line.strip().startswith("self.layer")]
+    assert calls == ["self.layer0(buf, category, real, missing)", *[f"self.layer{i}(buf)" for i in range(1, 5)]]
+    assert "for " not in source.split("def log_prob")[1]  # unrolled: no loop in the forward pass
+
+
+def test_dump_plan(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compile", str(EXAMPLES / "tiny.pc"), "--dump-plan"]) == 0
+    out = capsys.readouterr().out
+    graph = pcdsl.load(EXAMPLES / "tiny.pc")
+    assert out == dump_plan(compile_plan(graph, initialise(graph, 0)))
+    assert out.startswith("plan tiny: 10 slots, 3 layers, root slot 9\n")
+    assert "  layer 0: input categorical units=5 slots [2, 7)" in out
+    assert "  layer 2: sum fold=1 units=1 inputs=2 edges=2 slots [9, 10) nodes [root] (1)" in out
+
+
+def test_unknown_backend_is_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compile", str(EXAMPLES / "tiny.pc"), "--backend", "jax"]) == 2
+    assert "unknown backend 'jax' (known: torch" in capsys.readouterr().err
+
+
+def test_backend_without_emission_is_usage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import pcdsl.backends
+
+    monkeypatch.setitem(pcdsl.backends._REGISTRY, "numba", "pcdsl.backends.numba")
+    assert main(["compile", str(EXAMPLES / "tiny.pc"), "--backend", "numba", "-o", str(tmp_path / "out")]) == 2
+    assert "backend 'numba' has no code emission" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_input_exit_1_with_diagnostics(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = EXAMPLES.parent / "tests" / "golden" / "bad" / "not_smooth.pc"
+    assert main(["compile", str(bad), "-o", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "error[E0203]" in err and "Traceback" not in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_unknown_circuit_is_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compile", str(EXAMPLES / "tiny.pc"), "--circuit", "tinny"]) == 2
+    assert "tinny" in capsys.readouterr().err
