@@ -16,6 +16,7 @@ from pathlib import Path
 from pcdsl import __version__
 from pcdsl.codes import CODES
 from pcdsl.diagnostics import PcdslError, render, render_all
+from pcdsl.ir.graph import CircuitGraph
 
 EXIT_OK, EXIT_DIAGNOSTICS, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
@@ -55,6 +56,27 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument("--dump-plan", action="store_true", help="print the layered plan in a stable text form")
     compile_.add_argument("--seed", type=int, default=0, help="seed for parameters the file leaves out (default 0)")
 
+    def runnable(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("file", metavar="FILE")
+        parser.add_argument("--circuit", metavar="NAME", help="which circuit (default: the file's first)")
+        parser.add_argument("--backend", default="torch", help="default: torch")
+        parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: cpu)")
+        parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+        parser.add_argument("--seed", type=int, default=0, help="for parameters the file leaves out, and draws")
+
+    eval_ = sub.add_parser("eval", help="average log-likelihood and bits per dimension of a dataset",
+                           description="Evaluate a circuit on data (.data/.csv/.txt/.npy/.npz; -1, '?' or an "
+                           "empty field marks a missing value, which is marginalised).")
+    runnable(eval_)
+    eval_.add_argument("--data", required=True, metavar="PATH")
+    eval_.add_argument("--batch", type=int, default=1024, help="rows per batch (default: 1024)")
+
+    sample = sub.add_parser("sample", help="draw samples from a circuit",
+                            description="Draw samples; print them as CSV or write them (-o x.csv or x.npy).")
+    runnable(sample)
+    sample.add_argument("-n", type=int, default=10, help="how many (default: 10)")
+    sample.add_argument("-o", "--output", metavar="OUT", help="write to a .csv or .npy file")
+
     explain = sub.add_parser("explain", help="explain a diagnostic code, e.g. E0203")
     explain.add_argument("code", metavar="CODE")
     return p
@@ -68,6 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return int(_COMMANDS[args.command](args))
+    except _Exit as stop:
+        return stop.status
     except KeyboardInterrupt:
         print("pcdsl: interrupted", file=sys.stderr)
         return 130
@@ -120,19 +144,35 @@ def summary(checked, name: str) -> str:  # type: ignore[no-untyped-def]
     return f"circuit {name}: {sizes}; smooth, decomposable; {det}; {sd}"
 
 
-def _render(args: argparse.Namespace) -> int:
+class _Exit(Exception):
+    """Stop a command with this exit status (its message is already printed)."""
+
+    def __init__(self, status: int):
+        self.status = status
+
+
+def _load_circuit(args: argparse.Namespace) -> CircuitGraph:
+    """The circuit a command works on: diagnostics (exit 1) or a usage error (exit 2) otherwise."""
     from pcdsl.frontend import check_file
-    from pcdsl.render import RenderError, render_file
 
     try:
         checked = check_file(args.file)
         graph = checked.circuit(args.circuit)
     except PcdslError as exc:
         print(render_all(exc.diagnostics), file=sys.stderr)
-        return EXIT_DIAGNOSTICS
+        raise _Exit(EXIT_DIAGNOSTICS) from None
     except KeyError as exc:
-        print(f"pcdsl render: {exc.args[0]}", file=sys.stderr)
-        return EXIT_USAGE
+        print(f"pcdsl {args.command}: {exc.args[0]}", file=sys.stderr)
+        raise _Exit(EXIT_USAGE) from None
+    for w in checked.warnings:
+        print(render(w) + "\n", file=sys.stderr)
+    return graph
+
+
+def _render(args: argparse.Namespace) -> int:
+    from pcdsl.render import RenderError, render_file
+
+    graph = _load_circuit(args)
     try:
         out = render_file(graph, Path(args.output), args.level)
     except RenderError as exc:
@@ -184,7 +224,6 @@ def _compile(args: argparse.Namespace) -> int:
     import importlib
 
     from pcdsl.backends import available
-    from pcdsl.frontend import check_file
     from pcdsl.params import initialise
     from pcdsl.plan import compile_plan, dump_plan
 
@@ -196,17 +235,7 @@ def _compile(args: argparse.Namespace) -> int:
         print(f"pcdsl compile: backend '{args.backend}' has no code emission "
               f"(backends that emit code: {', '.join(sorted(emitters))})", file=sys.stderr)
         return EXIT_USAGE
-    try:
-        checked = check_file(args.file)
-        graph = checked.circuit(args.circuit)
-    except PcdslError as exc:
-        print(render_all(exc.diagnostics), file=sys.stderr)
-        return EXIT_DIAGNOSTICS
-    except KeyError as exc:
-        print(f"pcdsl compile: {exc.args[0]}", file=sys.stderr)
-        return EXIT_USAGE
-    for w in checked.warnings:
-        print(render(w) + "\n", file=sys.stderr)
+    graph = _load_circuit(args)
     plan = compile_plan(graph, initialise(graph, args.seed))
     if args.dump_plan:
         print(dump_plan(plan), end="")
@@ -229,6 +258,62 @@ def _compile(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _model(args: argparse.Namespace, graph: CircuitGraph):  # type: ignore[no-untyped-def]
+    import pcdsl
+
+    learned = [n.name for n in graph.nodes() if (n.params is None and n.family not in (None, "indicator"))
+               or (n.kind.value == "sum" and n.weights is None and n.tie is None)]
+    if learned:
+        print(f"note: {len(learned)} node groups have no parameters in the file (e.g. '{learned[0]}'); "
+              f"they are random, seed {args.seed}", file=sys.stderr)
+    try:
+        return pcdsl.compile(graph, args.backend, seed=args.seed, device=args.device, dtype=args.dtype)
+    except (ValueError, ImportError, RuntimeError) as exc:
+        print(f"pcdsl {args.command}: {exc}", file=sys.stderr)
+        raise _Exit(EXIT_USAGE) from None
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from pcdsl.data import DataError, load_values
+    from pcdsl.evaluate import evaluate
+
+    graph = _load_circuit(args)
+    try:
+        data = load_values(args.data)
+    except DataError as exc:
+        print(f"pcdsl eval: {exc}", file=sys.stderr)
+        return EXIT_DIAGNOSTICS
+    model = _model(args, graph)
+    try:
+        score = evaluate(model, data, args.batch)
+    except ValueError as exc:
+        print(f"pcdsl eval: {args.data}: {exc}", file=sys.stderr)
+        return EXIT_DIAGNOSTICS
+    print(f"{args.file}: circuit {graph.name} on {args.data}: {score}")
+    return EXIT_OK
+
+
+def _sample(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from pcdsl.data import save_values
+
+    graph = _load_circuit(args)
+    samples = np.asarray(_model(args, graph).sample(args.n, seed=args.seed))
+    if args.output is None:
+        discrete = [v.domain.is_discrete for v in graph.variables]
+        for row in samples:
+            print(",".join(str(int(x)) if d else repr(float(x)) for x, d in zip(row, discrete, strict=True)))
+        return EXIT_OK
+    try:
+        save_values(Path(args.output), samples, [v.domain.is_discrete for v in graph.variables])
+    except (OSError, ValueError) as exc:
+        print(f"pcdsl sample: cannot write '{args.output}': {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"wrote {args.n} samples of circuit {graph.name} to {args.output}")
+    return EXIT_OK
+
+
 def _explain(args: argparse.Namespace) -> int:
     code = args.code.upper()
     if code not in CODES:
@@ -238,7 +323,8 @@ def _explain(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_COMMANDS = {"check": _check, "render": _render, "demo": _demo, "compile": _compile, "explain": _explain}
+_COMMANDS = {"check": _check, "render": _render, "demo": _demo, "compile": _compile, "eval": _eval,
+             "sample": _sample, "explain": _explain}
 
 if __name__ == "__main__":
     sys.exit(main())

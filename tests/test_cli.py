@@ -109,3 +109,33 @@ def test_console_script_runs() -> None:
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "circuit tiny" in proc.stdout
+
+
+def test_eval_reports_log_likelihood_and_bpd(capsys: pytest.CaptureFixture[str]) -> None:
+    data = EXAMPLES / "data" / "debd" / "nltcs" / "nltcs.valid.data"
+    assert main(["eval", str(EXAMPLES / "hclt_nltcs.pc"), "--data", str(data), "--dtype", "float64"]) == 0
+    captured = capsys.readouterr()
+    assert "2157 samples: average log-likelihood -" in captured.out and "bits per dimension" in captured.out
+    assert "they are random, seed 0" in captured.err  # honest about unlearned parameters
+    mean = float(captured.out.split("average log-likelihood ")[1].split()[0])
+    assert -16 * 5 < mean < 0  # a normalised model over 16 binary variables
+
+
+def test_eval_bad_data_is_an_input_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("0,1,5\n")
+    assert main(["eval", str(EXAMPLES / "tiny.pc"), "--data", str(bad)]) == 1
+    assert "value 5 of variable 'c' is outside 0..2" in capsys.readouterr().err
+    assert main(["eval", str(EXAMPLES / "tiny.pc"), "--data", str(tmp_path / "none.csv")]) == 1
+
+
+def test_sample_prints_csv_and_writes_npy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import numpy as np
+
+    assert main(["sample", str(EXAMPLES / "tiny.pc"), "-n", "5", "--seed", "2"]) == 0
+    rows = [line.split(",") for line in capsys.readouterr().out.strip().splitlines()]
+    assert len(rows) == 5 and all(len(r) == 3 and r[2] in {"0", "1", "2"} for r in rows)
+    out = tmp_path / "s.npy"
+    assert main(["sample", str(EXAMPLES / "gaussians.pc"), "-n", "7", "-o", str(out)]) == 0
+    samples = np.load(out)
+    assert samples.shape == (7, 3) and set(np.unique(samples[:, 2])) <= {0.0, 1.0}

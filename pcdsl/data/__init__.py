@@ -71,6 +71,30 @@ def load_values(path: str | Path) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64)
 
 
+def save_values(path: Path, values: np.ndarray, discrete: list[bool]) -> None:
+    """Write samples atomically as .npy or as comma-separated text (integers where discrete)."""
+    import os
+    import tempfile
+
+    suffix = path.suffix.lower()
+    if suffix not in (".npy", ".csv", ".data", ".txt"):
+        raise ValueError(f"unknown output format '{suffix}' (use .csv or .npy)")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent if str(path.parent) else ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if suffix == ".npy":
+                np.save(f, values)
+            else:
+                for row in values:
+                    f.write((",".join(str(int(x)) if d else repr(float(x))
+                                      for x, d in zip(row, discrete, strict=True)) + "\n").encode())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
 def _parse_row(line: str, path: Path, number: int) -> list[float]:
     try:
         return [float(x) if x.strip() not in ("", "?") else float("nan") for x in line.strip().split(",")]
