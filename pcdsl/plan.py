@@ -19,7 +19,7 @@ everything a layer reads was written by an earlier layer.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -168,8 +168,8 @@ def _layer(graph: CircuitGraph, params: Parameters, kind: str, nodes: list[Node]
         return ProductLayer(start, np.array(rows, dtype=np.int64), names)
     index = np.array([[slots[c] + u for c in n.children for u in range(graph.node(c).num_units)]
                       for n in nodes], dtype=np.int64)
-    weights = np.stack([params.sum_weights(n) for n in nodes])
-    return SumLayer(start, index, weights, names, tuple(weight_group(n) for n in nodes))
+    groups = tuple(weight_group(n) for n in nodes)
+    return SumLayer(start, index, np.stack([params.weights[g] for g in groups]), names, groups)
 
 
 def _product_rows(graph: CircuitGraph, node: Node, slots: dict[str, int]) -> list[list[int]]:
@@ -184,34 +184,51 @@ def _product_rows(graph: CircuitGraph, node: Node, slots: dict[str, int]) -> lis
 
 def _input_layer(graph: CircuitGraph, params: Parameters, nodes: list[Node], start: int) -> InputLayer:
     var = np.concatenate([np.full(n.num_units, n.var, dtype=np.int64) for n in nodes])
-    names = tuple(n.name for n in nodes)
-    families, units = tuple(str(n.family) for n in nodes), tuple(n.num_units for n in nodes)
-    if nodes[0].family == "gaussian":
-        mean = np.concatenate([params.inputs[n.name]["mean"] for n in nodes]).astype(np.float64)
-        std = np.concatenate([params.inputs[n.name]["std"] for n in nodes]).astype(np.float64)
-        return InputLayer("gaussian", start, var, names, {"mean": mean, "std": std}, families, units)
-    width = max(graph.variables[n.var].domain.size or 0 for n in nodes)  # type: ignore[index]
-    rows = [_categorical_table(graph, params, n, width) for n in nodes]
+    family = "gaussian" if nodes[0].family == "gaussian" else "categorical"
+    layer = InputLayer(family, start, var, tuple(n.name for n in nodes), {},
+                       tuple(str(n.family) for n in nodes), tuple(n.num_units for n in nodes))
+    cards = tuple(v.domain.size for v in graph.variables)
+    return replace(layer, params=input_block(layer, params, cards))
+
+
+def input_block(layer: InputLayer, params: Parameters, cardinalities: tuple[int | None, ...]) -> dict[str, np.ndarray]:
+    """An input layer's parameters, laid out unit by unit: categorical ``log_probs`` (U, K)
+    padded with log 0, or gaussian ``mean`` and ``std`` (U,)."""
+    if layer.family == "gaussian":
+        return {k: np.concatenate([params.inputs[n][k] for n in layer.nodes]).astype(np.float64)
+                for k in ("mean", "std")}
+    width = max(cardinalities[int(v)] or 0 for v in layer.var)
+    rows = []
+    offset = 0
+    for name, family, units in zip(layer.nodes, layer.families, layer.node_units, strict=True):
+        size = cardinalities[int(layer.var[offset])]
+        assert size is not None
+        offset += units
+        probs = categorical_probs(family, params.inputs[name], size)
+        rows.append(np.pad(probs, ((0, 0), (0, width - size))))  # padded values have probability 0
     with np.errstate(divide="ignore"):
-        log_probs = np.log(np.concatenate(rows))
-    return InputLayer("categorical", start, var, names, {"log_probs": log_probs}, families, units)
+        return {"log_probs": np.log(np.concatenate(rows))}
 
 
-def categorical_probs(graph: CircuitGraph, params: Parameters, node: Node) -> np.ndarray:
-    """(units, domain size) probabilities of a categorical, Bernoulli or indicator group."""
-    p = params.inputs[node.name]
-    if node.family == "categorical":
+def categorical_probs(family: str, p: dict[str, np.ndarray], size: int) -> np.ndarray:
+    """(units, size) probabilities of a categorical, Bernoulli or indicator group."""
+    if family == "categorical":
         return np.asarray(p["probs"], dtype=np.float64)
-    if node.family == "bernoulli":
+    if family == "bernoulli":
         return np.stack([1 - p["p"], p["p"]], axis=1).astype(np.float64)
-    size = graph.variables[node.var].domain.size  # type: ignore[index]
-    assert size is not None
     return np.eye(size)[p["value"]]
 
 
-def _categorical_table(graph: CircuitGraph, params: Parameters, node: Node, width: int) -> np.ndarray:
-    probs = categorical_probs(graph, params, node)
-    return np.pad(probs, ((0, 0), (0, width - probs.shape[1])))  # padded values have probability 0
+def with_parameters(plan: LayeredPlan, params: Parameters) -> LayeredPlan:
+    """The same plan with every parameter block taken from `params` (e.g. after an EM step)."""
+    layers: list[Layer] = []
+    for layer in plan.layers:
+        if isinstance(layer, InputLayer):
+            layer = replace(layer, params=input_block(layer, params, plan.cardinalities))
+        elif isinstance(layer, SumLayer):
+            layer = replace(layer, weights=np.stack([params.weights[g] for g in layer.groups]))
+        layers.append(layer)
+    return replace(plan, layers=tuple(layers))
 
 
 def dump_plan(plan: LayeredPlan) -> str:

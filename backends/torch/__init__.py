@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pcdsl.plan import ONE, ZERO, InputLayer, LayeredPlan, SumLayer
+from pcdsl.params import Parameters
+from pcdsl.plan import ONE, ZERO, InputLayer, LayeredPlan, SumLayer, with_parameters
 from pcdsl.reference import Flows
 
 from .layers import RULES, Batch, InputRule, SumRule
@@ -43,6 +44,12 @@ class TorchModel:
     @property
     def cardinalities(self) -> tuple[int | None, ...]:
         return self.plan.cardinalities
+
+    def set_parameters(self, params: Parameters) -> None:
+        """Replace every parameter (e.g. after an EM step); the structure stays."""
+        self.plan = with_parameters(self.plan, params)
+        for rule, layer in zip(self.rules, self.plan.layers, strict=True):
+            rule.load(layer)  # type: ignore[arg-type]
 
     # ---- evidence ------------------------------------------------------------------------
     def _batch(self, x: Any) -> tuple[Batch, torch.Tensor]:

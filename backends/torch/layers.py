@@ -45,6 +45,11 @@ class InputRule:
             self.row_offset = (torch.arange(lp.shape[0], device=device) * lp.shape[1])[:, None]
             self.grid = lp.view(-1, self.width, lp.shape[1])  # (G, width, K)
 
+    def load(self, layer: InputLayer) -> None:
+        """Take new parameter values (same layout), in place."""
+        for k, v in layer.params.items():
+            self.params[k].copy_(torch.as_tensor(v))
+
     def values(self, batch: Batch, mode: str) -> torch.Tensor:
         """(U, B) log-values of the layer's units."""
         missing = batch.missing[self.var]
@@ -116,6 +121,9 @@ class ProductRule:
         for column in columns[2:]:
             out.add_(column)
 
+    def load(self, layer: ProductLayer) -> None:
+        """Products have no parameters."""
+
     def _spread(self, target: torch.Tensor, parent: torch.Tensor) -> None:
         target.index_add_(0, self.flat, parent.repeat_interleave(self.fan_in, dim=0))
 
@@ -138,6 +146,11 @@ class SumRule:
         self.weights = torch.as_tensor(layer.weights, device=device, dtype=dtype)  # (F, M, C)
         self.log_weights = torch.log(self.weights)
         self.fold, self.units, self.inputs = layer.shape
+
+    def load(self, layer: SumLayer) -> None:
+        """Take new weights (same layout), in place."""
+        self.weights.copy_(torch.as_tensor(layer.weights))
+        torch.log(self.weights, out=self.log_weights)
 
     def _inputs(self, buf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs (F, C, B) (a view of `buf` where possible: do not write) and their per-column
