@@ -117,6 +117,7 @@ class Flows:
     weights: dict[str, Any] = field(default_factory=dict)  # numpy arrays here; tensors from torch
     inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     node: dict[str, Any] = field(default_factory=dict)
+    log_likelihood: float = 0.0  # of the batch, summed over rows
 
 
 def flows(graph: CircuitGraph, params: Parameters, x: np.ndarray) -> Flows:
@@ -137,6 +138,7 @@ def flows(graph: CircuitGraph, params: Parameters, x: np.ndarray) -> Flows:
         else:
             out.inputs[node.name] = _input_stats(graph, params, node, x, f[node.name])
     out.node = f
+    out.log_likelihood = float(values[graph.root.name][:, 0].sum())
     return out
 
 

@@ -156,7 +156,7 @@ class TorchModel:
         buf = self._forward(batch)
         flow = torch.zeros_like(buf)
         flow[self.plan.root] = 1.0
-        result = Flows()
+        result = Flows(log_likelihood=float(buf[self.plan.root].sum()))
         for rule in reversed(self.rules):
             stats = rule.flows(buf, flow, batch)
             if isinstance(rule, SumRule):

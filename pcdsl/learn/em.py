@@ -28,6 +28,7 @@ def add_flows(total: Flows | None, more: Flows) -> Flows:
     """Accumulate flows (as float64 numpy arrays) over batches."""
     if total is None:
         total = Flows()
+    total.log_likelihood += more.log_likelihood
     for group, f in more.weights.items():
         total.weights[group] = total.weights.get(group, 0) + _np(f).astype(np.float64)
     for node, stats in more.inputs.items():

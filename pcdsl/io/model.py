@@ -1,0 +1,119 @@
+"""The native model file: one safetensors file, structure in its JSON metadata.
+
+Safe to load: no pickle, no code; only JSON text and raw tensors.
+
+Layout (format ``pcdsl-model``, version 1):
+
+- metadata ``pcdsl``: JSON ``{"format": "pcdsl-model", "version": 1, "circuit": NAME,
+  "variables": [{"name", "domain", "size"}], "nodes": [{"name", "kind", "units",
+  "children", "family", "var", "pattern", "tie"}]}``; nodes children-first;
+- tensors ``input/<node>/<param>`` (probs, p, mean, std, value) and
+  ``weights/<group>`` (units x child units), float64 (value: int64).
+
+Files are written atomically: a crash never leaves half a model behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pcdsl.ir.graph import CircuitGraph, Domain, NodeKind, Variable
+from pcdsl.params import Parameters
+
+FORMAT, VERSION = "pcdsl-model", 1
+
+
+class ModelFileError(Exception):
+    """A model file that cannot be read; the message says why."""
+
+
+def _structure(graph: CircuitGraph) -> dict[str, Any]:
+    nodes = []
+    for n in graph.nodes():
+        entry: dict[str, Any] = {"name": n.name, "kind": n.kind.value, "units": n.num_units,
+                                 "children": list(n.children)}
+        if n.kind is NodeKind.INPUT:
+            entry.update(family=n.family, var=n.var)
+        elif n.kind is NodeKind.PRODUCT:
+            entry["pattern"] = n.pattern
+        elif n.tie:
+            entry["tie"] = n.tie
+        nodes.append(entry)
+    variables = [{"name": v.name, "domain": v.domain.kind, "size": v.domain.size} for v in graph.variables]
+    return {"format": FORMAT, "version": VERSION, "circuit": graph.name, "variables": variables, "nodes": nodes}
+
+
+def save_model(path: str | Path, graph: CircuitGraph, params: Parameters) -> Path:
+    from safetensors.numpy import save
+
+    tensors = {f"weights/{g}": np.ascontiguousarray(w, dtype=np.float64) for g, w in params.weights.items()}
+    for node, p in params.inputs.items():
+        for key, value in p.items():
+            dtype = np.int64 if key == "value" else np.float64
+            tensors[f"input/{node}/{key}"] = np.ascontiguousarray(value, dtype=dtype)
+    data = save(tensors, metadata={"pcdsl": json.dumps(_structure(graph), sort_keys=True)})
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent if str(path.parent) else ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return path
+
+
+def load_model(path: str | Path) -> tuple[CircuitGraph, Parameters]:
+    """Read a model file back: the circuit graph and its parameters."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    try:
+        raw = Path(path).read_bytes()
+        tensors = load(raw)
+        meta = json.loads(_metadata(raw)["pcdsl"])
+    except (OSError, SafetensorError, KeyError, ValueError) as exc:
+        raise ModelFileError(f"'{path}' is not a pcdsl model file: {exc}") from None
+    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise ModelFileError(f"'{path}': unsupported format {meta.get('format')} version {meta.get('version')}")
+    return _graph(meta), _params(tensors)
+
+
+def _metadata(raw: bytes) -> dict[str, str]:
+    header_len = int.from_bytes(raw[:8], "little")
+    return json.loads(raw[8:8 + header_len])["__metadata__"]  # type: ignore[no-any-return]
+
+
+def _graph(meta: dict[str, Any]) -> CircuitGraph:
+    variables = tuple(Variable(v["name"], i, Domain(v["domain"], v["size"])) for i, v in enumerate(meta["variables"]))
+    graph = CircuitGraph(meta["circuit"], variables)
+    for n in meta["nodes"]:
+        if n["kind"] == "input":
+            graph.add_input(n["name"], n["var"], n["family"], n["units"])
+        elif n["kind"] == "product":
+            graph.add_product(n["name"], tuple(n["children"]), n["pattern"])
+        else:
+            graph.add_sum(n["name"], tuple(n["children"]), n["units"], tie=n.get("tie"))
+    return graph
+
+
+def _params(tensors: dict[str, np.ndarray]) -> Parameters:
+    params = Parameters()
+    for key, value in tensors.items():
+        kind, _, rest = key.partition("/")
+        if kind == "weights":
+            params.weights[rest] = value
+        else:
+            node, _, name = rest.rpartition("/")
+            params.inputs.setdefault(node, {})[name] = value
+    return params

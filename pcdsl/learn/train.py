@@ -1,0 +1,128 @@
+"""Training loops: stages of mini-batch and full-batch EM, with step-size
+schedules, early stopping and model selection on a validation split."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from pcdsl.learn.em import add_flows, batches, em_update, full_batch_flows
+from pcdsl.params import Parameters
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training stage. `step` holds the points of a piecewise-linear schedule over the
+    stage's updates: (0.1,) is constant, (0.1, 0.01) anneals linearly."""
+
+    kind: str = "em"  # "em" (mini-batch) | "full_em"
+    epochs: int = 10
+    batch_size: int = 512
+    step: tuple[float, ...] = (0.1,)
+    pseudocount: float = 0.1
+    patience: int | None = None  # stop after this many epochs without a better valid score
+
+
+@dataclass(frozen=True)
+class Epoch:
+    stage: int
+    epoch: int
+    step: float
+    train_ll: float  # mean log-likelihood per sample (during the epoch, for mini-batch EM)
+    valid_ll: float | None
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def schedule(points: tuple[float, ...], progress: float) -> float:
+    """The piecewise-linear schedule through `points` at `progress` in [0, 1]."""
+    if len(points) == 1:
+        return points[0]
+    position = min(max(progress, 0.0), 1.0) * (len(points) - 1)
+    i = min(int(position), len(points) - 2)
+    return points[i] + (points[i + 1] - points[i]) * (position - i)
+
+
+def mean_ll(model: Any, data: np.ndarray, batch_size: int = 2048) -> float:
+    total = sum(float(np.sum(np.asarray(model.log_prob(data[r]), dtype=np.float64)))
+                for r in batches(len(data), batch_size, None))
+    return total / len(data)
+
+
+class Trainer:
+    """Runs stages on a compiled model; keeps the parameters with the best valid score."""
+
+    def __init__(self, model: Any, params: Parameters, train: np.ndarray, valid: np.ndarray | None = None,
+                 seed: int = 0, progress: bool = True, on_epoch: Callable[[Epoch, Parameters], None] | None = None):
+        self.model, self.params = model, params
+        self.train, self.valid = train, valid
+        self.rng = np.random.default_rng(seed)
+        self.progress, self.on_epoch = progress, on_epoch
+        self.history: list[Epoch] = []
+        self.best: tuple[float, Parameters] | None = None
+
+    def run(self, stages: list[Stage], start_epoch: int = 0) -> Parameters:
+        """Train every stage; return the best parameters (by valid score, else the last)."""
+        done = start_epoch
+        for index, stage in enumerate(stages):
+            skip = min(done, stage.epochs)  # resuming: epochs already run are skipped
+            done -= skip
+            self._stage(index, stage, skip)
+        final = self.best[1] if self.best is not None else self.params
+        self.model.set_parameters(final)
+        return final
+
+    def _stage(self, index: int, stage: Stage, first_epoch: int) -> None:
+        per_epoch = math.ceil(len(self.train) / stage.batch_size) if stage.kind == "em" else 1
+        stale = 0
+        for epoch in range(first_epoch, stage.epochs):
+            started = time.perf_counter()
+            step, train_ll = self._epoch(stage, epoch, per_epoch)
+            valid_ll = mean_ll(self.model, self.valid) if self.valid is not None else None
+            record = Epoch(index, epoch, step, train_ll, valid_ll, time.perf_counter() - started)
+            self.history.append(record)
+            improved = self._select(record)
+            if self.on_epoch is not None:
+                self.on_epoch(record, self.params)
+            stale = 0 if improved else stale + 1
+            if stage.patience is not None and stale >= stage.patience:
+                break
+
+    def _epoch(self, stage: Stage, epoch: int, per_epoch: int) -> tuple[float, float]:
+        total_steps = stage.epochs * per_epoch
+        if stage.kind == "full_em":
+            flows = full_batch_flows(self.model, self.train, max(stage.batch_size, 1024))
+            self._update(flows, 1.0, stage.pseudocount)
+            return 1.0, flows.log_likelihood / len(self.train)
+        ll, step = 0.0, stage.step[0]
+        rows_iter = batches(len(self.train), stage.batch_size, self.rng)
+        if self.progress:
+            from tqdm import tqdm
+
+            rows_iter = tqdm(rows_iter, total=per_epoch, desc=f"epoch {epoch + 1}/{stage.epochs}", leave=False)
+        for i, rows in enumerate(rows_iter):
+            step = schedule(stage.step, (epoch * per_epoch + i) / max(1, total_steps - 1))
+            flows = add_flows(None, self.model.flows(self.train[rows]))
+            self._update(flows, step, stage.pseudocount)
+            ll += flows.log_likelihood
+            if self.progress:
+                rows_iter.set_postfix(ll=f"{flows.log_likelihood / len(rows):.3f}")  # type: ignore[attr-defined]
+        return step, ll / len(self.train)
+
+    def _update(self, flows: Any, step: float, pseudocount: float) -> None:
+        self.params = em_update(self.params, flows, step, pseudocount)
+        self.model.set_parameters(self.params)
+
+    def _select(self, record: Epoch) -> bool:
+        score = record.valid_ll if record.valid_ll is not None else record.train_ll
+        if self.best is None or score > self.best[0]:
+            self.best = (score, self.params)
+            return True
+        return False
