@@ -77,6 +77,23 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("-n", type=int, default=10, help="how many (default: 10)")
     sample.add_argument("-o", "--output", metavar="OUT", help="write to a .csv or .npy file")
 
+    train = sub.add_parser("train", help="fit the circuit's parameters with EM",
+                           description="Mini-batch EM (step size annealed from --step to --final-step), then "
+                           "full-batch EM; the parameters with the best validation score are kept.")
+    runnable(train)
+    train.add_argument("--data", required=True, metavar="PATH", help="training data")
+    train.add_argument("--valid", metavar="PATH", help="validation data, for early stopping and model selection")
+    train.add_argument("--test", metavar="PATH", help="test data, scored once at the end")
+    train.add_argument("--epochs", type=int, default=10, help="mini-batch EM epochs (default: 10)")
+    train.add_argument("--full-epochs", type=int, default=10, help="full-batch EM epochs (default: 10)")
+    train.add_argument("--batch", type=int, default=512, help="mini-batch size (default: 512)")
+    train.add_argument("--step", type=float, default=0.1, help="first step size (default: 0.1)")
+    train.add_argument("--final-step", type=float, default=0.01, help="last step size (default: 0.01)")
+    train.add_argument("--pseudocount", type=float, default=0.1, help="(default: 0.1)")
+    train.add_argument("--patience", type=int, default=3, help="epochs without progress before stopping")
+    train.add_argument("-o", "--output", metavar="MODEL", help="write the trained model (.safetensors)")
+    train.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
     explain = sub.add_parser("explain", help="explain a diagnostic code, e.g. E0203")
     explain.add_argument("code", metavar="CODE")
     return p
@@ -152,8 +169,19 @@ class _Exit(Exception):
 
 
 def _load_circuit(args: argparse.Namespace) -> CircuitGraph:
-    """The circuit a command works on: diagnostics (exit 1) or a usage error (exit 2) otherwise."""
+    """The circuit a command works on: diagnostics (exit 1) or a usage error (exit 2) otherwise.
+    A model file (.safetensors, from `pcdsl train -o`) also sets `args.trained`."""
     from pcdsl.frontend import check_file
+
+    if str(args.file).endswith(".safetensors"):
+        from pcdsl.io.model import ModelFileError, load_model
+
+        try:
+            graph, args.trained = load_model(args.file)
+        except ModelFileError as exc:
+            print(f"pcdsl {args.command}: {exc}", file=sys.stderr)
+            raise _Exit(EXIT_DIAGNOSTICS) from None
+        return graph
 
     try:
         checked = check_file(args.file)
@@ -259,8 +287,11 @@ def _compile(args: argparse.Namespace) -> int:
 
 
 def _model(args: argparse.Namespace, graph: CircuitGraph):  # type: ignore[no-untyped-def]
+    """The compiled model; a trained model file (.safetensors) brings its own parameters."""
     import pcdsl
 
+    if getattr(args, "trained", None) is not None:
+        return pcdsl.compile(graph, args.backend, params=args.trained, device=args.device, dtype=args.dtype)
     learned = [n.name for n in graph.nodes() if (n.params is None and n.family not in (None, "indicator"))
                or (n.kind.value == "sum" and n.weights is None and n.tie is None)]
     if learned:
@@ -314,6 +345,44 @@ def _sample(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _train(args: argparse.Namespace) -> int:
+    import pcdsl
+    from pcdsl.data import DataError, load_values
+    from pcdsl.learn.train import Stage, Trainer, mean_ll
+    from pcdsl.params import initialise
+
+    graph = _load_circuit(args)
+    try:
+        splits = {k: load_values(p) if p else None for k, p in (("train", args.data), ("valid", args.valid),
+                                                               ("test", args.test))}
+    except DataError as exc:
+        print(f"pcdsl train: {exc}", file=sys.stderr)
+        return EXIT_DIAGNOSTICS
+    params = initialise(graph, args.seed)
+    model = pcdsl.compile(graph, args.backend, params=params, device=args.device, dtype=args.dtype)
+    stages = [Stage("em", args.epochs, args.batch, (args.step, args.final_step), args.pseudocount, args.patience),
+              Stage("full_em", args.full_epochs, args.batch, (1.0,), args.pseudocount, args.patience)]
+
+    def report(epoch, _params):  # type: ignore[no-untyped-def]
+        valid = f", valid {epoch.valid_ll:.4f}" if epoch.valid_ll is not None else ""
+        kind = stages[epoch.stage].kind
+        print(f"{kind} epoch {epoch.epoch + 1}: train {epoch.train_ll:.4f}{valid} ({epoch.seconds:.1f}s)")
+
+    trainer = Trainer(model, params, splits["train"], splits["valid"], args.seed, not args.quiet, report)
+    try:
+        best = trainer.run(stages)
+    except ValueError as exc:
+        print(f"pcdsl train: {exc}", file=sys.stderr)
+        return EXIT_DIAGNOSTICS
+    if splits["test"] is not None:
+        print(f"test log-likelihood: {mean_ll(model, splits['test']):.4f} nats per sample")
+    if args.output:
+        from pcdsl.io.model import save_model
+
+        print(f"wrote {save_model(args.output, graph, best)}")
+    return EXIT_OK
+
+
 def _explain(args: argparse.Namespace) -> int:
     code = args.code.upper()
     if code not in CODES:
@@ -324,7 +393,7 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"check": _check, "render": _render, "demo": _demo, "compile": _compile, "eval": _eval,
-             "sample": _sample, "explain": _explain}
+             "sample": _sample, "train": _train, "explain": _explain}
 
 if __name__ == "__main__":
     sys.exit(main())
