@@ -368,7 +368,9 @@ def _train(args: argparse.Namespace) -> int:
         kind = stages[epoch.stage].kind
         print(f"{kind} epoch {epoch.epoch + 1}: train {epoch.train_ll:.4f}{valid} ({epoch.seconds:.1f}s)")
 
-    trainer = Trainer(model, params, splits["train"], splits["valid"], args.seed, not args.quiet, report)
+    train_data = splits["train"]
+    assert train_data is not None  # --data is required
+    trainer = Trainer(model, params, train_data, splits["valid"], args.seed, not args.quiet, report)
     try:
         best = trainer.run(stages)
     except ValueError as exc:
