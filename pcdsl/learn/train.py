@@ -14,6 +14,8 @@ import numpy as np
 from pcdsl.learn.em import add_flows, batches, em_update, full_batch_flows
 from pcdsl.params import Parameters
 
+MIN_IMPROVEMENT = 1e-4  # nats per sample; smaller gains count as no progress for early stopping
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -121,8 +123,9 @@ class Trainer:
         self.model.set_parameters(self.params)
 
     def _select(self, record: Epoch) -> bool:
+        """Keep the best parameters; True when the score rose by more than MIN_IMPROVEMENT."""
         score = record.valid_ll if record.valid_ll is not None else record.train_ll
-        if self.best is None or score > self.best[0]:
+        previous = self.best[0] if self.best is not None else -math.inf
+        if score > previous:
             self.best = (score, self.params)
-            return True
-        return False
+        return score > previous + MIN_IMPROVEMENT
