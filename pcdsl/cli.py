@@ -41,8 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     render_.add_argument("--level", choices=("auto", "circuit", "region"), default="auto",
                          help="node groups, or regions (scopes); auto picks regions for large circuits")
 
-    demo = sub.add_parser("demo", help="check and draw the shipped examples (the quick-start job)",
-                          description="Check every .pc file in a folder and draw each circuit as SVG and PNG.")
+    demo = sub.add_parser("demo", help="check and draw the examples, then learn NLTCS (the quick-start job)",
+                          description="Check every .pc file in a folder, draw each circuit as SVG and PNG, "
+                          "then run the NLTCS recipe (examples/nltcs.pc) and print its test log-likelihood.")
     demo.add_argument("--examples", default="examples", metavar="DIR", help="default: ./examples")
     demo.add_argument("-o", "--output", default="out/demo", metavar="DIR", help="default: ./out/demo")
 
@@ -93,6 +94,16 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--patience", type=int, default=3, help="epochs without progress before stopping")
     train.add_argument("-o", "--output", metavar="MODEL", help="write the trained model (.safetensors)")
     train.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+    run = sub.add_parser("run", help="run a recipe (data, model, training, report) in a run directory",
+                         description="Run a recipe; a restarted run resumes from its last checkpoint.")
+    run.add_argument("file", metavar="RECIPE")
+    run.add_argument("--recipe", metavar="NAME", help="which recipe (default: the file's first)")
+    run.add_argument("--out", metavar="DIR", help="run directory (default: runs/NAME)")
+    for flag, default in (("--backend", "torch"), ("--device", "cpu"), ("--dtype", "float32")):
+        run.add_argument(flag, default=default, help=f"default: {default}")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
     explain = sub.add_parser("explain", help="explain a diagnostic code, e.g. E0203")
     explain.add_argument("code", metavar="CODE")
@@ -245,6 +256,12 @@ def _demo(args: argparse.Namespace) -> int:
             print("  drew " + ", ".join(str(p) for p in pictures))
     if formats == ("dot",):
         print("(graphviz 'dot' is not installed: wrote DOT text only; apt-get install graphviz for pictures)")
+    recipe = Path(args.examples) / "nltcs.pc"
+    if status == EXIT_OK and recipe.exists():  # the main job: learn a real model, score it on test
+        print(f"\ntraining: pcdsl run {recipe}")
+        run_args = argparse.Namespace(file=str(recipe), recipe=None, out=str(out / "nltcs"), backend="torch",
+                                      device="cpu", dtype="float32", seed=0, quiet=True)
+        status = _run(run_args)
     return status
 
 
@@ -385,6 +402,33 @@ def _train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run(args: argparse.Namespace) -> int:
+    from pcdsl.frontend import check_file
+    from pcdsl.run import RunError, run_recipe
+
+    try:
+        checked = check_file(args.file)
+    except PcdslError as exc:
+        print(render_all(exc.diagnostics), file=sys.stderr)
+        return EXIT_DIAGNOSTICS
+    names = list(checked.recipes)
+    name = args.recipe or (names[0] if names else None)
+    if name not in checked.recipes:
+        print(f"pcdsl run: no recipe '{name}' in {args.file} (recipes: {', '.join(names) or 'none'})", file=sys.stderr)
+        return EXIT_USAGE
+    out = Path(args.out or Path("runs") / name)
+    try:
+        report = run_recipe(checked, name, out, backend=args.backend, device=args.device, dtype=args.dtype,
+                            seed=args.seed, progress=not args.quiet)
+    except RunError as exc:
+        print(f"pcdsl run: {exc}", file=sys.stderr)
+        return EXIT_DIAGNOSTICS
+    for key in sorted(k for k in report if k.endswith(("_loglik", "_bpd"))):
+        print(f"{name}: {key.replace('_', ' ')} = {report[key]:.4f}")
+    print(f"run directory: {out} (model.safetensors, metrics.jsonl, report.json)")
+    return EXIT_OK
+
+
 def _explain(args: argparse.Namespace) -> int:
     code = args.code.upper()
     if code not in CODES:
@@ -395,7 +439,7 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"check": _check, "render": _render, "demo": _demo, "compile": _compile, "eval": _eval,
-             "sample": _sample, "train": _train, "explain": _explain}
+             "sample": _sample, "train": _train, "run": _run, "explain": _explain}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -150,3 +150,30 @@ def test_train_command_writes_a_model_that_eval_reads(tmp_path: Path, capsys: py
     assert main(["eval", str(out), "--data", f"{NLTCS}.test.data", "--dtype", "float64"]) == 0
     evaluated = float(capsys.readouterr().out.split("average log-likelihood ")[1].split()[0])
     assert abs(test_ll - evaluated) < 1e-3
+
+
+def test_recipe_run_writes_its_directory_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    out = tmp_path / "run"
+    assert main(["run", str(EXAMPLES / "nltcs.pc"), "--out", str(out), "-q"]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert f"test loglik = {report['test_loglik']:.4f}" in printed
+    assert -6.3 < report["test_loglik"] < -5.9  # NLTCS; published HCLT: -6.00
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert metrics and {"stage", "epoch", "train_ll", "valid_ll"} <= set(metrics[0])
+    graph, params = load_model(out / "model.safetensors")
+    assert len(graph.variables) == 16
+    # restarting a finished run resumes from its state and reproduces the report
+    state = json.loads((out / "state.json").read_text())
+    state["epochs_done"] -= 3  # as if the last three epochs had not happened
+    (out / "state.json").write_text(json.dumps(state))
+    assert main(["run", str(EXAMPLES / "nltcs.pc"), "--out", str(out), "-q"]) == 0
+    assert f"resuming nltcs after {state['epochs_done']} epochs" in capsys.readouterr().out
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == len(metrics) + 3
+
+
+def test_distillation_recipes_are_refused_clearly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", str(EXAMPLES / "lvd_fashion.pc"), "--out", str(tmp_path)]) == 1
+    assert "cannot run yet" in capsys.readouterr().err
