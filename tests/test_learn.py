@@ -164,7 +164,8 @@ def test_recipe_run_writes_its_directory_and_resumes(tmp_path: Path, capsys: pyt
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert metrics and {"stage", "epoch", "train_ll", "valid_ll"} <= set(metrics[0])
     graph, params = load_model(out / "model.safetensors")
-    assert len(graph.variables) == 16 and set(params.weights) == {n.name for n in graph.nodes() if n.kind.value == "sum"}
+    assert len(graph.variables) == 16
+    assert set(params.weights) == {n.name for n in graph.nodes() if n.kind.value == "sum"}
     # restarting a finished run resumes from its state and reproduces the report
     state = json.loads((out / "state.json").read_text())
     state["epochs_done"] -= 3  # as if the last three epochs had not happened
