@@ -125,8 +125,10 @@ def stages(spec: RecipeSpec) -> list[Stage]:
             out.append(Stage("em", v["epochs"], v["batch"], v["step"], v["pseudocount"], v["patience"]))
         elif kind == "full_em":
             out.append(Stage("full_em", v["epochs"], 1024, (1.0,), v["pseudocount"], v["patience"]))
+        elif kind == "sgd":
+            out.append(Stage("sgd", v["epochs"], v["batch"], v["lr"], optimizer=v["optimizer"]))
         else:
-            raise RunError(f"training stage '{kind}' is not supported yet (em and full_em are)")
+            raise RunError(f"training stage '{kind}' is not supported yet (em, full_em and sgd are)")
     return out
 
 

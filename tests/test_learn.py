@@ -178,3 +178,36 @@ def test_recipe_run_writes_its_directory_and_resumes(tmp_path: Path, capsys: pyt
 def test_distillation_recipes_are_refused_clearly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", str(EXAMPLES / "lvd_fashion.pc"), "--out", str(tmp_path)]) == 1
     assert "cannot run yet" in capsys.readouterr().err
+
+
+def test_sgd_gradients_equal_finite_differences() -> None:
+    from pcdsl.learn.sgd import Optimizer, _softmax
+
+    graph, params = random_circuit(21, num_vars=4, real=True)
+    x = reference.sample(graph, params, 30, seed=3)
+    opt = Optimizer(params, "sgd")
+    grads = opt._gradients(params, reference.flows(graph, params, x), len(x))
+    rng = np.random.default_rng(0)
+    for key in sorted(grads)[:: max(1, len(grads) // 6)]:
+        index = tuple(int(rng.integers(s)) for s in grads[key].shape)
+
+        def loglik(delta: float) -> float:
+            theta = {k: v.copy() for k, v in opt.theta.items()}
+            theta[key][index] += delta
+            shifted = Optimizer(params, "sgd")
+            shifted.theta = theta
+            return float(reference.log_prob(graph, shifted._to_params(params), x).mean())
+
+        numeric = (loglik(1e-6) - loglik(-1e-6)) / 2e-6
+        assert abs(numeric - grads[key][index]) < 1e-5, key
+    assert _softmax(np.zeros((1, 4))).sum() == 1.0
+
+
+def test_adam_stage_improves_the_model() -> None:
+    graph = pcdsl.load(EXAMPLES / "hclt_nltcs.pc", "nltcs_hclt")
+    train = np.loadtxt(f"{NLTCS}.train.data", delimiter=",")[:3000]
+    params = initialise(graph)
+    model = _torch(graph, params)
+    before = mean_ll(model, train)
+    Trainer(model, params, train, progress=False).run([Stage("sgd", 2, 256, (0.05,), optimizer="adam")])
+    assert mean_ll(model, train) > before + 1.0

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from pcdsl.learn.em import add_flows, batches, em_update, full_batch_flows
+from pcdsl.learn.sgd import Optimizer
 from pcdsl.params import Parameters
 
 MIN_IMPROVEMENT = 1e-4  # nats per sample; smaller gains count as no progress for early stopping
@@ -22,12 +23,13 @@ class Stage:
     """One training stage. `step` holds the points of a piecewise-linear schedule over the
     stage's updates: (0.1,) is constant, (0.1, 0.01) anneals linearly."""
 
-    kind: str = "em"  # "em" (mini-batch) | "full_em"
+    kind: str = "em"  # "em" (mini-batch) | "full_em" | "sgd" (gradient ascent; `step` is the learning rate)
     epochs: int = 10
     batch_size: int = 512
     step: tuple[float, ...] = (0.1,)
     pseudocount: float = 0.1
     patience: int | None = None  # stop after this many epochs without a better valid score
+    optimizer: str = "adam"  # for "sgd" stages: "adam" | "sgd"
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class Trainer:
         self.progress, self.on_epoch = progress, on_epoch
         self.history: list[Epoch] = []
         self.best: tuple[float, Parameters] | None = None
+        self.optimizer: Optimizer | None = None
 
     def run(self, stages: list[Stage], start_epoch: int = 0) -> Parameters:
         """Train every stage; return the best parameters (by valid score, else the last)."""
@@ -82,7 +85,8 @@ class Trainer:
         return final
 
     def _stage(self, index: int, stage: Stage, first_epoch: int) -> None:
-        per_epoch = math.ceil(len(self.train) / stage.batch_size) if stage.kind == "em" else 1
+        per_epoch = math.ceil(len(self.train) / stage.batch_size) if stage.kind != "full_em" else 1
+        self.optimizer = Optimizer(self.params, stage.optimizer) if stage.kind == "sgd" else None
         stale = 0
         for epoch in range(first_epoch, stage.epochs):
             started = time.perf_counter()
@@ -112,7 +116,11 @@ class Trainer:
         for i, rows in enumerate(rows_iter):
             step = schedule(stage.step, (epoch * per_epoch + i) / max(1, total_steps - 1))
             flows = add_flows(None, self.model.flows(self.train[rows]))
-            self._update(flows, step, stage.pseudocount)
+            if self.optimizer is not None:
+                self.params = self.optimizer.step(self.params, flows, len(rows), step)
+                self.model.set_parameters(self.params)
+            else:
+                self._update(flows, step, stage.pseudocount)
             ll += flows.log_likelihood
             if self.progress:
                 rows_iter.set_postfix(ll=f"{flows.log_likelihood / len(rows):.3f}")  # type: ignore[attr-defined]
