@@ -191,7 +191,7 @@ def test_sgd_gradients_equal_finite_differences() -> None:
     for key in sorted(grads)[:: max(1, len(grads) // 6)]:
         index = tuple(int(rng.integers(s)) for s in grads[key].shape)
 
-        def loglik(delta: float) -> float:
+        def loglik(delta: float, key: str = key, index: tuple[int, ...] = index) -> float:
             theta = {k: v.copy() for k, v in opt.theta.items()}
             theta[key][index] += delta
             shifted = Optimizer(params, "sgd")
