@@ -38,6 +38,7 @@ class Values:
         self.sink = sink
         self.consts = consts
         self._cycles = cycles if cycles is not None else set()  # reported once, however often met
+        self._resolved: dict[str, ast.Value] = {}
 
     def child(self, local: Mapping[str, ast.Const]) -> Values:
         return Values(self.sink, {**self.consts, **local}, self._cycles)
@@ -51,12 +52,16 @@ class Values:
         """Replace a bare name that names a constant by the constant's value (following
         chains of constants iteratively, so long chains cannot exhaust the stack)."""
         chain: list[str] = []
+        seen: set[str] = set()
         while isinstance(v, ast.Ref) and len(v.parts) == 1 and v.index is None:
             name = v.parts[0].text
             const = self.consts.get(name)
             if const is None:
-                return v
-            if name in chain:
+                break
+            if name in self._resolved:  # each constant is followed to its value once
+                v = self._resolved[name]
+                break
+            if name in seen:
                 members = chain[chain.index(name):]
                 if frozenset(members) not in self._cycles:
                     self._cycles.add(frozenset(members))
@@ -64,7 +69,10 @@ class Values:
                               f"cycle: {' -> '.join([*members, name])}")
                 raise Bad()
             chain.append(name)
+            seen.add(name)
             v = const.value
+        for name in chain:
+            self._resolved[name] = v
         return v
 
     # ---- typed readers ---------------------------------------------------------------
