@@ -58,3 +58,10 @@ def compile(graph: CircuitGraph, backend: str = "torch", *, params: object = Non
 
     concrete = params if isinstance(params, Parameters) else initialise(graph, seed)
     return lower(compile_plan(graph, concrete), backend, **options)
+
+
+def load_model(path: str | Path) -> tuple[CircuitGraph, object]:
+    """A trained model file: its circuit graph and parameters (`compile(graph, params=...)`)."""
+    from pcdsl.io.model import load_model as _load
+
+    return _load(path)
