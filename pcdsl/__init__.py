@@ -36,6 +36,9 @@ __all__ = [
     "check",
     "check_file",
     "check_text",
+    "compile",
+    "load",
+    "load_model",
     "render",
     "render_all",
 ]
