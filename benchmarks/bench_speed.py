@@ -51,7 +51,7 @@ PEER_STRUCT = {"hclt": "hclt", "quad_tree": "quad-tree-4"}  # pcdsl template -> 
 
 if (PEERS_DIR / "common.py").exists():
     sys.path.insert(0, str(PEERS_DIR))
-    import common as peers_common  # noqa: E402
+    import common as peers_common
 else:
     peers_common = None
 
@@ -179,6 +179,43 @@ def build(structure: str, units: int, edges: list[tuple[int, int]] | None):
     return graph
 
 
+def fold_limits(shapes: list[tuple[int, int, int]], batch: int, batch_major: bool) -> dict[str, float]:
+    """Seconds for all (F, M, C) folds: plain log-space sums (fresh / out= outputs) and bare bmm."""
+    import torch
+
+    bm = batch_major
+    xs = [torch.randn(f, batch, c) if bm else torch.randn(f, c, batch) for f, m, c in shapes]
+    ws = [torch.softmax(torch.randn(f, c, m), dim=1) for f, m, c in shapes]  # (F, C, M)
+    if not bm:
+        ws = [w.transpose(1, 2).contiguous() for w in ws]  # (F, M, C)
+    red = -1 if bm else 1  # the C axis of x
+    e_bufs = [torch.empty_like(x) for x in xs]
+    mx_bufs = [torch.empty(f, batch, 1) if bm else torch.empty(f, 1, batch) for f, m, c in shapes]
+    o_bufs = [torch.empty(f, batch, m) if bm else torch.empty(f, m, batch) for f, m, c in shapes]
+
+    def mm(x, w, out=None):
+        return torch.bmm(x, w, out=out) if bm else torch.bmm(w, x, out=out)
+
+    def lee_fresh():
+        for x, w in zip(xs, ws, strict=True):
+            mx = x.amax(dim=red, keepdim=True)
+            torch.log(mm((x - mx).exp(), w)) + mx
+
+    def lee_out():
+        for x, w, e, mx, o in zip(xs, ws, e_bufs, mx_bufs, o_bufs, strict=True):
+            torch.amax(x, dim=red, keepdim=True, out=mx)
+            torch.sub(x, mx, out=e)
+            e.exp_()
+            mm(e, w, out=o)
+            o.log_().add_(mx)
+
+    def bmm_only():
+        for x, w, o in zip(xs, ws, o_bufs, strict=True):
+            mm(x, w, out=o)
+
+    return {"lee": bench_small(lee_fresh), "lee_out": bench_small(lee_out), "bmm": bench_small(bmm_only)}
+
+
 # ---- one configuration (child process) ------------------------------------------------------------
 
 def run_one(structure: str, units: int, batch: int, threads: int, repeats: int) -> dict:
@@ -292,41 +329,7 @@ def run_one(structure: str, units: int, batch: int, threads: int, repeats: int) 
     shapes = [la.shape for la in sum_layers]  # (F, M, C)
     limits: dict[str, float] = {}
     for orient in ("batch_major", "slot_major"):
-        bm = orient == "batch_major"
-        xs = [torch.randn(f, batch, c) if bm else torch.randn(f, c, batch) for f, m, c in shapes]
-        ws = [torch.softmax(torch.randn(f, c, m), dim=1) for f, m, c in shapes]
-        if not bm:
-            ws = [w.transpose(1, 2).contiguous() for w in ws]  # (F, M, C)
-        red = -1 if bm else 1  # the C axis of x
-
-        def mm(x, w, out=None):
-            return torch.bmm(x, w, out=out) if bm else torch.bmm(w, x, out=out)
-
-        def lee_fresh():
-            for x, w in zip(xs, ws):
-                mx = x.amax(dim=red, keepdim=True)
-                torch.log(mm((x - mx).exp(), w)) + mx
-
-        e_bufs = [torch.empty_like(x) for x in xs]
-        mx_bufs = [torch.empty(f, batch, 1) if bm else torch.empty(f, 1, batch) for f, m, c in shapes]
-        o_bufs = [torch.empty(f, batch, m) if bm else torch.empty(f, m, batch) for f, m, c in shapes]
-
-        def lee_out():
-            for x, w, e, mx, o in zip(xs, ws, e_bufs, mx_bufs, o_bufs):
-                torch.amax(x, dim=red, keepdim=True, out=mx)
-                torch.sub(x, mx, out=e)
-                e.exp_()
-                mm(e, w, out=o)
-                o.log_().add_(mx)
-
-        def bmm_only():
-            for x, w, o in zip(xs, ws, o_bufs):
-                mm(x, w, out=o)
-
-        limits[f"lee_{orient}"] = bench_small(lee_fresh, repeats=5)
-        limits[f"lee_out_{orient}"] = bench_small(lee_out, repeats=5)
-        limits[f"bmm_{orient}"] = bench_small(bmm_only, repeats=5)
-        del xs, ws, e_bufs, mx_bufs, o_bufs
+        limits.update({f"{k}_{orient}": v for k, v in fold_limits(shapes, batch, orient == "batch_major").items()})
     t_lee = min(limits["lee_batch_major"], limits["lee_slot_major"])
     t_lee_out = min(limits["lee_out_batch_major"], limits["lee_out_slot_major"])
     t_bmm = min(limits["bmm_batch_major"], limits["bmm_slot_major"])
@@ -386,8 +389,9 @@ def fmt(v, digits=0) -> str:
 
 
 def table(records: list[dict], peers: list[dict]) -> str:
-    out = ["| system | structure | K | sum edges | fwd samples/s | fwd+flows/bwd samples/s | peak RSS fwd / bwd (MiB) "
-           "| LL mean (bits/dim) | sum layers Gedge/s | limit: lee fresh / lee out= / bmm Gedge/s |",
+    out = ["| system | structure | K | sum edges | fwd samples/s | fwd+flows/bwd samples/s "
+           "| peak RSS (MiB) fwd / fwd+bwd | LL mean (bits/dim) | sum layers Gedge/s "
+           "| limit: lee fresh / lee out= / bmm Gedge/s |",
            "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     ratios = []
     for r in records:
@@ -395,7 +399,8 @@ def table(records: list[dict], peers: list[dict]) -> str:
                    f"**{fmt(r['fwd_samples_per_s'])}** | **{fmt(r['flows_samples_per_s'])}** (flows) | "
                    f"{fmt(r['fwd_peak_rss_mib'])} / {fmt(r['flows_peak_rss_mib'])} | "
                    f"{r['ll_mean']:.1f} ({r['bits_per_dim']:.2f}) | {r['sum_layers_Gedges_per_s']} | "
-                   f"{r['limit_lee_Gedges_per_s']} / {r['limit_lee_out_Gedges_per_s']} / {r['limit_bmm_Gedges_per_s']} |")
+                   f"{r['limit_lee_Gedges_per_s']} / {r['limit_lee_out_Gedges_per_s']} / "
+                   f"{r['limit_bmm_Gedges_per_s']} |")
         match = [p for p in peers if p.get("struct") == r["peer_struct"] and p.get("K") == r["K"]
                  and p.get("input") == "categorical-256"]
         for p in sorted(match, key=lambda p: -p.get("fwd_samples_per_s", 0)):
@@ -431,6 +436,39 @@ def profile_table(records: list[dict]) -> str:
     return "\n".join(out)
 
 
+RUN_ID = time.strftime("%Y%m%dT%H%M%S")
+PEER_CMDS = {  # (pcdsl structure, peer) -> the peer script and its arguments
+    ("hclt", "cirkit"): ["bench_cirkit.py", "--struct", "hclt"],
+    ("hclt", "sparc"): ["bench_sparc.py", "--struct", "hclt"],
+    ("hclt", "spflow"): ["bench_spflow.py", "--struct", "hclt"],
+    ("quad_tree", "cirkit"): ["bench_cirkit.py", "--struct", "quad-tree-4"],
+}
+
+
+def run_peers(a, structure: str, k: int) -> None:
+    """Run the peers' own scripts for this configuration; their records go to --peers-out."""
+    a.peers_out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = a.peers_out.with_suffix(".tmp")
+    for lib in a.peer_libs:
+        cmd = PEER_CMDS.get((structure, lib))
+        if cmd is None:
+            continue
+        print(f"== peer {lib} {structure} K={k}", file=sys.stderr, flush=True)
+        tmp.unlink(missing_ok=True)
+        env = {**os.environ, "BENCH_OUT": str(tmp), "OMP_NUM_THREADS": str(a.threads),
+               "BENCH_THREADS": str(a.threads)}
+        proc = subprocess.run([a.run_peers, *cmd, "--K", str(k), "--batch", str(a.batch)], cwd=PEERS_DIR, env=env,
+                              stdout=subprocess.DEVNULL, timeout=1800)
+        if proc.returncode or not tmp.exists():
+            print(f"FAILED peer {lib} {structure} K={k} rc={proc.returncode}", file=sys.stderr)
+            continue
+        with open(a.peers_out, "a") as f:
+            for line in tmp.read_text().splitlines():
+                if line.strip():
+                    f.write(json.dumps({**json.loads(line), "run_id": RUN_ID}, sort_keys=True) + "\n")
+        tmp.unlink(missing_ok=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--units", type=int, nargs="+", default=[16, 32])
@@ -440,6 +478,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--peers", type=Path, default=Path(os.environ.get("BENCH_OUT", "/tmp/pc-peers-results.jsonl")))
+    ap.add_argument("--run-peers", metavar="PYTHON", default=None,
+                    help="also run the peers' scripts now, with this interpreter (e.g. /tmp/peers/bin/python), "
+                         "one process before each pcdsl configuration, and compare with those records")
+    ap.add_argument("--peer-libs", nargs="+", default=["cirkit", "sparc", "spflow"],
+                    help="peers to run with --run-peers (hclt: all; quad_tree: cirkit)")
+    ap.add_argument("--peers-out", type=Path, default=ROOT / "benchmarks" / "results" / "peers_side_by_side.jsonl")
     ap.add_argument("--in-process", action="store_true", help="run the configurations in this process")
     ap.add_argument("--child", nargs=2, metavar=("STRUCTURE", "K"), help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -456,6 +500,8 @@ def main() -> None:
     records = []
     for structure in a.structures:
         for k in a.units:
+            if a.run_peers:
+                run_peers(a, structure, k)
             print(f"== pcdsl {structure} K={k} batch={a.batch} threads={a.threads}", file=sys.stderr, flush=True)
             if a.in_process:
                 rec = run_one(structure, k, a.batch, a.threads, a.repeats)
@@ -477,7 +523,11 @@ def main() -> None:
     with open(a.out, "a") as f:
         for rec in records:
             f.write(json.dumps({**rec, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}, sort_keys=True) + "\n")
-    peers = load_peers(a.peers)
+    if a.run_peers:  # this run's own peer records (same machine state as pcdsl's)
+        peers = [p for p in load_peers(a.peers_out) if p.get("run_id") == RUN_ID]
+        print(f"(peers re-run side by side in this run: {len(peers)} records, {a.peers_out})\n")
+    else:
+        peers = load_peers(a.peers)
     if not peers:
         print(f"(no peer records in {a.peers}; run /work/shared/peers/run_all.sh first)\n")
     print(table(records, peers))
