@@ -33,6 +33,7 @@ class TorchModel:
         self.plan = plan
         self.device, self.dtype = device, dtype
         self.rules = [RULES[type(layer)](layer, device, dtype) for layer in plan.layers]
+        self._buffers: dict[str, torch.Tensor] = {}
         self.discrete = torch.tensor([c is not None for c in plan.cardinalities], device=device)
         big = torch.iinfo(torch.long).max  # real variables: no bound on the (unused) index
         self.limits = torch.tensor([c if c is not None else big for c in plan.cardinalities], device=device)
@@ -77,9 +78,18 @@ class TorchModel:
         return result if isinstance(like, torch.Tensor) else result.detach().cpu().numpy()
 
     # ---- passes ------------------------------------------------------------------------------
+    def _scratch(self, name: str, batch_size: int) -> torch.Tensor:
+        """A (slots, batch) buffer kept between calls: fresh buffers this size cost page faults.
+        Results handed to callers are copies, never views of a scratch buffer."""
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape[1] != batch_size:
+            buf = torch.empty(self.plan.num_slots, batch_size, device=self.device, dtype=self.dtype)
+            self._buffers[name] = buf
+        return buf
+
     @torch.no_grad()
     def _forward(self, batch: Batch, mode: str = "sum") -> torch.Tensor:
-        buf = torch.empty(self.plan.num_slots, batch.index.shape[1], device=self.device, dtype=self.dtype)
+        buf = self._scratch("values", batch.index.shape[1])
         buf[ONE], buf[ZERO] = 0.0, -torch.inf
         for rule in self.rules:
             rule.forward(buf, batch, mode)
@@ -89,7 +99,7 @@ class TorchModel:
     def log_prob(self, x: Any) -> Any:
         """log p(x) per row; missing entries are marginalised."""
         batch, _ = self._batch(x)
-        return self._out(self._forward(batch)[self.plan.root], x)
+        return self._out(self._forward(batch)[self.plan.root].clone(), x)
 
     def conditional(self, x: Any, query: Any) -> Any:
         """log p(x_Q | x_E): Q the query variables (indices, names or a mask), E the other observed ones.
@@ -101,7 +111,8 @@ class TorchModel:
         evidence[..., columns] = torch.where(self.discrete[columns], -1.0, torch.nan).to(evidence.dtype)
         joint, _ = self._batch(full)
         marginal, _ = self._batch(evidence)
-        result = self._forward(joint)[self.plan.root] - self._forward(marginal)[self.plan.root]
+        joint_lp = self._forward(joint)[self.plan.root].clone()
+        result = joint_lp - self._forward(marginal)[self.plan.root]
         return self._out(result, x)
 
     def _columns(self, query: Any) -> torch.Tensor:
@@ -120,7 +131,7 @@ class TorchModel:
         if mode == "sample":
             gen = torch.Generator(device=self.device)
             gen.manual_seed(seed or 0)
-        active = torch.zeros_like(buf)
+        active = self._scratch("active", buf.shape[1]).zero_()
         active[self.plan.root] = 1.0
         out = real.clone()
         for rule in reversed(self.rules):
@@ -134,7 +145,7 @@ class TorchModel:
         max-product (Viterbi) approximation. The log-probability is exact either way."""
         batch, real = self._batch(x)
         completed = self._down(batch, real, "map", None)
-        lp = self._forward(self._batch(completed)[0])[self.plan.root]
+        lp = self._forward(self._batch(completed)[0])[self.plan.root].clone()
         return self._out(completed, x), self._out(lp, x)
 
     def sample(self, n: int, evidence: Any = None, seed: int = 0) -> Any:
@@ -154,7 +165,7 @@ class TorchModel:
         """Expected sufficient statistics of every parameter, summed over the batch."""
         batch, _ = self._batch(x)
         buf = self._forward(batch)
-        flow = torch.zeros_like(buf)
+        flow = self._scratch("flows", buf.shape[1]).zero_()
         flow[self.plan.root] = 1.0
         result = Flows(log_likelihood=float(buf[self.plan.root].sum()))
         for rule in reversed(self.rules):

@@ -42,7 +42,6 @@ class InputRule:
         self.group_var = self.var[:: self.width].contiguous()  # (G,)
         if layer.family == "categorical":
             lp = self.params["log_probs"]
-            self.row_offset = (torch.arange(lp.shape[0], device=device) * lp.shape[1])[:, None]
             self.grid = lp.view(-1, self.width, lp.shape[1])  # (G, width, K)
 
     def load(self, layer: InputLayer) -> None:
@@ -50,23 +49,29 @@ class InputRule:
         for k, v in layer.params.items():
             self.params[k].copy_(torch.as_tensor(v))
 
-    def values(self, batch: Batch, mode: str) -> torch.Tensor:
-        """(U, B) log-values of the layer's units."""
-        missing = batch.missing[self.var]
+    def values(self, batch: Batch, mode: str, out: torch.Tensor | None = None) -> torch.Tensor:
+        """(U, B) log-values of the layer's units (written into `out` when given)."""
+        missing = batch.missing[self.group_var]  # (G, B): one variable per group
         if self.layer.family == "categorical":
             lp = self.params["log_probs"]  # (U, K)
-            index = batch.index[self.group_var][:, None, :]  # (G, 1, B): one value row per group
-            observed = torch.gather(self.grid, 2, index.expand(-1, self.width, -1)).view(lp.shape[0], -1)
+            index = batch.index[self.group_var][:, None, :].expand(-1, self.width, -1)  # (G, width, B)
+            grid_out = out.view(-1, self.width, out.shape[1]) if out is not None else None
+            observed = torch.gather(self.grid, 2, index, out=grid_out).view(lp.shape[0], -1)
             free = lp.amax(dim=1) if mode == "max" else torch.zeros_like(lp[:, 0])
         else:
             mean, std = self.params["mean"][:, None], self.params["std"][:, None]
             z = (batch.real[self.var] - mean) / std
             observed = -0.5 * z * z - torch.log(std) - LOG_SQRT_2PI
             free = (-torch.log(std) - LOG_SQRT_2PI)[:, 0] if mode == "max" else torch.zeros_like(mean[:, 0])
-        return torch.where(missing, free[:, None].expand_as(observed), observed)
+        if bool(missing.any()):
+            unit_missing = missing.repeat_interleave(self.width, dim=0)
+            observed = torch.where(unit_missing, free[:, None].expand_as(observed), observed)
+        if out is not None and observed.data_ptr() != out.data_ptr():
+            out.copy_(observed)
+        return observed
 
     def forward(self, buf: torch.Tensor, batch: Batch, mode: str) -> None:
-        buf[self.start:self.stop] = self.values(batch, mode)
+        self.values(batch, mode, out=buf[self.start:self.stop])
 
     def flows(self, buf: torch.Tensor, flow: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
         f = flow[self.start:self.stop]  # (U, B)
@@ -74,11 +79,15 @@ class InputRule:
         if self.layer.family == "categorical":
             lp = self.params["log_probs"]
             units, k = lp.shape
-            flat = self.row_offset + batch.index[self.var]
-            counts = torch.zeros(units * k, dtype=f.dtype, device=f.device)
-            counts.index_add_(0, flat[~missing], f[~missing])
-            free = (f * missing).sum(dim=1)
-            return {"counts": counts.view(units, k) + free[:, None] * torch.exp(lp)}
+            any_missing = bool(missing.any())
+            observed = f * ~missing if any_missing else f  # missing entries add to no category
+            index = batch.index[self.group_var][:, None, :].expand(-1, self.width, -1)  # (G, width, B)
+            counts = torch.zeros(units // self.width, self.width, k, dtype=f.dtype, device=f.device)
+            counts.scatter_add_(2, index, observed.reshape(-1, self.width, f.shape[1]))
+            counts = counts.view(units, k)
+            if any_missing:  # a missing value counts in expectation: probs * flow
+                counts += (f * missing).sum(dim=1)[:, None] * torch.exp(lp)
+            return {"counts": counts}
         mean, std = self.params["mean"][:, None], self.params["std"][:, None]
         x = torch.where(missing, mean.expand_as(f), batch.real[self.var])
         xx = torch.where(missing, (mean * mean + std * std).expand_as(f), x * x)
