@@ -344,17 +344,17 @@ def _eval(args: argparse.Namespace) -> int:
 def _sample(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from pcdsl.data import save_values
+    from pcdsl.data import format_row, save_values
 
     graph = _load_circuit(args)
     samples = np.asarray(_model(args, graph).sample(args.n, seed=args.seed))
+    discrete = [v.domain.is_discrete for v in graph.variables]
     if args.output is None:
-        discrete = [v.domain.is_discrete for v in graph.variables]
         for row in samples:
-            print(",".join(str(int(x)) if d else repr(float(x)) for x, d in zip(row, discrete, strict=True)))
+            print(format_row(row, discrete))
         return EXIT_OK
     try:
-        save_values(Path(args.output), samples, [v.domain.is_discrete for v in graph.variables])
+        save_values(Path(args.output), samples, discrete)
     except (OSError, ValueError) as exc:
         print(f"pcdsl sample: cannot write '{args.output}': {exc}", file=sys.stderr)
         return EXIT_USAGE

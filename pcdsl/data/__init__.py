@@ -71,6 +71,11 @@ def load_values(path: str | Path) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64)
 
 
+def format_row(row: np.ndarray, discrete: list[bool]) -> str:
+    """One sample as a text line: integers for discrete variables, reals as they are."""
+    return ",".join(str(int(x)) if d else repr(float(x)) for x, d in zip(row, discrete, strict=True))
+
+
 def save_values(path: Path, values: np.ndarray, discrete: list[bool]) -> None:
     """Write samples atomically as .npy or as comma-separated text (integers where discrete)."""
     import os
@@ -86,8 +91,7 @@ def save_values(path: Path, values: np.ndarray, discrete: list[bool]) -> None:
                 np.save(f, values)
             else:
                 for row in values:
-                    f.write((",".join(str(int(x)) if d else repr(float(x))
-                                      for x, d in zip(row, discrete, strict=True)) + "\n").encode())
+                    f.write((format_row(row, discrete) + "\n").encode())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from pcdsl.evaluate import evaluate
 from pcdsl.learn.em import add_flows, batches, em_update, full_batch_flows
 from pcdsl.learn.sgd import Optimizer
 from pcdsl.params import Parameters
@@ -55,9 +56,8 @@ def schedule(points: tuple[float, ...], progress: float) -> float:
 
 
 def mean_ll(model: Any, data: np.ndarray, batch_size: int = 2048) -> float:
-    total = sum(float(np.sum(np.asarray(model.log_prob(data[r]), dtype=np.float64)))
-                for r in batches(len(data), batch_size, None))
-    return total / len(data)
+    """Average log-likelihood per sample (missing values marginalised)."""
+    return evaluate(model, data, batch_size, progress=False).mean_log_likelihood
 
 
 class Trainer:
