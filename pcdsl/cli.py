@@ -93,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--pseudocount", type=float, default=0.1, help="(default: 0.1)")
     train.add_argument("--patience", type=int, default=3, help="epochs without progress before stopping")
     train.add_argument("-o", "--output", metavar="MODEL", help="write the trained model (.safetensors)")
+    train.add_argument("--init", metavar="MODEL", help="start from a model file's parameters (same structure)")
     train.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
     run = sub.add_parser("run", help="run a recipe (data, model, training, report) in a run directory",
@@ -362,6 +363,24 @@ def _sample(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _initial(path: str, graph: CircuitGraph):  # type: ignore[no-untyped-def]
+    """Parameters from a model file whose structure is the circuit's own."""
+    from pcdsl.io.model import ModelFileError, load_model
+
+    def shape(g: CircuitGraph) -> list[tuple[object, ...]]:
+        return [(n.name, n.kind, n.num_units, n.children, n.family, n.var, n.pattern, n.tie) for n in g.nodes()]
+
+    try:
+        saved, params = load_model(path)
+    except ModelFileError as exc:
+        print(f"pcdsl train: {exc}", file=sys.stderr)
+        raise _Exit(EXIT_DIAGNOSTICS) from None
+    if shape(saved) != shape(graph) or len(saved.variables) != len(graph.variables):
+        print(f"pcdsl train: '{path}' holds a different circuit structure than '{graph.name}'", file=sys.stderr)
+        raise _Exit(EXIT_DIAGNOSTICS)
+    return params
+
+
 def _train(args: argparse.Namespace) -> int:
     import pcdsl
     from pcdsl.data import DataError, load_values
@@ -375,7 +394,7 @@ def _train(args: argparse.Namespace) -> int:
     except DataError as exc:
         print(f"pcdsl train: {exc}", file=sys.stderr)
         return EXIT_DIAGNOSTICS
-    params = initialise(graph, args.seed)
+    params = initialise(graph, args.seed) if args.init is None else _initial(args.init, graph)
     model = pcdsl.compile(graph, args.backend, params=params, device=args.device, dtype=args.dtype)
     stages = [Stage("em", args.epochs, args.batch, (args.step, args.final_step), args.pseudocount, args.patience),
               Stage("full_em", args.full_epochs, args.batch, (1.0,), args.pseudocount, args.patience)]

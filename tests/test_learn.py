@@ -211,3 +211,13 @@ def test_adam_stage_improves_the_model() -> None:
     before = mean_ll(model, train)
     Trainer(model, params, train, progress=False).run([Stage("sgd", 2, 256, (0.05,), optimizer="adam")])
     assert mean_ll(model, train) > before + 1.0
+
+
+def test_train_can_start_from_a_model_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    first = tmp_path / "first.safetensors"
+    common = [str(EXAMPLES / "rat.pc"), "--circuit", "nltcs_independent", "--data", f"{NLTCS}.valid.data",
+              "--epochs", "1", "--full-epochs", "0", "-q"]
+    assert main(["train", *common, "-o", str(first)]) == 0
+    assert main(["train", *common, "--init", str(first), "--full-epochs", "1"]) == 0
+    assert main(["train", str(EXAMPLES / "tiny.pc"), "--data", f"{NLTCS}.valid.data", "--init", str(first)]) == 1
+    assert "different circuit structure" in capsys.readouterr().err
