@@ -10,8 +10,6 @@ from __future__ import annotations
 import importlib
 from typing import Any, Protocol
 
-import numpy as np
-
 from pcdsl.plan import LayeredPlan
 
 _REGISTRY = {"torch": "pcdsl.backends.torch"}
@@ -43,7 +41,3 @@ def lower(plan: LayeredPlan, backend: str, **options: Any) -> Model:
         raise UnknownBackend(f"unknown backend '{backend}' (known: {', '.join(available())})")
     module = importlib.import_module(_REGISTRY[backend])
     return module.lower(plan, **options)  # type: ignore[no-any-return]
-
-
-def as_numpy(x: Any) -> np.ndarray:
-    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)

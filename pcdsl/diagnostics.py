@@ -25,10 +25,6 @@ class Source:
         lines = self.text.split("\n")
         return lines[number - 1].removesuffix("\r") if 0 < number <= len(lines) else ""
 
-    @property
-    def num_lines(self) -> int:
-        return self.text.count("\n") + 1
-
 
 @dataclass(frozen=True)
 class Span:

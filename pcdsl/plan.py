@@ -1,9 +1,10 @@
 """CircuitGraph -> LayeredPlan: backend-neutral layers of index arrays.
 
 Every unit of the circuit gets a slot in one value buffer of shape
-(batch, num_slots). Slot 0 holds log 1 (padding for products), slot 1 holds
-log 0 (padding for sums); node groups follow, layer by layer, each group's
-units contiguous. Layers run in order:
+(num_slots, batch). Slots 0 and 1 hold the constants log 1 and log 0, for
+layers that pad their fan-in (today's layers bucket by exact shape and need
+no padding); node groups follow, layer by layer, each group's units
+contiguous. Layers run in order:
 
 - an input layer per family and group width: categorical (Bernoulli and
   indicator leaves are categorical leaves over their domain), gaussian;

@@ -155,9 +155,6 @@ class CircuitGraph:
             raise InternalError(f"circuit '{self.name}' has {len(roots)} roots; validate it first")
         return roots[0]
 
-    def reachable(self, name: str) -> set[str]:
-        return {name} | set(nx.descendants(self._g, name))
-
     def to_networkx(self) -> nx.DiGraph:
         """A copy of the underlying graph (parent -> child edges, 'node' attributes)."""
         return self._g.copy()
