@@ -25,6 +25,7 @@ class Checked:
     circuits: dict[str, CircuitGraph] = field(default_factory=dict)
     properties: dict[str, Properties] = field(default_factory=dict)
     recipes: dict[str, RecipeSpec] = field(default_factory=dict)
+    data: dict[str, DataSource] = field(default_factory=dict)  # the file's `data NAME = ...` sources
     warnings: list[Diagnostic] = field(default_factory=list)
 
     def circuit(self, name: str | None = None) -> CircuitGraph:
@@ -58,7 +59,7 @@ def check_program(program: Program) -> Checked:
             vals.deref(ast.Ref((const.name,), span=const.name.span))
         except Bad:
             pass
-    sources = _data_sources(program, vals)
+    sources = result.data = _data_sources(program, vals)
     resolve = _data_resolver(sources, vals)
     for name, circ in program.circuits.items():
         graph = elaborate(circ, vals, resolve)

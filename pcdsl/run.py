@@ -61,13 +61,8 @@ def _write_json(path: Path, value: Any) -> None:
 
 def load_splits(checked: Checked, spec: RecipeSpec) -> Splits:
     bound = spec.entries["data"][0]
-    if "ref" in bound.values:
-        decl = checked.program.data[bound.values["ref"]]
-        from pcdsl.diagnostics import Sink
-        from pcdsl.syntax.sources import read_source
-        from pcdsl.syntax.values import Values
-
-        source = read_source(Values(Sink(), checked.program.consts), decl.source)
+    if "ref" in bound.values:  # `data = some_source`: checked with the file already
+        source = checked.data[bound.values["ref"]]
     else:
         call = bound.call
         source = DataSource(call.func.text, dict(bound.values), os.path.dirname(call.span.file), call.span)
