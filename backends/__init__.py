@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from pcdsl.plan import LayeredPlan
 
-_REGISTRY = {"torch": "pcdsl.backends.torch"}
+_REGISTRY = {"torch": "pcdsl.backends.torch", "numba": "pcdsl.backends.numba"}
 
 
 class Model(Protocol):

@@ -1,0 +1,155 @@
+"""The numba backend: a LayeredPlan flattened to arrays and run by numba kernels on the CPU.
+
+``flatten`` turns the plan into the arrays of ``runtime.ARRAYS``; ``runtime.Circuit``
+answers the queries with the kernels of ``kernels.py`` (compiled once for every
+circuit and cached on disk); :class:`NumbaModel` adds what pcdsl needs on top:
+parameters in and flows out per node group, as the torch backend gives them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from pcdsl.params import Parameters
+from pcdsl.plan import InputLayer, LayeredPlan, ProductLayer, SumLayer, with_parameters
+from pcdsl.reference import Flows
+
+from . import kernels
+from .runtime import Circuit
+
+
+def lower(plan: LayeredPlan, device: str = "cpu", dtype: str = "float32", tile: int = 32) -> NumbaModel:
+    if str(device) != "cpu":
+        raise ValueError(f"the numba backend runs on the CPU only (device 'cpu'), not {str(device)!r}; "
+                         "use the torch backend for GPUs")
+    return NumbaModel(plan, str(dtype).removeprefix("torch."), tile)
+
+
+def flatten(plan: LayeredPlan) -> dict[str, np.ndarray]:
+    """The plan as the flat arrays the kernels read (see ``runtime.ARRAYS``)."""
+    cat: list[np.ndarray] = []
+    lp: list[np.ndarray] = []
+    gauss: list[np.ndarray] = []
+    gmean: list[np.ndarray] = []
+    gstd: list[np.ndarray] = []
+    ops: list[list[int]] = []
+    pindex: list[np.ndarray] = []
+    sindex: list[np.ndarray] = []
+    weights: list[np.ndarray] = []
+    lp_size = p_size = s_size = w_size = folds = 0
+    for layer in plan.layers:
+        if isinstance(layer, InputLayer):
+            slots = np.arange(layer.start, layer.stop)
+            if layer.family == "gaussian":
+                gauss.append(np.stack([slots, layer.var], axis=1))
+                gmean.append(layer.params["mean"])
+                gstd.append(layer.params["std"])
+                continue
+            table = layer.params["log_probs"]
+            width = table.shape[1]
+            sizes = np.array([plan.cardinalities[int(v)] for v in layer.var])
+            cat.append(np.stack([slots, layer.var, lp_size + width * np.arange(len(slots)), sizes], axis=1))
+            lp.append(table.reshape(-1))
+            lp_size += table.size
+        elif isinstance(layer, ProductLayer):
+            units, fan_in = layer.index.shape
+            ops.append([kernels.PRODUCT, layer.start, units, fan_in, 0, p_size, 0, 0])
+            pindex.append(layer.index.reshape(-1))
+            p_size += layer.index.size
+        else:
+            f, m, c = layer.shape
+            ops.append([kernels.SUM, layer.start, f, m, c, s_size, w_size, folds])
+            sindex.append(layer.index.reshape(-1))
+            weights.append(layer.weights.reshape(-1))
+            s_size, w_size, folds = s_size + layer.index.size, w_size + layer.weights.size, folds + f
+    return {
+        "cat": _concat(cat, np.int64, (0, 4)), "lp": _concat(lp, np.float64, (0,)),
+        "gauss": _concat(gauss, np.int64, (0, 2)), "gmean": _concat(gmean, np.float64, (0,)),
+        "gstd": _concat(gstd, np.float64, (0,)), "ops": np.array(ops, dtype=np.int64).reshape(-1, 8),
+        "pindex": _concat(pindex, np.int64, (0,)), "sindex": _concat(sindex, np.int64, (0,)),
+        "weights": _concat(weights, np.float64, (0,)),
+    }
+
+
+def _concat(parts: list[np.ndarray], dtype: type, empty: tuple[int, ...]) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype) if parts else np.zeros(empty, dtype=dtype)
+
+
+class NumbaModel:
+    """A compiled circuit on the numba kernels, with the query API of the torch backend.
+    Data: (batch, variables) arrays; -1 or NaN marks a missing value. Results: numpy arrays."""
+
+    def __init__(self, plan: LayeredPlan, dtype: str = "float32", tile: int = 32):
+        self.plan = plan
+        self.circuit = Circuit(flatten(plan), plan.variables, plan.cardinalities, plan.root, plan.num_slots,
+                               dtype=dtype, tile=tile)
+
+    @property
+    def variables(self) -> tuple[str, ...]:
+        return self.plan.variables
+
+    @property
+    def cardinalities(self) -> tuple[int | None, ...]:
+        return self.plan.cardinalities
+
+    def set_parameters(self, params: Parameters) -> None:
+        """Replace every parameter (e.g. after an EM step); the structure stays."""
+        self.plan = with_parameters(self.plan, params)
+        arrays = flatten(self.plan)
+        self.circuit.set_arrays({k: arrays[k] for k in ("lp", "gmean", "gstd", "weights")})
+
+    def log_prob(self, x: Any) -> np.ndarray:
+        """log p(x) per row; missing entries are marginalised."""
+        return self.circuit.log_prob(_numpy(x))
+
+    def conditional(self, x: Any, query: Any) -> np.ndarray:
+        """log p(x_Q | x_E); NaN where p(x_E) = 0."""
+        return self.circuit.conditional(_numpy(x), query)
+
+    def map(self, x: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(completion, its log p) by max-product and backtracking (exact MPE when deterministic)."""
+        return self.circuit.map(_numpy(x))
+
+    def sample(self, n: int, evidence: Any = None, seed: int = 0) -> np.ndarray:
+        """n ancestral samples; with evidence, from p(missing | observed)."""
+        return self.circuit.sample(n, None if evidence is None else _numpy(evidence), seed)
+
+    def flows(self, x: Any) -> Flows:
+        """Expected sufficient statistics of every parameter, summed over the batch."""
+        raw = self.circuit.flows(_numpy(x))
+        result = Flows(log_likelihood=raw["log_likelihood"])
+        w_at = lp_at = g_at = 0
+        for layer in self.plan.layers:
+            if isinstance(layer, SumLayer):
+                f, m, c = layer.shape
+                block = raw["weights"][w_at:w_at + f * m * c].reshape(f, m, c)
+                w_at += f * m * c
+                for fold, group in enumerate(layer.groups):  # tied sums add their flows
+                    result.weights[group] = result.weights.get(group, 0) + block[fold]
+            elif isinstance(layer, InputLayer) and layer.family == "categorical":
+                units, width = layer.params["log_probs"].shape
+                counts = raw["counts"][lp_at:lp_at + units * width].reshape(units, width)
+                lp_at += units * width
+                _split(layer, result, lambda rows, size: {"counts": counts[rows, :size]}, self.plan)
+            elif isinstance(layer, InputLayer):
+                stats = raw["gaussian"][g_at:g_at + len(layer.var)]
+                g_at += len(layer.var)
+                _split(layer, result, lambda rows, _: {"n": stats[rows, 0], "sx": stats[rows, 1],
+                                                       "sxx": stats[rows, 2]}, self.plan)
+        return result
+
+
+def _split(layer: InputLayer, result: Flows, stats: Any, plan: LayeredPlan) -> None:
+    """Hand each input node of the layer its rows of the layer's statistics."""
+    offset = 0
+    for name, family, units in zip(layer.nodes, layer.families, layer.node_units, strict=True):
+        rows = slice(offset, offset + units)
+        size = plan.cardinalities[int(layer.var[offset])]
+        offset += units
+        result.inputs[name] = {} if family == "indicator" else stats(rows, size)
+
+
+def _numpy(x: Any) -> Any:
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else x

@@ -1,0 +1,390 @@
+"""numba kernels that run a layered plan, compiled once for every circuit.
+
+A circuit reaches the kernels as flat arrays (see ``runtime.py``), so the same
+machine code runs any circuit: nothing is compiled per circuit, and
+``cache=True`` keeps the compiled kernels on disk between processes.
+
+Layout: the batch is cut into tiles of T samples; each tile owns a value buffer
+``buf[tile]`` of shape (slots, T), so a layer reads and writes rows of T
+contiguous values and the inner loops run over the tile (SIMD). Tiles are
+shared among threads (``prange`` over chunks of tiles, one per thread: chunk i
+takes tiles i, i + chunks, ...); each
+thread accumulates its own flows, summed afterwards, so no two threads write
+the same memory.
+
+Layers (one row of ``ops`` each, in plan order; inputs run first):
+
+- product: ``out[u] = sum_k buf[pindex[u, k]]``;
+- sum: per fold f, ``out[f, m] = log sum_c W[f, m, c] exp(x_c - mx) + mx`` with
+  ``x_c = buf[sindex[f, c]]`` and ``mx`` the column max, or, in max mode,
+  ``max_c log W[f, m, c] + x_c``.
+
+``fexp`` and ``flog`` are written with arithmetic and bit operations only, so
+LLVM vectorises the loops that call them (``math.exp`` would be a scalar call
+per element here: there is no vector math library). Both are accurate to a
+few units in the last place of float64.
+
+This module needs only numpy and numba: ``pcdsl compile --backend numba``
+copies it next to the emitted circuit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+PRODUCT, SUM = 0, 1
+# columns of `ops`
+KIND, START, A, B, C, INDEX, WEIGHT, FOLD = range(8)  # product: A units, B fan-in; sum: A folds, B units, C inputs
+LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+SUM_MODE, MAX_MODE = 0, 1
+MAP_DOWN, SAMPLE_DOWN = 0, 1
+
+# No fastmath "nnan"/"ninf": log 0 = -inf is a value these kernels rely on.
+FAST = {"contract", "nsz", "arcp"}
+FAST_REDUCE = {"contract", "nsz", "arcp", "reassoc"}  # lets LLVM vectorise dot products
+
+_LOG2E = 1.4426950408889634
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+_SQRT2 = 1.4142135623730951
+_TINY = 2.2250738585072014e-308  # smallest normal float64
+
+
+@njit(inline="always", fastmath=FAST, cache=True)
+def fexp(x: float) -> float:
+    """exp(x) for float64 x (-inf gives 0): 2^n * e^r with |r| <= ln2/2, Taylor to r^12."""
+    y = min(max(x, -708.0), 709.0)
+    n = math.floor(y * _LOG2E + 0.5)
+    r = y - n * _LN2_HI - n * _LN2_LO
+    p = 1.0 / 479001600.0
+    p = p * r + 1.0 / 39916800.0
+    p = p * r + 1.0 / 3628800.0
+    p = p * r + 1.0 / 362880.0
+    p = p * r + 1.0 / 40320.0
+    p = p * r + 1.0 / 5040.0
+    p = p * r + 1.0 / 720.0
+    p = p * r + 1.0 / 120.0
+    p = p * r + 1.0 / 24.0
+    p = p * r + 1.0 / 6.0
+    p = p * r + 0.5
+    p = p * r + 1.0
+    p = p * r + 1.0
+    scale = np.int64((np.int64(n) + 1023) << 52).view(np.float64)
+    return p * scale if x > -708.0 else 0.0
+
+
+@njit(inline="always", fastmath=FAST, cache=True)
+def flog(x: float) -> float:
+    """log(x) for float64 x >= 0 (0 gives -inf): e ln2 + log m, m in [sqrt(1/2), sqrt(2)),
+    log m = 2 atanh(s) as an odd series in s = (m - 1) / (m + 1), |s| <= 0.172."""
+    small = x < _TINY
+    z = x * 18014398509481984.0 if small else x  # 2^54: subnormals become normal
+    bits = np.float64(z).view(np.int64)
+    e = (bits >> 52) - 1023 - (54 if small else 0)
+    m = np.int64((bits & 0x000FFFFFFFFFFFFF) | 0x3FF0000000000000).view(np.float64)
+    big = m > _SQRT2
+    m = m * 0.5 if big else m
+    e = e + 1 if big else e
+    s = (m - 1.0) / (m + 1.0)
+    s2 = s * s
+    q = 1.0 / 21.0
+    q = q * s2 + 1.0 / 19.0
+    q = q * s2 + 1.0 / 17.0
+    q = q * s2 + 1.0 / 15.0
+    q = q * s2 + 1.0 / 13.0
+    q = q * s2 + 1.0 / 11.0
+    q = q * s2 + 1.0 / 9.0
+    q = q * s2 + 1.0 / 7.0
+    q = q * s2 + 1.0 / 5.0
+    q = q * s2 + 1.0 / 3.0
+    q = q * s2 + 1.0
+    ef = float(e)
+    result = ef * _LN2_HI + (ef * _LN2_LO + 2.0 * s * q)
+    return result if x > 0.0 else -np.inf
+
+
+# ---- one tile, one layer ----------------------------------------------------------------------
+
+
+@njit(inline="always", fastmath=FAST, cache=True)
+def _inputs(b, col, idx, real, cat, lp, lpmax, gauss, gmean, gstd, mode):  # type: ignore[no-untyped-def]
+    """Write the input units' log-values for the tile whose first sample is `col`."""
+    t_size = b.shape[1]
+    for u in range(cat.shape[0]):
+        slot, var, off = cat[u, 0], cat[u, 1], cat[u, 2]
+        free = lpmax[u] if mode == MAX_MODE else 0.0
+        for t in range(t_size):
+            x = idx[var, col + t]
+            b[slot, t] = lp[off + x] if x >= 0 else free
+    for u in range(gauss.shape[0]):
+        slot, var = gauss[u, 0], gauss[u, 1]
+        mean, std = gmean[u], gstd[u]
+        top = -math.log(std) - LOG_SQRT_2PI
+        free = top if mode == MAX_MODE else 0.0
+        for t in range(t_size):
+            x = real[var, col + t]
+            z = (x - mean) / std
+            b[slot, t] = free if np.isnan(x) else top - 0.5 * z * z
+
+
+@njit(inline="always", fastmath=FAST, cache=True)
+def _product(b, op, pindex):  # type: ignore[no-untyped-def]
+    start, units, fan_in, off = op[START], op[A], op[B], op[INDEX]
+    t_size = b.shape[1]
+    for u in range(units):
+        row = off + u * fan_in
+        first = pindex[row]
+        for t in range(t_size):
+            b[start + u, t] = b[first, t]
+        for k in range(1, fan_in):
+            child = pindex[row + k]
+            for t in range(t_size):
+                b[start + u, t] += b[child, t]
+
+
+@njit(inline="always", fastmath=FAST, cache=True)
+def _shifted(b, sindex, row, inputs, e, mx):  # type: ignore[no-untyped-def]
+    """e[c] = exp(x_c - mx) for the inputs of one fold, mx their column max (0 if all -inf)."""
+    t_size = b.shape[1]
+    for t in range(t_size):
+        mx[t] = -np.inf
+    for c in range(inputs):
+        child = sindex[row + c]
+        for t in range(t_size):
+            mx[t] = max(mx[t], b[child, t])
+    for t in range(t_size):
+        mx[t] = mx[t] if mx[t] > -np.inf else 0.0
+    for c in range(inputs):
+        child = sindex[row + c]
+        for t in range(t_size):
+            e[c, t] = fexp(b[child, t] - mx[t])
+
+
+@njit(inline="always", fastmath=FAST, cache=True)
+def _sum(b, op, sindex, weights, e, mx, acc):  # type: ignore[no-untyped-def]
+    start, folds, units, inputs = op[START], op[A], op[B], op[C]
+    t_size = b.shape[1]
+    for f in range(folds):
+        _shifted(b, sindex, op[INDEX] + f * inputs, inputs, e, mx)
+        for m in range(units):
+            w = op[WEIGHT] + (f * units + m) * inputs
+            for t in range(t_size):
+                acc[t] = 0.0
+            for c in range(inputs):
+                wc = weights[w + c]
+                for t in range(t_size):
+                    acc[t] += wc * e[c, t]
+            out = start + f * units + m
+            for t in range(t_size):
+                b[out, t] = flog(acc[t]) + mx[t]
+
+
+@njit(inline="always", fastmath=FAST, cache=True)
+def _sum_max(b, op, sindex, logw, acc):  # type: ignore[no-untyped-def]
+    start, folds, units, inputs = op[START], op[A], op[B], op[C]
+    t_size = b.shape[1]
+    for f in range(folds):
+        row = op[INDEX] + f * inputs
+        for m in range(units):
+            w = op[WEIGHT] + (f * units + m) * inputs
+            for t in range(t_size):
+                acc[t] = -np.inf
+            for c in range(inputs):
+                lw, child = logw[w + c], sindex[row + c]
+                for t in range(t_size):
+                    acc[t] = max(acc[t], lw + b[child, t])
+            out = start + f * units + m
+            for t in range(t_size):
+                b[out, t] = acc[t]
+
+
+# ---- passes over the whole batch ---------------------------------------------------------------
+
+
+@njit(parallel=True, fastmath=FAST, cache=True)
+def forward(buf, idx, real, cat, lp, lpmax, gauss, gmean, gstd, ops, pindex, sindex, weights, logw, widest,
+            mode, chunks):  # type: ignore[no-untyped-def]
+    """Fill buf (tiles, slots, T) bottom-up; mode SUM_MODE (log-likelihood) or MAX_MODE.
+    `widest`: the largest fan-in of a sum layer; `chunks`: how many threads share the tiles."""
+    tiles, _, t_size = buf.shape
+    for chunk in prange(chunks):
+        e = np.empty((widest, t_size), dtype=buf.dtype)
+        mx = np.empty(t_size, dtype=buf.dtype)
+        acc = np.empty(t_size, dtype=buf.dtype)
+        for tile in range(chunk, tiles, chunks):
+            b = buf[tile]
+            b[0, :] = 0.0  # the constant slots: log 1 and log 0
+            b[1, :] = -np.inf
+            _inputs(b, tile * t_size, idx, real, cat, lp, lpmax, gauss, gmean, gstd, mode)
+            for layer in range(ops.shape[0]):
+                op = ops[layer]
+                if op[KIND] == PRODUCT:
+                    _product(b, op, pindex)
+                elif mode == MAX_MODE:
+                    _sum_max(b, op, sindex, logw, acc)
+                else:
+                    _sum(b, op, sindex, weights, e, mx, acc)
+
+
+@njit(parallel=True, fastmath=FAST_REDUCE, cache=True)
+def flows(buf, flow, n, root, idx, real, cat, gauss, ops, pindex, sindex, weights, widest, most, wflow, counts,
+          cat_missing, gstats):  # type: ignore[no-untyped-def]
+    """Top-down expected counts from a buffer filled by `forward` in SUM_MODE (`widest`, `most`:
+    the largest fan-in and unit count of a sum layer).
+
+    Per chunk of tiles (first axis of the outputs): wflow (chunks, weights) the sum-weight
+    flows; counts (chunks, lp size) categorical flows of observed values; cat_missing (chunks,
+    categorical units) flows that reached a unit whose variable is missing; gstats (chunks,
+    gaussian units, 4): flow and flow * x, flow * x^2 over observed values, flow over missing."""
+    tiles, _, t_size = buf.shape
+    chunks = wflow.shape[0]
+    for chunk in prange(chunks):
+        e = np.empty((widest, t_size), dtype=buf.dtype)
+        r = np.empty((most, t_size), dtype=buf.dtype)
+        mx = np.empty(t_size, dtype=buf.dtype)
+        z = np.empty(t_size, dtype=buf.dtype)
+        for tile in range(chunk, tiles, chunks):
+            b, fl = buf[tile], flow[tile]
+            col = tile * t_size
+            fl[:, :] = 0.0
+            for t in range(t_size):
+                fl[root, t] = 1.0 if col + t < n else 0.0
+            for layer in range(ops.shape[0] - 1, -1, -1):
+                op = ops[layer]
+                if op[KIND] == PRODUCT:
+                    start, units, fan_in, off = op[START], op[A], op[B], op[INDEX]
+                    for u in range(units):
+                        for k in range(fan_in):
+                            child = pindex[off + u * fan_in + k]
+                            for t in range(t_size):
+                                fl[child, t] += fl[start + u, t]
+                    continue
+                start, folds, units, inputs = op[START], op[A], op[B], op[C]
+                for f in range(folds):
+                    row = op[INDEX] + f * inputs
+                    _shifted(b, sindex, row, inputs, e, mx)
+                    for m in range(units):  # r = flow / value, rescaled by exp(mx)
+                        out = start + f * units + m
+                        for t in range(t_size):
+                            v = b[out, t]
+                            r[m, t] = fl[out, t] * fexp(mx[t] - v) if v > -np.inf else 0.0
+                    for c in range(inputs):
+                        for t in range(t_size):
+                            z[t] = 0.0
+                        for m in range(units):
+                            w = op[WEIGHT] + (f * units + m) * inputs + c
+                            wc = weights[w]
+                            dot = 0.0
+                            for t in range(t_size):
+                                z[t] += wc * r[m, t]
+                                dot += r[m, t] * e[c, t]
+                            wflow[chunk, w] += wc * dot
+                        child = sindex[row + c]
+                        for t in range(t_size):
+                            fl[child, t] += e[c, t] * z[t]
+            for u in range(cat.shape[0]):
+                slot, var, off = cat[u, 0], cat[u, 1], cat[u, 2]
+                for t in range(t_size):
+                    x = idx[var, col + t]
+                    if x >= 0:
+                        counts[chunk, off + x] += fl[slot, t]
+                    else:
+                        cat_missing[chunk, u] += fl[slot, t]
+            for u in range(gauss.shape[0]):
+                slot, var = gauss[u, 0], gauss[u, 1]
+                for t in range(t_size):
+                    x, f_t = real[var, col + t], fl[slot, t]
+                    if np.isnan(x):
+                        gstats[chunk, u, 3] += f_t
+                    else:
+                        gstats[chunk, u, 0] += f_t
+                        gstats[chunk, u, 1] += f_t * x
+                        gstats[chunk, u, 2] += f_t * x * x
+
+
+@njit(parallel=True, cache=True)
+def down(buf, active, n, root, idx, real, out, cat, lp, lpbest, gauss, gmean, gstd, ops, pindex, sindex,
+         weights, logw, mode, sum_draws, var_draws, normal_draws, chunks):  # type: ignore[no-untyped-def]
+    """Top-down: pick, for each active sum unit, its best (MAP_DOWN, over a MAX_MODE buffer) or a
+    drawn (SAMPLE_DOWN, over a SUM_MODE buffer) input; then write a value into `out` (samples,
+    variables) for each missing variable whose input unit is active. Draws: sum_draws (folds,
+    samples) and var_draws (variables, samples) uniform in [0, 1), normal_draws standard normal."""
+    tiles, _, t_size = buf.shape
+    for chunk in prange(chunks):
+        for tile in range(chunk, tiles, chunks):
+            b, act = buf[tile], active[tile]
+            col = tile * t_size
+            act[:, :] = 0
+            for t in range(t_size):
+                act[root, t] = 1 if col + t < n else 0
+            for layer in range(ops.shape[0] - 1, -1, -1):
+                op = ops[layer]
+                start = op[START]
+                if op[KIND] == PRODUCT:
+                    units, fan_in, off = op[A], op[B], op[INDEX]
+                    for u in range(units):
+                        for t in range(t_size):
+                            if act[start + u, t]:
+                                for k in range(fan_in):
+                                    act[pindex[off + u * fan_in + k], t] = 1
+                    continue
+                folds, units, inputs = op[A], op[B], op[C]
+                for f in range(folds):
+                    row = op[INDEX] + f * inputs
+                    for t in range(t_size):
+                        m = 0
+                        while m < units and not act[start + f * units + m, t]:
+                            m += 1
+                        if m == units:
+                            continue  # no active unit in this fold for this sample
+                        w = op[WEIGHT] + (f * units + m) * inputs
+                        chosen = 0
+                        if mode == MAP_DOWN:
+                            best = -np.inf
+                            for c in range(inputs):
+                                score = logw[w + c] + b[sindex[row + c], t]
+                                if score > best:
+                                    best, chosen = score, c
+                        else:
+                            value = b[start + f * units + m, t]
+                            target = sum_draws[op[FOLD] + f, col + t]
+                            total = 0.0
+                            for c in range(inputs):
+                                total += weights[w + c] * math.exp(b[sindex[row + c], t] - value)
+                            target *= total
+                            chosen = -1
+                            for c in range(inputs):
+                                p = weights[w + c] * math.exp(b[sindex[row + c], t] - value)
+                                if p > 0.0:
+                                    chosen = c
+                                    target -= p
+                                    if target < 0.0:
+                                        break
+                            chosen = max(chosen, 0)
+                        act[sindex[row + chosen], t] = 1
+            for u in range(cat.shape[0]):
+                slot, var, off, size = cat[u, 0], cat[u, 1], cat[u, 2], cat[u, 3]
+                for t in range(t_size):
+                    if col + t < n and act[slot, t] and idx[var, col + t] < 0:
+                        if mode == MAP_DOWN:
+                            out[col + t, var] = lpbest[u]
+                        else:
+                            target = var_draws[var, col + t]
+                            chosen = -1
+                            for k in range(size):
+                                p = math.exp(lp[off + k])
+                                if p > 0.0:
+                                    chosen = k
+                                    target -= p
+                                    if target < 0.0:
+                                        break
+                            out[col + t, var] = max(chosen, 0)
+            for u in range(gauss.shape[0]):
+                slot, var = gauss[u, 0], gauss[u, 1]
+                for t in range(t_size):
+                    if col + t < n and act[slot, t] and np.isnan(real[var, col + t]):
+                        noise = normal_draws[var, col + t] if mode == SAMPLE_DOWN else 0.0
+                        out[col + t, var] = gmean[u] + gstd[u] * noise

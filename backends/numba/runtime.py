@@ -1,0 +1,209 @@
+"""A compiled circuit on the numba kernels: evidence in, query results out.
+
+A circuit is a handful of flat arrays (``ARRAYS`` says what each holds); the
+kernels in ``kernels.py`` run any circuit from them, so nothing is compiled per
+circuit. This module needs only numpy and numba: ``pcdsl compile --backend
+numba`` copies it, with ``kernels.py``, next to the emitted circuit.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numba
+import numpy as np
+
+from . import kernels
+
+ARRAYS = {
+    "cat": "(U, 4) int64: per categorical input unit its slot, variable, offset in lp, cardinality",
+    "lp": "(sum of U * width,) log-probabilities, one row per categorical unit (padded with -inf)",
+    "gauss": "(G, 2) int64: per gaussian input unit its slot and variable",
+    "gmean": "(G,) gaussian means",
+    "gstd": "(G,) gaussian standard deviations",
+    "ops": "(L, 8) int64: per product/sum layer kind, start, A, B, C, index offset, weight offset, fold offset",
+    "pindex": "product inputs, each layer's (units, fan-in) block flattened",
+    "sindex": "sum inputs, each layer's (folds, inputs) block flattened",
+    "weights": "sum weights, each layer's (folds, units, inputs) block flattened",
+}
+PARAMETERS = ("lp", "gmean", "gstd", "weights")
+DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+class Circuit:
+    """Queries on (batch, variables) data in the column order of ``variables``; -1 marks a missing
+    discrete value, NaN a missing real one (marginalised). Results are numpy arrays."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], variables: tuple[str, ...],
+                 cardinalities: tuple[int | None, ...], root: int, num_slots: int, dtype: str = "float64",
+                 tile: int = 32):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        if tile < 1:
+            raise ValueError(f"tile must be at least 1, got {tile}")
+        self.variables, self.cardinalities = tuple(variables), tuple(cardinalities)
+        self.root, self.num_slots, self.tile = int(root), int(num_slots), int(tile)
+        self.dtype = np.dtype(DTYPES[dtype])
+        self.cat = np.ascontiguousarray(arrays["cat"], dtype=np.int64).reshape(-1, 4)
+        self.gauss = np.ascontiguousarray(arrays["gauss"], dtype=np.int64).reshape(-1, 2)
+        self.ops = np.ascontiguousarray(arrays["ops"], dtype=np.int64).reshape(-1, 8)
+        self.pindex = np.ascontiguousarray(arrays["pindex"], dtype=np.int64)
+        self.sindex = np.ascontiguousarray(arrays["sindex"], dtype=np.int64)
+        sums = self.ops[self.ops[:, kernels.KIND] == kernels.SUM]
+        self.widest = int(max(1, sums[:, kernels.C].max(initial=1)))
+        self.most = int(max(1, sums[:, kernels.B].max(initial=1)))
+        self.num_folds = int(sums[:, kernels.A].sum())
+        self.discrete = np.array([c is not None for c in self.cardinalities])
+        self.limits = np.array([c if c is not None else 0 for c in self.cardinalities])
+        self._buffers: dict[str, np.ndarray] = {}
+        self.set_arrays({k: arrays[k] for k in PARAMETERS})
+
+    def set_arrays(self, params: dict[str, np.ndarray]) -> None:
+        """New parameter arrays (``PARAMETERS``, same layout as at construction)."""
+        self.lp = np.ascontiguousarray(params["lp"], dtype=self.dtype)
+        self.gmean = np.ascontiguousarray(params["gmean"], dtype=self.dtype)
+        self.gstd = np.ascontiguousarray(params["gstd"], dtype=self.dtype)
+        self.weights = np.ascontiguousarray(params["weights"], dtype=self.dtype)
+        with np.errstate(divide="ignore"):
+            self.logw = np.log(self.weights)
+        self.lpmax = np.empty(len(self.cat), dtype=self.dtype)
+        self.lpbest = np.empty(len(self.cat), dtype=np.int64)
+        for size in np.unique(self.cat[:, 3]):  # units of one cardinality form a (units, size) grid
+            units = np.flatnonzero(self.cat[:, 3] == size)
+            rows = self.lp[self.cat[units, 2][:, None] + np.arange(size)]
+            self.lpmax[units] = rows.max(axis=1)
+            self.lpbest[units] = rows.argmax(axis=1)
+
+    # ---- evidence ------------------------------------------------------------------------
+    def _evidence(self, x: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """(index, real, rows, n): variable-major (V, tiles * T) category indices (-1 missing) and
+        real values (NaN missing), padded with missing columns; the rows as float64 (n, V)."""
+        rows = np.array(x, dtype=np.float64, ndmin=2)
+        if rows.ndim != 2 or rows.shape[1] != len(self.variables):
+            raise ValueError(f"data must have shape (batch, {len(self.variables)}), got {np.shape(x)}")
+        missing = np.isnan(rows) | (self.discrete & (rows == -1))
+        bad = ~missing & self.discrete & ((rows < 0) | (rows >= self.limits) | (rows != np.floor(rows)))
+        if bad.any():
+            r, v = (int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(f"value {rows[r, v]:g} of variable '{self.variables[v]}' is outside "
+                             f"0..{self.limits[v] - 1} (missing values are -1)")
+        n = len(rows)
+        width = max(1, math.ceil(n / self.tile)) * self.tile
+        index = np.full((len(self.variables), width), -1, dtype=np.int64)
+        index[:, :n] = np.where(missing | ~self.discrete, -1, rows).T
+        real = np.full((len(self.variables), width), np.nan)
+        real[:, :n] = np.where(missing, np.nan, rows).T
+        return index, real, rows, n
+
+    def _buffer(self, name: str, columns: int, dtype: np.dtype) -> np.ndarray:
+        """A (tiles, slots, T) buffer kept between calls (fresh ones this size cost page faults)."""
+        shape = (columns // self.tile, self.num_slots, self.tile)
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape != shape:
+            buf = self._buffers[name] = np.empty(shape, dtype=dtype)
+        return buf
+
+    def _forward(self, index: np.ndarray, real: np.ndarray, mode: int) -> np.ndarray:
+        buf = self._buffer("values", index.shape[1], self.dtype)
+        kernels.forward(buf, index, real, self.cat, self.lp, self.lpmax, self.gauss, self.gmean, self.gstd,
+                        self.ops, self.pindex, self.sindex, self.weights, self.logw, self.widest, mode,
+                        self._chunks(buf))
+        return buf
+
+    @staticmethod
+    def _chunks(buf: np.ndarray) -> int:
+        """One chunk of tiles per thread (numba's current thread count)."""
+        return max(1, min(numba.get_num_threads(), buf.shape[0]))
+
+    def _root(self, buf: np.ndarray, n: int) -> np.ndarray:
+        return buf[:, self.root, :].reshape(-1)[:n].astype(np.float64)
+
+    # ---- queries --------------------------------------------------------------------------------
+    def log_prob(self, x: Any) -> np.ndarray:
+        """log p(x) per row; missing entries are marginalised."""
+        index, real, _, n = self._evidence(x)
+        return self._root(self._forward(index, real, kernels.SUM_MODE), n)
+
+    def conditional(self, x: Any, query: Any) -> np.ndarray:
+        """log p(x_Q | x_E): Q the query variables (indices, names or a mask), E the other observed
+        ones. NaN where p(x_E) = 0: the conditional is undefined there."""
+        rows = np.array(x, dtype=np.float64, ndmin=2)
+        columns = self._columns(query)
+        evidence = rows.copy()
+        evidence[:, columns] = np.where(self.discrete[columns], -1.0, np.nan)
+        with np.errstate(invalid="ignore"):
+            return self.log_prob(rows) - self.log_prob(evidence)
+
+    def _columns(self, query: Any) -> np.ndarray:
+        q = np.asarray(query)
+        if q.dtype == bool:
+            return np.flatnonzero(q)
+        if q.dtype.kind in "US":
+            names = {name: i for i, name in enumerate(self.variables)}
+            return np.array([names[str(name)] for name in q.reshape(-1)], dtype=np.int64)
+        return q.reshape(-1).astype(np.int64)
+
+    def _down(self, x: Any, mode: int, seed: int) -> np.ndarray:
+        index, real, rows, n = self._evidence(x)
+        buf = self._forward(index, real, kernels.MAX_MODE if mode == kernels.MAP_DOWN else kernels.SUM_MODE)
+        active = self._buffer("active", index.shape[1], np.dtype(np.uint8))
+        out = rows.copy()
+        rng = np.random.default_rng(seed)
+        width = index.shape[1]
+        if mode == kernels.SAMPLE_DOWN:
+            sum_draws = rng.random((self.num_folds, width))
+            var_draws = rng.random((len(self.variables), width))
+            normal_draws = rng.standard_normal((len(self.variables), width)) if len(self.gauss) else np.zeros((1, 1))
+        else:
+            sum_draws = var_draws = normal_draws = np.zeros((1, 1))
+        kernels.down(buf, active, n, self.root, index, real, out, self.cat, self.lp, self.lpbest, self.gauss,
+                     self.gmean, self.gstd, self.ops, self.pindex, self.sindex, self.weights, self.logw, mode,
+                     sum_draws, var_draws, normal_draws, self._chunks(buf))
+        return out
+
+    def map(self, x: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Complete missing entries by max-product and backtracking; return (completion, its log p).
+
+        The completion is the exact MPE for deterministic circuits; otherwise it is the
+        max-product (Viterbi) approximation. The log-probability is exact either way."""
+        completed = self._down(x, kernels.MAP_DOWN, 0)
+        return completed, self.log_prob(completed)
+
+    def sample(self, n: int, evidence: Any = None, seed: int = 0) -> np.ndarray:
+        """n ancestral samples; with evidence (one row or n rows), from p(missing | observed)."""
+        if evidence is None:
+            rows = np.full((n, len(self.variables)), np.nan)
+        else:
+            rows = np.array(evidence, dtype=np.float64, ndmin=2)
+            rows = np.repeat(rows, n, axis=0) if len(rows) == 1 else rows
+        return self._down(rows, kernels.SAMPLE_DOWN, seed)
+
+    def flows(self, x: Any) -> dict[str, Any]:
+        """Expected sufficient statistics, summed over the batch, laid out like the parameter
+        arrays: ``weights`` (like weights), ``counts`` (like lp; a missing value counts
+        probs * flow), ``gaussian`` (G, 3): flow, flow * x, flow * x^2 (missing: in expectation);
+        and ``log_likelihood``, the batch's summed log-likelihood."""
+        index, real, _, n = self._evidence(x)
+        buf = self._forward(index, real, kernels.SUM_MODE)
+        flow = self._buffer("flows", index.shape[1], self.dtype)
+        chunks = self._chunks(buf)
+        wflow = np.zeros((chunks, len(self.weights)))
+        counts = np.zeros((chunks, len(self.lp)))
+        cat_missing = np.zeros((chunks, len(self.cat)))
+        gstats = np.zeros((chunks, len(self.gauss), 4))
+        kernels.flows(buf, flow, n, self.root, index, real, self.cat, self.gauss, self.ops, self.pindex,
+                      self.sindex, self.weights, self.widest, self.most, wflow, counts, cat_missing, gstats)
+        counts_total = counts.sum(axis=0)
+        missing = cat_missing.sum(axis=0)
+        if missing.any():  # a missing value counts in expectation: probs * flow
+            for size in np.unique(self.cat[:, 3]):
+                units = np.flatnonzero((self.cat[:, 3] == size) & (missing != 0))
+                at = self.cat[units, 2][:, None] + np.arange(size)
+                counts_total[at] += missing[units, None] * np.exp(self.lp[at].astype(np.float64))
+        g = gstats.sum(axis=0)
+        mean, std = self.gmean.astype(np.float64), self.gstd.astype(np.float64)
+        gaussian = np.stack([g[:, 0] + g[:, 3], g[:, 1] + g[:, 3] * mean, g[:, 2] + g[:, 3] * (mean**2 + std**2)],
+                            axis=1)
+        return {"log_likelihood": float(self._root(buf, n).sum()), "weights": wflow.sum(axis=0),
+                "counts": counts_total, "gaussian": gaussian}
