@@ -132,23 +132,24 @@ class NumbaModel:
                 units, width = layer.params["log_probs"].shape
                 counts = raw["counts"][lp_at:lp_at + units * width].reshape(units, width)
                 lp_at += units * width
-                _split(layer, result, lambda rows, size: {"counts": counts[rows, :size]}, self.plan)
+                _split(layer, result, {"counts": counts}, self.plan)
             elif isinstance(layer, InputLayer):
                 stats = raw["gaussian"][g_at:g_at + len(layer.var)]
                 g_at += len(layer.var)
-                _split(layer, result, lambda rows, _: {"n": stats[rows, 0], "sx": stats[rows, 1],
-                                                       "sxx": stats[rows, 2]}, self.plan)
+                _split(layer, result, {"n": stats[:, 0], "sx": stats[:, 1], "sxx": stats[:, 2]}, self.plan)
         return result
 
 
-def _split(layer: InputLayer, result: Flows, stats: Any, plan: LayeredPlan) -> None:
-    """Hand each input node of the layer its rows of the layer's statistics."""
+def _split(layer: InputLayer, result: Flows, stats: dict[str, np.ndarray], plan: LayeredPlan) -> None:
+    """Hand each input node of the layer its rows of the layer's statistics (unit-major; counts
+    cut to the node's cardinality)."""
     offset = 0
     for name, family, units in zip(layer.nodes, layer.families, layer.node_units, strict=True):
         rows = slice(offset, offset + units)
         size = plan.cardinalities[int(layer.var[offset])]
         offset += units
-        result.inputs[name] = {} if family == "indicator" else stats(rows, size)
+        mine = {k: v[rows, :size] if k == "counts" else v[rows] for k, v in stats.items()}
+        result.inputs[name] = {} if family == "indicator" else mine
 
 
 def _numpy(x: Any) -> Any:
