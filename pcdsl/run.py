@@ -117,9 +117,11 @@ def stages(spec: RecipeSpec) -> list[Stage]:
     for bound in spec.entries["train"]:
         kind, v = bound.call.func.text, bound.values
         if kind == "em":
-            out.append(Stage("em", v["epochs"], v["batch"], v["step"], v["pseudocount"], v["patience"]))
+            out.append(Stage("em", v["epochs"], v["batch"], v["step"], v["pseudocount"], v["patience"],
+                             soften=v["soften"], entropy=v["entropy"]))
         elif kind == "full_em":
-            out.append(Stage("full_em", v["epochs"], 1024, (1.0,), v["pseudocount"], v["patience"]))
+            out.append(Stage("full_em", v["epochs"], 1024, (1.0,), v["pseudocount"], v["patience"],
+                             soften=v["soften"], entropy=v["entropy"]))
         elif kind == "sgd":
             out.append(Stage("sgd", v["epochs"], v["batch"], v["lr"], optimizer=v["optimizer"]))
         else:

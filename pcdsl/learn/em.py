@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from pcdsl.learn.regularise import entropy_normalise, normalise
 from pcdsl.params import Parameters
 from pcdsl.reference import Flows
 
@@ -38,29 +39,30 @@ def add_flows(total: Flows | None, more: Flows) -> Flows:
     return total
 
 
-def _normalise(counts: np.ndarray, pseudocount: float) -> np.ndarray:
-    k = counts.shape[-1]
-    total = counts.sum(axis=-1, keepdims=True) + pseudocount
-    out = (counts + pseudocount / k) / np.where(total > 0, total, 1.0)
-    return np.where(total > 0, out, 1.0 / k)  # a unit no data reaches: uniform
-
-
 def em_update(params: Parameters, flows: Flows, step: float = 1.0, pseudocount: float = 0.1,
-              min_std: float = 1e-2) -> Parameters:
-    """New parameters from flows; parameters that received no flows are kept."""
+              min_std: float = 1e-2, entropy: dict[str, np.ndarray] | None = None) -> Parameters:
+    """New parameters from flows; parameters that received no flows are kept.
+
+    `entropy` (from :func:`pcdsl.learn.regularise.entropy_weights`) gives, per weight group or
+    leaf, the weight of each parameter row's entropy in the M step; rows it leaves out get plain EM.
+    """
+    def target(name: str, counts: np.ndarray) -> np.ndarray:
+        if entropy is None or name not in entropy:
+            return normalise(counts, pseudocount)
+        return entropy_normalise(counts, pseudocount, entropy[name])
+
     new = Parameters({k: dict(v) for k, v in params.inputs.items()}, dict(params.weights))
     for group, w in params.weights.items():
         if group in flows.weights:
-            target = _normalise(_np(flows.weights[group]), pseudocount)
-            new.weights[group] = (1 - step) * w + step * target
+            new.weights[group] = (1 - step) * w + step * target(group, _np(flows.weights[group]))
     for node, p in params.inputs.items():
         stats = {k: _np(v) for k, v in flows.inputs.get(node, {}).items()}
         if "counts" in stats:
-            target = _normalise(stats["counts"], pseudocount)
+            target_probs = target(node, stats["counts"])
             if "p" in p:
-                new.inputs[node]["p"] = (1 - step) * p["p"] + step * target[:, 1]
+                new.inputs[node]["p"] = (1 - step) * p["p"] + step * target_probs[:, 1]
             else:
-                new.inputs[node]["probs"] = (1 - step) * p["probs"] + step * target
+                new.inputs[node]["probs"] = (1 - step) * p["probs"] + step * target_probs
         elif "n" in stats:
             new.inputs[node].update(_gaussian(p, stats, step, min_std))
     return new

@@ -13,6 +13,7 @@ import numpy as np
 
 from pcdsl.evaluate import evaluate
 from pcdsl.learn.em import add_flows, batches, em_update, full_batch_flows
+from pcdsl.learn.regularise import entropy_weights, reach, softened, unsoften
 from pcdsl.learn.sgd import Optimizer
 from pcdsl.params import Parameters
 
@@ -31,6 +32,8 @@ class Stage:
     pseudocount: float = 0.1
     patience: int | None = None  # stop after this many epochs without a better valid score
     optimizer: str = "adam"  # for "sgd" stages: "adam" | "sgd"
+    soften: float = 0.0  # EM stages: data softening beta (pcdsl.learn.regularise)
+    entropy: float = 0.0  # EM stages: entropy regularisation tau (pcdsl.learn.regularise)
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,7 @@ class Epoch:
     stage: int
     epoch: int
     step: float
-    train_ll: float  # mean log-likelihood per sample (during the epoch, for mini-batch EM)
+    train_ll: float  # mean log-likelihood per sample (during the epoch, for mini-batch EM; softened when softening)
     valid_ll: float | None
     seconds: float
 
@@ -104,8 +107,9 @@ class Trainer:
     def _epoch(self, stage: Stage, epoch: int, per_epoch: int) -> tuple[float, float]:
         total_steps = stage.epochs * per_epoch
         if stage.kind == "full_em":
+            self._evidence(stage)
             flows = full_batch_flows(self.model, self.train, max(stage.batch_size, 1024))
-            self._update(flows, 1.0, stage.pseudocount)
+            self._update(flows, 1.0, stage, len(self.train))
             return 1.0, flows.log_likelihood / len(self.train)
         ll, step = 0.0, stage.step[0]
         rows_iter = batches(len(self.train), stage.batch_size, self.rng)
@@ -115,19 +119,31 @@ class Trainer:
             rows_iter = tqdm(rows_iter, total=per_epoch, desc=f"epoch {epoch + 1}/{stage.epochs}", leave=False)
         for i, rows in enumerate(rows_iter):
             step = schedule(stage.step, (epoch * per_epoch + i) / max(1, total_steps - 1))
-            flows = add_flows(None, self.model.flows(self.train[rows]))
             if self.optimizer is not None:
+                flows = add_flows(None, self.model.flows(self.train[rows]))
                 self.params = self.optimizer.step(self.params, flows, len(rows), step)
                 self.model.set_parameters(self.params)
             else:
-                self._update(flows, step, stage.pseudocount)
+                self._evidence(stage)
+                flows = add_flows(None, self.model.flows(self.train[rows]))
+                self._update(flows, step, stage, len(rows))
             ll += flows.log_likelihood
             if self.progress:
                 rows_iter.set_postfix(ll=f"{flows.log_likelihood / len(rows):.3f}")  # type: ignore[attr-defined]
         return step, ll / len(self.train)
 
-    def _update(self, flows: Any, step: float, pseudocount: float) -> None:
-        self.params = em_update(self.params, flows, step, pseudocount)
+    def _evidence(self, stage: Stage) -> None:
+        """With softening, flows come from the softened leaves (valid is scored on the plain ones)."""
+        if stage.soften > 0:
+            self.model.set_parameters(softened(self.params, stage.soften))
+
+    def _update(self, flows: Any, step: float, stage: Stage, samples: int) -> None:
+        if stage.soften > 0:
+            flows = unsoften(flows, self.params, stage.soften)
+        weights = None
+        if stage.entropy > 0:
+            weights = entropy_weights(reach(self.model, self.train.shape[1]), stage.entropy, samples)
+        self.params = em_update(self.params, flows, step, stage.pseudocount, entropy=weights)
         self.model.set_parameters(self.params)
 
     def _select(self, record: Epoch) -> bool:

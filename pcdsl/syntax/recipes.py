@@ -47,6 +47,9 @@ def _kw(name: str, read: object, default: object = None) -> Param:
 
 
 _SPLIT = Param("split", read_symbol(*SPLITS), "test")
+# EM regularisers (pcdsl.learn.regularise): data softening beta (the observed value keeps 1 - beta;
+# beyond 0.5 a binary value would count as its opposite) and the entropy weight tau
+_REGULARISERS = (_kw("soften", read_float(0.0, 0.5), 0.0), _kw("entropy", read_float(0.0), 0.0))
 
 TABLES: dict[str, dict[str, Signature]] = {
     "data": SOURCES,
@@ -76,9 +79,9 @@ TABLES: dict[str, dict[str, Signature]] = {
         "counting": _sig("counting", _kw("pseudocount", read_float(0.0), 0.1)),
         "em": _sig("em", _kw("epochs", read_int(1), 10), _kw("step", read_rate(), (0.1,)),
                    _kw("batch", read_int(1), 512), _kw("pseudocount", read_float(0.0), 0.1),
-                   _kw("patience", read_int(1), None)),
+                   _kw("patience", read_int(1), None), *_REGULARISERS),
         "full_em": _sig("full_em", _kw("epochs", read_int(1), 10), _kw("pseudocount", read_float(0.0), 0.1),
-                        _kw("patience", read_int(1), None)),
+                        _kw("patience", read_int(1), None), *_REGULARISERS),
         "sgd": _sig("sgd", _kw("epochs", read_int(1), 10), _kw("lr", read_rate(), (1e-2,)),
                     _kw("batch", read_int(1), 512), _kw("optimizer", read_symbol("adam", "sgd"), "adam")),
     },
