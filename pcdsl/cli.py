@@ -21,6 +21,17 @@ from pcdsl.ir.graph import CircuitGraph
 EXIT_OK, EXIT_DIAGNOSTICS, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
 
+def _bounded(low: float, high: float | None):  # type: ignore[no-untyped-def]
+    """An argparse type: a float in [low, high]."""
+    def read(text: str) -> float:
+        value = float(text)
+        if not low <= value <= (high if high is not None else float("inf")):
+            span = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"must be {span}, found {value}")
+        return value
+    return read
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pcdsl", description="A compiler and DSL for probabilistic circuits.")
     p.add_argument("--version", action="version", version=f"pcdsl {__version__}")
@@ -92,6 +103,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--final-step", type=float, default=0.01, help="last step size (default: 0.01)")
     train.add_argument("--pseudocount", type=float, default=0.1, help="(default: 0.1)")
     train.add_argument("--patience", type=int, default=3, help="epochs without progress before stopping")
+    train.add_argument("--soften", type=_bounded(0.0, 0.5), default=0.0,
+                       help="data softening: an observed value keeps 1 - SOFTEN (0 to 0.5; default: 0)")
+    train.add_argument("--entropy", type=_bounded(0.0, None), default=0.0,
+                       help="entropy regularisation weight tau (>= 0; default: 0)")
     train.add_argument("-o", "--output", metavar="MODEL", help="write the trained model (.safetensors)")
     train.add_argument("--init", metavar="MODEL", help="start from a model file's parameters (same structure)")
     train.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -396,8 +411,10 @@ def _train(args: argparse.Namespace) -> int:
         return EXIT_DIAGNOSTICS
     params = initialise(graph, args.seed) if args.init is None else _initial(args.init, graph)
     model = pcdsl.compile(graph, args.backend, params=params, device=args.device, dtype=args.dtype)
-    stages = [Stage("em", args.epochs, args.batch, (args.step, args.final_step), args.pseudocount, args.patience),
-              Stage("full_em", args.full_epochs, args.batch, (1.0,), args.pseudocount, args.patience)]
+    regularise = {"soften": args.soften, "entropy": args.entropy}
+    stages = [Stage("em", args.epochs, args.batch, (args.step, args.final_step), args.pseudocount, args.patience,
+                    **regularise),
+              Stage("full_em", args.full_epochs, args.batch, (1.0,), args.pseudocount, args.patience, **regularise)]
 
     def report(epoch, _params):  # type: ignore[no-untyped-def]
         valid = f", valid {epoch.valid_ll:.4f}" if epoch.valid_ll is not None else ""

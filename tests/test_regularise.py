@@ -10,6 +10,7 @@ from circuits import all_assignments, deterministic_circuit, random_circuit
 
 import pcdsl
 from pcdsl import reference
+from pcdsl.cli import main
 from pcdsl.ir.graph import NodeKind
 from pcdsl.learn.em import em_update, full_batch_flows
 from pcdsl.learn.regularise import (
@@ -24,6 +25,8 @@ from pcdsl.learn.regularise import (
 from pcdsl.learn.train import Stage, Trainer, mean_ll
 from pcdsl.params import Parameters, initialise
 from pcdsl.run import stages
+
+from conftest import EXAMPLES
 
 TOL = 1e-9
 
@@ -188,3 +191,14 @@ def test_recipe_stages_take_soften_and_entropy(tmp_path: Path) -> None:
 
 def _torch(graph, params):  # type: ignore[no-untyped-def]
     return pcdsl.compile(graph, params=params, dtype="float64")
+
+
+def test_train_command_takes_soften_and_entropy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = EXAMPLES / "data" / "debd" / "nltcs" / "nltcs"
+    args = ["train", str(EXAMPLES / "hclt_nltcs.pc"), "--data", f"{data}.valid.data", "--epochs", "1",
+            "--full-epochs", "2", "-q"]
+    assert main([*args, "--soften", "0.01", "--entropy", "0.001"]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main([*args, "--soften", "0.7"])
+    assert "must be between 0.0 and 0.5" in capsys.readouterr().err
