@@ -42,7 +42,8 @@ LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 SUM_MODE, MAX_MODE = 0, 1
 MAP_DOWN, SAMPLE_DOWN = 0, 1
 
-# No fastmath "nnan"/"ninf": log 0 = -inf is a value these kernels rely on.
+# No fastmath "nnan"/"ninf": log 0 = -inf is a value these kernels rely on. error_model="numpy":
+# a division by zero gives inf/NaN instead of raising, which lets LLVM vectorise loops that divide.
 FAST = {"contract", "nsz", "arcp"}
 FAST_REDUCE = {"contract", "nsz", "arcp", "reassoc"}  # lets LLVM vectorise dot products
 
@@ -53,7 +54,7 @@ _SQRT2 = 1.4142135623730951
 _TINY = 2.2250738585072014e-308  # smallest normal float64
 
 
-@njit(inline="always", fastmath=FAST, cache=True)
+@njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
 def fexp(x: float) -> float:
     """exp(x) for float64 x (-inf gives 0): 2^n * e^r with |r| <= ln2/2, Taylor to r^12."""
     y = min(max(x, -708.0), 709.0)
@@ -76,7 +77,7 @@ def fexp(x: float) -> float:
     return p * scale if x > -708.0 else 0.0
 
 
-@njit(inline="always", fastmath=FAST, cache=True)
+@njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
 def flog(x: float) -> float:
     """log(x) for float64 x >= 0 (0 gives -inf): e ln2 + log m, m in [sqrt(1/2), sqrt(2)),
     log m = 2 atanh(s) as an odd series in s = (m - 1) / (m + 1), |s| <= 0.172."""
@@ -109,28 +110,7 @@ def flog(x: float) -> float:
 # ---- one tile, one layer ----------------------------------------------------------------------
 
 
-@njit(inline="always", fastmath=FAST, cache=True)
-def _inputs(b, col, idx, real, cat, lp, lpmax, gauss, gmean, gstd, mode):  # type: ignore[no-untyped-def]
-    """Write the input units' log-values for the tile whose first sample is `col`."""
-    t_size = b.shape[1]
-    for u in range(cat.shape[0]):
-        slot, var, off = cat[u, 0], cat[u, 1], cat[u, 2]
-        free = lpmax[u] if mode == MAX_MODE else 0.0
-        for t in range(t_size):
-            x = idx[var, col + t]
-            b[slot, t] = lp[off + x] if x >= 0 else free
-    for u in range(gauss.shape[0]):
-        slot, var = gauss[u, 0], gauss[u, 1]
-        mean, std = gmean[u], gstd[u]
-        top = -math.log(std) - LOG_SQRT_2PI
-        free = top if mode == MAX_MODE else 0.0
-        for t in range(t_size):
-            x = real[var, col + t]
-            z = (x - mean) / std
-            b[slot, t] = free if np.isnan(x) else top - 0.5 * z * z
-
-
-@njit(inline="always", fastmath=FAST, cache=True)
+@njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
 def _product(b, op, pindex):  # type: ignore[no-untyped-def]
     start, units, fan_in, off = op[START], op[A], op[B], op[INDEX]
     t_size = b.shape[1]
@@ -145,7 +125,7 @@ def _product(b, op, pindex):  # type: ignore[no-untyped-def]
                 b[start + u, t] += b[child, t]
 
 
-@njit(inline="always", fastmath=FAST, cache=True)
+@njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
 def _shifted(b, sindex, row, inputs, e, mx):  # type: ignore[no-untyped-def]
     """e[c] = exp(x_c - mx) for the inputs of one fold, mx their column max (0 if all -inf)."""
     t_size = b.shape[1]
@@ -163,26 +143,45 @@ def _shifted(b, sindex, row, inputs, e, mx):  # type: ignore[no-untyped-def]
             e[c, t] = fexp(b[child, t] - mx[t])
 
 
-@njit(inline="always", fastmath=FAST, cache=True)
+@njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
 def _sum(b, op, sindex, weights, e, mx, acc):  # type: ignore[no-untyped-def]
+    """acc (4, T): four output units at a time, so each row of e is loaded once per four."""
     start, folds, units, inputs = op[START], op[A], op[B], op[C]
     t_size = b.shape[1]
     for f in range(folds):
         _shifted(b, sindex, op[INDEX] + f * inputs, inputs, e, mx)
-        for m in range(units):
-            w = op[WEIGHT] + (f * units + m) * inputs
-            for t in range(t_size):
-                acc[t] = 0.0
+        first = start + f * units
+        w = op[WEIGHT] + f * units * inputs
+        m = 0
+        while m + 4 <= units:
+            acc[:, :] = 0.0
+            w0 = w + m * inputs
             for c in range(inputs):
-                wc = weights[w + c]
+                a0, a1 = weights[w0 + c], weights[w0 + inputs + c]
+                a2, a3 = weights[w0 + 2 * inputs + c], weights[w0 + 3 * inputs + c]
                 for t in range(t_size):
-                    acc[t] += wc * e[c, t]
-            out = start + f * units + m
+                    ec = e[c, t]
+                    acc[0, t] += a0 * ec
+                    acc[1, t] += a1 * ec
+                    acc[2, t] += a2 * ec
+                    acc[3, t] += a3 * ec
+            for j in range(4):
+                for t in range(t_size):
+                    b[first + m + j, t] = flog(acc[j, t]) + mx[t]
+            m += 4
+        while m < units:
+            acc[0, :] = 0.0
+            w0 = w + m * inputs
+            for c in range(inputs):
+                a0 = weights[w0 + c]
+                for t in range(t_size):
+                    acc[0, t] += a0 * e[c, t]
             for t in range(t_size):
-                b[out, t] = flog(acc[t]) + mx[t]
+                b[first + m, t] = flog(acc[0, t]) + mx[t]
+            m += 1
 
 
-@njit(inline="always", fastmath=FAST, cache=True)
+@njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
 def _sum_max(b, op, sindex, logw, acc):  # type: ignore[no-untyped-def]
     start, folds, units, inputs = op[START], op[A], op[B], op[C]
     t_size = b.shape[1]
@@ -191,34 +190,54 @@ def _sum_max(b, op, sindex, logw, acc):  # type: ignore[no-untyped-def]
         for m in range(units):
             w = op[WEIGHT] + (f * units + m) * inputs
             for t in range(t_size):
-                acc[t] = -np.inf
+                acc[0, t] = -np.inf
             for c in range(inputs):
                 lw, child = logw[w + c], sindex[row + c]
                 for t in range(t_size):
-                    acc[t] = max(acc[t], lw + b[child, t])
+                    acc[0, t] = max(acc[0, t], lw + b[child, t])
             out = start + f * units + m
             for t in range(t_size):
-                b[out, t] = acc[t]
+                b[out, t] = acc[0, t]
 
 
 # ---- passes over the whole batch ---------------------------------------------------------------
 
 
-@njit(parallel=True, fastmath=FAST, cache=True)
+@njit(parallel=True, fastmath=FAST, error_model="numpy", cache=True)
 def forward(buf, idx, real, cat, lp, lpmax, gauss, gmean, gstd, ops, pindex, sindex, weights, logw, widest,
             mode, chunks):  # type: ignore[no-untyped-def]
     """Fill buf (tiles, slots, T) bottom-up; mode SUM_MODE (log-likelihood) or MAX_MODE.
     `widest`: the largest fan-in of a sum layer; `chunks`: how many threads share the tiles."""
     tiles, _, t_size = buf.shape
+    # Inputs unit by unit over the whole batch, so a unit's row of lp stays in cache.
+    for u in prange(cat.shape[0]):
+        slot, var, off = cat[u, 0], cat[u, 1], cat[u, 2]
+        free = lpmax[u] if mode == MAX_MODE else 0.0
+        for tile in range(tiles):
+            col = tile * t_size
+            for t in range(t_size):
+                x = idx[var, col + t]
+                buf[tile, slot, t] = lp[off + x] if x >= 0 else free
+    for u in prange(gauss.shape[0]):
+        slot, var = gauss[u, 0], gauss[u, 1]
+        mean, std = gmean[u], gstd[u]
+        top = -math.log(std) - LOG_SQRT_2PI
+        free = top if mode == MAX_MODE else 0.0
+        for tile in range(tiles):
+            col = tile * t_size
+            for t in range(t_size):
+                x = real[var, col + t]
+                z = (x - mean) / std
+                buf[tile, slot, t] = free if np.isnan(x) else top - 0.5 * z * z
+    # Then the layers, tile by tile.
     for chunk in prange(chunks):
         e = np.empty((widest, t_size), dtype=buf.dtype)
         mx = np.empty(t_size, dtype=buf.dtype)
-        acc = np.empty(t_size, dtype=buf.dtype)
+        acc = np.empty((4, t_size), dtype=buf.dtype)
         for tile in range(chunk, tiles, chunks):
             b = buf[tile]
             b[0, :] = 0.0  # the constant slots: log 1 and log 0
             b[1, :] = -np.inf
-            _inputs(b, tile * t_size, idx, real, cat, lp, lpmax, gauss, gmean, gstd, mode)
             for layer in range(ops.shape[0]):
                 op = ops[layer]
                 if op[KIND] == PRODUCT:
@@ -229,23 +248,59 @@ def forward(buf, idx, real, cat, lp, lpmax, gauss, gmean, gstd, ops, pindex, sin
                     _sum(b, op, sindex, weights, e, mx, acc)
 
 
-@njit(parallel=True, fastmath=FAST_REDUCE, cache=True)
+@njit(inline="always", fastmath=FAST_REDUCE, error_model="numpy", cache=True)
+def _sum_flows(b, fl, op, sindex, weights, wflow, e, mx, r, z):  # type: ignore[no-untyped-def]
+    """Flows of one sum layer for one tile: child flow += e_c * sum_m W[m, c] r_m and weight flow
+    += W[m, c] * sum_t r_m e_c, with r_m = flow_m exp(mx - value_m). Four inputs at a time."""
+    start, folds, units, inputs = op[START], op[A], op[B], op[C]
+    t_size = b.shape[1]
+    for f in range(folds):
+        row = op[INDEX] + f * inputs
+        _shifted(b, sindex, row, inputs, e, mx)
+        first = start + f * units
+        for m in range(units):
+            for t in range(t_size):
+                v = b[first + m, t]
+                r[m, t] = fl[first + m, t] * fexp(mx[t] - v) if v > -np.inf else 0.0
+        w = op[WEIGHT] + f * units * inputs
+        c = 0
+        while c < inputs:
+            block = min(4, inputs - c)
+            z[:block, :] = 0.0
+            for m in range(units):
+                at = w + m * inputs + c
+                for j in range(block):
+                    wj = weights[at + j]
+                    dot = 0.0
+                    for t in range(t_size):
+                        z[j, t] += wj * r[m, t]
+                        dot += r[m, t] * e[c + j, t]
+                    wflow[at + j] += wj * dot
+            for j in range(block):
+                child = sindex[row + c + j]
+                for t in range(t_size):
+                    fl[child, t] += e[c + j, t] * z[j, t]
+            c += block
+
+
+@njit(parallel=True, fastmath=FAST_REDUCE, error_model="numpy", cache=True)
 def flows(buf, flow, n, root, idx, real, cat, gauss, ops, pindex, sindex, weights, widest, most, wflow, counts,
           cat_missing, gstats):  # type: ignore[no-untyped-def]
     """Top-down expected counts from a buffer filled by `forward` in SUM_MODE (`widest`, `most`:
     the largest fan-in and unit count of a sum layer).
 
-    Per chunk of tiles (first axis of the outputs): wflow (chunks, weights) the sum-weight
-    flows; counts (chunks, lp size) categorical flows of observed values; cat_missing (chunks,
-    categorical units) flows that reached a unit whose variable is missing; gstats (chunks,
-    gaussian units, 4): flow and flow * x, flow * x^2 over observed values, flow over missing."""
+    Outputs (zeroed by the caller): wflow (chunks, weights) the sum-weight flows of each chunk
+    of tiles (one chunk per thread; the caller adds them up); counts (lp size,) categorical
+    flows of observed values; cat_missing (categorical units,) flows that reached a unit whose
+    variable is missing; gstats (gaussian units, 4): flow, flow * x, flow * x^2 over observed
+    values and flow over missing ones."""
     tiles, _, t_size = buf.shape
     chunks = wflow.shape[0]
     for chunk in prange(chunks):
         e = np.empty((widest, t_size), dtype=buf.dtype)
         r = np.empty((most, t_size), dtype=buf.dtype)
         mx = np.empty(t_size, dtype=buf.dtype)
-        z = np.empty(t_size, dtype=buf.dtype)
+        z = np.empty((4, t_size), dtype=buf.dtype)
         for tile in range(chunk, tiles, chunks):
             b, fl = buf[tile], flow[tile]
             col = tile * t_size
@@ -254,58 +309,41 @@ def flows(buf, flow, n, root, idx, real, cat, gauss, ops, pindex, sindex, weight
                 fl[root, t] = 1.0 if col + t < n else 0.0
             for layer in range(ops.shape[0] - 1, -1, -1):
                 op = ops[layer]
-                if op[KIND] == PRODUCT:
-                    start, units, fan_in, off = op[START], op[A], op[B], op[INDEX]
-                    for u in range(units):
-                        for k in range(fan_in):
-                            child = pindex[off + u * fan_in + k]
-                            for t in range(t_size):
-                                fl[child, t] += fl[start + u, t]
+                if op[KIND] == SUM:
+                    _sum_flows(b, fl, op, sindex, weights, wflow[chunk], e, mx, r, z)
                     continue
-                start, folds, units, inputs = op[START], op[A], op[B], op[C]
-                for f in range(folds):
-                    row = op[INDEX] + f * inputs
-                    _shifted(b, sindex, row, inputs, e, mx)
-                    for m in range(units):  # r = flow / value, rescaled by exp(mx)
-                        out = start + f * units + m
+                start, units, fan_in, off = op[START], op[A], op[B], op[INDEX]
+                for u in range(units):
+                    for k in range(fan_in):
+                        child = pindex[off + u * fan_in + k]
                         for t in range(t_size):
-                            v = b[out, t]
-                            r[m, t] = fl[out, t] * fexp(mx[t] - v) if v > -np.inf else 0.0
-                    for c in range(inputs):
-                        for t in range(t_size):
-                            z[t] = 0.0
-                        for m in range(units):
-                            w = op[WEIGHT] + (f * units + m) * inputs + c
-                            wc = weights[w]
-                            dot = 0.0
-                            for t in range(t_size):
-                                z[t] += wc * r[m, t]
-                                dot += r[m, t] * e[c, t]
-                            wflow[chunk, w] += wc * dot
-                        child = sindex[row + c]
-                        for t in range(t_size):
-                            fl[child, t] += e[c, t] * z[t]
-            for u in range(cat.shape[0]):
-                slot, var, off = cat[u, 0], cat[u, 1], cat[u, 2]
-                for t in range(t_size):
-                    x = idx[var, col + t]
-                    if x >= 0:
-                        counts[chunk, off + x] += fl[slot, t]
-                    else:
-                        cat_missing[chunk, u] += fl[slot, t]
-            for u in range(gauss.shape[0]):
-                slot, var = gauss[u, 0], gauss[u, 1]
-                for t in range(t_size):
-                    x, f_t = real[var, col + t], fl[slot, t]
-                    if np.isnan(x):
-                        gstats[chunk, u, 3] += f_t
-                    else:
-                        gstats[chunk, u, 0] += f_t
-                        gstats[chunk, u, 1] += f_t * x
-                        gstats[chunk, u, 2] += f_t * x * x
+                            fl[child, t] += fl[start + u, t]
+    # Inputs unit by unit: each unit owns its rows of counts and gstats.
+    for u in prange(cat.shape[0]):
+        slot, var, off = cat[u, 0], cat[u, 1], cat[u, 2]
+        for tile in range(tiles):
+            col = tile * t_size
+            for t in range(t_size):
+                x = idx[var, col + t]
+                if x >= 0:
+                    counts[off + x] += flow[tile, slot, t]
+                else:
+                    cat_missing[u] += flow[tile, slot, t]
+    for u in prange(gauss.shape[0]):
+        slot, var = gauss[u, 0], gauss[u, 1]
+        for tile in range(tiles):
+            col = tile * t_size
+            for t in range(t_size):
+                x, f_t = real[var, col + t], flow[tile, slot, t]
+                if np.isnan(x):
+                    gstats[u, 3] += f_t
+                else:
+                    gstats[u, 0] += f_t
+                    gstats[u, 1] += f_t * x
+                    gstats[u, 2] += f_t * x * x
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, error_model="numpy", cache=True)
 def down(buf, active, n, root, idx, real, out, cat, lp, lpbest, gauss, gmean, gstd, ops, pindex, sindex,
          weights, logw, mode, sum_draws, var_draws, normal_draws, chunks):  # type: ignore[no-untyped-def]
     """Top-down: pick, for each active sum unit, its best (MAP_DOWN, over a MAX_MODE buffer) or a

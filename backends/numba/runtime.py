@@ -189,21 +189,18 @@ class Circuit:
         flow = self._buffer("flows", index.shape[1], self.dtype)
         chunks = self._chunks(buf)
         wflow = np.zeros((chunks, len(self.weights)))
-        counts = np.zeros((chunks, len(self.lp)))
-        cat_missing = np.zeros((chunks, len(self.cat)))
-        gstats = np.zeros((chunks, len(self.gauss), 4))
+        counts = np.zeros(len(self.lp))
+        missing = np.zeros(len(self.cat))
+        g = np.zeros((len(self.gauss), 4))
         kernels.flows(buf, flow, n, self.root, index, real, self.cat, self.gauss, self.ops, self.pindex,
-                      self.sindex, self.weights, self.widest, self.most, wflow, counts, cat_missing, gstats)
-        counts_total = counts.sum(axis=0)
-        missing = cat_missing.sum(axis=0)
+                      self.sindex, self.weights, self.widest, self.most, wflow, counts, missing, g)
         if missing.any():  # a missing value counts in expectation: probs * flow
             for size in np.unique(self.cat[:, 3]):
                 units = np.flatnonzero((self.cat[:, 3] == size) & (missing != 0))
                 at = self.cat[units, 2][:, None] + np.arange(size)
-                counts_total[at] += missing[units, None] * np.exp(self.lp[at].astype(np.float64))
-        g = gstats.sum(axis=0)
+                counts[at] += missing[units, None] * np.exp(self.lp[at].astype(np.float64))
         mean, std = self.gmean.astype(np.float64), self.gstd.astype(np.float64)
         gaussian = np.stack([g[:, 0] + g[:, 3], g[:, 1] + g[:, 3] * mean, g[:, 2] + g[:, 3] * (mean**2 + std**2)],
                             axis=1)
         return {"log_likelihood": float(self._root(buf, n).sum()), "weights": wflow.sum(axis=0),
-                "counts": counts_total, "gaussian": gaussian}
+                "counts": counts, "gaussian": gaussian}
