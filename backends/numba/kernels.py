@@ -264,23 +264,45 @@ def _sum_flows(b, fl, op, sindex, weights, wflow, e, mx, r, z):  # type: ignore[
                 r[m, t] = fl[first + m, t] * fexp(mx[t] - v) if v > -np.inf else 0.0
         w = op[WEIGHT] + f * units * inputs
         c = 0
-        while c < inputs:
-            block = min(4, inputs - c)
-            z[:block, :] = 0.0
+        while c + 4 <= inputs:
+            z[:, :] = 0.0
             for m in range(units):
                 at = w + m * inputs + c
-                for j in range(block):
-                    wj = weights[at + j]
-                    dot = 0.0
-                    for t in range(t_size):
-                        z[j, t] += wj * r[m, t]
-                        dot += r[m, t] * e[c + j, t]
-                    wflow[at + j] += wj * dot
-            for j in range(block):
+                w0, w1, w2, w3 = weights[at], weights[at + 1], weights[at + 2], weights[at + 3]
+                d0 = d1 = d2 = d3 = 0.0
+                for t in range(t_size):
+                    rm = r[m, t]
+                    z[0, t] += w0 * rm
+                    z[1, t] += w1 * rm
+                    z[2, t] += w2 * rm
+                    z[3, t] += w3 * rm
+                    d0 += rm * e[c, t]
+                    d1 += rm * e[c + 1, t]
+                    d2 += rm * e[c + 2, t]
+                    d3 += rm * e[c + 3, t]
+                wflow[at] += w0 * d0
+                wflow[at + 1] += w1 * d1
+                wflow[at + 2] += w2 * d2
+                wflow[at + 3] += w3 * d3
+            for j in range(4):
                 child = sindex[row + c + j]
                 for t in range(t_size):
                     fl[child, t] += e[c + j, t] * z[j, t]
-            c += block
+            c += 4
+        while c < inputs:
+            z[0, :] = 0.0
+            for m in range(units):
+                at = w + m * inputs + c
+                w0 = weights[at]
+                d0 = 0.0
+                for t in range(t_size):
+                    z[0, t] += w0 * r[m, t]
+                    d0 += r[m, t] * e[c, t]
+                wflow[at] += w0 * d0
+            child = sindex[row + c]
+            for t in range(t_size):
+                fl[child, t] += e[c, t] * z[0, t]
+            c += 1
 
 
 @njit(parallel=True, fastmath=FAST_REDUCE, error_model="numpy", cache=True)
