@@ -6,12 +6,11 @@ can be golden-tested; SVG, PNG and PDF come from the `dot` program.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
+from pcdsl.io.atomic import write_atomic
 from pcdsl.ir.graph import CircuitGraph, Node, NodeKind
 from pcdsl.ir.validate import scope_text
 
@@ -157,18 +156,7 @@ def _run_dot(dot: bytes, fmt: str) -> bytes:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    directory = path.parent if str(path.parent) else Path(".")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+        write_atomic(path, data)
     except OSError as exc:
         raise RenderError(f"cannot write '{path}': {exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes private files; a picture is not secret
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

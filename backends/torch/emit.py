@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import ast
 import copy
-import os
-import tempfile
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pcdsl.io.atomic import write_atomic
 from pcdsl.plan import ONE, ZERO, InputLayer, Layer, LayeredPlan, ProductLayer, dump_plan
 
 # Layer-independent code, copied verbatim into the emitted class.
@@ -125,8 +124,8 @@ def emit_module(plan: LayeredPlan, out_dir: Path, module_name: str = "circuit") 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     code, params = out_dir / f"{module_name}.py", out_dir / f"{module_name}.safetensors"
-    _write_atomic(params, save(plan_tensors(plan), metadata={"circuit": plan.name}))
-    _write_atomic(code, emit_source(plan, params.name).encode())
+    write_atomic(params, save(plan_tensors(plan), metadata={"circuit": plan.name}))
+    write_atomic(code, emit_source(plan, params.name).encode())
     return [code, params]
 
 
@@ -231,16 +230,3 @@ def _function(name: str, args: list[tuple[str, str]], returns: str, doc: str,
     extra: dict[str, Any] = {"type_params": []} if "type_params" in ast.FunctionDef._fields else {}  # Python >= 3.12
     return ast.FunctionDef(name=name, args=arguments, body=[ast.Expr(ast.Constant(doc)), *body],
                            decorator_list=[], returns=ast.parse(returns, mode="eval").body, **extra)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the outputs are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -78,25 +78,17 @@ def format_row(row: np.ndarray, discrete: list[bool]) -> str:
 
 def save_values(path: Path, values: np.ndarray, discrete: list[bool]) -> None:
     """Write samples atomically as .npy or as comma-separated text (integers where discrete)."""
-    import os
-    import tempfile
+    from pcdsl.io.atomic import atomic_file
 
     suffix = path.suffix.lower()
     if suffix not in (".npy", ".csv", ".data", ".txt"):
         raise ValueError(f"unknown output format '{suffix}' (use .csv or .npy)")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent if str(path.parent) else ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if suffix == ".npy":
-                np.save(f, values)
-            else:
-                for row in values:
-                    f.write((format_row(row, discrete) + "\n").encode())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_file(path, suffix) as f:
+        if suffix == ".npy":
+            np.save(f, values)
+        else:
+            for row in values:
+                f.write((format_row(row, discrete) + "\n").encode())
 
 
 def _parse_row(line: str, path: Path, number: int) -> list[float]:

@@ -16,13 +16,12 @@ Files are written atomically: a crash never leaves half a model behind.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pcdsl.io.atomic import write_atomic
 from pcdsl.ir.graph import CircuitGraph, Domain, NodeKind, Variable
 from pcdsl.params import Parameters
 
@@ -59,17 +58,7 @@ def save_model(path: str | Path, graph: CircuitGraph, params: Parameters) -> Pat
             tensors[f"input/{node}/{key}"] = np.ascontiguousarray(value, dtype=dtype)
     data = save(tensors, metadata={"pcdsl": json.dumps(_structure(graph), sort_keys=True)})
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent if str(path.parent) else ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_atomic(path, data)
     return path
 
 
