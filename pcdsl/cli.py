@@ -288,7 +288,7 @@ def _compile(args: argparse.Namespace) -> int:
     from pcdsl.params import initialise
     from pcdsl.plan import compile_plan, dump_plan
 
-    emitters = {"torch": "pcdsl.backends.torch.emit"}  # backends that can write standalone code
+    emitters = {"torch": "pcdsl.backends.torch.emit", "numba": "pcdsl.backends.numba.emit"}  # standalone code
     if args.backend not in available():
         print(f"pcdsl compile: unknown backend '{args.backend}' (known: {', '.join(available())})", file=sys.stderr)
         return EXIT_USAGE

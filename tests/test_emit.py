@@ -139,16 +139,16 @@ def test_dump_plan(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_unknown_backend_is_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["compile", str(EXAMPLES / "tiny.pc"), "--backend", "jax"]) == 2
-    assert "unknown backend 'jax' (known: torch" in capsys.readouterr().err
+    assert "unknown backend 'jax' (known: numba, torch)" in capsys.readouterr().err
 
 
 def test_backend_without_emission_is_usage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     import pcdsl.backends
 
-    monkeypatch.setitem(pcdsl.backends._REGISTRY, "numba", "pcdsl.backends.numba")
-    assert main(["compile", str(EXAMPLES / "tiny.pc"), "--backend", "numba", "-o", str(tmp_path / "out")]) == 2
-    assert "backend 'numba' has no code emission" in capsys.readouterr().err
+    monkeypatch.setitem(pcdsl.backends._REGISTRY, "other", "pcdsl.backends.numba")
+    assert main(["compile", str(EXAMPLES / "tiny.pc"), "--backend", "other", "-o", str(tmp_path / "out")]) == 2
+    assert "backend 'other' has no code emission" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
@@ -163,3 +163,51 @@ def test_bad_input_exit_1_with_diagnostics(tmp_path: Path, capsys: pytest.Captur
 def test_unknown_circuit_is_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["compile", str(EXAMPLES / "tiny.pc"), "--circuit", "tinny"]) == 2
     assert "tinny" in capsys.readouterr().err
+
+
+# The numba package: imported in a child interpreter where pcdsl and torch are blocked.
+_NUMBA_CHILD = textwrap.dedent("""
+    import importlib
+    import sys
+
+    class Block:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("pcdsl", "torch"):
+                raise ImportError(name + " is blocked in this test")
+            return None
+
+    sys.meta_path.insert(0, Block())
+    import numpy as np
+
+    folder, x = sys.argv[1], np.load(sys.argv[2])
+    sys.path.insert(0, folder)
+    circuit = importlib.import_module("circuit")
+    model = circuit.load(dtype="float64")
+    np.save(sys.argv[3], model.log_prob(x))
+    completed, _ = model.map(x)
+    np.save(sys.argv[4], completed)
+    assert not any(m.split(".")[0] in ("pcdsl", "torch") for m in sys.modules)
+""")
+
+
+@pytest.mark.parametrize(("file", "circuit"), [CASES[2], CASES[3]], ids=["gaussians.pc", "hclt_nltcs.pc"])
+def test_emitted_numba_package_runs_without_pcdsl_or_torch(file: str, circuit: str | None, tmp_path: Path) -> None:
+    pytest.importorskip("numba")
+    argv = ["compile", str(EXAMPLES / file), "--backend", "numba", "-o", str(tmp_path), "--seed", str(SEED)]
+    assert main([*argv, "--circuit", circuit] if circuit else argv) == 0
+    files = sorted(p.name for p in (tmp_path / "circuit").iterdir())
+    assert files == ["__init__.py", "arrays.npz", "kernels.py", "runtime.py"]
+    for name in ("__init__.py", "kernels.py", "runtime.py"):
+        source = (tmp_path / "circuit" / name).read_text()
+        assert "import pcdsl" not in source and "from pcdsl" not in source and "torch" not in source
+    graph = pcdsl.load(EXAMPLES / file, circuit)
+    x = _data(graph)
+    np.save(tmp_path / "x.npy", x)
+    outputs = [str(tmp_path / "lp.npy"), str(tmp_path / "map.npy")]
+    proc = subprocess.run([sys.executable, "-c", _NUMBA_CHILD, str(tmp_path), str(tmp_path / "x.npy"), *outputs],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    params = initialise(graph, SEED)
+    np.testing.assert_allclose(np.load(outputs[0]), reference.log_prob(graph, params, x), rtol=0, atol=ATOL)
+    model = pcdsl.compile(graph, "numba", params=params, dtype="float64")
+    np.testing.assert_array_equal(np.load(outputs[1]), model.map(x)[0])  # type: ignore[attr-defined]
