@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -63,7 +64,8 @@ def emit_module(plan: LayeredPlan, out_dir: Path, module_name: str = "circuit") 
     package = Path(out_dir) / module_name
     package.mkdir(parents=True, exist_ok=True)
     arrays = io.BytesIO()
-    np.savez(arrays, **flatten(plan))
+    contents: dict[str, Any] = flatten(plan)  # numpy's stubs take **kwds as its allow_pickle flag
+    np.savez(arrays, **contents)
     written = []
     for name, data in (("kernels.py", (HERE / "kernels.py").read_bytes()),
                        ("runtime.py", (HERE / "runtime.py").read_bytes()),
