@@ -10,9 +10,14 @@ from __future__ import annotations
 import importlib
 from typing import Any, Protocol
 
-from pcdsl.plan import LayeredPlan
+from pcdsl.plan import InputLayer, LayeredPlan, ProductLayer
 
 _REGISTRY = {"torch": "pcdsl.backends.torch", "numba": "pcdsl.backends.numba"}
+
+# Everything a plan can ask a backend to lower: one construct per leaf family and per inner node
+# kind (hadamard and kronecker products are both gather-adds in the plan). Each backend module
+# declares ``UNSUPPORTED: dict[str, str]`` (construct -> why); `lower` refuses those clearly.
+CONSTRUCTS = ("input:bernoulli", "input:categorical", "input:gaussian", "input:indicator", "product", "sum")
 
 
 class Model(Protocol):
@@ -31,6 +36,21 @@ class UnknownBackend(ValueError):
     pass
 
 
+class Unsupported(ValueError):
+    """The plan uses a construct the backend declares it cannot lower."""
+
+
+def constructs(plan: LayeredPlan) -> set[str]:
+    """The constructs of `CONSTRUCTS` that `plan` uses."""
+    used: set[str] = set()
+    for layer in plan.layers:
+        if isinstance(layer, InputLayer):
+            used.update(f"input:{family}" for family in layer.families)
+        else:
+            used.add("product" if isinstance(layer, ProductLayer) else "sum")
+    return used
+
+
 def available() -> list[str]:
     return sorted(_REGISTRY)
 
@@ -40,4 +60,9 @@ def lower(plan: LayeredPlan, backend: str, **options: Any) -> Model:
     if backend not in _REGISTRY:
         raise UnknownBackend(f"unknown backend '{backend}' (known: {', '.join(available())})")
     module = importlib.import_module(_REGISTRY[backend])
+    refused = {c: module.UNSUPPORTED[c] for c in sorted(constructs(plan)) if c in module.UNSUPPORTED}
+    if refused:
+        reasons = "; ".join(f"{c} ({why})" for c, why in refused.items())
+        others = [b for b in available() if b != backend]
+        raise Unsupported(f"the {backend} backend cannot lower {reasons}; try --backend {' or '.join(others)}")
     return module.lower(plan, **options)  # type: ignore[no-any-return]

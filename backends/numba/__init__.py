@@ -19,6 +19,8 @@ from pcdsl.reference import Flows
 from . import kernels
 from .runtime import Circuit
 
+UNSUPPORTED: dict[str, str] = {}  # every construct of pcdsl.backends.CONSTRUCTS is lowered
+
 
 def lower(plan: LayeredPlan, device: str = "cpu", dtype: str = "float32", tile: int = 32) -> NumbaModel:
     if str(device) != "cpu":

@@ -20,6 +20,8 @@ from .layers import RULES, Batch, InputRule, SumRule
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
+UNSUPPORTED: dict[str, str] = {}  # every construct of pcdsl.backends.CONSTRUCTS is lowered
+
 
 def lower(plan: LayeredPlan, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32") -> TorchModel:
     return TorchModel(plan, torch.device(device), _DTYPES[dtype] if isinstance(dtype, str) else dtype)

@@ -1,0 +1,73 @@
+"""Every construct a plan can hold has a lowering in every backend, or the backend declares it
+unsupported and refuses it with a clear error. (The queries themselves are tested on every backend
+in test_queries.py.)"""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+from circuits import all_assignments
+from pcdsl.backends import CONSTRUCTS, Unsupported, available, constructs, lower
+
+from pcdsl import reference
+from pcdsl.ir.graph import BOOL, REAL, CircuitGraph, Domain, NodeKind, Variable
+from pcdsl.params import Parameters, initialise
+from pcdsl.plan import compile_plan
+from pcdsl.syntax.leaves import FAMILIES
+
+from conftest import ATOL
+
+
+def circuit_with(construct: str) -> tuple[CircuitGraph, Parameters]:
+    """A small mixture over two variables whose leaves are of the construct's family
+    (categorical for "product" and "sum", which every circuit has)."""
+    family = construct.removeprefix("input:") if construct.startswith("input:") else "categorical"
+    domain = {"gaussian": REAL, "bernoulli": BOOL}.get(family, Domain("categorical", 3))
+    graph = CircuitGraph("c", (Variable("a", 0, domain), Variable("b", 1, domain)))
+    products = []
+    for k in range(2):
+        leaves = []
+        for v in range(2):
+            params = {"value": np.array([(k + v) % 3])} if family == "indicator" else None
+            leaves.append(graph.add_input(f"l{k}{v}", v, family, 1, params).name)
+        products.append(graph.add_product(f"p{k}", tuple(leaves)).name)
+    graph.add_sum("root", tuple(products), 1)
+    return graph, initialise(graph, 0)
+
+
+def test_constructs_cover_every_leaf_family_and_node_kind() -> None:
+    kinds = {k.value for k in NodeKind} - {"input"}
+    assert set(CONSTRUCTS) == {f"input:{family}" for family in FAMILIES} | kinds
+
+
+@pytest.mark.parametrize("backend", available())
+@pytest.mark.parametrize("construct", CONSTRUCTS)
+def test_every_construct_lowers_or_is_refused(backend: str, construct: str) -> None:
+    graph, params = circuit_with(construct)
+    plan = compile_plan(graph, params)
+    assert construct in constructs(plan)
+    module = importlib.import_module(f"pcdsl.backends.{backend}")
+    if construct in module.UNSUPPORTED:
+        with pytest.raises(Unsupported, match=construct):
+            lower(plan, backend)
+        return
+    model = lower(plan, backend, dtype="float64")
+    if construct == "input:gaussian":
+        x = np.array([[0.3, -1.2], [np.nan, 2.0], [np.nan, np.nan]])
+    else:
+        x = np.concatenate([all_assignments(graph), [[-1, 0], [-1, -1]]]).astype(np.float64)
+    got = np.asarray(model.log_prob(x))
+    np.testing.assert_allclose(got, reference.log_prob(graph, params, x), rtol=0, atol=ATOL)
+
+
+def test_an_unsupported_construct_is_refused_with_the_reason_and_an_alternative(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    numba_backend = importlib.import_module("pcdsl.backends.numba")
+    monkeypatch.setitem(numba_backend.UNSUPPORTED, "input:gaussian", "no gaussian kernels")
+    plan = compile_plan(*circuit_with("input:gaussian"))
+    with pytest.raises(Unsupported, match=r"^the numba backend cannot lower input:gaussian \(no gaussian kernels\); "
+                                          r"try --backend torch$"):
+        lower(plan, "numba")
+    lower(plan, "torch")  # the other backend still takes it
