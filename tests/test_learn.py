@@ -24,18 +24,22 @@ from conftest import EXAMPLES
 NLTCS = EXAMPLES / "data" / "debd" / "nltcs" / "nltcs"
 
 
-def _torch(graph, params):  # type: ignore[no-untyped-def]
-    return pcdsl.compile(graph, params=params, dtype="float64")
+BACKENDS = ["torch", "numba"]
 
 
+def _torch(graph, params, backend: str = "torch"):  # type: ignore[no-untyped-def]
+    return pcdsl.compile(graph, backend, params=params, dtype="float64")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @settings(max_examples=10, deadline=None, derandomize=True)
 @given(seed=st.integers(0, 10**6))
-def test_full_batch_em_never_decreases_the_likelihood(seed: int) -> None:
+def test_full_batch_em_never_decreases_the_likelihood(backend: str, seed: int) -> None:
     graph, truth = random_circuit(seed, num_vars=4)
     data = reference.sample(graph, truth, 300, seed=seed)
     data[np.random.default_rng(seed).random(data.shape) < 0.1] = -1  # EM over the marginal
     params = initialise(graph, seed + 1)
-    model = _torch(graph, params)
+    model = _torch(graph, params, backend)
     last = -np.inf
     for _ in range(8):
         flows = full_batch_flows(model, data)
@@ -75,12 +79,13 @@ def test_em_recovers_known_parameters() -> None:
     assert abs(params.inputs["b0"]["p"][0] - 0.9) < tolerance and abs(params.inputs["b1"]["p"][0] - 0.25) < tolerance
 
 
-def test_em_steps_from_torch_and_reference_flows_agree() -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_em_steps_from_backend_and_reference_flows_agree(backend: str) -> None:
     graph, params = random_circuit(12, num_vars=5)
     data = reference.sample(graph, params, 200, seed=1)
     data[::3, 1] = -1
     start = initialise(graph, 5)
-    model = _torch(graph, start)
+    model = _torch(graph, start, backend)
     ours = em_update(start, full_batch_flows(model, data, batch_size=64), step=0.3, pseudocount=0.1)
     theirs = em_update(start, reference.flows(graph, start, data), step=0.3, pseudocount=0.1)
     for group in theirs.weights:
