@@ -5,6 +5,11 @@ in test_queries.py.)"""
 from __future__ import annotations
 
 import importlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +22,7 @@ from pcdsl.params import Parameters, initialise
 from pcdsl.plan import compile_plan
 from pcdsl.syntax.leaves import FAMILIES
 
-from conftest import ATOL
+from conftest import ATOL, EXAMPLES
 
 
 def circuit_with(construct: str) -> tuple[CircuitGraph, Parameters]:
@@ -71,3 +76,34 @@ def test_an_unsupported_construct_is_refused_with_the_reason_and_an_alternative(
                                           r"try --backend torch$"):
         lower(plan, "numba")
     lower(plan, "torch")  # the other backend still takes it
+
+
+_CACHE_PROBE = """
+import json, sys
+import numpy as np
+import pcdsl
+from pcdsl.backends.numba import kernels
+
+graph = pcdsl.load(sys.argv[1], "nltcs_hclt")
+model = pcdsl.compile(graph, "numba", dtype="float32")
+x = np.zeros((3, 16))
+x[0, 2] = -1
+model.log_prob(x), model.flows(x), model.map(x), model.sample(2)
+print(json.dumps({name: [sum(f.stats.cache_hits.values()), sum(f.stats.cache_misses.values())]
+                  for name, f in (("forward", kernels.forward), ("flows", kernels.flows), ("down", kernels.down))}))
+"""
+
+
+def test_numba_kernels_compile_once_and_later_processes_load_them_from_the_cache(tmp_path: Path) -> None:
+    """A fresh cache: the first process compiles every kernel, the second only loads them."""
+    pytest.importorskip("numba")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
+
+    def probe() -> dict[str, list[int]]:
+        proc = subprocess.run([sys.executable, "-c", _CACHE_PROBE, str(EXAMPLES / "hclt_nltcs.pc")], env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout.splitlines()[-1])  # type: ignore[no-any-return]
+
+    assert all(hits == 0 and misses > 0 for hits, misses in probe().values())
+    assert all(hits > 0 and misses == 0 for hits, misses in probe().values())
