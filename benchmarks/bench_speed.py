@@ -1,4 +1,4 @@
-"""pcdsl (torch, CPU) speed beside its peers, on the peers' structures and data.
+"""pcdsl (torch-CPU and numba backends) speed beside its peers, on the peers' structures and data.
 
 Builds, over the 784 pixels of 28x28 Fashion-MNIST (categorical(256) each):
 
@@ -7,7 +7,8 @@ Builds, over the 784 pixels of 28x28 Fashion-MNIST (categorical(256) each):
   tree's centre, in pcdsl's HCLT layout (pcdsl/structures/hclt.py);
 - ``quad_tree``: pcdsl's quad-tree template on the 28x28 grid;
 
-at each ``--units`` K, compiles it with ``pcdsl.compile(graph, dtype="float32")`` and measures on
+at each ``--units`` K, compiles it with ``pcdsl.compile(graph, backend, dtype="float32")`` for each
+``--backends`` (torch, numba; each in its own process) and measures on
 one batch of real images (median of several runs after a warm-up, as the peers do):
 
 - forward ``log_prob`` and forward+``flows`` samples/s, and peak RSS (VmHWM since a reset);
@@ -45,6 +46,7 @@ PEERS_DIR = Path(os.environ.get("PEERS_DIR", "/work/shared/peers"))
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "speed.jsonl"
 PEER_STRUCT = {"hclt": "hclt", "quad_tree": "quad-tree-4"}  # pcdsl template -> peers' struct name
+BACKEND_NAMES = {"torch-cpu": "torch-CPU", "numba": "numba"}
 
 
 # ---- helpers shared with the peers (their own functions when available) --------------------------
@@ -366,6 +368,81 @@ def run_one(structure: str, units: int, batch: int, threads: int, repeats: int) 
     return rec
 
 
+def run_numba(structure: str, units: int, batch: int, threads: int, repeats: int) -> dict:
+    """The numba backend on the same circuit, without torch in the process (its OpenMP threads
+    and numba's would compete). The first calls run with an empty kernel cache (a fresh
+    NUMBA_CACHE_DIR), so they include the kernels' compile time; later calls are steady state."""
+    import tempfile
+
+    os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="pcdsl-bench-numba-")
+    import numba
+    from pcdsl.backends.numba import kernels
+
+    import pcdsl
+    from pcdsl.ir.graph import NodeKind
+
+    numba.set_num_threads(threads)
+    x_all, src = load_images(max(2000, batch))
+    edges, edge_src = (tree_edges(x_all[:2000]) if structure == "hclt" else (None, None))
+    rss0 = cur_rss_mib()
+    graph = build(structure, units, edges)
+    sum_edges = sum(n.num_units * graph.child_units(n) for n in graph.nodes() if n.kind is NodeKind.SUM)
+    t0 = time.perf_counter()
+    model = pcdsl.compile(graph, "numba", dtype="float32")
+    compile_s = time.perf_counter() - t0
+    xb = x_all[:batch].astype(np.int64)
+    t0 = time.perf_counter()
+    ll = model.log_prob(xb)
+    first_fwd_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    model.flows(xb)
+    first_flows_s = time.perf_counter() - t0
+    n64 = min(8, batch)
+    ll64 = pcdsl.compile(graph, "numba", dtype="float64").log_prob(xb[:n64])
+    f64_maxdiff = float(np.abs(ll[:n64] - ll64).max())
+    gc.collect()
+    rss_built = cur_rss_mib()
+    reset_peak_rss()
+    tf = time_fn(lambda: model.log_prob(xb), repeats=repeats)
+    fwd_peak = hwm_rss_mib()
+    reset_peak_rss()
+    tb = time_fn(lambda: model.flows(xb), repeats=repeats)
+    flows_peak = hwm_rss_mib()
+
+    # where the forward's time goes: the same kernel with the layer table cut down
+    circuit = model.circuit
+    ops = circuit.ops
+    kinds = ops[:, kernels.KIND]
+    parts = {}
+    for name, subset in (("input", ops[:0]), ("input+product", ops[kinds == kernels.PRODUCT]), ("all", ops)):
+        circuit.ops = np.ascontiguousarray(subset)
+        parts[name] = bench_small(lambda: model.log_prob(xb), repeats=5)
+    circuit.ops = ops
+    t_sums = parts["all"] - parts["input+product"]
+    profile = {"input": parts["input"], "product": parts["input+product"] - parts["input"], "sum": t_sums,
+               "total": parts["all"]}
+
+    def rate(t):
+        return round(sum_edges * batch / t / 1e9, 3)
+
+    ll_mean = float(ll.mean())
+    return {
+        "system": "pcdsl", "backend": "numba", "numba": numba.__version__, "structure": structure,
+        "peer_struct": PEER_STRUCT[structure], "K": units, "batch": batch, "threads": numba.get_num_threads(),
+        "tile": circuit.tile, "data": src, "tree_edges": edge_src, "dtype": "float32", "input": "categorical-256",
+        "sum_edges": sum_edges, "slots": model.plan.num_slots, "compile_s": round(compile_s, 2),
+        "first_fwd_s": round(first_fwd_s, 2), "first_flows_s": round(first_flows_s, 2),
+        "ll_mean": ll_mean, "bits_per_dim": -ll_mean / (784 * math.log(2)), "ll_finite": bool(np.isfinite(ll).all()),
+        "f64_max_abs_diff": f64_maxdiff, "f64_rows": n64,
+        "rss_import_mib": round(rss0, 1), "rss_built_mib": round(rss_built, 1),
+        "fwd_median_s": tf["median_s"], "fwd_n": tf["n"], "fwd_peak_rss_mib": round(fwd_peak, 1),
+        "flows_median_s": tb["median_s"], "flows_n": tb["n"], "flows_peak_rss_mib": round(flows_peak, 1),
+        "fwd_samples_per_s": round(batch / tf["median_s"], 1), "flows_samples_per_s": round(batch / tb["median_s"], 1),
+        "sum_layers_s": t_sums, "sum_layers_Gedges_per_s": rate(t_sums),
+        "profile_fwd_s": {k: round(v, 5) for k, v in profile.items()},
+    }
+
+
 # ---- parent: run each configuration in its own process, then the table ------------------------
 
 def load_peers(path: Path) -> list[dict]:
@@ -394,13 +471,18 @@ def table(records: list[dict], peers: list[dict]) -> str:
            "| limit: lee fresh / lee out= / bmm Gedge/s |",
            "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     ratios = []
+    groups: dict[tuple[str, int], list[dict]] = defaultdict(list)
     for r in records:
-        out.append(f"| **pcdsl** torch-CPU f32 | {r['structure']} | {r['K']} | {r['sum_edges']:,} | "
-                   f"**{fmt(r['fwd_samples_per_s'])}** | **{fmt(r['flows_samples_per_s'])}** (flows) | "
-                   f"{fmt(r['fwd_peak_rss_mib'])} / {fmt(r['flows_peak_rss_mib'])} | "
-                   f"{r['ll_mean']:.1f} ({r['bits_per_dim']:.2f}) | {r['sum_layers_Gedges_per_s']} | "
-                   f"{r['limit_lee_Gedges_per_s']} / {r['limit_lee_out_Gedges_per_s']} / "
-                   f"{r['limit_bmm_Gedges_per_s']} |")
+        groups[(r["structure"], r["K"])].append(r)
+    for (structure, k), ours in groups.items():
+        for r in ours:
+            out.append(f"| **pcdsl** {BACKEND_NAMES[r['backend']]} f32 | {structure} | {k} | {r['sum_edges']:,} | "
+                       f"**{fmt(r['fwd_samples_per_s'])}** | **{fmt(r['flows_samples_per_s'])}** (flows) | "
+                       f"{fmt(r['fwd_peak_rss_mib'])} / {fmt(r['flows_peak_rss_mib'])} | "
+                       f"{r['ll_mean']:.1f} ({r['bits_per_dim']:.2f}) | {r['sum_layers_Gedges_per_s']} | "
+                       f"{r.get('limit_lee_Gedges_per_s', '-')} / {r.get('limit_lee_out_Gedges_per_s', '-')} / "
+                       f"{r.get('limit_bmm_Gedges_per_s', '-')} |")
+        r = max(ours, key=lambda o: o["fwd_samples_per_s"])  # the faster pcdsl backend
         match = [p for p in peers if p.get("struct") == r["peer_struct"] and p.get("K") == r["K"]
                  and p.get("input") == "categorical-256"]
         for p in sorted(match, key=lambda p: -p.get("fwd_samples_per_s", 0)):
@@ -411,28 +493,42 @@ def table(records: list[dict], peers: list[dict]) -> str:
                        f"{p.get('sum_edges', 0):,} | {fmt(p.get('fwd_samples_per_s'))} | "
                        f"{fmt(p.get('fwdbwd_samples_per_s'))} | - / {fmt(p.get('bench_peak_rss_mib'))} | {bpd} | "
                        f"{p.get('fwd_Gedges_per_s', '-')} (whole fwd) | |")
-        if match:
-            bf = max(p.get("fwd_samples_per_s", 0) for p in match)
-            bb = max(p.get("fwdbwd_samples_per_s", 0) for p in match)
-            ratios.append((r, bf, bb))
-    if ratios:
-        out += ["", "| structure | K | pcdsl fwd / best peer fwd | pcdsl fwd+flows / best peer fwd+bwd |",
-                "|---|---:|---:|---:|"]
-        for r, bf, bb in ratios:
-            out.append(f"| {r['structure']} | {r['K']} | {r['fwd_samples_per_s'] / bf:.2f}x (best {bf:,.0f}) | "
-                       f"{r['flows_samples_per_s'] / bb:.2f}x (best {bb:,.0f}) |")
+        bf = max((p.get("fwd_samples_per_s", 0) for p in match), default=0)
+        bb = max((p.get("fwdbwd_samples_per_s", 0) for p in match), default=0)
+        ratios.append((ours, bf, bb))
+    out += ["", "| structure | K | numba / torch fwd | numba / torch fwd+flows | faster pcdsl fwd / best peer fwd "
+            "| faster pcdsl fwd+flows / best peer fwd+bwd | sum layers / limit (lee fresh) |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
+    for ours, bf, bb in ratios:
+        by = {o["backend"]: o for o in ours}
+        nb, tc = by.get("numba"), by.get("torch-cpu")
+        vs = (f"{nb['fwd_samples_per_s'] / tc['fwd_samples_per_s']:.2f}x",
+              f"{nb['flows_samples_per_s'] / tc['flows_samples_per_s']:.2f}x") if nb and tc else ("-", "-")
+        fwd = max(ours, key=lambda o: o["fwd_samples_per_s"])
+        flo = max(ours, key=lambda o: o["flows_samples_per_s"])
+        peer_f = (f"{fwd['fwd_samples_per_s'] / bf:.2f}x ({BACKEND_NAMES[fwd['backend']]}; best {bf:,.0f})"
+                  if bf else "-")
+        peer_b = (f"{flo['flows_samples_per_s'] / bb:.2f}x ({BACKEND_NAMES[flo['backend']]}; best {bb:,.0f})"
+                  if bb else "-")
+        limit = ", ".join(f"{BACKEND_NAMES[o['backend']]} "
+                          f"{o['sum_layers_Gedges_per_s'] / o['limit_lee_Gedges_per_s']:.0%}"
+                          for o in ours if o.get("limit_lee_Gedges_per_s"))
+        out.append(f"| {fwd['structure']} | {fwd['K']} | {vs[0]} | {vs[1]} | {peer_f} | {peer_b} | {limit or '-'} |")
     return "\n".join(out)
 
 
 def profile_table(records: list[dict]) -> str:
-    out = ["| structure | K | pass | total (ms) | breakdown (ms) |", "|---|---:|---|---:|---|"]
+    out = ["| backend | structure | K | pass | total (ms) | breakdown (ms) |", "|---|---|---:|---|---:|---|"]
     for r in records:
         for key, name in (("profile_fwd_s", "forward"), ("profile_flows_s", "fwd+flows")):
+            if key not in r:
+                continue
             prof = dict(r[key])
             total = prof.pop("total")
             parts = ", ".join(f"{k} {v * 1e3:.0f} ({v / total:.0%})"
                               for k, v in sorted(prof.items(), key=lambda kv: -kv[1]))
-            out.append(f"| {r['structure']} | {r['K']} | {name} | {total * 1e3:.0f} | {parts} |")
+            out.append(f"| {BACKEND_NAMES[r['backend']]} | {r['structure']} | {r['K']} | {name} | {total * 1e3:.0f} "
+                       f"| {parts} |")
     return "\n".join(out)
 
 
@@ -472,6 +568,7 @@ def run_peers(a, structure: str, k: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--units", type=int, nargs="+", default=[16, 32])
+    ap.add_argument("--backends", nargs="+", default=["torch", "numba"], choices=["torch", "numba"])
     ap.add_argument("--structures", nargs="+", default=["hclt", "quad_tree"], choices=list(PEER_STRUCT))
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--threads", type=int, default=2)
@@ -485,12 +582,13 @@ def main() -> None:
                     help="peers to run with --run-peers (hclt: all; quad_tree: cirkit)")
     ap.add_argument("--peers-out", type=Path, default=ROOT / "benchmarks" / "results" / "peers_side_by_side.jsonl")
     ap.add_argument("--in-process", action="store_true", help="run the configurations in this process")
-    ap.add_argument("--child", nargs=2, metavar=("STRUCTURE", "K"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs=3, metavar=("STRUCTURE", "K", "BACKEND"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
 
     if a.child:
-        rec = run_one(a.child[0], int(a.child[1]), a.batch, a.threads, a.repeats)
+        runner = run_numba if a.child[2] == "numba" else run_one
+        rec = runner(a.child[0], int(a.child[1]), a.batch, a.threads, a.repeats)
         print("RECORD " + json.dumps(rec, sort_keys=True), flush=True)
         return
 
@@ -502,23 +600,32 @@ def main() -> None:
         for k in a.units:
             if a.run_peers:
                 run_peers(a, structure, k)
-            print(f"== pcdsl {structure} K={k} batch={a.batch} threads={a.threads}", file=sys.stderr, flush=True)
-            if a.in_process:
-                rec = run_one(structure, k, a.batch, a.threads, a.repeats)
-            else:
-                cmd = [sys.executable, __file__, "--child", structure, str(k), "--batch", str(a.batch),
-                       "--threads", str(a.threads), "--repeats", str(a.repeats)]
-                proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ,
-                                      "OMP_NUM_THREADS": str(a.threads)})
-                lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RECORD ")]
-                if proc.returncode or not lines:
-                    print(f"FAILED rc={proc.returncode}: {' '.join(cmd)}", file=sys.stderr)
-                    continue
-                rec = json.loads(lines[-1][len("RECORD "):])
-            print(json.dumps({k2: rec[k2] for k2 in ("structure", "K", "sum_edges", "fwd_samples_per_s",
-                                                     "flows_samples_per_s", "ll_mean", "f64_max_abs_diff")}),
-                  file=sys.stderr, flush=True)
-            records.append(rec)
+            for backend in a.backends:
+                print(f"== pcdsl {backend} {structure} K={k} batch={a.batch} threads={a.threads}", file=sys.stderr,
+                      flush=True)
+                if a.in_process:
+                    runner = run_numba if backend == "numba" else run_one
+                    rec = runner(structure, k, a.batch, a.threads, a.repeats)
+                else:
+                    cmd = [sys.executable, __file__, "--child", structure, str(k), backend, "--batch", str(a.batch),
+                           "--threads", str(a.threads), "--repeats", str(a.repeats)]
+                    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ,
+                                          "OMP_NUM_THREADS": str(a.threads)})
+                    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RECORD ")]
+                    if proc.returncode or not lines:
+                        print(f"FAILED rc={proc.returncode}: {' '.join(cmd)}", file=sys.stderr)
+                        continue
+                    rec = json.loads(lines[-1][len("RECORD "):])
+                print(json.dumps({k2: rec[k2] for k2 in ("backend", "structure", "K", "sum_edges", "fwd_samples_per_s",
+                                                         "flows_samples_per_s", "ll_mean", "f64_max_abs_diff")}),
+                      file=sys.stderr, flush=True)
+                records.append(rec)
+    # the sum-layer limit is measured by the torch child (same fold shapes and batch, same run)
+    limits = {(r["structure"], r["K"]): r for r in records if r["backend"] == "torch-cpu"}
+    for r in records:
+        torch_rec = limits.get((r["structure"], r["K"]))
+        if r["backend"] == "numba" and torch_rec is not None:
+            r.update({key: torch_rec[key] for key in torch_rec if key.startswith("limit_")})
     a.out.parent.mkdir(parents=True, exist_ok=True)
     with open(a.out, "a") as f:
         for rec in records:
@@ -534,9 +641,11 @@ def main() -> None:
     print()
     print(profile_table(records))
     for r in records:
-        print(f"\n{r['structure']} K={r['K']}: LL finite={r['ll_finite']}, mean {r['ll_mean']:.2f} nats "
-              f"= {r['bits_per_dim']:.3f} bits/dim; |f32 - f64| max over {r['f64_rows']} rows = "
-              f"{r['f64_max_abs_diff']:.2e}; compile {r['compile_s']} s; sum folds {r['sum_fold_shapes']}")
+        first = (f"; first calls with an empty kernel cache: forward {r['first_fwd_s']} s, flows "
+                 f"{r['first_flows_s']} s" if "first_fwd_s" in r else "")
+        print(f"\n{BACKEND_NAMES[r['backend']]} {r['structure']} K={r['K']}: LL finite={r['ll_finite']}, mean "
+              f"{r['ll_mean']:.2f} nats = {r['bits_per_dim']:.3f} bits/dim; |f32 - f64| max over {r['f64_rows']} rows "
+              f"= {r['f64_max_abs_diff']:.2e}; compile {r['compile_s']} s{first}")
 
 
 if __name__ == "__main__":
