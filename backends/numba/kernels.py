@@ -116,13 +116,13 @@ def _product(b, op, pindex):  # type: ignore[no-untyped-def]
     t_size = b.shape[1]
     for u in range(units):
         row = off + u * fan_in
-        first = pindex[row]
+        out, first = b[start + u], b[pindex[row]]
         for t in range(t_size):
-            b[start + u, t] = b[first, t]
+            out[t] = first[t]
         for k in range(1, fan_in):
-            child = pindex[row + k]
+            child = b[pindex[row + k]]
             for t in range(t_size):
-                b[start + u, t] += b[child, t]
+                out[t] += child[t]
 
 
 @njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
@@ -211,13 +211,15 @@ def forward(buf, idx, real, cat, lp, lpmax, gauss, gmean, gstd, ops, pindex, sin
     tiles, _, t_size = buf.shape
     # Inputs unit by unit over the whole batch, so a unit's row of lp stays in cache.
     for u in prange(cat.shape[0]):
-        slot, var, off = cat[u, 0], cat[u, 1], cat[u, 2]
+        slot, var, off, size = cat[u, 0], cat[u, 1], cat[u, 2], cat[u, 3]
         free = lpmax[u] if mode == MAX_MODE else 0.0
+        row = lp[off:off + size]
         for tile in range(tiles):
-            col = tile * t_size
+            out = buf[tile, slot]
+            values = idx[var, tile * t_size:(tile + 1) * t_size]
             for t in range(t_size):
-                x = idx[var, col + t]
-                buf[tile, slot, t] = lp[off + x] if x >= 0 else free
+                x = values[t]
+                out[t] = row[x] if x >= 0 else free
     for u in prange(gauss.shape[0]):
         slot, var = gauss[u, 0], gauss[u, 1]
         mean, std = gmean[u], gstd[u]
@@ -342,15 +344,16 @@ def flows(buf, flow, n, root, idx, real, cat, gauss, ops, pindex, sindex, weight
                             fl[child, t] += fl[start + u, t]
     # Inputs unit by unit: each unit owns its rows of counts and gstats.
     for u in prange(cat.shape[0]):
-        slot, var, off = cat[u, 0], cat[u, 1], cat[u, 2]
+        slot, var, off, size = cat[u, 0], cat[u, 1], cat[u, 2], cat[u, 3]
+        row = counts[off:off + size]
         for tile in range(tiles):
-            col = tile * t_size
+            f, values = flow[tile, slot], idx[var, tile * t_size:(tile + 1) * t_size]
             for t in range(t_size):
-                x = idx[var, col + t]
+                x = values[t]
                 if x >= 0:
-                    counts[off + x] += flow[tile, slot, t]
+                    row[x] += f[t]
                 else:
-                    cat_missing[u] += flow[tile, slot, t]
+                    cat_missing[u] += f[t]
     for u in prange(gauss.shape[0]):
         slot, var = gauss[u, 0], gauss[u, 1]
         for tile in range(tiles):
