@@ -32,6 +32,7 @@ copies it next to the emitted circuit.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from numba import njit, prange, types
@@ -121,7 +122,7 @@ _TINY_F = _F(1.17549435e-38)  # smallest normal float32
 
 
 @njit(fastmath=FAST, error_model="numpy", cache=True)
-def exp32(x: float) -> float:
+def exp32(x: Any) -> Any:
     """exp(x) in float32 arithmetic (-inf gives 0): 2^n * e^r, a degree-7 polynomial in r
     (the coefficients of Cephes' expf); relative error below 1e-7."""
     y = min(max(x, _F(-87.0)), _F(88.0))
@@ -139,7 +140,7 @@ def exp32(x: float) -> float:
 
 
 @njit(fastmath=FAST, error_model="numpy", cache=True)
-def log32(x: float) -> float:
+def log32(x: Any) -> Any:
     """log(x) in float32 arithmetic (0 gives -inf): e ln2 + log(1 + z), z in [sqrt(1/2) - 1,
     sqrt(2) - 1), a polynomial in z (Cephes' logf); absolute error below 1e-6."""
     small = x < _TINY_F
