@@ -8,13 +8,36 @@ numba`` copies it, with ``kernels.py``, next to the emitted circuit.
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any
+import os
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numba
 import numpy as np
 
 from . import kernels
+
+# numba's default OpenMP threads spin after each parallel region, and torch's do too: in one
+# process each slows the other down many times over. The workqueue layer has no spinning
+# threads; it cannot run two parallel regions at once, so queries are serialised by _LOCK (each
+# already uses every thread, and they share scratch buffers). NUMBA_THREADING_LAYER=omp (or tbb)
+# chooses otherwise.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"  # type: ignore[attr-defined]
+_LOCK = threading.RLock()
+_Query = TypeVar("_Query", bound=Callable[..., Any])
+
+
+def _serialised(query: _Query) -> _Query:
+    """Run the query under _LOCK: one query at a time per process."""
+    @functools.wraps(query)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with _LOCK:
+            return query(*args, **kwargs)
+    return run  # type: ignore[return-value]
 
 ARRAYS = {
     "cat": "(U, 4) int64: per categorical input unit its slot, variable, offset in lp, cardinality",
@@ -59,6 +82,7 @@ class Circuit:
         self._buffers: dict[str, np.ndarray] = {}
         self.set_arrays({k: arrays[k] for k in PARAMETERS})
 
+    @_serialised
     def set_arrays(self, params: dict[str, np.ndarray]) -> None:
         """New parameter arrays (``PARAMETERS``, same layout as at construction)."""
         self.lp = np.ascontiguousarray(params["lp"], dtype=self.dtype)
@@ -120,11 +144,13 @@ class Circuit:
         return buf[:, self.root, :].reshape(-1)[:n].astype(np.float64)
 
     # ---- queries --------------------------------------------------------------------------------
+    @_serialised
     def log_prob(self, x: Any) -> np.ndarray:
         """log p(x) per row; missing entries are marginalised."""
         index, real, _, n = self._evidence(x)
         return self._root(self._forward(index, real, kernels.SUM_MODE), n)
 
+    @_serialised
     def conditional(self, x: Any, query: Any) -> np.ndarray:
         """log p(x_Q | x_E): Q the query variables (indices, names or a mask), E the other observed
         ones. NaN where p(x_E) = 0: the conditional is undefined there."""
@@ -162,6 +188,7 @@ class Circuit:
                      sum_draws, var_draws, normal_draws, self._chunks(buf))
         return out
 
+    @_serialised
     def map(self, x: Any) -> tuple[np.ndarray, np.ndarray]:
         """Complete missing entries by max-product and backtracking; return (completion, its log p).
 
@@ -170,6 +197,7 @@ class Circuit:
         completed = self._down(x, kernels.MAP_DOWN, 0)
         return completed, self.log_prob(completed)
 
+    @_serialised
     def sample(self, n: int, evidence: Any = None, seed: int = 0) -> np.ndarray:
         """n ancestral samples; with evidence (one row or n rows), from p(missing | observed)."""
         if evidence is None:
@@ -179,6 +207,7 @@ class Circuit:
             rows = np.repeat(rows, n, axis=0) if len(rows) == 1 else rows
         return self._down(rows, kernels.SAMPLE_DOWN, seed)
 
+    @_serialised
     def flows(self, x: Any) -> dict[str, Any]:
         """Expected sufficient statistics, summed over the batch, laid out like the parameter
         arrays: ``weights`` (like weights), ``counts`` (like lp; a missing value counts
