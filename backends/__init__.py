@@ -10,7 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import Any, Protocol
 
-from pcdsl.plan import InputLayer, LayeredPlan, ProductLayer
+from pcdsl.params import Parameters
+from pcdsl.plan import InputLayer, LayeredPlan, ProductLayer, with_parameters
 
 _REGISTRY = {"torch": "pcdsl.backends.torch", "numba": "pcdsl.backends.numba"}
 
@@ -30,6 +31,29 @@ class Model(Protocol):
     def map(self, x: Any) -> tuple[Any, Any]: ...
     def sample(self, n: int, evidence: Any = None, seed: int = 0) -> Any: ...
     def flows(self, x: Any) -> Any: ...
+
+
+class PlanModel:
+    """What the backends' models share: the plan they run, its variables, and new parameters
+    taken in place (``_load`` hands the new plan's blocks to the backend's own buffers)."""
+
+    plan: LayeredPlan
+
+    @property
+    def variables(self) -> tuple[str, ...]:
+        return self.plan.variables
+
+    @property
+    def cardinalities(self) -> tuple[int | None, ...]:
+        return self.plan.cardinalities
+
+    def set_parameters(self, params: Parameters) -> None:
+        """Replace every parameter (e.g. after an EM step); the structure stays."""
+        self.plan = with_parameters(self.plan, params)
+        self._load()
+
+    def _load(self) -> None:
+        raise NotImplementedError
 
 
 class UnknownBackend(ValueError):

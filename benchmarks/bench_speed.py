@@ -220,6 +220,18 @@ def fold_limits(shapes: list[tuple[int, int, int]], batch: int, batch_major: boo
 
 # ---- one configuration (child process) ------------------------------------------------------------
 
+def throughput(model, xb, repeats: int) -> tuple[float, dict, float, dict, float]:
+    """(RSS before timing, forward timing, its peak RSS, flows timing, its peak RSS)."""
+    gc.collect()
+    rss_built = cur_rss_mib()
+    reset_peak_rss()
+    tf = time_fn(lambda: model.log_prob(xb), repeats=repeats)
+    fwd_peak = hwm_rss_mib()
+    reset_peak_rss()
+    tb = time_fn(lambda: model.flows(xb), repeats=repeats)
+    return rss_built, tf, fwd_peak, tb, hwm_rss_mib()
+
+
 def run_one(structure: str, units: int, batch: int, threads: int, repeats: int) -> dict:
     import torch
 
@@ -252,15 +264,7 @@ def run_one(structure: str, units: int, batch: int, threads: int, repeats: int) 
     ll64 = model64.log_prob(xb[:n64])
     f64_maxdiff = float((ll[:n64].double() - ll64).abs().max())
     del model64
-    gc.collect()
-
-    rss_built = cur_rss_mib()
-    reset_peak_rss()
-    tf = time_fn(lambda: model.log_prob(xb), repeats=repeats)
-    fwd_peak = hwm_rss_mib()
-    reset_peak_rss()
-    tb = time_fn(lambda: model.flows(xb), repeats=repeats)
-    flows_peak = hwm_rss_mib()
+    rss_built, tf, fwd_peak, tb, flows_peak = throughput(model, xb, repeats)
 
     # ---- where the time goes: per layer kind, forward and flows ----
     # Timers wrap the model's own rules (and its evidence step), so this follows the backend
@@ -400,14 +404,7 @@ def run_numba(structure: str, units: int, batch: int, threads: int, repeats: int
     n64 = min(8, batch)
     ll64 = pcdsl.compile(graph, "numba", dtype="float64").log_prob(xb[:n64])
     f64_maxdiff = float(np.abs(ll[:n64] - ll64).max())
-    gc.collect()
-    rss_built = cur_rss_mib()
-    reset_peak_rss()
-    tf = time_fn(lambda: model.log_prob(xb), repeats=repeats)
-    fwd_peak = hwm_rss_mib()
-    reset_peak_rss()
-    tb = time_fn(lambda: model.flows(xb), repeats=repeats)
-    flows_peak = hwm_rss_mib()
+    rss_built, tf, fwd_peak, tb, flows_peak = throughput(model, xb, repeats)
 
     # where the forward's time goes: the same kernel with the layer table cut down
     circuit = model.circuit

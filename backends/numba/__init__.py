@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from pcdsl.backends import PlanModel
 
-from pcdsl.params import Parameters
-from pcdsl.plan import InputLayer, LayeredPlan, ProductLayer, SumLayer, with_parameters
+from pcdsl.plan import InputLayer, LayeredPlan, ProductLayer, SumLayer
 from pcdsl.reference import Flows
 
 from . import kernels
@@ -79,7 +79,7 @@ def _concat(parts: list[np.ndarray], dtype: type, empty: tuple[int, ...]) -> np.
     return np.concatenate(parts).astype(dtype) if parts else np.zeros(empty, dtype=dtype)
 
 
-class NumbaModel:
+class NumbaModel(PlanModel):
     """A compiled circuit on the numba kernels, with the query API of the torch backend.
     Data: (batch, variables) arrays; -1 or NaN marks a missing value. Results: numpy arrays."""
 
@@ -88,17 +88,7 @@ class NumbaModel:
         self.circuit = Circuit(flatten(plan), plan.variables, plan.cardinalities, plan.root, plan.num_slots,
                                dtype=dtype, tile=tile)
 
-    @property
-    def variables(self) -> tuple[str, ...]:
-        return self.plan.variables
-
-    @property
-    def cardinalities(self) -> tuple[int | None, ...]:
-        return self.plan.cardinalities
-
-    def set_parameters(self, params: Parameters) -> None:
-        """Replace every parameter (e.g. after an EM step); the structure stays."""
-        self.plan = with_parameters(self.plan, params)
+    def _load(self) -> None:
         arrays = flatten(self.plan)
         self.circuit.set_arrays({k: arrays[k] for k in ("lp", "gmean", "gstd", "weights")})
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from pcdsl.backends import PlanModel
 
-from pcdsl.params import Parameters
-from pcdsl.plan import ONE, ZERO, InputLayer, LayeredPlan, SumLayer, with_parameters
+from pcdsl.plan import ONE, ZERO, InputLayer, LayeredPlan, SumLayer
 from pcdsl.reference import Flows
 
 from .layers import RULES, Batch, InputRule, SumRule
@@ -27,7 +27,7 @@ def lower(plan: LayeredPlan, device: str | torch.device = "cpu", dtype: str | to
     return TorchModel(plan, torch.device(device), _DTYPES[dtype] if isinstance(dtype, str) else dtype)
 
 
-class TorchModel:
+class TorchModel(PlanModel):
     """A compiled circuit. Data: (batch, variables) numpy arrays or tensors; -1 or NaN marks a
     missing value (NaN for real variables). Results come back in the type they were given."""
 
@@ -40,17 +40,7 @@ class TorchModel:
         big = torch.iinfo(torch.long).max  # real variables: no bound on the (unused) index
         self.limits = torch.tensor([c if c is not None else big for c in plan.cardinalities], device=device)
 
-    @property
-    def variables(self) -> tuple[str, ...]:
-        return self.plan.variables
-
-    @property
-    def cardinalities(self) -> tuple[int | None, ...]:
-        return self.plan.cardinalities
-
-    def set_parameters(self, params: Parameters) -> None:
-        """Replace every parameter (e.g. after an EM step); the structure stays."""
-        self.plan = with_parameters(self.plan, params)
+    def _load(self) -> None:
         for rule, layer in zip(self.rules, self.plan.layers, strict=True):
             rule.load(layer)  # type: ignore[arg-type]
 
