@@ -54,6 +54,8 @@ _LOG2E = 1.4426950408889634
 _LN2_HI = 6.93147180369123816490e-01
 _LN2_LO = 1.90821492927058770002e-10
 _SQRT2 = 1.4142135623730951
+_EXP64 = tuple(1.0 / math.factorial(k) for k in range(12, -1, -1))  # Taylor: 1/12!, ..., 1/1!, 1
+_LOG64 = tuple(1.0 / k for k in range(21, 0, -2))  # atanh series: 1/21, 1/19, ..., 1/3, 1
 _TINY = 2.2250738585072014e-308  # smallest normal float64
 
 
@@ -63,19 +65,9 @@ def exp64(x: float) -> float:
     y = min(max(x, -708.0), 709.0)
     n = np.floor(y * _LOG2E + 0.5)
     r = y - n * _LN2_HI - n * _LN2_LO
-    p = 1.0 / 479001600.0
-    p = p * r + 1.0 / 39916800.0
-    p = p * r + 1.0 / 3628800.0
-    p = p * r + 1.0 / 362880.0
-    p = p * r + 1.0 / 40320.0
-    p = p * r + 1.0 / 5040.0
-    p = p * r + 1.0 / 720.0
-    p = p * r + 1.0 / 120.0
-    p = p * r + 1.0 / 24.0
-    p = p * r + 1.0 / 6.0
-    p = p * r + 0.5
-    p = p * r + 1.0
-    p = p * r + 1.0
+    p = 0.0
+    for c in _EXP64:
+        p = p * r + c
     scale = np.int64((np.int64(n) + 1023) << 52).view(np.float64)
     return p * scale if x > -708.0 else 0.0
 
@@ -94,17 +86,9 @@ def log64(x: float) -> float:
     e = e + 1 if big else e
     s = (m - 1.0) / (m + 1.0)
     s2 = s * s
-    q = 1.0 / 21.0
-    q = q * s2 + 1.0 / 19.0
-    q = q * s2 + 1.0 / 17.0
-    q = q * s2 + 1.0 / 15.0
-    q = q * s2 + 1.0 / 13.0
-    q = q * s2 + 1.0 / 11.0
-    q = q * s2 + 1.0 / 9.0
-    q = q * s2 + 1.0 / 7.0
-    q = q * s2 + 1.0 / 5.0
-    q = q * s2 + 1.0 / 3.0
-    q = q * s2 + 1.0
+    q = 0.0
+    for c in _LOG64:
+        q = q * s2 + c
     ef = float(e)
     result = ef * _LN2_HI + (ef * _LN2_LO + 2.0 * s * q)
     return result if x > 0.0 else -np.inf
@@ -112,11 +96,12 @@ def log64(x: float) -> float:
 
 _F = np.float32
 _LOG2E_F, _LN2_HI_F, _LN2_LO_F = _F(1.44269504088896341), _F(0.693359375), _F(-2.12194440e-4)
-_E0, _E1, _E2 = _F(1.9875691500e-4), _F(1.3981999507e-3), _F(8.3334519073e-3)
-_E3, _E4, _E5 = _F(4.1665795894e-2), _F(1.6666665459e-1), _F(5.0000001201e-1)
-_L0, _L1, _L2 = _F(7.0376836292e-2), _F(-1.1514610310e-1), _F(1.1676998740e-1)
-_L3, _L4, _L5 = _F(-1.2420140846e-1), _F(1.4249322787e-1), _F(-1.6668057665e-1)
-_L6, _L7, _L8 = _F(2.0000714765e-1), _F(-2.4999993993e-1), _F(3.3333331174e-1)
+# polynomial coefficients, highest power first (Horner); numba unrolls loops over these tuples
+_EXP32 = tuple(_F(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
+                               1.6666665459e-1, 5.0000001201e-1))
+_LOG32 = tuple(_F(c) for c in (7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1,
+                               1.4249322787e-1, -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1,
+                               3.3333331174e-1))
 _SQRT_HALF_F = _F(0.70710678118654752)
 _TINY_F = _F(1.17549435e-38)  # smallest normal float32
 
@@ -128,12 +113,9 @@ def exp32(x: Any) -> Any:
     y = min(max(x, _F(-87.0)), _F(88.0))
     n = np.floor(y * _LOG2E_F + _F(0.5))
     r = y - n * _LN2_HI_F - n * _LN2_LO_F
-    p = _E0
-    p = p * r + _E1
-    p = p * r + _E2
-    p = p * r + _E3
-    p = p * r + _E4
-    p = p * r + _E5
+    p = _F(0.0)
+    for c in _EXP32:
+        p = p * r + c
     p = p * r * r + r + _F(1.0)
     scale = np.int32((np.int32(n) + np.int32(127)) << np.int32(23)).view(np.float32)
     return p * scale if x > _F(-87.0) else _F(0.0)
@@ -152,15 +134,9 @@ def log32(x: Any) -> Any:
     e = e - np.int32(1) if low else e
     z = m + m - _F(1.0) if low else m - _F(1.0)
     z2 = z * z
-    p = _L0
-    p = p * z + _L1
-    p = p * z + _L2
-    p = p * z + _L3
-    p = p * z + _L4
-    p = p * z + _L5
-    p = p * z + _L6
-    p = p * z + _L7
-    p = p * z + _L8
+    p = _F(0.0)
+    for c in _LOG32:
+        p = p * z + c
     fe = np.float32(e)
     y = p * z * z2 + fe * _LN2_LO_F - _F(0.5) * z2
     result = z + y + fe * _LN2_HI_F
