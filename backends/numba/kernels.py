@@ -310,6 +310,15 @@ def forward(buf, idx, real, cat, lp, lpmax, gauss, gmean, gstd, ops, pindex, sin
                     _sum(b, op, sindex, weights, e, mx, acc)
 
 
+@njit(error_model="numpy", cache=True)
+def _seed(rows, root, col, n):  # type: ignore[no-untyped-def]
+    """Start a top-down pass over one tile: 0 everywhere, 1 at the root for the tile's real
+    samples (columns col + t < n; the rest pad the last tile)."""
+    rows[:, :] = 0
+    for t in range(rows.shape[1]):
+        rows[root, t] = 1 if col + t < n else 0
+
+
 @njit(inline="always", fastmath=FAST_REDUCE, error_model="numpy", cache=True)
 def _sum_flows(b, fl, op, sindex, weights, wflow, e, mx, r, z):  # type: ignore[no-untyped-def]
     """Flows of one sum layer for one tile: child flow += e_c * sum_m W[m, c] r_m and weight flow
@@ -387,10 +396,7 @@ def flows(buf, flow, n, root, idx, real, cat, gauss, ops, pindex, sindex, weight
         z = np.empty((4, t_size), dtype=buf.dtype)
         for tile in range(chunk, tiles, chunks):
             b, fl = buf[tile], flow[tile]
-            col = tile * t_size
-            fl[:, :] = 0.0
-            for t in range(t_size):
-                fl[root, t] = 1.0 if col + t < n else 0.0
+            _seed(fl, root, tile * t_size, n)
             for layer in range(ops.shape[0] - 1, -1, -1):
                 op = ops[layer]
                 if op[KIND] == SUM:
@@ -440,9 +446,7 @@ def down(buf, active, n, root, idx, real, out, cat, lp, lpbest, gauss, gmean, gs
         for tile in range(chunk, tiles, chunks):
             b, act = buf[tile], active[tile]
             col = tile * t_size
-            act[:, :] = 0
-            for t in range(t_size):
-                act[root, t] = 1 if col + t < n else 0
+            _seed(act, root, col, n)
             for layer in range(ops.shape[0] - 1, -1, -1):
                 op = ops[layer]
                 start = op[START]
