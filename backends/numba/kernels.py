@@ -8,11 +8,12 @@ Layout: the batch is cut into tiles of T samples; each tile owns a value buffer
 ``buf[tile]`` of shape (slots, T), so a layer reads and writes rows of T
 contiguous values and the inner loops run over the tile (SIMD). Tiles are
 shared among threads (``prange`` over chunks of tiles, one per thread: chunk i
-takes tiles i, i + chunks, ...); each
-thread accumulates its own flows, summed afterwards, so no two threads write
-the same memory.
+takes tiles i, i + chunks, ...). Input units run first, unit by unit over the
+whole batch (a unit's row of log-probabilities stays in cache; in the flows
+pass each unit owns its counts). Sum-weight flows are accumulated per chunk
+and summed afterwards, so no two threads write the same memory.
 
-Layers (one row of ``ops`` each, in plan order; inputs run first):
+Layers (one row of ``ops`` each, in plan order):
 
 - product: ``out[u] = sum_k buf[pindex[u, k]]``;
 - sum: per fold f, ``out[f, m] = log sum_c W[f, m, c] exp(x_c - mx) + mx`` with
