@@ -208,6 +208,13 @@ def test_backend_equals_reference(backend: str, seed: int) -> None:
     for node, stats in theirs.inputs.items():
         for key, value in stats.items():
             assert np.abs(_np(ours.inputs[node][key]) - value).max() < ATOL
+    query = [0, 2]  # log p(x_Q | x_E) = log p(x) - log p(x_E)
+    evidence = x.copy()
+    for v in query:
+        evidence[:, v] = -1 if graph.variables[v].domain.is_discrete else np.nan
+    with np.errstate(invalid="ignore"):
+        expected = reference.log_prob(graph, params, x) - reference.log_prob(graph, params, evidence)
+    np.testing.assert_allclose(_np(m.conditional(x, query)), expected, rtol=0, atol=ATOL)
     completed, lp = m.map(x[:8])
     ref_completed, ref_lp = reference.map_state(graph, params, x[:8])
     np.testing.assert_allclose(_np(lp), ref_lp, rtol=0, atol=ATOL)  # equal infinities count as equal
