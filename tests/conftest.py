@@ -9,6 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# The suite runs torch and numba in one process: numba's default OpenMP threads and torch's would
+# spin beside each other and slow the torch tests down many times over (see README, Backends).
+os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 ATOL = 1e-9  # float64 comparisons

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -20,13 +19,9 @@ import numpy as np
 
 from . import kernels
 
-# numba's default OpenMP threads spin after each parallel region, and torch's do too: in one
-# process each slows the other down many times over. The workqueue layer has no spinning
-# threads; it cannot run two parallel regions at once, so queries are serialised by _LOCK (each
-# already uses every thread, and they share scratch buffers). NUMBA_THREADING_LAYER=omp (or tbb)
-# chooses otherwise.
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"  # type: ignore[attr-defined]
+# One query at a time per process: queries share scratch buffers, and each already uses every
+# thread. (A process that runs torch too is better off with NUMBA_THREADING_LAYER=workqueue: the
+# OpenMP threads of numba and of torch spin beside each other and slow both down many times over.)
 _LOCK = threading.RLock()
 _Query = TypeVar("_Query", bound=Callable[..., Any])
 
