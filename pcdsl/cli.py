@@ -63,7 +63,9 @@ def _parser() -> argparse.ArgumentParser:
                               "write a standalone module for a backend (-o DIR).")
     compile_.add_argument("file", metavar="FILE")
     compile_.add_argument("--circuit", metavar="NAME", help="which circuit (default: the file's first)")
-    compile_.add_argument("--backend", default="torch", metavar="NAME", help="default: torch")
+    compile_.add_argument("--backend", default="torch", metavar="NAME",
+                          help="torch (a module + .safetensors) or numba (a package needing only numpy and "
+                               "numba); default: torch")
     compile_.add_argument("-o", "--output", metavar="DIR", help="write the emitted module and its parameters here")
     compile_.add_argument("--dump-plan", action="store_true", help="print the layered plan in a stable text form")
     compile_.add_argument("--seed", type=int, default=0, help="seed for parameters the file leaves out (default 0)")
@@ -71,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     def runnable(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("file", metavar="FILE")
         parser.add_argument("--circuit", metavar="NAME", help="which circuit (default: the file's first)")
-        parser.add_argument("--backend", default="torch", help="default: torch")
+        parser.add_argument("--backend", default="torch", help="torch or numba (CPU); default: torch")
         parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: cpu)")
         parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
         parser.add_argument("--seed", type=int, default=0, help="for parameters the file leaves out, and draws")
