@@ -34,6 +34,7 @@ def _serialised(query: _Query) -> _Query:
             return query(*args, **kwargs)
     return run  # type: ignore[return-value]
 
+
 ARRAYS = {
     "cat": "(U, 4) int64: per categorical input unit its slot, variable, offset in lp, cardinality",
     "lp": "(sum of U * width,) log-probabilities, one row per categorical unit (padded with -inf)",
@@ -105,7 +106,7 @@ class Circuit:
         bad = ~missing & self.discrete & ((rows < 0) | (rows >= self.limits) | (rows != np.floor(rows)))
         if bad.any():
             r, v = (int(i) for i in np.argwhere(bad)[0])
-            raise ValueError(f"value {rows[r, v]:g} of variable '{self.variables[v]}' is outside "
+            raise ValueError(f"value {rows[r, v]:g} of variable '{self.variables[v]}' is not one of "
                              f"0..{self.limits[v] - 1} (missing values are -1)")
         n = len(rows)
         width = max(1, math.ceil(n / self.tile)) * self.tile
