@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import numpy as np
 
 from pcdsl.data import DataError, load_values
 from pcdsl.frontend import Checked
+from pcdsl.io.atomic import write_atomic
 from pcdsl.ir.graph import BOOL, CircuitGraph, Domain, Variable
 from pcdsl.learn.train import Epoch, Stage, Trainer, mean_ll
 from pcdsl.params import Parameters, initialise
@@ -43,20 +43,8 @@ class Splits:
     test: np.ndarray | None
 
 
-def _write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def _write_json(path: Path, value: Any) -> None:
-    _write(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
+    write_atomic(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
 
 
 def load_splits(checked: Checked, spec: RecipeSpec) -> Splits:
