@@ -11,7 +11,8 @@ import importlib
 from typing import Any, Protocol
 
 from pcdsl.params import Parameters
-from pcdsl.plan import InputLayer, LayeredPlan, ProductLayer, with_parameters
+from pcdsl.plan import InputLayer, LayeredPlan, ProductLayer, SumLayer, with_parameters
+from pcdsl.reference import Flows
 
 _REGISTRY = {"torch": "pcdsl.backends.torch", "numba": "pcdsl.backends.numba"}
 
@@ -54,6 +55,28 @@ class PlanModel:
 
     def _load(self) -> None:
         raise NotImplementedError
+
+
+def add_weight_flows(layer: SumLayer, flows: Any, result: Flows) -> None:
+    """Hand a sum layer's (F, M, C) weight flows to their groups (tied sums add theirs)."""
+    for slot, group in enumerate(layer.groups):
+        result.weights[group] = result.weights.get(group, 0) + flows[slot]
+
+
+def split_input_flows(layer: InputLayer, stats: dict[str, Any], plan: LayeredPlan, result: Flows) -> None:
+    """Hand each input node of the layer its rows of the layer's unit-major statistics
+    (categorical counts cut to the node's cardinality; indicators have no parameters)."""
+    offset = 0
+    for name, family, units in zip(layer.nodes, layer.families, layer.node_units, strict=True):
+        rows = slice(offset, offset + units)
+        offset += units
+        if family == "indicator":
+            result.inputs[name] = {}
+        elif layer.family == "categorical":
+            size = plan.cardinalities[int(layer.var[rows.start])]
+            result.inputs[name] = {"counts": stats["counts"][rows, :size]}
+        else:
+            result.inputs[name] = {k: v[rows] for k, v in stats.items()}
 
 
 class UnknownBackend(ValueError):

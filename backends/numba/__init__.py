@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from pcdsl.backends import PlanModel
+from pcdsl.backends import PlanModel, add_weight_flows, split_input_flows
 
 from pcdsl.plan import InputLayer, LayeredPlan, ProductLayer, SumLayer
 from pcdsl.reference import Flows
@@ -118,30 +118,18 @@ class NumbaModel(PlanModel):
                 f, m, c = layer.shape
                 block = raw["weights"][w_at:w_at + f * m * c].reshape(f, m, c)
                 w_at += f * m * c
-                for fold, group in enumerate(layer.groups):  # tied sums add their flows
-                    result.weights[group] = result.weights.get(group, 0) + block[fold]
+                add_weight_flows(layer, block, result)
             elif isinstance(layer, InputLayer) and layer.family == "categorical":
                 units, width = layer.params["log_probs"].shape
                 counts = raw["counts"][lp_at:lp_at + units * width].reshape(units, width)
                 lp_at += units * width
-                _split(layer, result, {"counts": counts}, self.plan)
+                split_input_flows(layer, {"counts": counts}, self.plan, result)
             elif isinstance(layer, InputLayer):
                 stats = raw["gaussian"][g_at:g_at + len(layer.var)]
                 g_at += len(layer.var)
-                _split(layer, result, {"n": stats[:, 0], "sx": stats[:, 1], "sxx": stats[:, 2]}, self.plan)
+                split_input_flows(layer, {"n": stats[:, 0], "sx": stats[:, 1], "sxx": stats[:, 2]}, self.plan,
+                                  result)
         return result
-
-
-def _split(layer: InputLayer, result: Flows, stats: dict[str, np.ndarray], plan: LayeredPlan) -> None:
-    """Hand each input node of the layer its rows of the layer's statistics (unit-major; counts
-    cut to the node's cardinality)."""
-    offset = 0
-    for name, family, units in zip(layer.nodes, layer.families, layer.node_units, strict=True):
-        rows = slice(offset, offset + units)
-        size = plan.cardinalities[int(layer.var[offset])]
-        offset += units
-        mine = {k: v[rows, :size] if k == "counts" else v[rows] for k, v in stats.items()}
-        result.inputs[name] = {} if family == "indicator" else mine
 
 
 def _numpy(x: Any) -> Any:

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from pcdsl.backends import PlanModel
+from pcdsl.backends import PlanModel, add_weight_flows, split_input_flows
 
-from pcdsl.plan import ONE, ZERO, InputLayer, LayeredPlan, SumLayer
+from pcdsl.plan import ONE, ZERO, LayeredPlan
 from pcdsl.reference import Flows
 
 from .layers import RULES, Batch, InputRule, SumRule
@@ -163,26 +163,7 @@ class TorchModel(PlanModel):
         for rule in reversed(self.rules):
             stats = rule.flows(buf, flow, batch)
             if isinstance(rule, SumRule):
-                _gather_weights(rule.layer, stats["weights"], result)
+                add_weight_flows(rule.layer, stats["weights"], result)
             elif isinstance(rule, InputRule):
-                _split_inputs(rule.layer, stats, self.plan, result)
+                split_input_flows(rule.layer, stats, self.plan, result)
         return result
-
-
-def _gather_weights(layer: SumLayer, flows: torch.Tensor, result: Flows) -> None:
-    for slot, group in enumerate(layer.groups):  # tied sums add their flows
-        result.weights[group] = result.weights.get(group, 0) + flows[slot]
-
-
-def _split_inputs(layer: InputLayer, stats: dict[str, torch.Tensor], plan: LayeredPlan, result: Flows) -> None:
-    offset = 0
-    for name, family, units in zip(layer.nodes, layer.families, layer.node_units, strict=True):
-        rows = slice(offset, offset + units)
-        offset += units
-        if family == "indicator":
-            result.inputs[name] = {}
-        elif layer.family == "categorical":
-            size = plan.cardinalities[int(layer.var[rows.start])]
-            result.inputs[name] = {"counts": stats["counts"][rows, :size]}
-        else:
-            result.inputs[name] = {k: v[rows] for k, v in stats.items()}
