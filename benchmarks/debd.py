@@ -2,6 +2,7 @@
 print test log-likelihoods beside the published numbers of ../shared/BENCHMARKS.md.
 
     python benchmarks/debd.py [--data ROOT] [--only nltcs plants] [--out runs/debd]
+                              [--backend torch|numba] [--threads N] [--recipes DIR]
 
 ROOT holds debd/<name>/<name>.{train,valid,test}.data (default: ../shared/data, next to the
 repository). Models and hyper-parameters are chosen on valid; test is only reported.
@@ -36,6 +37,9 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=DATASETS)
     parser.add_argument("--out", default="runs/debd")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--backend", default="torch", choices=["torch", "numba"])
+    parser.add_argument("--recipes", default=str(HERE / "debd"),
+                        help="folder of <name>.pc recipes (default: benchmarks/debd)")
     args = parser.parse_args()
     os.environ["PCDSL_DATA"] = args.data
     import torch
@@ -44,17 +48,22 @@ def main() -> None:
     from pcdsl.run import run_recipe
 
     torch.set_num_threads(args.threads)
+    if args.backend == "numba":
+        import numba
+
+        numba.set_num_threads(args.threads)
     rows = []
     for name in args.only:
         started = time.perf_counter()
-        checked = check_file(HERE / "debd" / f"{name}.pc")
-        report = run_recipe(checked, name, Path(args.out) / name, progress=False, log=lambda _: None)
+        checked = check_file(Path(args.recipes) / f"{name}.pc")
+        report = run_recipe(checked, name, Path(args.out) / name, backend=args.backend, progress=False,
+                            log=lambda _: None)
         seconds = time.perf_counter() - started
         valid = json.loads((Path(args.out) / name / "state.json").read_text()).get("best_score")
         rows.append((name, report["test_loglik"], PUBLISHED[name], seconds))
         print(json.dumps({"dataset": name, "valid_loglik": valid, "test_loglik": report["test_loglik"],
                           "seconds": round(seconds, 1)}), flush=True)
-    print(f"\nmachine: {machine()}, torch threads {args.threads}\n")
+    print(f"\nmachine: {machine()}, backend {args.backend}, {args.threads} thread(s)\n")
     print("| dataset | pcdsl test LL | published best | difference | verdict | time (s) |")
     print("|---|---:|---:|---:|---|---:|")
     for name, ours, best, seconds in rows:

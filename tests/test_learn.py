@@ -15,7 +15,7 @@ import pcdsl
 from pcdsl import reference
 from pcdsl.cli import main
 from pcdsl.io.model import ModelFileError, load_model, save_model
-from pcdsl.learn.em import em_update, full_batch_flows
+from pcdsl.learn.em import batches, em_update, full_batch_flows
 from pcdsl.learn.train import Stage, Trainer, mean_ll, schedule
 from pcdsl.params import initialise
 
@@ -25,6 +25,17 @@ NLTCS = EXAMPLES / "data" / "debd" / "nltcs" / "nltcs"
 
 
 BACKENDS = ["torch", "numba"]
+
+
+@given(st.integers(0, 5000), st.integers(1, 700))
+def test_mini_batches_cover_every_row_once_in_near_equal_sizes(n: int, size: int) -> None:
+    parts = list(batches(n, size, np.random.default_rng(n)))
+    rows = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    assert sorted(rows.tolist()) == list(range(n))
+    assert len(parts) == -(-n // size)  # as many batches as with a remainder batch, none smaller
+    if parts:
+        sizes = [len(p) for p in parts]
+        assert max(sizes) <= size and max(sizes) - min(sizes) <= 1
 
 
 def _torch(graph, params, backend: str = "torch"):  # type: ignore[no-untyped-def]

@@ -80,10 +80,14 @@ def _gaussian(p: dict[str, np.ndarray], stats: dict[str, np.ndarray], step: floa
 
 
 def batches(n: int, size: int, rng: np.random.Generator | None) -> Iterator[np.ndarray]:
-    """Row indices of mini-batches (shuffled when `rng` is given)."""
+    """Row indices of ceil(n / size) mini-batches of near-equal sizes (shuffled when `rng` is given).
+
+    Sizes differ by at most one row, so no batch is a small remainder: with a fixed step size,
+    a last batch of a few rows would pull the parameters towards those rows alone.
+    """
     order = rng.permutation(n) if rng is not None else np.arange(n)
-    for start in range(0, n, size):
-        yield order[start:start + size]
+    if n > 0:
+        yield from np.array_split(order, -(-n // size))
 
 
 def full_batch_flows(model: Any, data: np.ndarray, batch_size: int = 1024) -> Flows:
