@@ -2,7 +2,7 @@
 print test log-likelihoods beside the published numbers of ../shared/BENCHMARKS.md.
 
     python benchmarks/debd.py [--data ROOT] [--only nltcs plants] [--out runs/debd]
-                              [--backend torch|numba] [--threads N] [--recipes DIR]
+                              [--backend torch|numba] [--threads N] [--recipes DIR] [--seed S]
 
 ROOT holds debd/<name>/<name>.{train,valid,test}.data (default: ../shared/data, next to the
 repository). Models and hyper-parameters are chosen on valid; test is only reported.
@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--out", default="runs/debd")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--backend", default="torch", choices=["torch", "numba"])
+    parser.add_argument("--seed", type=int, default=0, help="seeds initialisation and batch order")
     parser.add_argument("--recipes", default=str(HERE / "debd"),
                         help="folder of <name>.pc recipes (default: benchmarks/debd)")
     args = parser.parse_args()
@@ -56,8 +57,8 @@ def main() -> None:
     for name in args.only:
         started = time.perf_counter()
         checked = check_file(Path(args.recipes) / f"{name}.pc")
-        report = run_recipe(checked, name, Path(args.out) / name, backend=args.backend, progress=False,
-                            log=lambda _: None)
+        report = run_recipe(checked, name, Path(args.out) / name, backend=args.backend, seed=args.seed,
+                            progress=False, log=lambda _: None)
         seconds = time.perf_counter() - started
         valid = json.loads((Path(args.out) / name / "state.json").read_text()).get("best_score")
         rows.append((name, report["test_loglik"], PUBLISHED[name], seconds))
