@@ -32,28 +32,21 @@ def lower(plan: LayeredPlan, device: str = "cpu", dtype: str = "float32", tile: 
 def flatten(plan: LayeredPlan) -> dict[str, np.ndarray]:
     """The plan as the flat arrays the kernels read (see ``runtime.ARRAYS``)."""
     cat: list[np.ndarray] = []
-    lp: list[np.ndarray] = []
     gauss: list[np.ndarray] = []
-    gmean: list[np.ndarray] = []
-    gstd: list[np.ndarray] = []
     ops: list[list[int]] = []
     pindex: list[np.ndarray] = []
     sindex: list[np.ndarray] = []
-    weights: list[np.ndarray] = []
     lp_size = p_size = s_size = w_size = folds = 0
     for layer in plan.layers:
         if isinstance(layer, InputLayer):
             slots = np.arange(layer.start, layer.stop)
             if layer.family == "gaussian":
                 gauss.append(np.stack([slots, layer.var], axis=1))
-                gmean.append(layer.params["mean"])
-                gstd.append(layer.params["std"])
                 continue
             table = layer.params["log_probs"]
             width = table.shape[1]
             sizes = np.array([plan.cardinalities[int(v)] for v in layer.var])
             cat.append(np.stack([slots, layer.var, lp_size + width * np.arange(len(slots)), sizes], axis=1))
-            lp.append(table.reshape(-1))
             lp_size += table.size
         elif isinstance(layer, ProductLayer):
             units, fan_in = layer.index.shape
@@ -64,15 +57,33 @@ def flatten(plan: LayeredPlan) -> dict[str, np.ndarray]:
             f, m, c = layer.shape
             ops.append([kernels.SUM, layer.start, f, m, c, s_size, w_size, folds])
             sindex.append(layer.index.reshape(-1))
-            weights.append(layer.weights.reshape(-1))
             s_size, w_size, folds = s_size + layer.index.size, w_size + layer.weights.size, folds + f
     return {
-        "cat": _concat(cat, np.int64, (0, 4)), "lp": _concat(lp, np.float64, (0,)),
-        "gauss": _concat(gauss, np.int64, (0, 2)), "gmean": _concat(gmean, np.float64, (0,)),
-        "gstd": _concat(gstd, np.float64, (0,)), "ops": np.array(ops, dtype=np.int64).reshape(-1, 8),
+        "cat": _concat(cat, np.int64, (0, 4)), "gauss": _concat(gauss, np.int64, (0, 2)),
+        "ops": np.array(ops, dtype=np.int64).reshape(-1, 8),
         "pindex": _concat(pindex, np.int64, (0,)), "sindex": _concat(sindex, np.int64, (0,)),
-        "weights": _concat(weights, np.float64, (0,)),
+        **parameter_arrays(plan),
     }
+
+
+def parameter_arrays(plan: LayeredPlan) -> dict[str, np.ndarray]:
+    """The plan's parameters as the flat arrays ``lp``, ``gmean``, ``gstd`` and ``weights``, in the
+    order ``flatten`` lays out its index arrays (what an EM step replaces)."""
+    lp: list[np.ndarray] = []
+    gmean: list[np.ndarray] = []
+    gstd: list[np.ndarray] = []
+    weights: list[np.ndarray] = []
+    for layer in plan.layers:
+        if isinstance(layer, InputLayer):
+            if layer.family == "gaussian":
+                gmean.append(layer.params["mean"])
+                gstd.append(layer.params["std"])
+            else:
+                lp.append(layer.params["log_probs"].reshape(-1))
+        elif not isinstance(layer, ProductLayer):
+            weights.append(layer.weights.reshape(-1))
+    return {"lp": _concat(lp, np.float64, (0,)), "gmean": _concat(gmean, np.float64, (0,)),
+            "gstd": _concat(gstd, np.float64, (0,)), "weights": _concat(weights, np.float64, (0,))}
 
 
 def _concat(parts: list[np.ndarray], dtype: type, empty: tuple[int, ...]) -> np.ndarray:
@@ -89,8 +100,7 @@ class NumbaModel(PlanModel):
                                dtype=dtype, tile=tile)
 
     def _load(self) -> None:
-        arrays = flatten(self.plan)
-        self.circuit.set_arrays({k: arrays[k] for k in ("lp", "gmean", "gstd", "weights")})
+        self.circuit.set_arrays(parameter_arrays(self.plan))
 
     def log_prob(self, x: Any) -> np.ndarray:
         """log p(x) per row; missing entries are marginalised."""
