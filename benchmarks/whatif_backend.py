@@ -144,7 +144,7 @@ def tiling_table() -> None:
         whole = out.clone()
         print(f"K={k} untiled {median_seconds(lambda: run(folds), 9) * 1e3:.2f} ms")
         for chunk in (8, 16, 32, 64, 128):
-            ms = median_seconds(lambda chunk=chunk: run(chunk), 9) * 1e3  # type: ignore[misc]
+            ms = median_seconds(lambda chunk=chunk: run(chunk), 9) * 1e3
             err = (out - whole).abs().max().item()
             print(f"K={k} tiled folds/chunk={chunk:4d} ({chunk * k * BATCH * 4 / 2**20:.2f} MiB) {ms:.2f} ms "
                   f"err {err:.1e}")

@@ -80,7 +80,7 @@ def parameter_arrays(plan: LayeredPlan) -> dict[str, np.ndarray]:
                 gstd.append(layer.params["std"])
             else:
                 lp.append(layer.params["log_probs"].reshape(-1))
-        elif not isinstance(layer, ProductLayer):
+        elif isinstance(layer, SumLayer):
             weights.append(layer.weights.reshape(-1))
     return {"lp": _concat(lp, np.float64, (0,)), "gmean": _concat(gmean, np.float64, (0,)),
             "gstd": _concat(gstd, np.float64, (0,)), "weights": _concat(weights, np.float64, (0,))}
