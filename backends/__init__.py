@@ -7,8 +7,11 @@ lazily, so the front end never imports torch or numba.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from typing import Any, Protocol
+
+import numpy as np
 
 from pcdsl.params import Parameters
 from pcdsl.plan import InputLayer, LayeredPlan, ProductLayer, SumLayer, with_parameters
@@ -48,6 +51,11 @@ class PlanModel:
     def cardinalities(self) -> tuple[int | None, ...]:
         return self.plan.cardinalities
 
+    @functools.cached_property
+    def weight_rows(self) -> dict[str, int]:
+        """The number of weight rows of every sum group (the structure never changes)."""
+        return group_rows(self.plan)
+
     def set_parameters(self, params: Parameters) -> None:
         """Replace every parameter (e.g. after an EM step); the structure stays."""
         self.plan = with_parameters(self.plan, params)
@@ -57,26 +65,49 @@ class PlanModel:
         raise NotImplementedError
 
 
-def add_weight_flows(layer: SumLayer, flows: Any, result: Flows) -> None:
-    """Hand a sum layer's (F, M, C) weight flows to their groups (tied sums add theirs)."""
-    for slot, group in enumerate(layer.groups):
-        result.weights[group] = result.weights.get(group, 0) + flows[slot]
+def add_weight_flows(layer: SumLayer, flows: Any, result: Flows, params_rows: dict[str, int]) -> None:
+    """Hand a sum layer's (F, M, C) weight flows to their groups (tied sums add theirs); a
+    block-diagonal sum's folds fill their own rows of the group (``params_rows``: rows per group)."""
+    m = flows.shape[1]
+    for slot, (group, row) in enumerate(zip(layer.groups, layer.rows, strict=True)):
+        total = params_rows[group]
+        if total == m:
+            result.weights[group] = result.weights.get(group, 0) + flows[slot]
+            continue
+        if group not in result.weights:
+            like = flows[slot]
+            result.weights[group] = (like.new_zeros((total, like.shape[1])) if hasattr(like, "new_zeros")
+                                     else np.zeros((total, like.shape[1]), like.dtype))
+        result.weights[group][row:row + m] += flows[slot]
+
+
+def group_rows(plan: LayeredPlan) -> dict[str, int]:
+    """The number of weight rows of every sum group of the plan."""
+    rows: dict[str, int] = {}
+    for layer in plan.layers:
+        if isinstance(layer, SumLayer):
+            for group, row in zip(layer.groups, layer.rows, strict=True):
+                rows[group] = max(rows.get(group, 0), row + layer.shape[1])
+    return rows
 
 
 def split_input_flows(layer: InputLayer, stats: dict[str, Any], plan: LayeredPlan, result: Flows) -> None:
     """Hand each input node of the layer its rows of the layer's unit-major statistics
     (categorical counts cut to the node's cardinality; indicators have no parameters)."""
     offset = 0
-    for name, family, units in zip(layer.nodes, layer.families, layer.node_units, strict=True):
+    for group, family, units in zip(layer.groups, layer.families, layer.node_units, strict=True):
         rows = slice(offset, offset + units)
         offset += units
         if family == "indicator":
-            result.inputs[name] = {}
+            mine = {}
         elif layer.family == "categorical":
             size = plan.cardinalities[int(layer.var[rows.start])]
-            result.inputs[name] = {"counts": stats["counts"][rows, :size]}
+            mine = {"counts": stats["counts"][rows, :size]}
         else:
-            result.inputs[name] = {k: v[rows] for k, v in stats.items()}
+            mine = {k: v[rows] for k, v in stats.items()}
+        slot = result.inputs.setdefault(group, {})  # tied leaves add their statistics
+        for key, value in mine.items():
+            slot[key] = slot[key] + value if key in slot else value
 
 
 class UnknownBackend(ValueError):

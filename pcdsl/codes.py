@@ -31,6 +31,7 @@ CODES: dict[str, str] = {
     "E0208": "weights whose shape does not fit the sum's units",
     "E0209": "a `structure` combined with another structure or with explicit nodes",
     "E0210": "a root with more than one unit",
+    "E0211": "a block-diagonal sum whose blocks do not divide its units",
     "E0301": "a probability outside [0, 1]",
     "E0302": "a negative sum weight",
     "E0303": "weights or probabilities that do not add up to 1",

@@ -10,8 +10,11 @@ Layout (float64 numpy arrays, one row per unit):
 
 - categorical: ``probs`` (units, categories); bernoulli: ``p`` (units,);
   gaussian: ``mean``, ``std`` (units,); indicator: ``value`` (units,) int;
-- sums: ``weights[group]`` (units, child units), rows add up to 1, where the
-  group is the tie name or the sum's own name.
+- sums: ``weights[group]`` (units, child units // blocks), rows add up to 1, where
+  the group is the tie name or the sum's own name. A block-diagonal sum's row m belongs
+  to block b = m // (units / blocks) and its columns are block b's units of each child,
+  children in order (:func:`block_inputs`).
+- inputs are keyed the same way: a tied leaf reads its group's parameters.
 """
 
 from __future__ import annotations
@@ -31,10 +34,33 @@ class Parameters:
     def sum_weights(self, node: Node) -> np.ndarray:
         return self.weights[weight_group(node)]
 
+    def leaf(self, node: Node) -> dict[str, np.ndarray]:
+        return self.inputs[input_group(node)]
+
 
 def weight_group(node: Node) -> str:
     """The name under which a sum's weights are stored: its tie group, or itself."""
     return node.tie or node.name
+
+
+def input_group(node: Node) -> str:
+    """The name under which a leaf's parameters are stored: its tie group, or itself."""
+    return node.tie or node.name
+
+
+def weight_shape(graph: CircuitGraph, node: Node) -> tuple[int, int]:
+    """The stored shape of a sum's weights: (units, child units // blocks)."""
+    return node.num_units, graph.child_units(node) // node.blocks
+
+
+def block_inputs(graph: CircuitGraph, node: Node, block: int) -> list[tuple[str, int]]:
+    """The (child, unit) pairs behind the weight columns of one block of a sum, in order
+    (the whole row when the sum has one block)."""
+    out = []
+    for c in node.children:
+        run = graph.node(c).num_units // node.blocks
+        out += [(c, block * run + u) for u in range(run)]
+    return out
 
 
 def _perturbed(rng: np.random.Generator, shape: tuple[int, ...], perturbation: float) -> np.ndarray:
@@ -49,10 +75,11 @@ def initialise(graph: CircuitGraph, seed: int = 0, perturbation: float = 0.5) ->
     rng = np.random.default_rng(seed)
     params = Parameters()
     for node in graph.nodes():  # insertion order, so the draws are reproducible
-        if node.kind is NodeKind.INPUT:
-            params.inputs[node.name] = _input(graph, node, rng, perturbation)
+        if node.kind is NodeKind.INPUT and input_group(node) not in params.inputs:
+            owner = graph.node(node.tie) if node.tie is not None and node.tie in graph else node
+            params.inputs[input_group(node)] = _input(graph, owner, rng, perturbation)
         elif node.kind is NodeKind.SUM and weight_group(node) not in params.weights:
-            shape = (node.num_units, graph.child_units(node))
+            shape = weight_shape(graph, node)
             given = node.weights
             if given is None and node.tie is not None and node.tie in graph:
                 given = graph.node(node.tie).weights

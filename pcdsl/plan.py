@@ -11,7 +11,8 @@ contiguous. Layers run in order:
 - a product layer per fan-in: ``out[u] = sum_k buf[index[u, k]]``;
 - a sum layer per fold of same-shape sums (F nodes of M units over C child
   units): ``out[f, m] = log sum_c W[f, m, c] exp(buf[index[f, c]])``, one
-  batched matrix product.
+  batched matrix product. A block-diagonal sum of K blocks is K folds (one per
+  block), so its cost is that of the edges it has, not of a dense block.
 
 Nodes are layered by height (inputs 0, others 1 + the highest child), so
 everything a layer reads was written by an earlier layer.
@@ -25,7 +26,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from pcdsl.ir.graph import CircuitGraph, Node, NodeKind
-from pcdsl.params import Parameters, weight_group
+from pcdsl.params import Parameters, block_inputs, input_group, weight_group
 
 ONE, ZERO = 0, 1  # the constant slots: log 1 and log 0
 FIRST_SLOT = 2
@@ -40,6 +41,7 @@ class InputLayer:
     params: dict[str, np.ndarray]  # categorical: log_probs (U, K) padded with -inf; gaussian: mean, std
     families: tuple[str, ...] = ()  # each node's own family (bernoulli, indicator, ...)
     node_units: tuple[int, ...] = ()
+    groups: tuple[str, ...] = ()  # each node's parameter group (tied leaves share one)
 
     @property
     def stop(self) -> int:
@@ -62,8 +64,9 @@ class SumLayer:
     start: int  # output slots [start, start + F * M), node-major
     index: np.ndarray  # (F, C) input slots
     weights: np.ndarray  # (F, M, C)
-    nodes: tuple[str, ...]
-    groups: tuple[str, ...]  # weight group of each fold slot (tied sums share one)
+    nodes: tuple[str, ...]  # the node of each fold (a block-diagonal sum has one fold per block)
+    groups: tuple[str, ...]  # weight group of each fold (tied sums share one)
+    rows: tuple[int, ...] = ()  # first row of each fold in its group's weights (0 without blocks)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -152,7 +155,7 @@ def _bucket_key(graph: CircuitGraph, node: Node, height: int) -> tuple:
         return (0, "input", "gaussian" if node.family == "gaussian" else "categorical", node.num_units)
     if node.kind is NodeKind.PRODUCT:
         return (height, "product", len(node.children))
-    return (height, "sum", node.num_units, graph.child_units(node))
+    return (height, "sum", node.num_units // node.blocks, graph.child_units(node) // node.blocks)
 
 
 def _order(key: tuple) -> tuple:
@@ -167,10 +170,18 @@ def _layer(graph: CircuitGraph, params: Parameters, kind: str, nodes: list[Node]
     if kind == "product":
         rows = [row for n in nodes for row in _product_rows(graph, n, slots)]
         return ProductLayer(start, np.array(rows, dtype=np.int64), names)
-    index = np.array([[slots[c] + u for c in n.children for u in range(graph.node(c).num_units)]
-                      for n in nodes], dtype=np.int64)
-    groups = tuple(weight_group(n) for n in nodes)
-    return SumLayer(start, index, np.stack([params.weights[g] for g in groups]), names, groups)
+    folds = [(n, b) for n in nodes for b in range(n.blocks)]  # node-major, as the slots are
+    index = np.array([[slots[c] + u for c, u in block_inputs(graph, n, b)] for n, b in folds], dtype=np.int64)
+    rows = tuple(b * (n.num_units // n.blocks) for n, b in folds)
+    layer = SumLayer(start, index, np.empty((0, 0, 0)), tuple(n.name for n, _ in folds),
+                     tuple(weight_group(n) for n, _ in folds), rows)
+    return replace(layer, weights=fold_weights(layer, params, nodes[0].num_units // nodes[0].blocks))
+
+
+def fold_weights(layer: SumLayer, params: Parameters, units: int | None = None) -> np.ndarray:
+    """A sum layer's (F, M, C) weights, each fold's rows of its group's weights."""
+    m = layer.shape[1] if units is None else units
+    return np.stack([params.weights[g][r:r + m] for g, r in zip(layer.groups, layer.rows, strict=True)])
 
 
 def _product_rows(graph: CircuitGraph, node: Node, slots: dict[str, int]) -> list[list[int]]:
@@ -187,7 +198,8 @@ def _input_layer(graph: CircuitGraph, params: Parameters, nodes: list[Node], sta
     var = np.concatenate([np.full(n.num_units, n.var, dtype=np.int64) for n in nodes])
     family = "gaussian" if nodes[0].family == "gaussian" else "categorical"
     layer = InputLayer(family, start, var, tuple(n.name for n in nodes), {},
-                       tuple(str(n.family) for n in nodes), tuple(n.num_units for n in nodes))
+                       tuple(str(n.family) for n in nodes), tuple(n.num_units for n in nodes),
+                       tuple(input_group(n) for n in nodes))
     cards = tuple(v.domain.size for v in graph.variables)
     return replace(layer, params=input_block(layer, params, cards))
 
@@ -196,16 +208,16 @@ def input_block(layer: InputLayer, params: Parameters, cardinalities: tuple[int 
     """An input layer's parameters, laid out unit by unit: categorical ``log_probs`` (U, K)
     padded with log 0, or gaussian ``mean`` and ``std`` (U,)."""
     if layer.family == "gaussian":
-        return {k: np.concatenate([params.inputs[n][k] for n in layer.nodes]).astype(np.float64)
+        return {k: np.concatenate([params.inputs[g][k] for g in layer.groups]).astype(np.float64)
                 for k in ("mean", "std")}
     width = max(cardinalities[int(v)] or 0 for v in layer.var)
     rows = []
     offset = 0
-    for name, family, units in zip(layer.nodes, layer.families, layer.node_units, strict=True):
+    for group, family, units in zip(layer.groups, layer.families, layer.node_units, strict=True):
         size = cardinalities[int(layer.var[offset])]
         assert size is not None
         offset += units
-        probs = categorical_probs(family, params.inputs[name], size)
+        probs = categorical_probs(family, params.inputs[group], size)
         rows.append(np.pad(probs, ((0, 0), (0, width - size))))  # padded values have probability 0
     with np.errstate(divide="ignore"):
         return {"log_probs": np.log(np.concatenate(rows))}
@@ -227,7 +239,7 @@ def with_parameters(plan: LayeredPlan, params: Parameters) -> LayeredPlan:
         if isinstance(layer, InputLayer):
             layer = replace(layer, params=input_block(layer, params, plan.cardinalities))
         elif isinstance(layer, SumLayer):
-            layer = replace(layer, weights=np.stack([params.weights[g] for g in layer.groups]))
+            layer = replace(layer, weights=fold_weights(layer, params))
         layers.append(layer)
     return replace(plan, layers=tuple(layers))
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from pcdsl.ir.graph import CircuitGraph, Node, NodeKind
-from pcdsl.params import Parameters, weight_group
+from pcdsl.params import Parameters, block_inputs, input_group, weight_group
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -35,7 +35,7 @@ def _log(a: np.ndarray) -> np.ndarray:
 def input_values(graph: CircuitGraph, params: Parameters, node: Node, x: np.ndarray, mode: str) -> np.ndarray:
     """(batch, units) log-values of an input group."""
     assert node.var is not None
-    p = params.inputs[node.name]
+    p = params.leaf(node)
     column = x[:, node.var]
     missing = missing_mask(graph, x)[:, node.var]
     safe = np.where(missing, 0, column)
@@ -79,9 +79,19 @@ def product_children_units(graph: CircuitGraph, node: Node) -> list[list[tuple[s
     return out
 
 
-def sum_inputs(graph: CircuitGraph, node: Node) -> list[tuple[str, int]]:
-    """The (child, unit) pairs behind a sum's weight columns, in order."""
-    return [(c, u) for c in node.children for u in range(graph.node(c).num_units)]
+def sum_inputs(graph: CircuitGraph, node: Node, unit: int = 0) -> list[tuple[str, int]]:
+    """The (child, unit) pairs behind the weight columns of one unit of a sum, in order."""
+    return block_inputs(graph, node, unit // (node.num_units // node.blocks))
+
+
+def _block_rows(node: Node) -> list[slice]:
+    run = node.num_units // node.blocks
+    return [slice(b * run, (b + 1) * run) for b in range(node.blocks)]
+
+
+def _gather(values: dict[str, np.ndarray], pairs: list[tuple[str, int]]) -> np.ndarray:
+    """(B, len(pairs)) values of the given (node, unit) pairs."""
+    return np.stack([values[c][:, u] for c, u in pairs], axis=1)
 
 
 def forward(graph: CircuitGraph, params: Parameters, x: np.ndarray, mode: str = "sum") -> dict[str, np.ndarray]:
@@ -94,9 +104,12 @@ def forward(graph: CircuitGraph, params: Parameters, x: np.ndarray, mode: str = 
             rows = product_children_units(graph, node)
             values[node.name] = np.stack([sum(values[c][:, i] for c, i in row) for row in rows], axis=1)
         else:
-            inputs = np.concatenate([values[c] for c in node.children], axis=1)  # (B, C)
-            scores = _log(params.sum_weights(node))[None, :, :] + inputs[:, None, :]  # (B, M, C)
-            values[node.name] = scores.max(axis=2) if mode == "max" else logsumexp(scores, axis=2)
+            out = np.empty((x.shape[0], node.num_units))
+            for b, rows in enumerate(_block_rows(node)):
+                inputs = _gather(values, block_inputs(graph, node, b))  # (B, C)
+                scores = _log(params.sum_weights(node)[rows])[None, :, :] + inputs[:, None, :]  # (B, M, C)
+                out[:, rows] = scores.max(axis=2) if mode == "max" else logsumexp(scores, axis=2)
+            values[node.name] = out
     return values
 
 
@@ -136,7 +149,10 @@ def flows(graph: CircuitGraph, params: Parameters, x: np.ndarray) -> Flows:
                 for c, i in row:
                     f[c][:, i] += f[node.name][:, u]
         else:
-            out.inputs[node.name] = _input_stats(graph, params, node, x, f[node.name])
+            stats = _input_stats(graph, params, node, x, f[node.name])
+            slot = out.inputs.setdefault(input_group(node), {})  # tied leaves add their statistics
+            for key, value in stats.items():
+                slot[key] = slot.get(key, 0) + value
     out.node = f
     out.log_likelihood = float(values[graph.root.name][:, 0].sum())
     return out
@@ -144,23 +160,27 @@ def flows(graph: CircuitGraph, params: Parameters, x: np.ndarray) -> Flows:
 
 def _sum_flows(graph: CircuitGraph, params: Parameters, node: Node, values: dict[str, np.ndarray],
                f: dict[str, np.ndarray], out: Flows) -> None:
-    inputs = np.concatenate([values[c] for c in node.children], axis=1)  # (B, C)
-    parent = values[node.name]  # (B, M)
-    with np.errstate(invalid="ignore"):
-        share = np.exp(inputs[:, None, :] - parent[:, :, None])  # p(child) / p(sum)
-    share = np.where(np.isfinite(parent)[:, :, None], share, 0.0)
-    edge = f[node.name][:, :, None] * params.sum_weights(node)[None] * share  # (B, M, C)
     group = weight_group(node)
-    out.weights[group] = out.weights.get(group, 0) + edge.sum(axis=0)
-    child_flow = edge.sum(axis=1)  # (B, C)
-    for col, (c, i) in enumerate(sum_inputs(graph, node)):
-        f[c][:, i] += child_flow[:, col]
+    total = np.zeros_like(params.sum_weights(node))
+    for b, rows in enumerate(_block_rows(node)):
+        pairs = block_inputs(graph, node, b)
+        inputs = _gather(values, pairs)  # (B, C)
+        parent = values[node.name][:, rows]  # (B, M)
+        with np.errstate(invalid="ignore"):
+            share = np.exp(inputs[:, None, :] - parent[:, :, None])  # p(child) / p(sum)
+        share = np.where(np.isfinite(parent)[:, :, None], share, 0.0)
+        edge = f[node.name][:, rows, None] * params.sum_weights(node)[rows][None] * share  # (B, M, C)
+        total[rows] = edge.sum(axis=0)
+        child_flow = edge.sum(axis=1)  # (B, C)
+        for col, (c, i) in enumerate(pairs):
+            f[c][:, i] += child_flow[:, col]
+    out.weights[group] = out.weights.get(group, 0) + total
 
 
 def _input_stats(graph: CircuitGraph, params: Parameters, node: Node, x: np.ndarray,
                  flow: np.ndarray) -> dict[str, np.ndarray]:
     assert node.var is not None
-    p = params.inputs[node.name]
+    p = params.leaf(node)
     missing = missing_mask(graph, x)[:, node.var]
     column = np.where(missing, 0, x[:, node.var])
     if node.family in ("categorical", "bernoulli"):
@@ -190,13 +210,14 @@ def top_down(graph: CircuitGraph, params: Parameters, x: np.ndarray, mode: str,
             if node.kind is NodeKind.PRODUCT:
                 stack += product_children_units(graph, node)[unit]
             elif node.kind is NodeKind.SUM:
-                inputs = np.concatenate([values[c][b] for c in node.children])
+                pairs = sum_inputs(graph, node, unit)
+                inputs = np.array([values[c][b, u] for c, u in pairs])
                 scores = _log(params.sum_weights(node)[unit]) + inputs
-                stack.append(sum_inputs(graph, node)[_choose(scores, mode, rng)])
+                stack.append(pairs[_choose(scores, mode, rng)])
             else:
                 assert node.var is not None
                 if missing[b, node.var]:
-                    x[b, node.var] = _leaf_value(params.inputs[name], node.family, unit, mode, rng)
+                    x[b, node.var] = _leaf_value(params.leaf(node), node.family, unit, mode, rng)
     return x
 
 

@@ -128,7 +128,7 @@ class NumbaModel(PlanModel):
                 f, m, c = layer.shape
                 block = raw["weights"][w_at:w_at + f * m * c].reshape(f, m, c)
                 w_at += f * m * c
-                add_weight_flows(layer, block, result)
+                add_weight_flows(layer, block, result, self.weight_rows)
             elif isinstance(layer, InputLayer) and layer.family == "categorical":
                 units, width = layer.params["log_probs"].shape
                 counts = raw["counts"][lp_at:lp_at + units * width].reshape(units, width)

@@ -163,7 +163,7 @@ class TorchModel(PlanModel):
         for rule in reversed(self.rules):
             stats = rule.flows(buf, flow, batch)
             if isinstance(rule, SumRule):
-                add_weight_flows(rule.layer, stats["weights"], result)
+                add_weight_flows(rule.layer, stats["weights"], result, self.weight_rows)
             elif isinstance(rule, InputRule):
                 split_input_flows(rule.layer, stats, self.plan, result)
         return result

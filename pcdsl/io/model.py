@@ -6,9 +6,12 @@ Layout (format ``pcdsl-model``, version 1):
 
 - metadata ``pcdsl``: JSON ``{"format": "pcdsl-model", "version": 1, "circuit": NAME,
   "variables": [{"name", "domain", "size"}], "nodes": [{"name", "kind", "units",
-  "children", "family", "var", "pattern", "tie"}]}``; nodes children-first;
-- tensors ``input/<node>/<param>`` (probs, p, mean, std, value) and
-  ``weights/<group>`` (units x child units), float64 (value: int64).
+  "children", "family", "var", "pattern", "tie", "blocks"}]}``; nodes children-first; ``tie``
+  (sums and inputs) names the node whose parameters a node shares, ``blocks`` (sums, default 1)
+  makes a sum block-diagonal;
+- tensors ``input/<group>/<param>`` (probs, p, mean, std, value) and
+  ``weights/<group>`` (units x child units / blocks), float64 (value: int64); a group is the
+  node's own name, or the node it is tied to.
 
 Files are written atomically: a crash never leaves half a model behind.
 """
@@ -41,7 +44,9 @@ def _structure(graph: CircuitGraph) -> dict[str, Any]:
             entry.update(family=n.family, var=n.var)
         elif n.kind is NodeKind.PRODUCT:
             entry["pattern"] = n.pattern
-        elif n.tie:
+        elif n.blocks != 1:
+            entry["blocks"] = n.blocks
+        if n.tie:
             entry["tie"] = n.tie
         nodes.append(entry)
     variables = [{"name": v.name, "domain": v.domain.kind, "size": v.domain.size} for v in graph.variables]
@@ -88,11 +93,11 @@ def _graph(meta: dict[str, Any]) -> CircuitGraph:
     graph = CircuitGraph(meta["circuit"], variables)
     for n in meta["nodes"]:
         if n["kind"] == "input":
-            graph.add_input(n["name"], n["var"], n["family"], n["units"])
+            graph.add_input(n["name"], n["var"], n["family"], n["units"], tie=n.get("tie"))
         elif n["kind"] == "product":
             graph.add_product(n["name"], tuple(n["children"]), n["pattern"])
         else:
-            graph.add_sum(n["name"], tuple(n["children"]), n["units"], tie=n.get("tie"))
+            graph.add_sum(n["name"], tuple(n["children"]), n["units"], tie=n.get("tie"), blocks=n.get("blocks", 1))
     return graph
 
 

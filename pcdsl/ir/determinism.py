@@ -10,11 +10,12 @@ to sets that do not meet. "Not proved" never means "not deterministic".
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
 from pcdsl.ir.graph import CircuitGraph, Node, NodeKind
+from pcdsl.params import block_inputs
 
 Support = dict[int, frozenset[int]]  # variable -> values where the unit may be non-zero
 
@@ -32,11 +33,12 @@ def determinism(graph: CircuitGraph) -> tuple[bool, str]:
         elif node.kind is NodeKind.PRODUCT:
             supports[node.name] = _product_supports(node, supports)
         else:
-            inputs = [s for c in node.children for s in supports[c]]
-            witness = _sum_witness(node, inputs)
+            inputs = [[supports[c][u] for c, u in block_inputs(graph, node, b)] for b in range(node.blocks)]
+            run = node.num_units // node.blocks  # unit u reads the inputs of its block u // run
+            witness = _sum_witness(node, lambda u: inputs[u // run])  # noqa: B023 (used at once)
             if witness is not None:
                 return False, f"not proved: sum '{node.name}' {witness}"
-            supports[node.name] = [_join(_active(node, u, inputs)) for u in range(node.num_units)]
+            supports[node.name] = [_join(_active(node, u, inputs[u // run])) for u in range(node.num_units)]
     return True, "proved"
 
 
@@ -77,9 +79,9 @@ def _active(node: Node, unit: int, inputs: list[Support]) -> list[Support]:
     return [s for s, w in zip(inputs, node.weights[unit], strict=False) if w > 0]
 
 
-def _sum_witness(node: Node, inputs: list[Support]) -> str | None:
+def _sum_witness(node: Node, inputs: Callable[[int], list[Support]]) -> str | None:
     for unit in range(node.num_units):
-        active = _active(node, unit, inputs)
+        active = _active(node, unit, inputs(unit))
         for (i, a), (j, b) in itertools.combinations(enumerate(active), 2):
             if not any(v in b and not (a[v] & b[v]) for v in a):
                 where = f"unit {unit}: " if node.num_units > 1 else ""

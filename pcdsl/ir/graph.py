@@ -69,9 +69,14 @@ class Node:
     # PRODUCT
     pattern: str | None = None  # "hadamard" | "kronecker"
     # SUM
-    weights: np.ndarray | None = None  # (num_units, sum of child units); None: learned
-    tie: str | None = None  # parameter group shared by several sums
+    weights: np.ndarray | None = None  # (num_units, sum of child units // blocks); None: learned
+    # SUM and INPUT: a parameter group shared by several nodes (it names the node that owns it)
+    tie: str | None = None
     span: Span = field(default=NO_SPAN, repr=False)
+    # SUM: block-diagonal weights. Units and every child's units are cut into `blocks` equal
+    # runs; output run b mixes only input run b of each child (K cluster-conditioned circuits
+    # of one shape are one node group of K x h units with blocks = K, DESIGN.md §6)
+    blocks: int = 1
 
 
 class CircuitGraph:
@@ -85,9 +90,10 @@ class CircuitGraph:
 
     # ---- construction -------------------------------------------------------------
     def add_input(self, name: str, var: int, family: str, num_units: int,
-                  params: Mapping[str, np.ndarray] | None = None, span: Span = NO_SPAN) -> Node:
+                  params: Mapping[str, np.ndarray] | None = None, span: Span = NO_SPAN,
+                  tie: str | None = None) -> Node:
         node = Node(name, NodeKind.INPUT, num_units, (), 1 << var, family=family, var=var,
-                    params=params, span=span)
+                    params=params, tie=tie, span=span)
         return self._add(node)
 
     def add_product(self, name: str, children: tuple[str, ...], pattern: str = "hadamard",
@@ -100,9 +106,9 @@ class CircuitGraph:
 
     def add_sum(self, name: str, children: tuple[str, ...], num_units: int = 1,
                 weights: np.ndarray | None = None, tie: str | None = None,
-                span: Span = NO_SPAN) -> Node:
+                span: Span = NO_SPAN, blocks: int = 1) -> Node:
         node = Node(name, NodeKind.SUM, num_units, children, self._union(children),
-                    weights=weights, tie=tie, span=span)
+                    weights=weights, tie=tie, span=span, blocks=blocks)
         return self._add(node)
 
     def _union(self, children: tuple[str, ...]) -> int:
@@ -171,7 +177,7 @@ class CircuitGraph:
         total = 0
         for n in self.nodes():
             if n.kind is NodeKind.SUM:
-                total += n.num_units * self.child_units(n)
+                total += n.num_units * self.child_units(n) // n.blocks
             elif n.kind is NodeKind.PRODUCT:
                 total += n.num_units * len(n.children)
         return total
@@ -183,13 +189,13 @@ class CircuitGraph:
         """Stored parameters, counting each tied group once."""
         total, seen = 0, set()
         for n in self.nodes():
+            group = n.tie or n.name  # a tie names the node whose parameters it shares
+            if n.kind is NodeKind.PRODUCT or group in seen:
+                continue
+            seen.add(group)
             if n.kind is NodeKind.SUM:
-                group = n.tie or n.name  # a tie names the sum whose weights it shares
-                if group in seen:
-                    continue
-                seen.add(group)
-                total += n.num_units * self.child_units(n)
-            elif n.kind is NodeKind.INPUT:
+                total += n.num_units * self.child_units(n) // n.blocks
+            else:
                 assert n.var is not None
                 total += n.num_units * _input_param_count(n.family, self.variables[n.var].domain)
         return total

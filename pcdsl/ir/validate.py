@@ -15,6 +15,7 @@ from pcdsl.diagnostics import Diagnostic, Note, error, warning
 from pcdsl.ir.determinism import determinism
 from pcdsl.ir.graph import CircuitGraph, Node, NodeKind
 from pcdsl.ir.vtree import implied_vtree
+from pcdsl.params import weight_shape
 
 MAX_LISTED = 8
 
@@ -44,7 +45,10 @@ def validate(graph: CircuitGraph) -> list[Diagnostic]:
     for node in graph.nodes():
         if node.kind is NodeKind.SUM:
             out += _smooth(graph, node)
+            out += _blocks(graph, node)
             out += _tied(graph, node, ties)
+        elif node.kind is NodeKind.INPUT and node.tie is not None:
+            out += _tied_input(graph, node)
         elif node.kind is NodeKind.PRODUCT:
             out += _decomposable(graph, node)
             out += _hadamard_units(graph, node)
@@ -105,13 +109,38 @@ def _hadamard_units(graph: CircuitGraph, node: Node) -> list[Diagnostic]:
                   help="give the children equal units, or use `outer(...)` for all combinations")]
 
 
+def _blocks(graph: CircuitGraph, node: Node) -> list[Diagnostic]:
+    sizes = [node.num_units] + [graph.node(c).num_units for c in node.children]
+    if node.blocks >= 1 and all(s % node.blocks == 0 for s in sizes):
+        return []
+    notes = [Note(f"'{c}' has {graph.node(c).num_units} units", graph.node(c).span) for c in node.children]
+    return [error("E0211", f"sum '{node.name}' has {node.blocks} blocks, which do not divide its "
+                  f"{node.num_units} units and its children's units", node.span, *notes[:MAX_LISTED],
+                  help="a block-diagonal sum needs units and child units that are multiples of its blocks")]
+
+
+def _tied_input(graph: CircuitGraph, node: Node) -> list[Diagnostic]:
+    assert node.tie is not None and node.var is not None
+    owner = graph.node(node.tie) if node.tie in graph else None
+    if owner is not None and owner.kind is NodeKind.INPUT and owner.tie is None:
+        assert owner.var is not None
+        if (owner.family, owner.num_units) == (node.family, node.num_units) and \
+                graph.variables[owner.var].domain == graph.variables[node.var].domain:
+            return []
+    what = "no node" if owner is None else f"'{owner.name}', which is not an untied leaf of the same family, " \
+        "units and domain"
+    return [error("E0208", f"leaf '{node.name}' is tied to {what if owner is None else what}", node.span,
+                  *([Note(f"'{owner.name}' is declared here", owner.span)] if owner is not None else []),
+                  help="a tied leaf shares the parameters of a leaf with the same family, units and domain")]
+
+
 def _tied(graph: CircuitGraph, node: Node, ties: dict[str, Node]) -> list[Diagnostic]:
     first = ties.setdefault(node.tie or node.name, node)  # a tie names the sum it shares with
     if first is node:
         return []
-    shape = (node.num_units, graph.child_units(node))
-    expected = (first.num_units, graph.child_units(first))
-    if shape == expected:
+    shape = weight_shape(graph, node)
+    expected = weight_shape(graph, first)
+    if shape == expected and node.blocks == first.blocks:
         return []
     return [error("E0208", f"sum '{node.name}' is tied to '{node.tie}' but its weights have shape {shape}, "
                   f"not {expected}", node.span, Note(f"'{first.name}' is in the same group", first.span),
