@@ -103,15 +103,15 @@ def training_circuit(shape: PatchShape, levels: int, name: str = "patch") -> Cir
     return graph
 
 
-def compose(top: CircuitGraph, top_params: Parameters, patch: Parameters, shape: PatchShape,
+def compose(top: CircuitGraph, top_params: Parameters, patch: Sequence[Parameters], shape: PatchShape,
             variables: tuple[Variable, ...], positions: Sequence[Sequence[int]], shared: bool,
             name: str, span: Span = NO_SPAN) -> tuple[CircuitGraph, Parameters]:
     """The distilled circuit and its parameters.
 
     `top` is a circuit over the latents Z_1..Z_m (variable i = position i) whose leaves are
-    categorical over the K clusters; `patch` holds the parameters of the patch heads named as
-    in :func:`training_circuit` (prefix ``patch``) when `shared`, else one set per position
-    (prefix ``patch{i}``); `positions[i]` lists the pixel variables of patch i in patch order.
+    categorical over the K clusters; `patch` holds parameters of the patch heads as in
+    :func:`training_circuit`: one set when `shared`, else one per position; `positions[i]`
+    lists the pixel variables of patch i in patch order.
     """
     graph = CircuitGraph(name, variables, span)
     params = Parameters()
@@ -121,8 +121,7 @@ def compose(top: CircuitGraph, top_params: Parameters, patch: Parameters, shape:
         owner = "pos0" if shared and i > 0 else None
         heads.append(add_patch_heads(graph, pixels, shape, prefix, owner, span))
         if owner is None:
-            source = "patch" if shared else f"patch{i}"
-            _copy_patch_params(graph, prefix, source, patch, params)
+            _copy_patch_params(graph, prefix, patch[0 if shared else i], params)
     renamed: dict[str, str] = {}
     for node in top.nodes():
         new = f"top/{node.name}"
@@ -140,15 +139,15 @@ def compose(top: CircuitGraph, top_params: Parameters, patch: Parameters, shape:
     return graph, params
 
 
-def _copy_patch_params(graph: CircuitGraph, prefix: str, source: str, patch: Parameters, out: Parameters) -> None:
+def _copy_patch_params(graph: CircuitGraph, prefix: str, patch: Parameters, out: Parameters) -> None:
     for node in graph.nodes():
         if not node.name.startswith(prefix + "/"):
             continue
         local = node.name[len(prefix) + 1:]
         if node.kind is NodeKind.INPUT:
-            out.inputs[input_group(node)] = {k: np.array(v) for k, v in patch.inputs[f"{source}/{local}"].items()}
+            out.inputs[input_group(node)] = {k: np.array(v) for k, v in patch.inputs[f"patch/{local}"].items()}
         elif node.kind is NodeKind.SUM:
-            out.weights[weight_group(node)] = np.array(patch.weights[f"{source}/{local}"])
+            out.weights[weight_group(node)] = np.array(patch.weights[f"patch/{local}"])
 
 
 def top_parameter_groups(graph: CircuitGraph) -> set[str]:

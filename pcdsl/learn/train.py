@@ -16,6 +16,7 @@ from pcdsl.learn.em import add_flows, batches, em_update, full_batch_flows
 from pcdsl.learn.regularise import entropy_weights, reach, softened, unsoften
 from pcdsl.learn.sgd import Optimizer
 from pcdsl.params import Parameters
+from pcdsl.reference import Flows
 
 MIN_IMPROVEMENT = 1e-4  # nats per sample; smaller gains count as no progress for early stopping
 
@@ -75,6 +76,7 @@ class Trainer:
         self.history: list[Epoch] = []
         self.best: tuple[float, Parameters] | None = None
         self.optimizer: Optimizer | None = None
+        self.learn: set[str] | None = None  # parameter groups to learn (None: all); others stay as they are
 
     def run(self, stages: list[Stage], start_epoch: int = 0) -> Parameters:
         """Train every stage; return the best parameters (by valid score, else the last)."""
@@ -138,6 +140,9 @@ class Trainer:
             self.model.set_parameters(softened(self.params, stage.soften))
 
     def _update(self, flows: Any, step: float, stage: Stage, samples: int) -> None:
+        if self.learn is not None:  # groups without flows are kept by em_update
+            flows = Flows({g: f for g, f in flows.weights.items() if g in self.learn},
+                          {g: s for g, s in flows.inputs.items() if g in self.learn}, {}, flows.log_likelihood)
         if stage.soften > 0:
             flows = unsoften(flows, self.params, stage.soften)
         weights = None
