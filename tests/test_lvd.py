@@ -34,8 +34,8 @@ def _toy(seed: int) -> tuple[np.ndarray, np.ndarray]:
 def _fitted(seed: int, shared: bool = True):  # type: ignore[no-untyped-def]
     images, z = _toy(seed)
     patches = images.reshape(-1, M, D)
-    shape = patch_shape(patches.reshape(-1, D), LEVELS, hidden=2, clusters=K)
-    _, patch = fit_patches(shape, LEVELS, patch_rows(patches, z), None, 0.1, QUICK)
+    shape = patch_shape(patches.reshape(-1, D), [LEVELS] * D, hidden=2, clusters=K)
+    _, patch = fit_patches(shape, [LEVELS] * D, patch_rows(patches, z), None, 0.1, QUICK)
     top = latent_circuit(M, K, z, hidden=2)
     top_params = fit_latents(top, z, None, QUICK)
     variables = tuple(Variable(f"x[{i}]", i, Domain("categorical", LEVELS)) for i in range(M * D))
@@ -59,8 +59,8 @@ def test_counting_init_is_the_smoothed_counts() -> None:
     images, z = _toy(1)
     patches = images.reshape(-1, M, D).reshape(-1, D)
     shape = PatchShape(D, ((0, 1),), 3, K)
-    graph = training_circuit(shape, LEVELS)
-    params = counting_init(graph, shape, patches, z.reshape(-1), LEVELS, pseudocount=0.5, perturbation=0.0)
+    graph = training_circuit(shape, [LEVELS] * D)
+    params = counting_init(graph, shape, patches, z.reshape(-1), [LEVELS] * D, pseudocount=0.5, perturbation=0.0)
     counts = cluster_counts(patches, z.reshape(-1), K, LEVELS)
     for j in range(D):
         table = params.inputs[f"patch/j{j}.in"]["probs"]  # (K * hidden, levels)
@@ -74,7 +74,7 @@ def test_distilled_circuit_is_the_composition(shared: bool) -> None:
     """p(x) = sum_z p_top(z) prod_i p_{z_i}(x_i), by enumeration of every image and latent state."""
     images, z, shape, patch, top, top_params, graph, params = _fitted(2, shared)
     assert validate(graph) == []
-    train_graph = training_circuit(shape, LEVELS)
+    train_graph = training_circuit(shape, [LEVELS] * D)
     expected = np.zeros(len(WORLDS))
     for states in itertools.product(range(K), repeat=M):
         p_top = np.exp(reference.log_prob(top, top_params, np.array([states], dtype=np.float64)))[0]
@@ -96,7 +96,7 @@ def test_soft_evidence_flows_are_posterior_weighted_latent_flows() -> None:
     images, z, shape, patch, top, top_params, graph, params = _fitted(3)
     x = WORLDS[[1, 6, 9, 14]]
     flows = reference.flows(graph, params, x)
-    train_graph = training_circuit(shape, LEVELS)
+    train_graph = training_circuit(shape, [LEVELS] * D)
     expected: dict[str, np.ndarray] = {}
     for n, image in enumerate(x):
         joint = {}

@@ -87,12 +87,11 @@ def add_patch_heads(graph: CircuitGraph, pixels: Sequence[int], shape: PatchShap
     return block_sum(HEADS, latent[order[0]], k)
 
 
-def training_circuit(shape: PatchShape, levels: int, name: str = "patch") -> CircuitGraph:
-    """The patch heads over D pixel variables plus an observed cluster variable Z (the last
-    column): root = sum_k w_k [Z = k] p_k(x). With z observed, EM on it trains each head only
-    on the patches of its cluster."""
-    pixel = Domain("categorical", levels)
-    variables = (*(Variable(f"x[{j}]", j, pixel) for j in range(shape.dims)),
+def training_circuit(shape: PatchShape, levels: Sequence[int], name: str = "patch") -> CircuitGraph:
+    """The patch heads over D pixel variables (``levels[j]`` values each) plus an observed
+    cluster variable Z (the last column): root = sum_k w_k [Z = k] p_k(x). With z observed,
+    EM on it trains each head only on the patches of its cluster."""
+    variables = (*(Variable(f"x[{j}]", j, Domain("categorical", int(levels[j]))) for j in range(shape.dims)),
                  Variable("z", shape.dims, Domain("categorical", shape.clusters)))
     graph = CircuitGraph(name, variables)
     heads = add_patch_heads(graph, range(shape.dims), shape, "patch")

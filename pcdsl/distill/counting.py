@@ -3,7 +3,7 @@
 For the patch heads, pixel j of cluster k's circuit starts from the histogram of pixel j over
 the patches assigned to k, smoothed by a pseudocount a:
 
-    theta_k,j(v) = (N_k,j(v) + a / L) / (N_k + a)          (L levels)
+    theta_k,j(v) = (N_k,j(v) + a / L_j) / (N_k + a)          (L_j levels of pixel j)
 
 Each of the cluster's h hidden units then gets this table times multiplicative noise
 ``1 - p + 2p U(0, 1)`` (renormalised): identical units would stay identical under EM forever.
@@ -11,6 +11,8 @@ With p = 0 the leaves are exactly the smoothed counts.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -20,7 +22,8 @@ from pcdsl.params import Parameters, initialise, input_group
 
 
 def cluster_counts(patches: np.ndarray, z: np.ndarray, clusters: int, levels: int) -> np.ndarray:
-    """(clusters, D, levels) counts: how often pixel j of a patch assigned to k takes value v."""
+    """(clusters, D, levels) counts: how often pixel j of a patch assigned to k takes value v
+    (`levels`: the most values of any pixel)."""
     patches = np.asarray(patches, dtype=np.int64)
     n, d = patches.shape
     flat = (np.asarray(z, dtype=np.int64)[:, None] * d + np.arange(d)[None, :]) * levels + patches
@@ -28,19 +31,21 @@ def cluster_counts(patches: np.ndarray, z: np.ndarray, clusters: int, levels: in
         np.float64)
 
 
-def counting_init(graph: CircuitGraph, shape: PatchShape, patches: np.ndarray, z: np.ndarray, levels: int,
-                  pseudocount: float, seed: int = 0, perturbation: float = 0.5) -> Parameters:
+def counting_init(graph: CircuitGraph, shape: PatchShape, patches: np.ndarray, z: np.ndarray,
+                  levels: Sequence[int], pseudocount: float, seed: int = 0, perturbation: float = 0.5) -> Parameters:
     """Parameters of a training circuit (:func:`pcdsl.distill.compose.training_circuit`): leaves
     from smoothed per-cluster counts (perturbed per hidden unit), sums from :func:`initialise`."""
     params = initialise(graph, seed)
-    counts = cluster_counts(patches, z, shape.clusters, levels)
-    probs = (counts + pseudocount / levels) / (counts.sum(axis=2, keepdims=True) + pseudocount)
+    counts = cluster_counts(patches, z, shape.clusters, max(levels))
     rng = np.random.default_rng(seed + 1)
     for node in graph.nodes():
         if node.kind is not NodeKind.INPUT or node.family != "categorical":
             continue
         assert node.var is not None
-        table = np.repeat(probs[:, node.var, :], node.num_units // shape.clusters, axis=0)
+        size = int(levels[node.var])
+        c = counts[:, node.var, :size]
+        probs = (c + pseudocount / size) / (c.sum(axis=1, keepdims=True) + pseudocount)
+        table = np.repeat(probs, node.num_units // shape.clusters, axis=0)
         noise = 1.0 - perturbation + 2.0 * perturbation * rng.random(table.shape)
         table = table * noise
         params.inputs[input_group(node)] = {"probs": table / table.sum(axis=1, keepdims=True)}

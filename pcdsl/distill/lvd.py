@@ -15,7 +15,7 @@ the sum over all latent states that the distilled circuit computes).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,7 +53,7 @@ def patch_rows(patches: np.ndarray, z: np.ndarray) -> np.ndarray:
     return np.concatenate([patches.reshape(n * p, d), z.reshape(n * p, 1)], axis=1).astype(np.float64)
 
 
-def patch_shape(patches: np.ndarray, levels: int, hidden: int, clusters: int, factorized: bool = False,
+def patch_shape(patches: np.ndarray, levels: Sequence[int], hidden: int, clusters: int, factorized: bool = False,
                 sample: int = 20_000, seed: int = 0) -> PatchShape:
     """The patch circuits' shape: a Chow-Liu tree over pixel positions, learned from a seeded
     subsample of the (pooled) patches (n, D)."""
@@ -62,11 +62,11 @@ def patch_shape(patches: np.ndarray, levels: int, hidden: int, clusters: int, fa
         return PatchShape(d, (), hidden, clusters, factorized=True)
     rng = np.random.default_rng(seed)
     rows = patches if len(patches) <= sample else patches[rng.choice(len(patches), sample, replace=False)]
-    edges = chow_liu_edges(np.asarray(rows, dtype=np.int64), np.full(d, levels))
+    edges = chow_liu_edges(np.asarray(rows, dtype=np.int64), np.asarray(levels, dtype=np.int64))
     return PatchShape(d, tuple((int(i), int(j)) for i, j in edges), hidden, clusters)
 
 
-def fit_patches(shape: PatchShape, levels: int, train: np.ndarray, valid: np.ndarray | None, pseudocount: float,
+def fit_patches(shape: PatchShape, levels: Sequence[int], train: np.ndarray, valid: np.ndarray | None, pseudocount: float,
                 fit: Fit, start: Parameters | None = None, start_epoch: int = 0,
                 on_epoch: OnEpoch | None = None) -> tuple[CircuitGraph, Parameters]:
     """Counting initialisation (unless resuming from `start`) and cluster-conditioned EM of the
