@@ -53,5 +53,6 @@ CODES: dict[str, str] = {
     "E0602": "a recipe entry given twice",
     "E0603": "a required recipe entry that is missing",
     "E0604": "a recipe entry written in the wrong form",
+    "E0605": "a distillation recipe that cannot run on its data (patch grid, clusters, splits)",
     "W0202": "declared variables that the circuit does not use",
 }

@@ -73,9 +73,13 @@ def check_program(program: Program) -> Checked:
             result.properties[name] = analyse(graph, found)
     for name, recipe in program.recipes.items():
         try:
-            result.recipes[name] = check_recipe(recipe, vals, set(program.circuits), set(sources))
+            spec = result.recipes[name] = check_recipe(recipe, vals, set(program.circuits), set(sources))
         except Bad:
-            pass
+            continue
+        from pcdsl.distill.recipe import check_distillation, is_distillation
+
+        if is_distillation(spec):
+            check_distillation(spec, vals, sources)
     sink.raise_if_errors()
     result.warnings = sorted_diagnostics(sink.items)
     return result

@@ -8,7 +8,8 @@ The run directory holds everything a run produces, each file written atomically:
 - ``model.safetensors``: the best parameters (by validation score), a native model file;
 - ``report.json``: the report's figures; ``circuit.svg``: a picture of the model.
 
-Recipes with a teacher, patches or latents (distillation) are checked but not run yet.
+Recipes with a teacher, patches or latents run the distillation pipeline instead
+(:mod:`pcdsl.distill.pipeline`, which documents its run directory).
 """
 
 from __future__ import annotations
@@ -124,8 +125,13 @@ def run_recipe(checked: Checked, name: str, out_dir: Path, *, backend: str = "to
     from pcdsl.io.model import load_model, save_model
 
     spec = checked.recipes[name]
-    if any(k in spec.entries for k in ("teacher", "latents", "patches")):
-        raise RunError("distillation recipes (teacher, patches, latents) are checked but cannot run yet")
+    from pcdsl.distill.recipe import is_distillation, read_distillation
+
+    if is_distillation(spec):
+        from pcdsl.distill.pipeline import run_distillation
+
+        return run_distillation(read_distillation(spec, checked.data), out_dir, backend=backend, device=device,
+                                dtype=dtype, seed=seed, progress=progress, log=log)
     splits = load_splits(checked, spec)
     plan = stages(spec)
     graph = build_model(checked, spec, splits.train)

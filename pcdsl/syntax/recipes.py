@@ -23,6 +23,7 @@ from pcdsl.syntax.signatures import (
     read_float,
     read_int,
     read_prob,
+    read_str,
     read_symbol,
 )
 from pcdsl.syntax.sources import SOURCES, SPLITS
@@ -63,6 +64,8 @@ TABLES: dict[str, dict[str, Signature]] = {
         "mae": _sig("mae", _kw("mask", read_prob(), 0.75), _kw("dim", read_int(1), 64),
                     _kw("epochs", read_int(1), 3), _kw("seed", read_int(0), 0)),
         "pixels": _sig("pixels", doc="no teacher: cluster raw patch pixels"),
+        "module": _sig("module", Param("factory", read_str()), _kw("weights", read_str(), None),
+                       doc="a user's torch encoder `pkg.mod:factory` (docs/distillation.md)"),
     },
     "latents": {
         "kmeans": _sig("kmeans", Param("features", None), _kw("clusters", read_int(2), 64),
@@ -80,6 +83,13 @@ TABLES: dict[str, dict[str, Signature]] = {
         "em": _sig("em", _kw("epochs", read_int(1), 10), _kw("step", read_rate(), (0.1,)),
                    _kw("batch", read_int(1), 512), _kw("pseudocount", read_float(0.0), 0.1),
                    _kw("patience", read_int(1), None), *_REGULARISERS),
+        **{name: _sig(name, _kw("epochs", read_int(1), epochs), _kw("step", read_rate(), step),
+                      _kw("batch", read_int(1), batch), _kw("pseudocount", read_float(0.0), 0.1),
+                      _kw("patience", read_int(1), None), doc=doc)
+           for name, epochs, step, batch, doc in (
+               ("patch_em", 3, (0.3, 0.05), 4096, "cluster-conditioned EM of the patch circuits (distillation)"),
+               ("latent_em", 10, (0.5, 0.05), 512, "EM of the top level on the hard assignments (distillation)"),
+               ("top_em", 2, (0.3, 0.05), 512, "EM of the top level on soft evidence (distillation)"))},
         "full_em": _sig("full_em", _kw("epochs", read_int(1), 10), _kw("pseudocount", read_float(0.0), 0.1),
                         _kw("patience", read_int(1), None), *_REGULARISERS),
         "sgd": _sig("sgd", _kw("epochs", read_int(1), 10), _kw("lr", read_rate(), (1e-2,)),

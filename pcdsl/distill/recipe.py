@@ -1,0 +1,165 @@
+"""A checked distillation recipe, read into plain values, and the checks that need its data.
+
+A recipe is a distillation when it has ``patches``, ``teacher`` or ``latents``. Its ``train``
+block may hold, in any order:
+
+- ``counting(pseudocount)``: LVD's counting initialisation of the patch circuits;
+- ``patch_em(...)``: cluster-conditioned EM of the patch circuits (default
+  ``epochs = 3, batch = 4096, step = 0.3 -> 0.05``);
+- ``latent_em(...)``: EM of the top-level HCLT on the hard assignments (default
+  ``epochs = 10, batch = 512, step = 0.5 -> 0.05``);
+- ``top_em(...)``: EM of the top level on exact soft evidence from the frozen patch circuits
+  (default ``epochs = 2, batch = 512, step = 0.3 -> 0.05``);
+- ``em(...)`` / ``full_em(...)``: EM of every parameter on log p(x) (none by default).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from pcdsl.learn.train import Stage
+from pcdsl.syntax.recipes import RecipeSpec
+from pcdsl.syntax.sources import DataSource
+from pcdsl.syntax.values import Values
+
+DISTILLATION_KEYS = ("patches", "teacher", "latents")
+DEFAULTS = {
+    "patch_em": Stage("em", 3, 4096, (0.3, 0.05), 0.1),
+    "latent_em": Stage("em", 10, 512, (0.5, 0.05), 0.1),
+    "top_em": Stage("em", 2, 512, (0.3, 0.05), 0.1),
+}
+
+
+def is_distillation(spec: RecipeSpec) -> bool:
+    return any(k in spec.entries for k in DISTILLATION_KEYS)
+
+
+@dataclass(frozen=True)
+class Distillation:
+    name: str
+    source: DataSource
+    patch: tuple[int, int]
+    transform: str
+    teacher: tuple[str, dict[str, Any]]
+    kmeans: dict[str, Any]
+    grow: dict[str, Any] | None
+    model: dict[str, Any]  # hidden, trees, pseudocount of the top-level HCLT
+    patch_pc: dict[str, Any]  # kind, hidden (units per cluster), shared
+    counting: float
+    patch_em: tuple[Stage, ...]
+    latent_em: tuple[Stage, ...]
+    top_em: tuple[Stage, ...]
+    em: tuple[Stage, ...]
+    bpd_splits: tuple[str, ...]
+    samples: tuple[int, int] | None  # count, seed
+    inpaint: tuple[str, str, int] | None  # split, mask, count
+
+    @property
+    def data_key(self) -> str:
+        return repr((self.source.kind, sorted((k, str(v)) for k, v in self.source.args.items())))
+
+
+def data_source(spec: RecipeSpec, sources: dict[str, DataSource]) -> DataSource:
+    bound = spec.entries["data"][0]
+    if "ref" in bound.values:
+        return sources[bound.values["ref"]]
+    call = bound.call
+    return DataSource(call.func.text, dict(bound.values), os.path.dirname(call.span.file), call.span)
+
+
+def _stage(kind: str, v: Any) -> Stage:
+    if kind == "full_em":
+        return Stage("full_em", v["epochs"], 1024, (1.0,), v["pseudocount"], v["patience"])
+    return Stage("em", v["epochs"], v["batch"], v["step"], v["pseudocount"], v["patience"])
+
+
+def read_distillation(spec: RecipeSpec, sources: dict[str, DataSource]) -> Distillation:
+    """The recipe's values, with the documented defaults for what it leaves out."""
+    first = {k: calls[0] for k, calls in spec.entries.items() if calls and k != "train" and k != "report"}
+    patch = first["patches"].values if "patches" in first else {"height": 4, "width": 4}
+    teacher = first.get("teacher")
+    teacher_kind = teacher.call.func.text if teacher is not None else "pixels"
+    teacher_options = {k: v for k, v in (teacher.values if teacher else {}).items() if v is not None}
+    latents = spec.entries.get("latents", [])
+    kmeans = dict(latents[0].values) if latents else {"clusters": 64, "iterations": 50, "seed": 0}
+    kmeans.pop("features", None)
+    grow = dict(latents[1].values) if len(latents) > 1 else None
+    model = dict(first["model"].values)
+    model.pop("over", None)
+    option = spec.options.get("patch_pc")
+    patch_pc = {"kind": option.call.func.text if option else "hclt", "shared": True, "hidden": 8}
+    if option is not None:
+        patch_pc.update(option.values)
+        if "units" in patch_pc:
+            patch_pc["hidden"] = patch_pc.pop("units")
+    steps: dict[str, list[Stage]] = {"patch_em": [], "latent_em": [], "top_em": [], "em": []}
+    counting = 0.1
+    for bound in spec.entries["train"]:
+        kind = bound.call.func.text
+        if kind == "counting":
+            counting = bound.values["pseudocount"]
+        elif kind in steps:
+            steps[kind].append(_stage(kind, bound.values))
+        elif kind == "full_em":
+            steps["em"].append(_stage(kind, bound.values))
+    stages = {k: tuple(v) or ((DEFAULTS[k],) if k in DEFAULTS else ()) for k, v in steps.items()}
+    bpd_splits, samples, inpaint = [], None, None
+    for bound in spec.entries.get("report", []):
+        kind, v = bound.call.func.text, bound.values
+        if kind in ("bpd", "loglik"):
+            bpd_splits.append(v["split"])
+        elif kind == "samples":
+            samples = (v["count"], v["seed"])
+        elif kind == "inpaint":
+            inpaint = (v["split"], v["mask"], v["count"])
+    transform = first["transform"].call.func.text if "transform" in first else "identity"
+    return Distillation(spec.name, data_source(spec, sources), (patch["height"], patch["width"]), transform,
+                        (teacher_kind, teacher_options), kmeans, grow, model, patch_pc, counting,
+                        stages["patch_em"], stages["latent_em"], stages["top_em"], stages["em"],
+                        tuple(dict.fromkeys(bpd_splits)), samples, inpaint)
+
+
+def check_distillation(spec: RecipeSpec, vals: Values, sources: dict[str, DataSource]) -> None:
+    """Diagnostics a distillation recipe can get before it runs: a data source that cannot be
+    read, a patch grid that does not tile its images, more clusters than patches, a report on a
+    split the data does not have. Each is located at the recipe entry that causes it."""
+    from pcdsl.data import DataError
+    from pcdsl.distill.images import IMAGE_SOURCES, PatchError, PatchGrid, image_source_problem, peek_images
+
+    source = data_source(spec, sources)
+    data_span = spec.entries["data"][0].call.span
+    if source.kind not in IMAGE_SOURCES:
+        vals.fail("E0605", f"a distillation recipe needs images, but '{source.kind}' is not an image source",
+                  data_span, help=f"use one of {', '.join(IMAGE_SOURCES)}")
+        return
+    problem = image_source_problem(source)
+    if problem is not None:
+        vals.fail("E0501", problem, data_span, help="check the path, or install the data (docs/data.md)")
+        return
+    info = peek_images(source.kind, source.args, source.base_dir, "train")
+    if "patches" in spec.entries:
+        patches = spec.entries["patches"][0]
+        try:
+            grid = PatchGrid(info.shape, (patches.values["height"], patches.values["width"]))
+        except PatchError as exc:
+            vals.fail("E0605", str(exc), patches.call.span, help="choose a patch size that divides the image")
+            return
+        latents = spec.entries.get("latents", [])
+        if latents:
+            clusters = latents[0].values["clusters"]
+            wanted = latents[-1].values.get("to", clusters) if len(latents) > 1 else clusters
+            available = info.count * grid.count
+            if max(clusters, wanted) > available:
+                vals.fail("E0605", f"{max(clusters, wanted)} clusters but only {available} patches "
+                          f"({info.count} training images x {grid.count} patches)", latents[0].call.span,
+                          help="ask for fewer clusters than there are patches")
+    for bound in spec.entries.get("report", []):
+        split = bound.values.get("split")
+        if split in ("valid", "test"):
+            try:
+                peek_images(source.kind, source.args, source.base_dir, split)
+            except DataError as exc:
+                vals.fail("E0605", f"the report needs the {split} split: {exc}", bound.call.span,
+                          help="give the source `valid = N`, or report on another split")
