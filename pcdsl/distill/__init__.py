@@ -1,1 +1,2 @@
-"""Latent variable distillation: from a deep teacher to a probabilistic circuit (DESIGN.md §6)."""
+"""Latent variable distillation: image data, patches and colour, teachers, latents, counting,
+growing and the pipeline that composes them into one circuit (DESIGN.md section 6)."""
