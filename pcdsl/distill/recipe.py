@@ -5,7 +5,8 @@ block may hold, in any order:
 
 - ``counting(pseudocount)``: LVD's counting initialisation of the patch circuits;
 - ``patch_em(...)``: cluster-conditioned EM of the patch circuits (default
-  ``epochs = 3, batch = 4096, step = 0.3 -> 0.05``);
+  ``epochs = 3, batch = 4096, step = 0.3 -> 0.05``); ``rows = N`` draws N patches afresh for
+  each epoch (every stage below takes it too: images for the circuit over pixels);
 - ``latent_em(...)``: EM of the top-level HCLT on the hard assignments (default
   ``epochs = 10, batch = 512, step = 0.5 -> 0.05``);
 - ``top_em(...)``: EM of the top level on exact soft evidence from the frozen patch circuits
@@ -72,7 +73,7 @@ def data_source(spec: RecipeSpec, sources: dict[str, DataSource]) -> DataSource:
 def _stage(kind: str, v: Any) -> Stage:
     if kind == "full_em":
         return Stage("full_em", v["epochs"], 1024, (1.0,), v["pseudocount"], v["patience"])
-    return Stage("em", v["epochs"], v["batch"], v["step"], v["pseudocount"], v["patience"])
+    return Stage("em", v["epochs"], v["batch"], v["step"], v["pseudocount"], v["patience"], rows=v.get("rows"))
 
 
 def read_distillation(spec: RecipeSpec, sources: dict[str, DataSource]) -> Distillation:

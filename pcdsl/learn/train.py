@@ -35,6 +35,10 @@ class Stage:
     optimizer: str = "adam"  # for "sgd" stages: "adam" | "sgd"
     soften: float = 0.0  # EM stages: data softening beta (pcdsl.learn.regularise)
     entropy: float = 0.0  # EM stages: entropy regularisation tau (pcdsl.learn.regularise)
+    rows: int | None = None  # mini-batch stages: rows drawn afresh (seeded) for each epoch; None: all
+
+    def epoch_rows(self, available: int) -> int:
+        return available if self.rows is None else min(self.rows, available)
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,7 @@ class Trainer:
         return final
 
     def _stage(self, index: int, stage: Stage, first_epoch: int) -> None:
-        per_epoch = math.ceil(len(self.train) / stage.batch_size) if stage.kind != "full_em" else 1
+        per_epoch = math.ceil(stage.epoch_rows(len(self.train)) / stage.batch_size) if stage.kind != "full_em" else 1
         self.optimizer = Optimizer(self.params, stage.optimizer) if stage.kind == "sgd" else None
         stale = 0
         for epoch in range(first_epoch, stage.epochs):
@@ -114,7 +118,9 @@ class Trainer:
             self._update(flows, 1.0, stage, len(self.train))
             return 1.0, flows.log_likelihood / len(self.train)
         ll, step = 0.0, stage.step[0]
-        rows_iter = batches(len(self.train), stage.batch_size, self.rng)
+        chosen = stage.epoch_rows(len(self.train))
+        rows_iter = batches(len(self.train), stage.batch_size, self.rng) if chosen == len(self.train) else \
+            iter(np.array_split(self.rng.choice(len(self.train), chosen, replace=False), per_epoch))
         if self.progress:
             from tqdm import tqdm
 
@@ -132,7 +138,7 @@ class Trainer:
             ll += flows.log_likelihood
             if self.progress:
                 rows_iter.set_postfix(ll=f"{flows.log_likelihood / len(rows):.3f}")  # type: ignore[attr-defined]
-        return step, ll / len(self.train)
+        return step, ll / chosen
 
     def _evidence(self, stage: Stage) -> None:
         """With softening, flows come from the softened leaves (valid is scored on the plain ones)."""

@@ -85,7 +85,7 @@ TABLES: dict[str, dict[str, Signature]] = {
                    _kw("patience", read_int(1), None), *_REGULARISERS),
         **{name: _sig(name, _kw("epochs", read_int(1), epochs), _kw("step", read_rate(), step),
                       _kw("batch", read_int(1), batch), _kw("pseudocount", read_float(0.0), 0.1),
-                      _kw("patience", read_int(1), None), doc=doc)
+                      _kw("patience", read_int(1), None), _kw("rows", read_int(1), None), doc=doc)
            for name, epochs, step, batch, doc in (
                ("patch_em", 3, (0.3, 0.05), 4096, "cluster-conditioned EM of the patch circuits (distillation)"),
                ("latent_em", 10, (0.5, 0.05), 512, "EM of the top level on the hard assignments (distillation)"),
