@@ -80,16 +80,21 @@ def _parser() -> argparse.ArgumentParser:
 
     eval_ = sub.add_parser("eval", help="average log-likelihood and bits per dimension of a dataset",
                            description="Evaluate a circuit on data (.data/.csv/.txt/.npy/.npz; -1, '?' or an "
-                           "empty field marks a missing value, which is marginalised).")
+                           "empty field marks a missing value, which is marginalised) or on image files (IDX, "
+                           "CIFAR-10 .bin, ImageNet .npz, .npy (N, H, W[, C])), one row per image.")
     runnable(eval_)
     eval_.add_argument("--data", required=True, metavar="PATH")
     eval_.add_argument("--batch", type=int, default=1024, help="rows per batch (default: 1024)")
 
     sample = sub.add_parser("sample", help="draw samples from a circuit",
-                            description="Draw samples; print them as CSV or write them (-o x.csv or x.npy).")
+                            description="Draw samples; print them as CSV or write them (-o x.csv, x.npy, or "
+                            "x.png: a picture grid, for circuits over an image array such as x[28, 28]).")
     runnable(sample)
     sample.add_argument("-n", type=int, default=10, help="how many (default: 10)")
-    sample.add_argument("-o", "--output", metavar="OUT", help="write to a .csv or .npy file")
+    sample.add_argument("-o", "--output", metavar="OUT", help="write to a .csv, .npy or .png file")
+    sample.add_argument("--scale", type=int, default=1, help="PNG: enlarge each pixel this many times")
+    sample.add_argument("--colour", default="identity", choices=("identity", "ycocg_r", "ycbcr"),
+                        help="PNG: the colour space the model's values are in (default: identity)")
 
     train = sub.add_parser("train", help="fit the circuit's parameters with EM",
                            description="Mini-batch EM (step size annealed from --step to --final-step), then "
@@ -341,11 +346,12 @@ def _model(args: argparse.Namespace, graph: CircuitGraph):  # type: ignore[no-un
 
 def _eval(args: argparse.Namespace) -> int:
     from pcdsl.data import DataError, load_values
+    from pcdsl.data.layout import variable_shape
     from pcdsl.evaluate import evaluate
 
     graph = _load_circuit(args)
     try:
-        data = load_values(args.data)
+        data = load_values(args.data, variable_shape(graph))
     except DataError as exc:
         print(f"pcdsl eval: {exc}", file=sys.stderr)
         return EXIT_DIAGNOSTICS
@@ -372,7 +378,12 @@ def _sample(args: argparse.Namespace) -> int:
             print(format_row(row, discrete))
         return EXIT_OK
     try:
-        save_values(Path(args.output), samples, discrete)
+        if Path(args.output).suffix.lower() == ".png":
+            from pcdsl.data.layout import write_sample_grid
+
+            write_sample_grid(args.output, samples, graph, args.colour, args.scale)
+        else:
+            save_values(Path(args.output), samples, discrete)
     except (OSError, ValueError) as exc:
         print(f"pcdsl sample: cannot write '{args.output}': {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -401,12 +412,14 @@ def _initial(path: str, graph: CircuitGraph):  # type: ignore[no-untyped-def]
 def _train(args: argparse.Namespace) -> int:
     import pcdsl
     from pcdsl.data import DataError, load_values
+    from pcdsl.data.layout import variable_shape
     from pcdsl.learn.train import Stage, Trainer, mean_ll
     from pcdsl.params import initialise
 
     graph = _load_circuit(args)
+    shape = variable_shape(graph)
     try:
-        splits = {k: load_values(p) if p else None for k, p in (("train", args.data), ("valid", args.valid),
+        splits = {k: load_values(p, shape) if p else None for k, p in (("train", args.data), ("valid", args.valid),
                                                                ("test", args.test))}
     except DataError as exc:
         print(f"pcdsl train: {exc}", file=sys.stderr)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from pcdsl.data import DataError, load_values
+from pcdsl.data.images import IMAGE_SOURCES
 from pcdsl.frontend import Checked
 from pcdsl.io.atomic import write_atomic
 from pcdsl.ir.graph import BOOL, CircuitGraph, Domain, Variable
@@ -55,8 +56,8 @@ def load_splits(checked: Checked, spec: RecipeSpec) -> Splits:
     else:
         call = bound.call
         source = DataSource(call.func.text, dict(bound.values), os.path.dirname(call.span.file), call.span)
-    if source.kind == "fashion_mnist":
-        raise RunError("Fashion-MNIST recipes need the distillation pipeline, which is not built yet")
+    if source.kind in IMAGE_SOURCES:
+        return _image_splits(source)
 
     def split(name: str) -> np.ndarray | None:
         if source.kind == "file" and name != "train":
@@ -74,6 +75,25 @@ def load_splits(checked: Checked, spec: RecipeSpec) -> Splits:
     train = split("train")
     assert train is not None
     return Splits(train, split("valid"), split("test"))
+
+
+def _image_splits(source: DataSource) -> Splits:
+    """Train, valid (when the source holds some out) and test (when it has test files) images, one
+    row per image."""
+    def split(name: str) -> np.ndarray:
+        try:
+            return source.load(name).astype(np.float64)
+        except DataError as exc:
+            raise RunError(str(exc)) from None
+
+    from pcdsl.distill.images import image_files
+
+    try:
+        has_test = bool(image_files(source.kind, source.args, source.base_dir, "test"))
+    except DataError:
+        has_test = False  # a source without test files; a bad test file still stops the run
+    return Splits(split("train"), split("valid") if source.args.get("valid") else None,
+                  split("test") if has_test else None)
 
 
 def build_model(checked: Checked, spec: RecipeSpec, train: np.ndarray) -> CircuitGraph:

@@ -4,7 +4,10 @@ Formats (chosen by extension):
 
 - ``.data``, ``.csv``, ``.txt``: one sample per line, comma-separated integers
   (the DEBD convention); an empty field or ``?`` marks a missing value (-1);
-- ``.npy``: a 2-D integer array; ``.npz``: its first array.
+- ``.npy``: a 2-D integer array; ``.npz``: its first array;
+- image files (:mod:`pcdsl.data.images`): IDX (plain or gzip), CIFAR-10 ``.bin`` batches,
+  downsampled-ImageNet ``.npz`` and ``.npy``/``.npz`` arrays (N, H, W) or (N, H, W, C), read as one
+  row per image (pixels row-major, each pixel's channels adjacent).
 
 Rows are samples, columns are variables in declaration order; -1 marks a
 missing value.
@@ -24,38 +27,47 @@ class DataError(Exception):
 
 
 def load_matrix(path: str | Path) -> np.ndarray:
+    """A data file as an int64 matrix (samples, variables), -1 = missing; DataError if unreadable."""
     path = Path(path)
+    images = _image_rows(path, None)
+    if images is not None:
+        return images
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
         raise DataError(f"unknown data format '{suffix}' (known: {', '.join(FORMATS)})")
+    if suffix in (".npy", ".npz"):
+        return _as_matrix(_load_array(path), path)
     try:
-        if suffix == ".npy":
-            return _as_matrix(np.load(path, allow_pickle=False), path)
-        if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as archive:
-                return _as_matrix(archive[archive.files[0]], path)
         return _read_text(path)
     except OSError as exc:
         raise DataError(f"cannot read '{path}': {exc.strerror or exc}") from None
-    except ValueError as exc:
+    except (ValueError, UnicodeDecodeError) as exc:
         raise DataError(f"'{path}' is not a valid {suffix} file: {exc}") from None
 
 
-def load_values(path: str | Path) -> np.ndarray:
+def load_values(path: str | Path, image_shape: tuple[int, ...] | None = None) -> np.ndarray:
     """A data file as float64 (batch, variables): integers for discrete variables, reals for
-    real ones; a missing value is NaN (`?` or an empty field in text files)."""
+    real ones; a missing value is NaN (`?` or an empty field in text files).
+
+    Image files give one row per image; ``image_shape`` (the circuit's variable array, e.g.
+    (28, 28) or (3, 32, 32)) orders each row's pixels to match it.
+    """
     path = Path(path)
-    if path.suffix.lower() in (".npy", ".npz"):
-        try:
-            with np.load(path, allow_pickle=False) as loaded:
-                array = loaded[loaded.files[0]] if hasattr(loaded, "files") else loaded
-        except (OSError, ValueError) as exc:
-            raise DataError(f"cannot read '{path}': {exc}") from None
+    images = _image_rows(path, image_shape)
+    if images is not None:
+        return images.astype(np.float64)
+    suffix = path.suffix.lower()
+    if suffix in (".npy", ".npz"):
+        array = _load_array(path)
         if array.ndim != 2:
-            raise DataError(f"'{path}' must hold a 2-D array, found shape {array.shape}")
+            raise DataError(f"'{path}' must hold a 2-D array (samples x variables) or images (N, H, W[, C]), "
+                            f"found shape {array.shape}")
+        if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+            raise DataError(f"'{path}' holds {array.dtype} values; data must be numbers")
         return array.astype(np.float64)
-    if path.suffix.lower() not in FORMATS:
-        raise DataError(f"unknown data format '{path.suffix}' (known: {', '.join(FORMATS)})")
+    if suffix not in FORMATS:
+        raise DataError(f"unknown data format '{path.suffix}' (known: {', '.join(FORMATS)}, and image files: "
+                        "IDX, CIFAR-10 .bin)")
     rows = []
     try:
         with open(path, encoding="utf-8") as f:
@@ -64,11 +76,43 @@ def load_values(path: str | Path) -> np.ndarray:
                     rows.append(_parse_row(line, path, number))
     except OSError as exc:
         raise DataError(f"cannot read '{path}': {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise DataError(f"'{path}' is not a text file (binary formats: .npy, .npz, IDX, CIFAR-10 .bin)") from None
     if not rows:
         raise DataError(f"'{path}' holds no samples")
     if len({len(r) for r in rows}) != 1:
         raise DataError(f"'{path}': rows have different numbers of values")
     return np.asarray(rows, dtype=np.float64)
+
+
+def _load_array(path: Path) -> np.ndarray:
+    """The array of a .npy file, or the first array of a .npz file (never unpickled)."""
+    import zipfile
+
+    try:
+        if path.suffix.lower() == ".npy":
+            return np.load(path, allow_pickle=False)
+        with np.load(path, allow_pickle=False) as archive:
+            if not archive.files:
+                raise DataError(f"'{path}' holds no arrays")
+            return archive[archive.files[0]]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"cannot read '{path}': {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def _image_rows(path: Path, image_shape: tuple[int, ...] | None) -> np.ndarray | None:
+    """The images of an image file as int64 rows, or None when ``path`` is no image file."""
+    from pcdsl.data.images import image_file_format, read_image_file
+    from pcdsl.data.layout import images_as_rows
+
+    if not path.is_file():
+        raise DataError(f"no such file: '{path}'" if not path.exists() else f"'{path}' is not a file")
+    if image_file_format(path) is None:
+        return None
+    try:
+        return images_as_rows(read_image_file(path), image_shape)
+    except ValueError as exc:
+        raise DataError(f"'{path}': {exc}") from None
 
 
 def format_row(row: np.ndarray, discrete: list[bool]) -> str:

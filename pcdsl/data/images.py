@@ -22,6 +22,8 @@ import numpy as np
 
 from pcdsl.data import DataError
 
+IMAGE_SOURCES = ("fashion_mnist", "mnist", "cifar10", "imagenet", "images")  # the .pc sources of images
+FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
 CIFAR_RECORD = 1 + 3 * 32 * 32  # a label byte, then the red, green and blue planes (32x32 each)
 IDX_TYPES = {0x08: "unsigned byte", 0x09: "signed byte", 0x0B: "short", 0x0C: "int",
              0x0D: "float", 0x0E: "double"}
@@ -85,8 +87,8 @@ def peek_image_file(path: str | Path) -> ImageInfo:
         if kind == "cifar":
             return ImageInfo(_cifar_count(path), (32, 32, 3))
         if kind == "npy":
-            shape, _ = _npy_header(path)
-            return ImageInfo(shape[0], _hwc(shape[1:], path))
+            dims, _ = _npy_header(path)
+            return ImageInfo(dims[0], _hwc(dims[1:], path))
         return _npz_info(path)
     except ImageFileError:
         raise
@@ -150,23 +152,6 @@ def read_npz_images(path: Path) -> np.ndarray:
 def read_npy_images(path: Path) -> np.ndarray:
     """A ``.npy`` array (N, H, W) or (N, H, W, C) of pixels 0..255."""
     return _image_array(np.load(path, allow_pickle=False), path)
-
-
-def images_as_rows(images: np.ndarray, shape: tuple[int, ...] | None = None) -> np.ndarray:
-    """Images (N, H, W, C) as int64 rows, one per image, in a circuit's variable order.
-
-    ``shape`` is the circuit's variable array, e.g. (28, 28) or (32, 32, 3): rows are the
-    pixels row-major then channel, matching ``var x[H, W, C]``; a channel-first array
-    (C, H, W) gets the channel planes one after another. None keeps (H, W, C) order.
-    """
-    n, h, w, c = images.shape
-    target = None if shape is None else tuple(shape)
-    if target is None or target == (h, w, c) or (c == 1 and target == (h, w)):
-        return images.reshape(n, h * w * c).astype(np.int64)
-    if target == (c, h, w):
-        return images.transpose(0, 3, 1, 2).reshape(n, h * w * c).astype(np.int64)
-    raise ImageFileError(f"the images are {h}x{w} with {c} channel{'s' if c != 1 else ''} (H, W, C = "
-                         f"{h}, {w}, {c}), but the circuit's variables form an array of shape {tuple(shape)}")
 
 
 # ---- headers ----------------------------------------------------------------------------------

@@ -20,7 +20,14 @@ from typing import Any
 import numpy as np
 
 from pcdsl.data import DataError
-from pcdsl.data.images import ImageFileError, ImageInfo, peek_image_file, read_image_file
+from pcdsl.data.images import (
+    FASHION_MNIST_ROOT,
+    IMAGE_SOURCES,
+    ImageFileError,
+    ImageInfo,
+    peek_image_file,
+    read_image_file,
+)
 from pcdsl.distill.colour import TRANSFORMS, inverse, levels, transform
 from pcdsl.io.png import write_png_grid
 
@@ -30,9 +37,7 @@ __all__ = [
     "write_png_grid",
 ]
 
-IMAGE_SOURCES = ("fashion_mnist", "mnist", "cifar10", "imagenet", "images")
 SPLITS = ("train", "valid", "test")
-FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
 _DEFAULT_FOLDERS = {"mnist": ("mnist", "/usr/share/datasets/mnist"),
                     "cifar10": ("cifar-10-batches-bin", None)}
 
@@ -150,7 +155,8 @@ def load_images(kind: str, args: Mapping[str, Any], base_dir: str, split: str) -
     """
     files = image_files(kind, args, base_dir, split)
     limit = args.get("limit")
-    parts, total = [], 0
+    parts: list[np.ndarray] = []
+    total = 0
     for path in files:
         if limit is not None and total >= limit:
             break

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from pcdsl.data import DataError, load_matrix
+from pcdsl.data.images import FASHION_MNIST_ROOT, IMAGE_SOURCES
 from pcdsl.diagnostics import Span
 from pcdsl.syntax import ast
 from pcdsl.syntax.signatures import Param, Signature, bind, lookup, read_int, read_str, read_symbol
@@ -21,17 +22,40 @@ from pcdsl.syntax.values import Values
 
 SPLITS = ("train", "valid", "test")
 
+
+def _image_source(name: str, doc: str, *where: Param) -> Signature:
+    """An image source: where its files are, then the split, the validation split and a limit."""
+    first, rest = [p for p in where if p.positional], [p for p in where if not p.positional]
+    return Signature(name, (
+        *first,
+        Param("split", read_symbol(*SPLITS), "train"),
+        *rest,
+        Param("valid", read_int(0), 0, positional=False, doc="images held out of train as the valid split"),
+        Param("seed", read_int(0), 0, positional=False, doc="seed of the validation split"),
+        Param("limit", read_int(1), None, positional=False, doc="only the first N images of train (or test)"),
+    ), doc)
+
+
 SOURCES = {
     "file": Signature("file", (Param("path", read_str()),),
                       "samples from a .data/.csv/.npy/.npz file, relative to this .pc file"),
     "debd": Signature("debd", (Param("name", read_str()), Param("split", read_symbol(*SPLITS), "train"),
                                Param("root", read_str(), None, positional=False)),
                       "a binary density-estimation benchmark: ROOT/NAME/NAME.SPLIT.data"),
-    "fashion_mnist": Signature("fashion_mnist", (
-        Param("split", read_symbol(*SPLITS), "train"),
-        Param("valid", read_int(0), 0, positional=False),
-        Param("root", read_str(), "/usr/share/datasets/fashion-mnist", positional=False)),
-        "Fashion-MNIST images (28x28, 256 grey levels); `valid` samples held out of train"),
+    **{sig.name: sig for sig in (
+        _image_source("fashion_mnist", "Fashion-MNIST (IDX; 28x28, 256 grey levels); default root: Debian's "
+                      "dataset-fashion-mnist", Param("root", read_str(), FASHION_MNIST_ROOT, positional=False)),
+        _image_source("mnist", "MNIST (IDX; 28x28, 256 grey levels) in ROOT, else $PCDSL_DATA/mnist or data/mnist",
+                      Param("root", read_str(), None, positional=False)),
+        _image_source("cifar10", "CIFAR-10 binary batches (32x32 RGB) in ROOT, else $PCDSL_DATA/cifar-10-batches-bin "
+                      "or data/cifar-10-batches-bin", Param("root", read_str(), None, positional=False)),
+        _image_source("imagenet", "downsampled ImageNet .npz files: a folder (train_data_batch_N.npz, val_data.npz) "
+                      "or one file", Param("root", read_str()),
+                      Param("size", read_int(1), None, positional=False, doc="image side, checked (32 or 64)")),
+        _image_source("images", "images of any readable format (.npy (N, H, W[, C]), .npz, IDX, CIFAR .bin)",
+                      Param("path", read_str(), doc="the training images"),
+                      Param("test", read_str(), None, positional=False, doc="the test images")),
+    )},
 }
 
 
@@ -43,19 +67,29 @@ class DataSource:
     span: Span
 
     def candidates(self) -> list[Path]:
-        """Where the samples are looked for, in order."""
+        """Where the samples are looked for, in order (for image sources: the files read)."""
         if self.kind == "file":
             return [Path(self.base_dir, str(self.args["path"]))]
         if self.kind == "debd":
             name, split = str(self.args["name"]), str(self.args["split"])
             roots = [str(self.args["root"])] if self.args["root"] else _debd_roots(self.base_dir)
             return [Path(r, name, f"{name}.{split}.data") for r in roots]
-        return [Path(str(self.args["root"]))]
+        from pcdsl.distill.images import image_files
 
-    def load(self) -> np.ndarray:
-        """The samples as an int64 matrix; DataError when they cannot be read."""
-        if self.kind == "fashion_mnist":
-            raise DataError("Fashion-MNIST images are read by recipes, not by structure templates")
+        try:
+            return image_files(self.kind, self.args, self.base_dir, str(self.args["split"]))
+        except DataError:
+            return []
+
+    def load(self, split: str | None = None) -> np.ndarray:
+        """The samples as an int64 matrix; DataError when they cannot be read. Image sources
+        give one row per image (pixels row-major, channels adjacent) of ``split`` (default:
+        the source's own)."""
+        if self.kind in IMAGE_SOURCES:
+            from pcdsl.data.layout import images_as_rows
+            from pcdsl.distill.images import load_images
+
+            return images_as_rows(load_images(self.kind, self.args, self.base_dir, split or str(self.args["split"])))
         for path in self.candidates():
             if path.exists():
                 return load_matrix(path)
