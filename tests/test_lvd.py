@@ -125,7 +125,7 @@ def test_soft_evidence_em_trains_only_the_top_level_and_never_lowers_the_likelih
     before = reference.log_prob(graph, params, images.astype(np.float64)).mean()
     fit = Fit((Stage("full_em", epochs=4, pseudocount=0.0),), dtype="float64", progress=False)
     learn = top_parameter_groups(graph)
-    trained = fit_distilled(graph, params, images.astype(np.float64), None, fit, learn=learn)
+    trained = fit_distilled(graph, params, images.astype(np.float64), None, fit, learn)
     after = reference.log_prob(graph, trained, images.astype(np.float64)).mean()
     assert after >= before - 1e-9
     for group, w in params.weights.items():
@@ -135,7 +135,7 @@ def test_soft_evidence_em_trains_only_the_top_level_and_never_lowers_the_likelih
         np.testing.assert_array_equal(trained.inputs[group]["probs"], p["probs"])
     # the same as one full-batch EM step computed by hand from the distilled circuit's flows
     one = Fit((Stage("full_em", epochs=1, pseudocount=0.0),), dtype="float64", progress=False)
-    stepped = fit_distilled(graph, params, images.astype(np.float64), None, one, learn=learn)
+    stepped = fit_distilled(graph, params, images.astype(np.float64), None, one, learn)
     flows = reference.flows(graph, params, images.astype(np.float64))
     flows.weights = {g: f for g, f in flows.weights.items() if g in learn}
     flows.inputs = {}

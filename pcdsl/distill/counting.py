@@ -25,7 +25,7 @@ def cluster_counts(patches: np.ndarray, z: np.ndarray, clusters: int, levels: in
     """(clusters, D, levels) counts: how often pixel j of a patch assigned to k takes value v
     (`levels`: the most values of any pixel)."""
     patches = np.asarray(patches, dtype=np.int64)
-    n, d = patches.shape
+    d = patches.shape[1]
     flat = (np.asarray(z, dtype=np.int64)[:, None] * d + np.arange(d)[None, :]) * levels + patches
     return np.bincount(flat.reshape(-1), minlength=clusters * d * levels).reshape(clusters, d, levels).astype(
         np.float64)

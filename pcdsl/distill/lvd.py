@@ -29,7 +29,18 @@ from pcdsl.learn.train import Epoch, Stage, Trainer
 from pcdsl.params import Parameters, initialise
 from pcdsl.structures.chow_liu import chow_liu_edges
 
-OnEpoch = Callable[[Epoch, Parameters], None]
+OnEpoch = Callable[[Epoch, Parameters, "tuple[float, Parameters] | None"], None]
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where an interrupted fit continues: its parameters after `epochs` epochs, the best
+    (valid score, parameters) so far, and what to call after each epoch."""
+
+    params: Parameters | None = None
+    epochs: int = 0
+    best: tuple[float, Parameters] | None = None
+    on_epoch: OnEpoch | None = None
 
 
 @dataclass(frozen=True)
@@ -66,16 +77,26 @@ def patch_shape(patches: np.ndarray, levels: Sequence[int], hidden: int, cluster
     return PatchShape(d, tuple((int(i), int(j)) for i, j in edges), hidden, clusters)
 
 
-def fit_patches(shape: PatchShape, levels: Sequence[int], train: np.ndarray, valid: np.ndarray | None, pseudocount: float,
-                fit: Fit, start: Parameters | None = None, start_epoch: int = 0,
-                on_epoch: OnEpoch | None = None) -> tuple[CircuitGraph, Parameters]:
-    """Counting initialisation (unless resuming from `start`) and cluster-conditioned EM of the
-    patch circuits on rows from :func:`patch_rows`."""
+def train(graph: CircuitGraph, params: Parameters, train: np.ndarray, valid: np.ndarray | None, fit: Fit,
+          resume: Resume = Resume(), learn: set[str] | None = None) -> Parameters:
+    """EM stages on a circuit (only the groups in `learn` when given), resumable at any epoch
+    boundary with the same result as an uninterrupted fit."""
+    start = resume.params if resume.params is not None else params
+    trainer = Trainer(fit.compile(graph, start), start, train, valid, fit.seed, fit.progress)
+    trainer.per_epoch_rng, trainer.learn, trainer.best = True, learn, resume.best
+    if resume.on_epoch is not None:
+        hook = resume.on_epoch
+        trainer.on_epoch = lambda epoch, current: hook(epoch, current, trainer.best)
+    return trainer.run(list(fit.stages), resume.epochs)
+
+
+def fit_patches(shape: PatchShape, levels: Sequence[int], rows: np.ndarray, valid: np.ndarray | None,
+                pseudocount: float, fit: Fit, resume: Resume = Resume()) -> tuple[CircuitGraph, Parameters]:
+    """Counting initialisation and cluster-conditioned EM of the patch circuits on rows from
+    :func:`patch_rows`."""
     graph = training_circuit(shape, levels)
-    params = start if start is not None else counting_init(
-        graph, shape, train[:, :-1], train[:, -1], levels, pseudocount, fit.seed)
-    trainer = Trainer(fit.compile(graph, params), params, train, valid, fit.seed, fit.progress, on_epoch)
-    return graph, trainer.run(list(fit.stages), start_epoch)
+    params = counting_init(graph, shape, rows[:, :-1], rows[:, -1], levels, pseudocount, fit.seed)
+    return graph, train(graph, params, rows, valid, fit, resume)
 
 
 def latent_circuit(m: int, clusters: int, z: np.ndarray, hidden: int, trees: int = 1,
@@ -90,14 +111,11 @@ def latent_circuit(m: int, clusters: int, z: np.ndarray, hidden: int, trees: int
     return graph
 
 
-def fit_latents(graph: CircuitGraph, train: np.ndarray, valid: np.ndarray | None, fit: Fit,
-                start: Parameters | None = None, start_epoch: int = 0,
-                on_epoch: OnEpoch | None = None) -> Parameters:
+def fit_latents(graph: CircuitGraph, z: np.ndarray, valid: np.ndarray | None, fit: Fit,
+                resume: Resume = Resume()) -> Parameters:
     """EM of the top level on the hard assignments."""
-    params = start if start is not None else initialise(graph, fit.seed)
-    trainer = Trainer(fit.compile(graph, params), params, train.astype(np.float64),
-                      None if valid is None else valid.astype(np.float64), fit.seed, fit.progress, on_epoch)
-    return trainer.run(list(fit.stages), start_epoch)
+    return train(graph, initialise(graph, fit.seed), z.astype(np.float64),
+                 None if valid is None else valid.astype(np.float64), fit, resume)
 
 
 def patch_log_likelihoods(model: Any, rows: np.ndarray, batch: int = 8192) -> np.ndarray:
@@ -120,11 +138,8 @@ def lvd_bound(latent_model: Any, z: np.ndarray, patch_model: Any, rows: np.ndarr
     return top + patch_log_likelihoods(patch_model, rows).reshape(n, m).sum(axis=1)
 
 
-def fit_distilled(graph: CircuitGraph, params: Parameters, train: np.ndarray, valid: np.ndarray | None, fit: Fit,
-                  learn: set[str] | None = None, start_epoch: int = 0,
-                  on_epoch: OnEpoch | None = None) -> Parameters:
+def fit_distilled(graph: CircuitGraph, params: Parameters, images: np.ndarray, valid: np.ndarray | None, fit: Fit,
+                  learn: set[str] | None = None, resume: Resume = Resume()) -> Parameters:
     """EM on log p(x) of the distilled circuit. With `learn` = the top level's groups this is
     EM on exact soft evidence from the frozen patch circuits; with None, all parameters learn."""
-    trainer = Trainer(fit.compile(graph, params), params, train, valid, fit.seed, fit.progress, on_epoch)
-    trainer.learn = learn
-    return trainer.run(list(fit.stages), start_epoch)
+    return train(graph, params, images, valid, fit, resume, learn)

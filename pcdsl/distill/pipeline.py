@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from pcdsl.distill import lvd
-from pcdsl.distill.compose import PatchShape, compose, top_parameter_groups
+from pcdsl.distill.compose import PatchShape, compose, top_parameter_groups, training_circuit
 from pcdsl.distill.recipe import Distillation
 from pcdsl.io.atomic import write_atomic
 from pcdsl.io.model import load_model, save_model
@@ -80,31 +80,36 @@ class RunDir:
         self.times[stage] = self.times.get(stage, 0.0) + seconds
         _write_json(self.path / "stages.json", {"keys": self.keys, "seconds": self.times})
 
-    def fit(self, stage: str, key: str, graph: CircuitGraph, params: Parameters,
-            train: Callable[[Parameters, int, lvd.OnEpoch], Parameters]) -> Parameters:
-        """Run an EM fit that checkpoints after every epoch and resumes from its checkpoint."""
-        ckpt, state = self.path / f"{stage}.ckpt.safetensors", self.path / f"{stage}.json"
-        done = 0
+    def fit(self, stage: str, key: str, graph: CircuitGraph,
+            train: Callable[[lvd.Resume], Parameters]) -> Parameters:
+        """Run an EM fit that checkpoints after every epoch (its parameters, the best ones and
+        how far it got) and resumes from its checkpoint to the same result."""
+        ckpt, best_file = self.path / f"{stage}.ckpt.safetensors", self.path / f"{stage}.best.safetensors"
+        state, history = self.path / f"{stage}.json", self.path / f"{stage}.metrics.jsonl"
+        resume = lvd.Resume()
         if ckpt.exists() and state.exists():
             saved = json.loads(state.read_text())
             if saved.get("key") == key:
-                done, params = int(saved["epochs_done"]), load_model(ckpt)[1]
-                self.log(f"{stage}: resuming after {done} epochs")
-        history = self.path / f"{stage}.metrics.jsonl"
-        if done == 0 and history.exists():
+                best = (float(saved["best"]), load_model(best_file)[1]) if saved.get("best") is not None else None
+                resume = lvd.Resume(load_model(ckpt)[1], int(saved["epochs_done"]), best)
+                self.log(f"{stage}: resuming after {resume.epochs} epochs")
+        if resume.epochs == 0 and history.exists():
             history.unlink()
+        done = resume.epochs
 
-        def on_epoch(epoch: Epoch, current: Parameters) -> None:
+        def on_epoch(epoch: Epoch, current: Parameters, best: tuple[float, Parameters] | None) -> None:
             nonlocal done
             done += 1
             with open(history, "a") as f:
                 f.write(json.dumps(epoch.as_dict(), sort_keys=True) + "\n")
             save_model(ckpt, graph, current)
-            _write_json(state, {"key": key, "epochs_done": done})
+            if best is not None and best[1] is current:
+                save_model(best_file, graph, current)
+            _write_json(state, {"key": key, "epochs_done": done, "best": None if best is None else best[0]})
             valid = f", valid {epoch.valid_ll:.4f}" if epoch.valid_ll is not None else ""
             self.log(f"{stage}: stage {epoch.stage + 1} epoch {epoch.epoch + 1}: train {epoch.train_ll:.4f}{valid}")
 
-        return train(params, done, on_epoch)
+        return train(lvd.Resume(resume.params, resume.epochs, resume.best, on_epoch))
 
 
 @dataclass
@@ -122,8 +127,8 @@ class Data:
 
 
 def load_data(recipe: Distillation) -> Data:
-    from pcdsl.distill.images import load_images, transform
     from pcdsl.data import DataError
+    from pcdsl.distill.images import load_images, transform
 
     source = recipe.source
     splits: dict[str, np.ndarray | None] = {}
@@ -254,13 +259,9 @@ def _patches(run: RunDir, recipe: Distillation, data: Data, grid: Any, z: dict[s
             rows = lvd.patch_rows(patches[:, cut], z["train"][:, cut])
             valid_rows = None if valid is None else lvd.patch_rows(valid[:, cut], z["valid"][:, cut])
             stage = name.removesuffix(".safetensors")
-            from pcdsl.distill.compose import training_circuit
-            from pcdsl.distill.counting import counting_init
-
             graph = training_circuit(shape, dim_levels)
-            start = counting_init(graph, shape, rows[:, :-1], rows[:, -1], dim_levels, recipe.counting, fit.seed)
-            params = run.fit(stage, _key(key, stage), graph, start, lambda p, e, cb, r=rows, v=valid_rows: lvd.fit_patches(
-                shape, dim_levels, r, v, recipe.counting, patch_fit, p, e, cb)[1])
+            params = run.fit(stage, _key(key, stage), graph, lambda resume, r=rows, v=valid_rows: lvd.fit_patches(
+                shape, dim_levels, r, v, recipe.counting, patch_fit, resume)[1])
             save_model(run.path / name, graph, params)
             result.append(params)
 
@@ -280,10 +281,8 @@ def _top(run: RunDir, recipe: Distillation, grid: Any, z: dict[str, np.ndarray],
     out: dict[str, Parameters] = {}
 
     def work() -> None:
-        from pcdsl.params import initialise
-
-        out["params"] = run.fit("top", key, graph, initialise(graph, fit.seed), lambda p, e, cb: lvd.fit_latents(
-            graph, z["train"], z.get("valid"), top_fit, p, e, cb))
+        out["params"] = run.fit("top", key, graph, lambda resume: lvd.fit_latents(
+            graph, z["train"], z.get("valid"), top_fit, resume))
         save_model(run.path / "latent.safetensors", graph, out["params"])
 
     _timed(run, "top", key, work)
@@ -320,8 +319,9 @@ def _distilled(run: RunDir, recipe: Distillation, data: Data, grid: Any, shape: 
             if not stages:
                 continue
             stage_fit = lvd.Fit(stages, fit.backend, fit.dtype, fit.device, fit.seed, fit.progress)
-            out["params"] = run.fit(stage, _key(key, stage), graph, out["params"], lambda p, e, cb, s=stage_fit,
-                                    g=learn: lvd.fit_distilled(graph, p, train, valid, s, g, e, cb))
+            start = out["params"]
+            out["params"] = run.fit(stage, _key(key, stage), graph, lambda resume, s=stage_fit, g=learn, p=start:
+                                    lvd.fit_distilled(graph, p, train, valid, s, g, resume))
         save_model(run.path / "model.safetensors", graph, out["params"])
 
     _timed(run, "distilled", key, work)
@@ -335,7 +335,6 @@ def _bpd(ll: float, dims: int) -> float:
 def _report(run: RunDir, recipe: Distillation, data: Data, grid: Any, teacher: Any, z: dict[str, np.ndarray],
             shape: PatchShape, dim_levels: tuple[int, ...], patch_params: list[Parameters], top: CircuitGraph,
             top_params: Parameters, graph: CircuitGraph, params: Parameters, fit: lvd.Fit) -> dict[str, Any]:
-    from pcdsl.distill.compose import training_circuit
     from pcdsl.learn.train import mean_ll
 
     model = fit.compile(graph, params)
@@ -398,7 +397,7 @@ def _pictures(run: RunDir, recipe: Distillation, data: Data, grid: Any, model: A
 
 def image_mask(name: str, shape: tuple[int, int, int]) -> np.ndarray:
     """(H, W, C) boolean mask of the hidden pixels: ``left_half``, ``top_half`` or ``centre``."""
-    h, w, c = shape
+    h, w, _ = shape
     mask = np.zeros(shape, dtype=bool)
     if name == "left_half":
         mask[:, : w // 2] = True

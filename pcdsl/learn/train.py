@@ -75,7 +75,12 @@ class Trainer:
                  seed: int = 0, progress: bool = True, on_epoch: Callable[[Epoch, Parameters], None] | None = None):
         self.model, self.params = model, params
         self.train, self.valid = train, valid
+        self.seed = seed
         self.rng = np.random.default_rng(seed)
+        # True: each epoch draws from its own generator, seeded by (seed, stage, epoch), so a run
+        # resumed at an epoch boundary takes exactly the batches of an uninterrupted one
+        self.per_epoch_rng = False
+        self._stage_index = 0
         self.progress, self.on_epoch = progress, on_epoch
         self.history: list[Epoch] = []
         self.best: tuple[float, Parameters] | None = None
@@ -94,6 +99,7 @@ class Trainer:
         return final
 
     def _stage(self, index: int, stage: Stage, first_epoch: int) -> None:
+        self._stage_index = index
         per_epoch = math.ceil(stage.epoch_rows(len(self.train)) / stage.batch_size) if stage.kind != "full_em" else 1
         self.optimizer = Optimizer(self.params, stage.optimizer) if stage.kind == "sgd" else None
         stale = 0
@@ -119,8 +125,9 @@ class Trainer:
             return 1.0, flows.log_likelihood / len(self.train)
         ll, step = 0.0, stage.step[0]
         chosen = stage.epoch_rows(len(self.train))
-        rows_iter = batches(len(self.train), stage.batch_size, self.rng) if chosen == len(self.train) else \
-            iter(np.array_split(self.rng.choice(len(self.train), chosen, replace=False), per_epoch))
+        rng = np.random.default_rng((self.seed, self._stage_index, epoch)) if self.per_epoch_rng else self.rng
+        rows_iter = batches(len(self.train), stage.batch_size, rng) if chosen == len(self.train) else \
+            iter(np.array_split(rng.choice(len(self.train), chosen, replace=False), per_epoch))
         if self.progress:
             from tqdm import tqdm
 
