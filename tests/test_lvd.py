@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import itertools
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from pcdsl import reference
-from pcdsl.distill.compose import PatchShape, compose, top_parameter_groups, training_circuit
+from pcdsl.distill.compose import PatchShape, block_family, compose, top_parameter_groups, training_circuit
 from pcdsl.distill.counting import cluster_counts, counting_init
 from pcdsl.distill.lvd import Fit, fit_distilled, fit_latents, fit_patches, latent_circuit, patch_rows, patch_shape
 from pcdsl.ir.graph import Domain, Variable
 from pcdsl.ir.validate import validate
 from pcdsl.learn.em import em_update
 from pcdsl.learn.train import Stage
-from pcdsl.params import Parameters
 
 from conftest import ATOL
 
@@ -40,8 +40,10 @@ def _fitted(seed: int, shared: bool = True):  # type: ignore[no-untyped-def]
     top_params = fit_latents(top, z, None, QUICK)
     variables = tuple(Variable(f"x[{i}]", i, Domain("categorical", LEVELS)) for i in range(M * D))
     positions = [list(range(i * D, (i + 1) * D)) for i in range(M)]
-    graph, params = compose(top, top_params, [patch] * (1 if shared else M), shape, variables, positions, shared, "toy")
-    return images, z, shape, patch, top, top_params, graph, params
+    graph, params = compose(top, top_params, block_family(shape, [LEVELS] * D), [patch] * (1 if shared else M),
+                            variables, positions, shared, "toy")
+    return SimpleNamespace(images=images, z=z, shape=shape, patch=patch, top=top, top_params=top_params,
+                           graph=graph, params=params)
 
 
 def test_cluster_counts_equal_brute_force() -> None:
@@ -59,7 +61,7 @@ def test_counting_init_is_the_smoothed_counts() -> None:
     images, z = _toy(1)
     patches = images.reshape(-1, M, D).reshape(-1, D)
     shape = PatchShape(D, ((0, 1),), 3, K)
-    graph = training_circuit(shape, [LEVELS] * D)
+    graph = training_circuit(block_family(shape, [LEVELS] * D))
     params = counting_init(graph, shape, patches, z.reshape(-1), [LEVELS] * D, pseudocount=0.5, perturbation=0.0)
     counts = cluster_counts(patches, z.reshape(-1), K, LEVELS)
     for j in range(D):
@@ -72,20 +74,21 @@ def test_counting_init_is_the_smoothed_counts() -> None:
 @pytest.mark.parametrize("shared", [True, False])
 def test_distilled_circuit_is_the_composition(shared: bool) -> None:
     """p(x) = sum_z p_top(z) prod_i p_{z_i}(x_i), by enumeration of every image and latent state."""
-    images, z, shape, patch, top, top_params, graph, params = _fitted(2, shared)
-    assert validate(graph) == []
-    train_graph = training_circuit(shape, [LEVELS] * D)
+    f = _fitted(2, shared)
+    assert validate(f.graph) == []
+    train_graph = training_circuit(block_family(f.shape, [LEVELS] * D))
     expected = np.zeros(len(WORLDS))
     for states in itertools.product(range(K), repeat=M):
-        p_top = np.exp(reference.log_prob(top, top_params, np.array([states], dtype=np.float64)))[0]
+        p_top = np.exp(reference.log_prob(f.top, f.top_params, np.array([states], dtype=np.float64)))[0]
         term = np.full(len(WORLDS), p_top)
         for i, k in enumerate(states):
             rows = np.concatenate([WORLDS[:, i * D:(i + 1) * D], np.full((len(WORLDS), 1), k)], axis=1)
             prior = rows.copy()
             prior[:, :D] = -1
-            term *= np.exp(reference.log_prob(train_graph, patch, rows) - reference.log_prob(train_graph, patch, prior))
+            term *= np.exp(reference.log_prob(train_graph, f.patch, rows)
+                           - reference.log_prob(train_graph, f.patch, prior))
         expected += term
-    got = np.exp(reference.log_prob(graph, params, WORLDS))
+    got = np.exp(reference.log_prob(f.graph, f.params, WORLDS))
     np.testing.assert_allclose(got, expected, atol=1e-12)
     assert abs(got.sum() - 1) < 1e-9
 
@@ -93,52 +96,53 @@ def test_distilled_circuit_is_the_composition(shared: bool) -> None:
 def test_soft_evidence_flows_are_posterior_weighted_latent_flows() -> None:
     """The top level's expected counts on the distilled circuit equal sum_z p(z | x) times the
     latent circuit's counts with z observed: soft-evidence EM is EM with exact posteriors."""
-    images, z, shape, patch, top, top_params, graph, params = _fitted(3)
+    f = _fitted(3)
     x = WORLDS[[1, 6, 9, 14]]
-    flows = reference.flows(graph, params, x)
-    train_graph = training_circuit(shape, [LEVELS] * D)
+    flows = reference.flows(f.graph, f.params, x)
+    train_graph = training_circuit(block_family(f.shape, [LEVELS] * D))
     expected: dict[str, np.ndarray] = {}
-    for n, image in enumerate(x):
+    for image in x:
         joint = {}
         for states in itertools.product(range(K), repeat=M):
-            lp = reference.log_prob(top, top_params, np.array([states], dtype=np.float64))[0]
+            lp = reference.log_prob(f.top, f.top_params, np.array([states], dtype=np.float64))[0]
             for i, k in enumerate(states):
                 row = np.concatenate([image[i * D:(i + 1) * D], [k]])[None]
                 prior = row.copy()
                 prior[:, :D] = -1
-                lp += (reference.log_prob(train_graph, patch, row) - reference.log_prob(train_graph, patch, prior))[0]
+                lp += (reference.log_prob(train_graph, f.patch, row)
+                       - reference.log_prob(train_graph, f.patch, prior))[0]
             joint[states] = np.exp(lp)
         total = sum(joint.values())
         for states, p in joint.items():
-            latent = reference.flows(top, top_params, np.array([states], dtype=np.float64))
-            for group, f in latent.weights.items():
-                expected[f"top/{group}"] = expected.get(f"top/{group}", 0) + p / total * f
+            latent = reference.flows(f.top, f.top_params, np.array([states], dtype=np.float64))
+            for group, value in latent.weights.items():
+                expected[f"top/{group}"] = expected.get(f"top/{group}", 0) + p / total * value
             for leaf, stats in latent.inputs.items():
                 expected[f"top/{leaf}"] = expected.get(f"top/{leaf}", 0) + p / total * stats["counts"]
-    assert set(expected) == top_parameter_groups(graph)
+    assert set(expected) == top_parameter_groups(f.graph)
     for group, value in expected.items():
         np.testing.assert_allclose(flows.weights[group], value, atol=ATOL)
 
 
 def test_soft_evidence_em_trains_only_the_top_level_and_never_lowers_the_likelihood() -> None:
-    images, z, shape, patch, top, top_params, graph, params = _fitted(4)
-    before = reference.log_prob(graph, params, images.astype(np.float64)).mean()
+    f = _fitted(4)
+    before = reference.log_prob(f.graph, f.params, f.images.astype(np.float64)).mean()
     fit = Fit((Stage("full_em", epochs=4, pseudocount=0.0),), dtype="float64", progress=False)
-    learn = top_parameter_groups(graph)
-    trained = fit_distilled(graph, params, images.astype(np.float64), None, fit, learn)
-    after = reference.log_prob(graph, trained, images.astype(np.float64)).mean()
+    learn = top_parameter_groups(f.graph)
+    trained = fit_distilled(f.graph, f.params, f.images.astype(np.float64), None, fit, learn)
+    after = reference.log_prob(f.graph, trained, f.images.astype(np.float64)).mean()
     assert after >= before - 1e-9
-    for group, w in params.weights.items():
+    for group, w in f.params.weights.items():
         if group not in learn:
             np.testing.assert_array_equal(trained.weights[group], w)
-    for group, p in params.inputs.items():
+    for group, p in f.params.inputs.items():
         np.testing.assert_array_equal(trained.inputs[group]["probs"], p["probs"])
     # the same as one full-batch EM step computed by hand from the distilled circuit's flows
     one = Fit((Stage("full_em", epochs=1, pseudocount=0.0),), dtype="float64", progress=False)
-    stepped = fit_distilled(graph, params, images.astype(np.float64), None, one, learn)
-    flows = reference.flows(graph, params, images.astype(np.float64))
+    stepped = fit_distilled(f.graph, f.params, f.images.astype(np.float64), None, one, learn)
+    flows = reference.flows(f.graph, f.params, f.images.astype(np.float64))
     flows.weights = {g: f for g, f in flows.weights.items() if g in learn}
     flows.inputs = {}
-    by_hand = em_update(params, flows, 1.0, 0.0)
+    by_hand = em_update(f.params, flows, 1.0, 0.0)
     for group in learn:
         np.testing.assert_allclose(stepped.weights[group], by_hand.weights[group], atol=1e-9)

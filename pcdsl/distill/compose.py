@@ -6,8 +6,10 @@ Three shapes, all ordinary :class:`CircuitGraph` s:
   hidden Chow-Liu tree, or fully factorised), folded into node groups of K x h units with
   block-diagonal sums; the ``heads`` group has K units, unit k = p(x_i | Z_i = k). Placed at
   several patch positions, each copy can tie every parameter to the first copy (``shared``).
-- the **training circuit** of the patch heads: p(z, x) = 1/K-style prior x p(x | z) with Z an
-  observed variable selecting its head through an indicator, so ordinary EM with z observed *is*
+- a **patch family** (:class:`PatchFamily`): any circuit over the patch's pixels whose heads
+  give the K latent states (the block HCLTs above, or progressive growing's grown circuits);
+- the **training circuit** of a family: p(z, x) = w_z p(x | z) with Z an observed variable
+  selecting its head through an indicator, so ordinary EM with z observed *is*
   cluster-conditioned EM (each patch scored only by its own head);
 - the **distilled circuit**: a top-level HCLT over the latents Z_1..Z_m whose leaf over Z_i
   (h units, a categorical over K states) becomes a sum over the heads at position i: the
@@ -87,47 +89,104 @@ def add_patch_heads(graph: CircuitGraph, pixels: Sequence[int], shape: PatchShap
     return block_sum(HEADS, latent[order[0]], k)
 
 
-def training_circuit(shape: PatchShape, levels: Sequence[int], name: str = "patch") -> CircuitGraph:
-    """The patch heads over D pixel variables (``levels[j]`` values each) plus an observed
-    cluster variable Z (the last column): root = sum_k w_k [Z = k] p_k(x). With z observed,
-    EM on it trains each head only on the patches of its cluster."""
-    variables = (*(Variable(f"x[{j}]", j, Domain("categorical", int(levels[j]))) for j in range(shape.dims)),
-                 Variable("z", shape.dims, Domain("categorical", shape.clusters)))
+@dataclass(frozen=True)
+class PatchFamily:
+    """Circuits over one patch's D pixels (variables 0..D-1 of `graph`) whose `heads` node
+    groups, units in order, are the latent states: unit k of their concatenation is
+    p(x_i | Z_i = k). Block HCLTs have one heads group; progressive growing makes one per
+    global cluster, each with its own grown circuit."""
+
+    graph: CircuitGraph
+    heads: tuple[str, ...]
+
+    @property
+    def clusters(self) -> int:
+        return sum(self.graph.node(h).num_units for h in self.heads)
+
+
+def block_family(shape: PatchShape, levels: Sequence[int]) -> PatchFamily:
+    """K = shape.clusters patch circuits of one shape as block-diagonal node groups."""
+    variables = tuple(Variable(f"x[{j}]", j, Domain("categorical", int(levels[j]))) for j in range(shape.dims))
+    graph = CircuitGraph("patch", variables)
+    return PatchFamily(graph, (add_patch_heads(graph, range(shape.dims), shape, "patch"),))
+
+
+def place(graph: CircuitGraph, family: PatchFamily, pixels: Sequence[int], prefix: str | None,
+          owner: str | None = None, span: Span = NO_SPAN) -> list[str]:
+    """Copy `family` into `graph` over the variables `pixels`, node names under `prefix`
+    (None: unchanged); with `owner`, every copied node ties its parameters to the node of the
+    same family name under that prefix. Returns the copied heads."""
+    def rename(name: str) -> str:
+        return name if prefix is None else f"{prefix}/{name}"
+
+    for node in family.graph.nodes():
+        tie = f"{owner}/{node.name}" if owner is not None else (rename(node.tie) if node.tie else None)
+        children = tuple(rename(c) for c in node.children)
+        if node.kind is NodeKind.INPUT:
+            assert node.var is not None
+            graph.add_input(rename(node.name), int(pixels[node.var]), str(node.family), node.num_units, node.params,
+                            span, tie)
+        elif node.kind is NodeKind.PRODUCT:
+            graph.add_product(rename(node.name), children, node.pattern or "hadamard", span=span)
+        else:
+            graph.add_sum(rename(node.name), children, node.num_units, node.weights, tie, span, node.blocks)
+    return [rename(h) for h in family.heads]
+
+
+def copy_parameters(family: PatchFamily, params: Parameters, graph: CircuitGraph, prefix: str | None,
+                    out: Parameters) -> None:
+    """The family's parameters under the names of its copy in `graph` (see :func:`place`)."""
+    for node in family.graph.nodes():
+        copied = graph.node(node.name if prefix is None else f"{prefix}/{node.name}")
+        if node.kind is NodeKind.INPUT:
+            out.inputs[input_group(copied)] = {k: np.array(v) for k, v in params.leaf(node).items()}
+        elif node.kind is NodeKind.SUM:
+            out.weights[weight_group(copied)] = np.array(params.sum_weights(node), dtype=np.float64)
+
+
+def training_circuit(family: PatchFamily, name: str = "patch") -> CircuitGraph:
+    """The family over D pixel variables plus an observed cluster variable Z (the last
+    column): root = sum_k w_k [Z = k] p_k(x). With z observed, EM on it trains each head only
+    on the patches of its cluster. Node names are the family's."""
+    d, k = len(family.graph.variables), family.clusters
+    variables = (*family.graph.variables, Variable("z", d, Domain("categorical", k)))
     graph = CircuitGraph(name, variables)
-    heads = add_patch_heads(graph, range(shape.dims), shape, "patch")
-    k = shape.clusters
-    graph.add_input("z", shape.dims, "indicator", k, params={"value": np.arange(k)})
-    graph.add_product("select", ("z", heads))
-    graph.add_sum("root", ("select",), 1)
+    heads = place(graph, family, range(d), None)
+    selects, offset = [], 0
+    for g, head in enumerate(heads):
+        units = graph.node(head).num_units
+        graph.add_input(f"z{g}", d, "indicator", units, params={"value": np.arange(offset, offset + units)})
+        selects.append(graph.add_product(f"select{g}", (f"z{g}", head)).name)
+        offset += units
+    graph.add_sum("root", tuple(selects), 1)
     return graph
 
 
-def compose(top: CircuitGraph, top_params: Parameters, patch: Sequence[Parameters], shape: PatchShape,
+def compose(top: CircuitGraph, top_params: Parameters, family: PatchFamily, patch: Sequence[Parameters],
             variables: tuple[Variable, ...], positions: Sequence[Sequence[int]], shared: bool,
             name: str, span: Span = NO_SPAN) -> tuple[CircuitGraph, Parameters]:
     """The distilled circuit and its parameters.
 
     `top` is a circuit over the latents Z_1..Z_m (variable i = position i) whose leaves are
-    categorical over the K clusters; `patch` holds parameters of the patch heads as in
-    :func:`training_circuit`: one set when `shared`, else one per position; `positions[i]`
-    lists the pixel variables of patch i in patch order.
+    categorical over the K latent states; `patch` holds the family's parameters: one set when
+    `shared` (every position ties to position 0), else one per position; `positions[i]` lists
+    the pixel variables of patch i in patch order.
     """
     graph = CircuitGraph(name, variables, span)
     params = Parameters()
     heads = []
     for i, pixels in enumerate(positions):
-        prefix = f"pos{i}"
         owner = "pos0" if shared and i > 0 else None
-        heads.append(add_patch_heads(graph, pixels, shape, prefix, owner, span))
+        heads.append(tuple(place(graph, family, pixels, f"pos{i}", owner, span)))
         if owner is None:
-            _copy_patch_params(graph, prefix, patch[0 if shared else i], params)
+            copy_parameters(family, patch[0 if shared else i], graph, f"pos{i}", params)
     renamed: dict[str, str] = {}
     for node in top.nodes():
         new = f"top/{node.name}"
         renamed[node.name] = new
         if node.kind is NodeKind.INPUT:  # the leaf over Z_i: a sum over the heads at position i
             assert node.var is not None
-            graph.add_sum(new, (heads[node.var],), node.num_units, span=span)
+            graph.add_sum(new, heads[node.var], node.num_units, span=span)
             params.weights[new] = np.array(top_params.leaf(node)["probs"], dtype=np.float64)
         elif node.kind is NodeKind.PRODUCT:
             graph.add_product(new, tuple(renamed[c] for c in node.children), node.pattern or "hadamard", span=span)
@@ -136,17 +195,6 @@ def compose(top: CircuitGraph, top_params: Parameters, patch: Sequence[Parameter
             graph.add_sum(new, tuple(renamed[c] for c in node.children), node.num_units, tie=tie, span=span)
             params.weights.setdefault(tie or new, np.array(top_params.sum_weights(node), dtype=np.float64))
     return graph, params
-
-
-def _copy_patch_params(graph: CircuitGraph, prefix: str, patch: Parameters, out: Parameters) -> None:
-    for node in graph.nodes():
-        if not node.name.startswith(prefix + "/"):
-            continue
-        local = node.name[len(prefix) + 1:]
-        if node.kind is NodeKind.INPUT:
-            out.inputs[input_group(node)] = {k: np.array(v) for k, v in patch.inputs[f"patch/{local}"].items()}
-        elif node.kind is NodeKind.SUM:
-            out.weights[weight_group(node)] = np.array(patch.weights[f"patch/{local}"])
 
 
 def top_parameter_groups(graph: CircuitGraph) -> set[str]:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 import pcdsl
-from pcdsl.distill.compose import PatchShape, training_circuit
+from pcdsl.distill.compose import PatchShape, block_family, training_circuit
 from pcdsl.distill.counting import counting_init
 from pcdsl.ir.graph import CircuitGraph, Domain, Variable
 from pcdsl.learn.train import Epoch, Stage, Trainer
@@ -94,7 +94,7 @@ def fit_patches(shape: PatchShape, levels: Sequence[int], rows: np.ndarray, vali
                 pseudocount: float, fit: Fit, resume: Resume = Resume()) -> tuple[CircuitGraph, Parameters]:
     """Counting initialisation and cluster-conditioned EM of the patch circuits on rows from
     :func:`patch_rows`."""
-    graph = training_circuit(shape, levels)
+    graph = training_circuit(block_family(shape, levels))
     params = counting_init(graph, shape, rows[:, :-1], rows[:, -1], levels, pseudocount, fit.seed)
     return graph, train(graph, params, rows, valid, fit, resume)
 

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from pcdsl.distill import lvd
-from pcdsl.distill.compose import PatchShape, compose, top_parameter_groups, training_circuit
+from pcdsl.distill.compose import PatchShape, block_family, compose, top_parameter_groups, training_circuit
 from pcdsl.distill.recipe import Distillation
 from pcdsl.io.atomic import write_atomic
 from pcdsl.io.model import load_model, save_model
@@ -148,6 +148,11 @@ def load_data(recipe: Distillation) -> Data:
     return Data(out["train"], out.get("valid"), out.get("test"), levels)
 
 
+def _dim_levels(data: Data, grid: Any) -> tuple[int, ...]:
+    """The levels of each value of a patch vector (channels are adjacent inside a patch)."""
+    return tuple(data.levels[j % data.shape[2]] for j in range(grid.dims))
+
+
 def _flat(images: np.ndarray | None) -> np.ndarray | None:
     return None if images is None else images.reshape(len(images), -1).astype(np.float64)
 
@@ -160,7 +165,7 @@ def run_distillation(recipe: Distillation, out_dir: Path, *, backend: str = "tor
     run = RunDir(out_dir, log)
     data = load_data(recipe)
     grid = PatchGrid(data.shape, recipe.patch)
-    dim_levels = tuple(data.levels[j % data.shape[2]] for j in range(grid.dims))
+    dim_levels = _dim_levels(data, grid)
     base = _key(recipe.data_key, recipe.transform, recipe.patch, seed)
     fit = lvd.Fit((), backend, dtype, device, seed, progress)
 
@@ -259,7 +264,7 @@ def _patches(run: RunDir, recipe: Distillation, data: Data, grid: Any, z: dict[s
             rows = lvd.patch_rows(patches[:, cut], z["train"][:, cut])
             valid_rows = None if valid is None else lvd.patch_rows(valid[:, cut], z["valid"][:, cut])
             stage = name.removesuffix(".safetensors")
-            graph = training_circuit(shape, dim_levels)
+            graph = training_circuit(block_family(shape, dim_levels))
             params = run.fit(stage, _key(key, stage), graph, lambda resume, r=rows, v=valid_rows: lvd.fit_patches(
                 shape, dim_levels, r, v, recipe.counting, patch_fit, resume)[1])
             save_model(run.path / name, graph, params)
@@ -306,8 +311,8 @@ def _distilled(run: RunDir, recipe: Distillation, data: Data, grid: Any, shape: 
                fit: lvd.Fit) -> tuple[CircuitGraph, Parameters]:
     key = _key(key, recipe.top_em, recipe.em)
     positions = [grid.pixel_columns(i) for i in range(grid.count)]
-    graph, params = compose(top, top_params, patch_params, shape, image_variables(data.shape, data.levels),
-                            positions, recipe.patch_pc["shared"], recipe.name)
+    graph, params = compose(top, top_params, block_family(shape, _dim_levels(data, grid)), patch_params,
+                            image_variables(data.shape, data.levels), positions, recipe.patch_pc["shared"], recipe.name)
     if run.fresh("distilled", key, "model.safetensors"):
         return graph, load_model(run.path / "model.safetensors")[1]
     train, valid = _flat(data.train), _flat(data.valid)
@@ -355,7 +360,7 @@ def _report(run: RunDir, recipe: Distillation, data: Data, grid: Any, teacher: A
             report[f"teacher_{split}_bpd"] = float(bpd)
         if split in z:
             latent = fit.compile(top, top_params)
-            patch_model = fit.compile(training_circuit(shape, dim_levels), patch_params[0])
+            patch_model = fit.compile(training_circuit(block_family(shape, dim_levels)), patch_params[0])
             if len(patch_params) == 1:
                 bound = lvd.lvd_bound(latent, z[split], patch_model, lvd.patch_rows(grid.to_patches(images), z[split]))
                 report[f"lvd_bound_{split}_bpd"] = _bpd(float(bound.mean()), dims)
