@@ -123,7 +123,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("file", metavar="RECIPE")
     run.add_argument("--recipe", metavar="NAME", help="which recipe (default: the file's first)")
     run.add_argument("--out", metavar="DIR", help="run directory (default: runs/NAME)")
-    for flag, default in (("--backend", "torch"), ("--device", "cpu"), ("--dtype", "float32")):
+    run.add_argument("--backend", choices=("torch", "numba"), default=None,
+                     help="default: numba for distillation recipes on the CPU (faster there), else torch")
+    for flag, default in (("--device", "cpu"), ("--dtype", "float32")):
         run.add_argument(flag, default=default, help=f"default: {default}")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

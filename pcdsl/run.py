@@ -138,7 +138,7 @@ def stages(spec: RecipeSpec) -> list[Stage]:
     return out
 
 
-def run_recipe(checked: Checked, name: str, out_dir: Path, *, backend: str = "torch", device: str = "cpu",
+def run_recipe(checked: Checked, name: str, out_dir: Path, *, backend: str | None = None, device: str = "cpu",
                dtype: str = "float32", seed: int = 0, progress: bool = True, log: Any = print) -> dict[str, Any]:
     """Run (or resume) a recipe; returns the report."""
     import pcdsl
@@ -148,10 +148,15 @@ def run_recipe(checked: Checked, name: str, out_dir: Path, *, backend: str = "to
     from pcdsl.distill.recipe import is_distillation, read_distillation
 
     if is_distillation(spec):
-        from pcdsl.distill.pipeline import run_distillation
+        from pcdsl.distill.pipeline import DistillError, run_distillation
 
-        return run_distillation(read_distillation(spec, checked.data), out_dir, backend=backend, device=device,
-                                dtype=dtype, seed=seed, progress=progress, log=log)
+        chosen = backend or ("numba" if device == "cpu" else "torch")  # numba is the faster CPU backend here
+        try:
+            return run_distillation(read_distillation(spec, checked.data), out_dir, backend=chosen, device=device,
+                                    dtype=dtype, seed=seed, progress=progress, log=log)
+        except DistillError as exc:
+            raise RunError(str(exc)) from None
+    backend = backend or "torch"
     splits = load_splits(checked, spec)
     plan = stages(spec)
     graph = build_model(checked, spec, splits.train)

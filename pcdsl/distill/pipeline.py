@@ -157,9 +157,25 @@ def _flat(images: np.ndarray | None) -> np.ndarray | None:
     return None if images is None else images.reshape(len(images), -1).astype(np.float64)
 
 
-def run_distillation(recipe: Distillation, out_dir: Path, *, backend: str = "torch", device: str = "cpu",
+class DistillError(Exception):
+    """A distillation recipe that cannot run on what it was given; the message says why."""
+
+
+def run_distillation(recipe: Distillation, out_dir: Path, *, backend: str = "numba", device: str = "cpu",
                      dtype: str = "float32", seed: int = 0, progress: bool = True, log: Log = print) -> dict[str, Any]:
     """Run (or resume) a distillation recipe; returns the report."""
+    from pcdsl.data import DataError
+    from pcdsl.distill.images import PatchError
+    from pcdsl.distill.teachers import TeacherError
+
+    try:
+        return _run(recipe, out_dir, backend, device, dtype, seed, progress, log)
+    except (DataError, PatchError, TeacherError) as exc:  # bad data or options the checks could not see
+        raise DistillError(str(exc)) from None
+
+
+def _run(recipe: Distillation, out_dir: Path, backend: str, device: str, dtype: str, seed: int, progress: bool,
+         log: Log) -> dict[str, Any]:
     from pcdsl.distill.images import PatchGrid
 
     run = RunDir(out_dir, log)
