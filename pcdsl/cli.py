@@ -485,7 +485,7 @@ def _run(args: argparse.Namespace) -> int:
 def _explain(args: argparse.Namespace) -> int:
     code = args.code.upper()
     if code not in CODES:
-        print(f"pcdsl explain: unknown code '{args.code}' (codes run from E0001 to W0202)", file=sys.stderr)
+        print(f"pcdsl explain: unknown code '{args.code}' (codes run from E0001 to W0601)", file=sys.stderr)
         return EXIT_USAGE
     print(f"{code}: {CODES[code]}")
     return EXIT_OK

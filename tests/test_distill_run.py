@@ -118,7 +118,6 @@ def test_bad_recipes_are_diagnosed_at_check_time(tmp_path: Path, capsys: pytest.
         "grid(x, 4, 4)": ("grid(x, 3, 4)", "do not tile"),
         "latents = kmeans(teacher.features, clusters = 4)": (
             "latents = kmeans(teacher.features, clusters = 9999)", "clusters but only"),
-        '"train.npy"': ('"missing.npy"', "missing.npy"),
         "teacher = pixels()": ("teacher = vae()", "unknown"),
     }
     for old, (new, words) in cases.items():
@@ -126,3 +125,9 @@ def test_bad_recipes_are_diagnosed_at_check_time(tmp_path: Path, capsys: pytest.
         assert main(["check", str(path)]) == 1
         err = capsys.readouterr().err
         assert words in err and "tiny.pc:" in err, err
+    # images that are not there yet: a warning at check time, a clear error from `pcdsl run`
+    path.write_text(text.replace('"train.npy"', '"missing.npy"'))
+    assert main(["check", str(path)]) == 0
+    assert "missing.npy" in capsys.readouterr().err
+    assert main(["run", str(path), "--out", str(tmp_path / "run"), "-q"]) == 1
+    assert "missing.npy" in capsys.readouterr().err

@@ -123,10 +123,12 @@ def read_distillation(spec: RecipeSpec, sources: dict[str, DataSource]) -> Disti
 
 
 def check_distillation(spec: RecipeSpec, vals: Values, sources: dict[str, DataSource]) -> None:
-    """Diagnostics a distillation recipe can get before it runs: a data source that cannot be
-    read, a patch grid that does not tile its images, more clusters than patches, a report on a
-    split the data does not have. Each is located at the recipe entry that causes it."""
+    """Diagnostics a distillation recipe can get before it runs: a patch grid that does not tile
+    its images, more clusters than patches, a report on a split the data does not have (errors),
+    and images that cannot be read yet (a warning here; `pcdsl run` stops on it). Each is located
+    at the recipe entry that causes it."""
     from pcdsl.data import DataError
+    from pcdsl.diagnostics import warning
     from pcdsl.distill.images import IMAGE_SOURCES, PatchError, PatchGrid, image_source_problem, peek_images
 
     source = data_source(spec, sources)
@@ -136,8 +138,9 @@ def check_distillation(spec: RecipeSpec, vals: Values, sources: dict[str, DataSo
                   data_span, help=f"use one of {', '.join(IMAGE_SOURCES)}")
         return
     problem = image_source_problem(source)
-    if problem is not None:
-        vals.fail("E0501", problem, data_span, help="check the path, or install the data (docs/data.md)")
+    if problem is not None:  # a warning: a recipe may be written before its data is in place
+        vals.sink.add(warning("W0601", f"the recipe's images cannot be read yet: {problem}", data_span,
+                              help="`pcdsl run` needs them: check the path, or install the data (docs/data.md)"))
         return
     info = peek_images(source.kind, source.args, source.base_dir, "train")
     if "patches" in spec.entries:
