@@ -127,7 +127,7 @@ def stages(spec: RecipeSpec) -> list[Stage]:
         kind, v = bound.call.func.text, bound.values
         if kind == "em":
             out.append(Stage("em", v["epochs"], v["batch"], v["step"], v["pseudocount"], v["patience"],
-                             soften=v["soften"], entropy=v["entropy"]))
+                             soften=v["soften"], entropy=v["entropy"], rows=v["rows"]))
         elif kind == "full_em":
             out.append(Stage("full_em", v["epochs"], 1024, (1.0,), v["pseudocount"], v["patience"],
                              soften=v["soften"], entropy=v["entropy"]))
