@@ -100,7 +100,7 @@ def learn_trees(data_columns: np.ndarray, cardinalities: np.ndarray, pseudocount
     key = cache_key(_CACHE_VERSION, repr(columns.shape), columns.tobytes(), cards.tobytes(),
                     repr(float(pseudocount)), str(bins), str(k))
     cached = read_cached("chow_liu", key)
-    if _valid_trees(cached, columns.shape[1], k):
+    if cached is not None and _valid_trees(cached, columns.shape[1], k):
         return [[(int(i), int(j)) for i, j in tree] for tree in cached]
     trees = spanning_trees(mutual_information(columns, cards, pseudocount, bins), k)
     write_cached("chow_liu", key, [[list(e) for e in tree] for tree in trees])
