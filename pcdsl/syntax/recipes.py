@@ -81,7 +81,7 @@ TABLES: dict[str, dict[str, Signature]] = {
     },
     "model": {
         "hclt": _sig("hclt", _kw("over", None), _kw("hidden", read_int(1), 16), _kw("trees", read_int(1), 1),
-                     _kw("pseudocount", read_float(0.0), 0.1)),
+                     _kw("pseudocount", read_float(0.0), 0.1), _kw("subsample", read_int(0), 5000)),
         "fully_factorized": _sig("fully_factorized", _kw("over", None), _kw("units", read_int(1), 1)),
     },
     "train": {
