@@ -1,0 +1,1 @@
+"""Latent variable distillation: image patches, teachers, latent assignments and the LVD pipeline."""
