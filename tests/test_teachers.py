@@ -172,7 +172,7 @@ def test_colour_images_with_per_channel_levels() -> None:
                        rng.integers(0, 511, (16, 8, 8))], axis=-1).astype(np.int16)
     t = fitted("vqvae", images, levels=(256, 511, 511))
     assert t.features(images).shape == (16, 4, 8) and math.isfinite(t.bpd(images))
-    with pytest.raises(TeacherError, match="channel 1 has values 0 .. 510, outside 0 .. 255"):
+    with pytest.raises(TeacherError, match=r"channel 1 has values 0 \.\. 510, outside 0 \.\. 255"):
         make_teacher("pixels", {}, (8, 8, 3), (4, 4)).features(images)
 
 
@@ -226,7 +226,7 @@ def test_bad_geometry_and_images_are_named() -> None:
     t = make_teacher("pixels", {}, (8, 8, 1), (4, 4), levels=16)
     with pytest.raises(TeacherError, match=r"shape \(N, 8, 8, 1\), got \(2, 8, 4, 1\)"):
         t.features(np.zeros((2, 8, 4, 1), np.uint8))
-    with pytest.raises(TeacherError, match="values 0 .. 16, outside 0 .. 15"):
+    with pytest.raises(TeacherError, match=r"values 0 \.\. 16, outside 0 \.\. 15"):
         t.features(np.full((2, 8, 8, 1), 16, np.uint8) * np.arange(2).reshape(2, 1, 1, 1).astype(np.uint8))
     with pytest.raises(TeacherError, match="integer pixel values"):
         t.features(np.zeros((2, 8, 8, 1), np.float32))
@@ -267,3 +267,79 @@ def test_module_weights_that_do_not_fit_are_named(tmp_path: Path) -> None:
     save_file({"conv.weight": torch.zeros(3, 3)}, str(weights))
     with pytest.raises(TeacherError, match="do not fit"):
         make_teacher("module", {"factory": f"{EXAMPLE}:make_encoder", "weights": str(weights)}, (8, 8, 1), (4, 4))
+
+
+# -- latents: k-means and assignments --------------------------------------------------------------
+
+
+def blobs(n: int = 600, k: int = 4, d: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 10, (k, d))
+    labels = rng.integers(0, k, n)
+    return (centres[labels] + rng.normal(0, 0.3, (n, d))).astype(np.float32), centres
+
+
+def test_kmeans_is_deterministic_given_the_seed_and_finds_separated_clusters() -> None:
+    from pcdsl.distill.latents import kmeans
+
+    x, centres = blobs()
+    a, b = kmeans(x, 4, seed=0), kmeans(x, 4, seed=0)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (4, 3) and a.dtype == np.float32
+    nearest = np.sqrt(((a[:, None] - centres[None]) ** 2).sum(-1)).min(axis=0)
+    assert (nearest < 0.2).all()  # every true centre has a centroid on it
+    sub = kmeans(x, 4, seed=3, sample=100)  # a seeded subsample still finds them
+    np.testing.assert_array_equal(sub, kmeans(x, 4, seed=3, sample=100))
+    assert (np.sqrt(((sub[:, None] - centres[None]) ** 2).sum(-1)).min(axis=0) < 0.3).all()
+
+
+def test_kmeans_from_given_centroids_takes_lloyd_steps_from_them() -> None:
+    from pcdsl.distill.latents import assign, kmeans
+
+    x, _ = blobs(n=200, k=3, seed=4)
+    start = x[:3].astype(np.float64) + 0.01
+    one = kmeans(x, 3, seed=0, init=start, iterations=1)
+    labels = assign(x, start)
+    means = np.stack([x[labels == j].mean(axis=0) for j in range(3)])
+    np.testing.assert_allclose(one, means, rtol=1e-5, atol=1e-5)  # one Lloyd step: the means
+
+
+def test_assign_matches_brute_force_in_chunks() -> None:
+    from pcdsl.distill.latents import assign
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(1003, 7)).astype(np.float32)
+    c = rng.normal(size=(13, 7)).astype(np.float32)
+    brute = ((x[:, None].astype(np.float64) - c[None]) ** 2).sum(-1).argmin(axis=1)
+    got = assign(x, c, batch=100)
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, brute)
+    np.testing.assert_array_equal(assign(x, np.concatenate([c, c])), brute)  # ties: the lower index
+
+
+def test_split_cluster_gives_centroids_and_labels() -> None:
+    from pcdsl.distill.latents import split_cluster
+
+    x, _ = blobs(n=300, k=2, seed=6)
+    centroids, labels = split_cluster(x, 2, seed=0)
+    assert centroids.shape == (2, 3) and labels.shape == (300,) and set(labels.tolist()) == {0, 1}
+    for j in range(2):
+        np.testing.assert_allclose(centroids[j], x[labels == j].mean(axis=0), rtol=1e-4, atol=1e-4)
+    mean, zeros = split_cluster(x, 1, seed=0)
+    np.testing.assert_allclose(mean[0], x.mean(axis=0), rtol=1e-5)
+    assert not zeros.any()
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda k, x: k(x[:5], 6, seed=0), "6 clusters but only 5 feature vectors"),
+    (lambda k, x: k(np.zeros((10, 2), np.float32), 3, seed=0), "only 1 distinct feature vectors for 3 clusters"),
+    (lambda k, x: k(x, 2, seed=0, init=np.zeros((3, 3))), r"init must have shape \(2, 3\)"),
+    (lambda k, x: k(x[:, 0], 2, seed=0), "2-d array"),
+    (lambda k, x: k(np.full((4, 2), np.nan), 2, seed=0), "NaN"),
+])
+def test_kmeans_errors_are_clear(call: object, message: str) -> None:
+    from pcdsl.distill.latents import LatentError, kmeans
+
+    x, _ = blobs(n=50)
+    with pytest.raises(LatentError, match=message):
+        call(kmeans, x)  # type: ignore[operator]

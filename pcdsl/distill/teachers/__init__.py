@@ -123,7 +123,7 @@ def load_teacher(path: str | Path, kind: str, options: Mapping[str, Any], image_
     try:
         with safe_open(str(path), framework="numpy") as f:
             meta = json.loads((f.metadata() or {})["pcdsl"])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iterator
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (OSError, SafetensorError, KeyError, ValueError) as exc:
         raise TeacherError(f"'{path}' is not a pcdsl teacher file: {exc}") from None
     if meta.get("format") != FORMAT or meta.get("version") != VERSION:

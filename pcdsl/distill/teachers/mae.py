@@ -62,6 +62,9 @@ class MAEOptions:
 
 
 class MAENet(nn.Module):
+    local: torch.Tensor
+    everything: torch.Tensor
+
     def __init__(self, geo: Geometry, o: MAEOptions) -> None:
         super().__init__()
         p, d = geo.patches, o.dim

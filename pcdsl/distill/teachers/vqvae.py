@@ -94,6 +94,10 @@ class Residual(nn.Module):
 
 
 class VQVAENet(nn.Module):
+    codebook: torch.Tensor
+    ema_count: torch.Tensor
+    ema_sum: torch.Tensor
+
     def __init__(self, geo: Geometry, o: VQVAEOptions) -> None:
         super().__init__()
         d, h = geo.patch_dims, o.hidden
@@ -101,10 +105,10 @@ class VQVAENet(nn.Module):
             nn.Conv2d(d, h, 1), Residual(nn.Sequential(nn.GELU(), nn.Conv2d(h, h, 3, padding=1))),
             Residual(nn.Sequential(nn.GELU(), nn.Conv2d(h, h, 1))), nn.GELU(), nn.Conv2d(h, o.dim, 1))
         first = nn.Conv2d(o.dim, h, 3, padding=1) if o.patch_decoder == "neighbourhood" else nn.Conv2d(o.dim, h, 1)
-        self.decoder = nn.Sequential(first, Residual(nn.Sequential(nn.GELU(), nn.Conv2d(h, h, 1))), nn.GELU(),
-                                     nn.Conv2d(h, d * 3 * o.mixtures, 1))
+        last = nn.Conv2d(h, d * 3 * o.mixtures, 1)
+        self.decoder = nn.Sequential(first, Residual(nn.Sequential(nn.GELU(), nn.Conv2d(h, h, 1))), nn.GELU(), last)
         with torch.no_grad():  # components start spread over the range and narrow (scale ~ range / 40)
-            bias = self.decoder[-1].bias.view(d, 3, o.mixtures)
+            bias = last.bias.view(d, 3, o.mixtures)
             bias[:, 1] = torch.linspace(-0.8, 0.8, o.mixtures) if o.mixtures > 1 else 0.0
             bias[:, 2] = -3.0
         self.register_buffer("codebook", torch.zeros(o.codes, o.dim))
@@ -130,6 +134,8 @@ class VQVAENet(nn.Module):
 
 class Prior(nn.Module):
     """A causal transformer over the P codes of an image in raster order."""
+
+    causal: torch.Tensor
 
     def __init__(self, codes: int, patches: int, o: VQVAEOptions) -> None:
         super().__init__()
