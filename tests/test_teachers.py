@@ -138,8 +138,8 @@ def test_vqvae_bpd_is_low_on_constant_images_and_plausible_on_stripes() -> None:
     constant = np.full((32, 8, 8, 1), 77, dtype=np.uint8)
     assert fitted("vqvae", constant, {"epochs": 40, "batch": 8, "lr": 3e-2, "prior_epochs": 3}).bpd(constant) < 0.75
     stripes = striped(64)
-    bpd = fitted("vqvae", stripes, {"epochs": 10}).bpd(striped(32, seed=9))
-    assert 0.0 < bpd < 8.0 and math.isfinite(bpd)
+    bpd = fitted("vqvae", stripes, {"epochs": 20, "batch": 8, "lr": 1e-2}).bpd(striped(32, seed=9))
+    assert 1.5 < bpd < 4.0  # the noise alone costs about 2.4 bits a pixel; uniform would be 8
     assert make_teacher("mae", {}, (8, 8, 1), (4, 4)).bpd(stripes) is None
 
 

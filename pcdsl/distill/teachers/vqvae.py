@@ -108,9 +108,11 @@ class VQVAENet(nn.Module):
         last = nn.Conv2d(h, d * 3 * o.mixtures, 1)
         self.decoder = nn.Sequential(first, Residual(nn.Sequential(nn.GELU(), nn.Conv2d(h, h, 1))), nn.GELU(), last)
         with torch.no_grad():  # components start spread over the range and narrow (scale ~ range / 40)
-            bias = last.bias.view(d, 3, o.mixtures)
+            bias = last.weight.new_zeros(d, 3, o.mixtures)
             bias[:, 1] = torch.linspace(-0.8, 0.8, o.mixtures) if o.mixtures > 1 else 0.0
             bias[:, 2] = -3.0
+            assert last.bias is not None  # a Conv2d made with bias=True
+            last.bias.copy_(bias.flatten())
         self.register_buffer("codebook", torch.zeros(o.codes, o.dim))
         self.register_buffer("ema_count", torch.zeros(o.codes))
         self.register_buffer("ema_sum", torch.zeros(o.codes, o.dim))
