@@ -42,6 +42,7 @@ class Splits:
     train: np.ndarray
     valid: np.ndarray | None
     test: np.ndarray | None
+    image_shape: tuple[int, int, int] | None = None  # (H, W, C) when the rows are images
 
 
 def _write_json(path: Path, value: Any) -> None:
@@ -91,11 +92,15 @@ def _image_splits(source: DataSource) -> Splits:
         has_test = bool(image_files(source.kind, source.args, source.base_dir, "test"))
     except DataError:
         has_test = False  # a source without test files; a bad test file still stops the run
+    from pcdsl.distill.images import peek_images
+
+    shape = peek_images(source.kind, source.args, source.base_dir, "train").shape
     return Splits(split("train"), split("valid") if source.args.get("valid") else None,
-                  split("test") if has_test else None)
+                  split("test") if has_test else None, shape)
 
 
-def build_model(checked: Checked, spec: RecipeSpec, train: np.ndarray) -> CircuitGraph:
+def build_model(checked: Checked, spec: RecipeSpec, train: np.ndarray,
+                image_shape: tuple[int, int, int] | None = None) -> CircuitGraph:
     from pcdsl.structures import generate
 
     if spec.model_circuit is not None:
@@ -104,7 +109,13 @@ def build_model(checked: Checked, spec: RecipeSpec, train: np.ndarray) -> Circui
     if call.values.get("over") is not None and _ref_name(call.values["over"]) != "data":
         raise RunError("only `over = data` models run so far (latent models need distillation)")
     sizes = np.maximum(train.max(axis=0), 1).astype(int) + 1
-    variables = tuple(Variable(f"x[{i}]", i, BOOL if s == 2 else Domain("categorical", int(s)))
+    names = [f"x[{i}]" for i in range(len(sizes))]
+    if image_shape is not None:  # pixels: 256 levels each, named as `var x[H, W]` / `x[H, W, C]` would be
+        sizes = np.full(len(sizes), 256)
+        array = image_shape if image_shape[2] > 1 else image_shape[:2]
+        positions = np.indices(array).reshape(len(array), -1).T  # row-major, as images_as_rows orders them
+        names = [f"x[{', '.join(map(str, p))}]" for p in positions]
+    variables = tuple(Variable(names[i], i, BOOL if s == 2 else Domain("categorical", int(s)))
                       for i, s in enumerate(sizes))
     graph = CircuitGraph(spec.name, variables, spec.span or call.call.span)
     options = {k: v for k, v in call.values.items() if k not in ("over",)}
@@ -148,7 +159,7 @@ def run_recipe(checked: Checked, name: str, out_dir: Path, *, backend: str = "to
         raise RunError("distillation recipes (teacher, patches, latents) are checked but cannot run yet")
     splits = load_splits(checked, spec)
     plan = stages(spec)
-    graph = build_model(checked, spec, splits.train)
+    graph = build_model(checked, spec, splits.train, splits.image_shape)
     out_dir.mkdir(parents=True, exist_ok=True)
     key = hashlib.sha256(repr((spec.entries, seed)).encode()).hexdigest()[:16]
     state_file, checkpoint = out_dir / "state.json", out_dir / "checkpoint.safetensors"
