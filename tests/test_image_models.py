@@ -114,3 +114,19 @@ def test_cli_sample_png_needs_an_image_model(tmp_path: Path, capsys: pytest.Capt
     pc.write_text("circuit c {\n  var a : bool\n  var b : categorical(3)\n  structure = fully_factorized([a, b])\n}\n")
     assert main(["sample", str(pc), "-o", str(tmp_path / "s.png")]) == 2
     assert "is not an image model" in capsys.readouterr().err
+
+
+def test_plain_recipe_on_an_image_source(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    np.save(tmp_path / "tr.npy", numbered(40, 4, 4, 3))
+    np.save(tmp_path / "te.npy", numbered(6, 4, 4, 3, seed=1))
+    recipe = tmp_path / "r.pc"
+    recipe.write_text('recipe small {\n  data = images("tr.npy", test = "te.npy", valid = 8)\n'
+                      '  model = hclt(over = data, hidden = 2)\n  train { em(epochs = 1, batch = 8) }\n'
+                      '  report bpd(test)\n}\n')
+    assert main(["run", str(recipe), "--out", str(tmp_path / "run"), "-q"]) == 0
+    assert "test bpd" in capsys.readouterr().out
+    model = str(tmp_path / "run" / "model.safetensors")
+    assert main(["sample", model, "-n", "2", "-o", str(tmp_path / "s.png")]) == 0
+    assert decode_png((tmp_path / "s.png").read_bytes()).shape == (6, 11, 3)  # RGB, two 4x4 cells
+    assert main(["eval", model, "--data", str(tmp_path / "te.npy")]) == 0
+    assert "6 samples" in capsys.readouterr().out
