@@ -172,9 +172,9 @@ def _layer(graph: CircuitGraph, params: Parameters, kind: str, nodes: list[Node]
         return ProductLayer(start, np.array(rows, dtype=np.int64), names)
     folds = [(n, b) for n in nodes for b in range(n.blocks)]  # node-major, as the slots are
     index = np.array([[slots[c] + u for c, u in block_inputs(graph, n, b)] for n, b in folds], dtype=np.int64)
-    rows = tuple(b * (n.num_units // n.blocks) for n, b in folds)
+    first_rows = tuple(b * (n.num_units // n.blocks) for n, b in folds)
     layer = SumLayer(start, index, np.empty((0, 0, 0)), tuple(n.name for n, _ in folds),
-                     tuple(weight_group(n) for n, _ in folds), rows)
+                     tuple(weight_group(n) for n, _ in folds), first_rows)
     return replace(layer, weights=fold_weights(layer, params, nodes[0].num_units // nodes[0].blocks))
 
 

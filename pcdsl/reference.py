@@ -105,10 +105,10 @@ def forward(graph: CircuitGraph, params: Parameters, x: np.ndarray, mode: str = 
             values[node.name] = np.stack([sum(values[c][:, i] for c, i in row) for row in rows], axis=1)
         else:
             out = np.empty((x.shape[0], node.num_units))
-            for b, rows in enumerate(_block_rows(node)):
+            for b, block in enumerate(_block_rows(node)):
                 inputs = _gather(values, block_inputs(graph, node, b))  # (B, C)
-                scores = _log(params.sum_weights(node)[rows])[None, :, :] + inputs[:, None, :]  # (B, M, C)
-                out[:, rows] = scores.max(axis=2) if mode == "max" else logsumexp(scores, axis=2)
+                scores = _log(params.sum_weights(node)[block])[None, :, :] + inputs[:, None, :]  # (B, M, C)
+                out[:, block] = scores.max(axis=2) if mode == "max" else logsumexp(scores, axis=2)
             values[node.name] = out
     return values
 

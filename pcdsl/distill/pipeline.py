@@ -21,6 +21,7 @@ a run killed mid-stage resumes at its last finished epoch.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import resource
@@ -257,7 +258,7 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     import io
 
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]
     write_atomic(path, buffer.getvalue())
 
 
@@ -284,13 +285,18 @@ def _patches(run: RunDir, recipe: Distillation, data: Data, grid: Any, z: dict[s
             valid_rows = None if valid is None else lvd.patch_rows(valid[:, cut], z["valid"][:, cut])
             stage = name.removesuffix(".safetensors")
             graph = training_circuit(block_family(shape, dim_levels))
-            params = run.fit(stage, _key(key, stage), graph, lambda resume, r=rows, v=valid_rows: lvd.fit_patches(
-                shape, dim_levels, r, v, recipe.counting, patch_fit, resume)[1])
+            params = run.fit(stage, _key(key, stage), graph, functools.partial(
+                _fit_patches, shape, dim_levels, rows, valid_rows, recipe.counting, patch_fit))
             save_model(run.path / name, graph, params)
             result.append(params)
 
     _timed(run, "patches", key, work)
     return shape, result, key
+
+
+def _fit_patches(shape: PatchShape, levels: tuple[int, ...], rows: np.ndarray, valid: np.ndarray | None,
+                 pseudocount: float, fit: lvd.Fit, resume: lvd.Resume) -> Parameters:
+    return lvd.fit_patches(shape, levels, rows, valid, pseudocount, fit, resume)[1]
 
 
 def _top(run: RunDir, recipe: Distillation, grid: Any, z: dict[str, np.ndarray], latents_key: str,
@@ -316,7 +322,7 @@ def _top(run: RunDir, recipe: Distillation, grid: Any, z: dict[str, np.ndarray],
 def image_variables(shape: tuple[int, int, int], levels: tuple[int, ...]) -> tuple[Variable, ...]:
     """The variables of an image model, ``x[r, c]`` (greyscale) or ``x[r, c, ch]``, row-major."""
     h, w, c = shape
-    out = []
+    out: list[Variable] = []
     for r in range(h):
         for col in range(w):
             for ch in range(c):
@@ -343,9 +349,8 @@ def _distilled(run: RunDir, recipe: Distillation, data: Data, grid: Any, shape: 
             if not stages:
                 continue
             stage_fit = lvd.Fit(stages, fit.backend, fit.dtype, fit.device, fit.seed, fit.progress)
-            start = out["params"]
-            out["params"] = run.fit(stage, _key(key, stage), graph, lambda resume, s=stage_fit, g=learn, p=start:
-                                    lvd.fit_distilled(graph, p, train, valid, s, g, resume))
+            out["params"] = run.fit(stage, _key(key, stage), graph, functools.partial(
+                lvd.fit_distilled, graph, out["params"], train, valid, stage_fit, learn))
         save_model(run.path / "model.safetensors", graph, out["params"])
 
     _timed(run, "distilled", key, work)

@@ -129,7 +129,7 @@ def _tied_input(graph: CircuitGraph, node: Node) -> list[Diagnostic]:
             return []
     what = "no node" if owner is None else f"'{owner.name}', which is not an untied leaf of the same family, " \
         "units and domain"
-    return [error("E0208", f"leaf '{node.name}' is tied to {what if owner is None else what}", node.span,
+    return [error("E0208", f"leaf '{node.name}' is tied to {what}", node.span,
                   *([Note(f"'{owner.name}' is declared here", owner.span)] if owner is not None else []),
                   help="a tied leaf shares the parameters of a leaf with the same family, units and domain")]
 

@@ -126,7 +126,7 @@ class Trainer:
         ll, step = 0.0, stage.step[0]
         chosen = stage.epoch_rows(len(self.train))
         rng = np.random.default_rng((self.seed, self._stage_index, epoch)) if self.per_epoch_rng else self.rng
-        rows_iter = batches(len(self.train), stage.batch_size, rng) if chosen == len(self.train) else \
+        rows_iter: Any = batches(len(self.train), stage.batch_size, rng) if chosen == len(self.train) else \
             iter(np.array_split(rng.choice(len(self.train), chosen, replace=False), per_epoch))
         if self.progress:
             from tqdm import tqdm
@@ -144,7 +144,7 @@ class Trainer:
                 self._update(flows, step, stage, len(rows))
             ll += flows.log_likelihood
             if self.progress:
-                rows_iter.set_postfix(ll=f"{flows.log_likelihood / len(rows):.3f}")  # type: ignore[attr-defined]
+                rows_iter.set_postfix(ll=f"{flows.log_likelihood / len(rows):.3f}")
         return step, ll / chosen
 
     def _evidence(self, stage: Stage) -> None:
