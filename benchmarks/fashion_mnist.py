@@ -4,7 +4,7 @@ One script, one table (markdown on stdout and `RESULTS/fashion_mnist.json`). Eac
 a recipe run with `pcdsl run` semantics in its own run directory under RESULTS, so a stopped
 benchmark resumes where it stopped (every stage is cached, EM checkpoints every epoch).
 
-    pip install -e '.[all,bench]'
+    pip install -e '.[all]'
     python benchmarks/fashion_mnist.py [--only NAME ...] [--threads 2] [--results DIR] [--quick]
 
 Needs Debian's `dataset-fashion-mnist` (IDX files in /usr/share/datasets/fashion-mnist) or
