@@ -191,11 +191,6 @@ def test_recipe_run_writes_its_directory_and_resumes(tmp_path: Path, capsys: pyt
     assert len((out / "metrics.jsonl").read_text().splitlines()) == len(metrics) + 3
 
 
-def test_distillation_recipes_are_refused_clearly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["run", str(EXAMPLES / "lvd_fashion.pc"), "--out", str(tmp_path)]) == 1
-    assert "cannot run yet" in capsys.readouterr().err
-
-
 def test_sgd_gradients_equal_finite_differences() -> None:
     from pcdsl.learn.sgd import Optimizer, _softmax
 
