@@ -10,10 +10,26 @@ import pytest
 
 from pcdsl import reference
 from pcdsl.distill.compose import PatchShape, training_circuit
-from pcdsl.distill.growing import (Growing, Grown, allocate, assign_heads, cluster_em, head_log_likelihoods,
-                                   progressive_growing, reassign, worst_subclusters)
-from pcdsl.distill.grown import (ClusterCircuit, LatentTree, check, duplicate_states, own_parameters, prune,
-                                 training_parameters)
+from pcdsl.distill.growing import (
+    Growing,
+    Grown,
+    allocate,
+    assign_heads,
+    cluster_em,
+    head_log_likelihoods,
+    progressive_growing,
+    reassign,
+    worst_subclusters,
+)
+from pcdsl.distill.grown import (
+    ClusterCircuit,
+    LatentTree,
+    check,
+    duplicate_states,
+    own_parameters,
+    prune,
+    training_parameters,
+)
 from pcdsl.distill.lvd import Fit
 from pcdsl.ir.validate import validate
 from pcdsl.learn.train import Stage
@@ -111,8 +127,8 @@ def test_em_keeps_pruned_weights_at_zero_and_torch_agrees_with_the_reference() -
         np.testing.assert_allclose(trained.weights[group].sum(axis=1), 1.0, atol=1e-12)
         moved = max(moved, float(np.abs(trained.weights[group] - w).max()))
     assert moved > 1e-3
-    np.testing.assert_allclose(head_log_likelihoods(model, circuit, trained, patches), _heads(circuit, trained, patches),
-                               atol=1e-9)
+    by_torch = head_log_likelihoods(model, circuit, trained, patches)
+    np.testing.assert_allclose(by_torch, _heads(circuit, trained, patches), atol=1e-9)
 
 
 def test_reassignment_moves_only_past_the_margin() -> None:
@@ -172,11 +188,8 @@ def test_growing_reaches_the_target_with_a_valid_family(kind: str) -> None:
     for g, circuit in enumerate(grown.circuits):  # each patch stays inside its global cluster
         assert ((grown.z[z == g] >= grown.offsets[g]) & (grown.z[z == g] < grown.offsets[g] + circuit.heads)).all()
     # the family as the pipeline uses it: p(z, x) with z observed sums to 1 over every (x, z)
-    graph = training_circuit(grown.family)
+    graph, params = grown.training()
     assert validate(graph) == []
-    params = Parameters(dict(grown.params.inputs), {**grown.params.weights, "root": np.full((1, 5), 0.2)})
-    for g, offset in enumerate(grown.offsets):
-        params.inputs[f"z{g}"] = {"value": offset + np.arange(grown.circuits[g].heads)}
     worlds = np.array([[*x, k] for x in WORLDS for k in range(5)])
     assert abs(np.exp(reference.log_prob(graph, params, worlds)).sum() - 1.0) < 1e-12
     # the reported fit is each patch's own head, and with margin 0 the last reassignment is the argmax

@@ -25,9 +25,9 @@ import heapq
 import math
 import multiprocessing
 import os
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -49,6 +49,7 @@ from pcdsl.distill.grown import (
     training_parameters,
 )
 from pcdsl.distill.lvd import Fit
+from pcdsl.ir.graph import CircuitGraph
 from pcdsl.learn.em import full_batch_flows
 from pcdsl.learn.train import Trainer
 from pcdsl.params import Parameters, initialise
@@ -284,8 +285,19 @@ class Grown:
     def report(self) -> dict[str, Any]:
         """What a run's report shows of the growing."""
         return {"heads": [c.heads for c in self.circuits], "hidden": [list(c.hidden) for c in self.circuits],
-                "rounds": [vars(r) for r in self.rounds],
+                "rounds": [asdict(r) for r in self.rounds],
                 "parameters": nonzero_parameters(self.family.graph, self.params)}
+
+    def training(self) -> tuple[CircuitGraph, Parameters]:
+        """The family's training circuit (:func:`pcdsl.distill.compose.training_circuit`, Z the
+        last column) with these parameters and a uniform prior over the heads: what
+        cluster-conditioned EM of all heads together, or the LVD bound, runs on."""
+        graph = training_circuit(self.family)
+        k = self.family.clusters
+        params = Parameters(dict(self.params.inputs), {**self.params.weights, "root": np.full((1, k), 1.0 / k)})
+        for g, (circuit, offset) in enumerate(zip(self.circuits, self.offsets, strict=True)):
+            params.inputs[f"z{g}"] = {"value": offset + np.arange(circuit.heads)}
+        return graph, params
 
 
 def allocate(sizes: Sequence[int], heads: int) -> list[int]:
@@ -317,8 +329,13 @@ def _check_inputs(patches: np.ndarray, z: np.ndarray, features: np.ndarray, shap
         raise ValueError(f"grow: z must be ({n},) global clusters in 0 .. {shape.clusters - 1}")
     if features.ndim != 2 or len(features) != n or not np.isfinite(features).all():
         raise ValueError(f"grow: features must be ({n}, d) finite values, got {features.shape}")
-    if settings.rounds < 1 or settings.workers < 1 or not 0 <= settings.noise <= 1 or not 0 <= settings.threshold < 1:
-        raise ValueError("grow: rounds and workers must be >= 1, noise in [0, 1], threshold in [0, 1)")
+    s = settings
+    if s.rounds < 1 or s.workers < 1 or s.iterations < 1:
+        raise ValueError("grow: rounds, workers and iterations must be at least 1")
+    if not (0 <= s.noise <= 1 and 0 <= s.threshold < 1 and 0 <= s.grow <= 1 and 0 < s.cover <= 1 and s.margin >= 0
+            and s.pseudocount >= 0 and (s.max_hidden is None or s.max_hidden >= shape.hidden)):
+        raise ValueError("grow: noise and grow must lie in [0, 1], threshold in [0, 1), cover in (0, 1], margin and "
+                         "pseudocount >= 0, max_hidden >= the patch circuit's hidden size")
 
 
 def progressive_growing(patches: np.ndarray, z: np.ndarray, features: np.ndarray, shape: PatchShape,
@@ -375,14 +392,12 @@ def _run(tasks: list[_Task], workers: int, progress: bool) -> list[_Result]:
     threads = max(1, (os.cpu_count() or 1) // workers)
     with ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"), _limit_threads, (threads,)) as pool:
         futures = {i: pool.submit(grow_cluster, quiet[i]) for i in order}
-        done = futures.values()
+        finished: Iterable[Any] = as_completed(futures.values())
         if progress:
-            from concurrent.futures import as_completed
-
             from tqdm import tqdm
 
-            done = tqdm(as_completed(futures.values()), total=len(tasks), desc="growing", leave=False)  # type: ignore[assignment]
-        for _ in done:
+            finished = tqdm(finished, total=len(tasks), desc="growing", leave=False)
+        for _ in finished:
             pass
         return [futures[i].result() for i in range(len(tasks))]
 

@@ -11,9 +11,8 @@ Parameters are named as the nodes (``g{g}/j{p}.in``, ``g{g}/j{v}.sum``, ``g{g}/h
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 import numpy as np
 
@@ -142,7 +141,7 @@ def prune(params: Parameters, flows: Flows, groups: Iterable[str], threshold: fl
     return out
 
 
-def keep_zeros(params: Parameters) -> Any:
+def keep_zeros(params: Parameters) -> Callable[[Parameters], Parameters] | None:
     """A Trainer constraint that holds at 0 the sum weights that are 0 in `params` (EM's
     pseudocount would revive pruned edges); None when nothing is pruned."""
     masks = {g: w > 0 for g, w in params.weights.items() if not (w > 0).all()}
