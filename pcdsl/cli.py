@@ -123,7 +123,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("file", metavar="RECIPE")
     run.add_argument("--recipe", metavar="NAME", help="which recipe (default: the file's first)")
     run.add_argument("--out", metavar="DIR", help="run directory (default: runs/NAME)")
-    for flag, default in (("--backend", "torch"), ("--device", "cpu"), ("--dtype", "float32")):
+    run.add_argument("--backend", choices=("torch", "numba"), default=None,
+                     help="default: numba for distillation recipes on the CPU (faster there), else torch")
+    for flag, default in (("--device", "cpu"), ("--dtype", "float32")):
         run.add_argument(flag, default=default, help=f"default: {default}")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -483,7 +485,7 @@ def _run(args: argparse.Namespace) -> int:
 def _explain(args: argparse.Namespace) -> int:
     code = args.code.upper()
     if code not in CODES:
-        print(f"pcdsl explain: unknown code '{args.code}' (codes run from E0001 to W0202)", file=sys.stderr)
+        print(f"pcdsl explain: unknown code '{args.code}' (codes run from E0001 to W0601)", file=sys.stderr)
         return EXIT_USAGE
     print(f"{code}: {CODES[code]}")
     return EXIT_OK

@@ -55,4 +55,5 @@ CODES: dict[str, str] = {
     "E0604": "a recipe entry written in the wrong form",
     "E0605": "a distillation recipe that cannot run on its data (patch grid, clusters, splits)",
     "W0202": "declared variables that the circuit does not use",
+    "W0601": "a distillation recipe whose images cannot be read yet (pcdsl run will need them)",
 }

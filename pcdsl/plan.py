@@ -211,16 +211,18 @@ def input_block(layer: InputLayer, params: Parameters, cardinalities: tuple[int 
         return {k: np.concatenate([params.inputs[g][k] for g in layer.groups]).astype(np.float64)
                 for k in ("mean", "std")}
     width = max(cardinalities[int(v)] or 0 for v in layer.var)
-    rows = []
+    out = np.full((len(layer.var), width), -np.inf)  # padded values have probability 0
+    logs: dict[str, np.ndarray] = {}  # tied leaves share one table: take its log once
     offset = 0
     for group, family, units in zip(layer.groups, layer.families, layer.node_units, strict=True):
         size = cardinalities[int(layer.var[offset])]
         assert size is not None
+        if group not in logs:
+            with np.errstate(divide="ignore"):
+                logs[group] = np.log(categorical_probs(family, params.inputs[group], size))
+        out[offset:offset + units, :size] = logs[group]
         offset += units
-        probs = categorical_probs(family, params.inputs[group], size)
-        rows.append(np.pad(probs, ((0, 0), (0, width - size))))  # padded values have probability 0
-    with np.errstate(divide="ignore"):
-        return {"log_probs": np.log(np.concatenate(rows))}
+    return {"log_probs": out}
 
 
 def categorical_probs(family: str, p: dict[str, np.ndarray], size: int) -> np.ndarray:

@@ -43,6 +43,7 @@ class Splits:
     train: np.ndarray
     valid: np.ndarray | None
     test: np.ndarray | None
+    image_shape: tuple[int, int, int] | None = None  # image sources: (H, W, C), 256 levels a value
 
 
 def _write_json(path: Path, value: Any) -> None:
@@ -86,17 +87,20 @@ def _image_splits(source: DataSource) -> Splits:
         except DataError as exc:
             raise RunError(str(exc)) from None
 
-    from pcdsl.distill.images import image_files
+    from pcdsl.distill.images import image_files, peek_images
 
     try:
         has_test = bool(image_files(source.kind, source.args, source.base_dir, "test"))
     except DataError:
         has_test = False  # a source without test files; a bad test file still stops the run
-    return Splits(split("train"), split("valid") if source.args.get("valid") else None,
-                  split("test") if has_test else None)
+    train = split("train")
+    shape = peek_images(source.kind, source.args, source.base_dir, "train").shape
+    return Splits(train, split("valid") if source.args.get("valid") else None,
+                  split("test") if has_test else None, shape)
 
 
-def build_model(checked: Checked, spec: RecipeSpec, train: np.ndarray) -> CircuitGraph:
+def build_model(checked: Checked, spec: RecipeSpec, train: np.ndarray,
+                image_shape: tuple[int, int, int] | None = None) -> CircuitGraph:
     from pcdsl.structures import generate
 
     if spec.model_circuit is not None:
@@ -104,9 +108,14 @@ def build_model(checked: Checked, spec: RecipeSpec, train: np.ndarray) -> Circui
     call = spec.entries["model"][0]
     if call.values.get("over") is not None and _ref_name(call.values["over"]) != "data":
         raise RunError("only `over = data` models run so far (latent models need distillation)")
-    sizes = np.maximum(train.max(axis=0), 1).astype(int) + 1
-    variables = tuple(Variable(f"x[{i}]", i, BOOL if s == 2 else Domain("categorical", int(s)))
-                      for i, s in enumerate(sizes))
+    if image_shape is not None:  # pixels have 256 levels, whatever the training images happen to show
+        from pcdsl.distill.pipeline import image_variables
+
+        variables = image_variables(image_shape, (256,) * image_shape[2])
+    else:
+        sizes = np.maximum(train.max(axis=0), 1).astype(int) + 1
+        variables = tuple(Variable(f"x[{i}]", i, BOOL if s == 2 else Domain("categorical", int(s)))
+                          for i, s in enumerate(sizes))
     graph = CircuitGraph(spec.name, variables, spec.span or call.call.span)
     options = {k: v for k, v in call.values.items() if k not in ("over",)}
     data = np.where(np.isnan(train), -1, train).astype(np.int64)
@@ -127,7 +136,7 @@ def stages(spec: RecipeSpec) -> list[Stage]:
         kind, v = bound.call.func.text, bound.values
         if kind == "em":
             out.append(Stage("em", v["epochs"], v["batch"], v["step"], v["pseudocount"], v["patience"],
-                             soften=v["soften"], entropy=v["entropy"]))
+                             soften=v["soften"], entropy=v["entropy"], rows=v["rows"]))
         elif kind == "full_em":
             out.append(Stage("full_em", v["epochs"], 1024, (1.0,), v["pseudocount"], v["patience"],
                              soften=v["soften"], entropy=v["entropy"]))
@@ -138,7 +147,7 @@ def stages(spec: RecipeSpec) -> list[Stage]:
     return out
 
 
-def run_recipe(checked: Checked, name: str, out_dir: Path, *, backend: str = "torch", device: str = "cpu",
+def run_recipe(checked: Checked, name: str, out_dir: Path, *, backend: str | None = None, device: str = "cpu",
                dtype: str = "float32", seed: int = 0, progress: bool = True, log: Any = print) -> dict[str, Any]:
     """Run (or resume) a recipe; returns the report."""
     import pcdsl
@@ -148,13 +157,18 @@ def run_recipe(checked: Checked, name: str, out_dir: Path, *, backend: str = "to
     from pcdsl.distill.recipe import is_distillation, read_distillation
 
     if is_distillation(spec):
-        from pcdsl.distill.pipeline import run_distillation
+        from pcdsl.distill.pipeline import DistillError, run_distillation
 
-        return run_distillation(read_distillation(spec, checked.data), out_dir, backend=backend, device=device,
-                                dtype=dtype, seed=seed, progress=progress, log=log)
+        chosen = backend or ("numba" if device == "cpu" else "torch")  # numba is the faster CPU backend here
+        try:
+            return run_distillation(read_distillation(spec, checked.data), out_dir, backend=chosen, device=device,
+                                    dtype=dtype, seed=seed, progress=progress, log=log)
+        except DistillError as exc:
+            raise RunError(str(exc)) from None
+    backend = backend or "torch"
     splits = load_splits(checked, spec)
     plan = stages(spec)
-    graph = build_model(checked, spec, splits.train)
+    graph = build_model(checked, spec, splits.train, splits.image_shape)
     out_dir.mkdir(parents=True, exist_ok=True)
     key = hashlib.sha256(repr((spec.entries, seed)).encode()).hexdigest()[:16]
     state_file, checkpoint = out_dir / "state.json", out_dir / "checkpoint.safetensors"

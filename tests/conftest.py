@@ -24,6 +24,13 @@ def _seed_everything() -> None:
     np.random.seed(0)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Learned Chow-Liu trees are cached on disk: tests (and the commands they run) keep theirs
+    in a temporary folder, not in the user's ~/.cache."""
+    os.environ["PCDSL_CACHE"] = str(tmp_path_factory.mktemp("pcdsl-cache"))
+
+
 @pytest.fixture
 def in_root(monkeypatch: pytest.MonkeyPatch) -> Path:
     """Run with the repository root as working directory, so paths print relative."""

@@ -65,16 +65,13 @@ def images_as_rows(images: np.ndarray, shape: tuple[int, ...] | None = None) -> 
     planes one after another. None keeps the (H, W, C) order.
     """
     n, h, w, c = images.shape
-    flat = images.reshape(n, h * w * c)
-    if shape is None or tuple(shape) == (h * w * c,):
-        return flat.astype(np.int64)
-    layout = image_layout(tuple(shape))
-    if layout is None or layout[:3] != (h, w, c):
-        raise ValueError(f"the images are {h}x{w} with {c} channel{'s' if c != 1 else ''}, but the circuit's "
-                         f"variables form an array of shape {tuple(shape)}")
-    if layout[3]:
-        flat = images.transpose(0, 3, 1, 2).reshape(n, h * w * c)
-    return flat.astype(np.int64)
+    target = None if shape is None else tuple(shape)
+    if target in (None, (h, w, c), (h * w * c,)) or (c == 1 and target == (h, w)):
+        return images.reshape(n, h * w * c).astype(np.int64)
+    if target == (c, h, w):
+        return images.transpose(0, 3, 1, 2).reshape(n, h * w * c).astype(np.int64)
+    raise ValueError(f"the images are {h}x{w} with {c} channel{'s' if c != 1 else ''}, but the circuit's "
+                     f"variables form an array of shape {target}")
 
 
 def rows_to_images(rows: np.ndarray, graph: CircuitGraph, colour: str = "identity") -> np.ndarray:

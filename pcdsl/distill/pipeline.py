@@ -34,7 +34,7 @@ import numpy as np
 
 from pcdsl.distill import lvd
 from pcdsl.distill.compose import PatchShape, block_family, compose, top_parameter_groups, training_circuit
-from pcdsl.distill.recipe import Distillation
+from pcdsl.distill.recipe import Distillation, cropped
 from pcdsl.io.atomic import write_atomic
 from pcdsl.io.model import load_model, save_model
 from pcdsl.ir.graph import CircuitGraph, Domain, Variable
@@ -144,7 +144,7 @@ def load_data(recipe: Distillation) -> Data:
     out = {}
     for split, images in splits.items():
         if images is not None:
-            out[split], levels = transform(recipe.transform, images)
+            out[split], levels = transform(recipe.transform, cropped(images, recipe.crop))
     return Data(out["train"], out.get("valid"), out.get("test"), levels)
 
 
@@ -157,16 +157,35 @@ def _flat(images: np.ndarray | None) -> np.ndarray | None:
     return None if images is None else images.reshape(len(images), -1).astype(np.float64)
 
 
-def run_distillation(recipe: Distillation, out_dir: Path, *, backend: str = "torch", device: str = "cpu",
+class DistillError(Exception):
+    """A distillation recipe that cannot run on what it was given; the message says why."""
+
+
+def run_distillation(recipe: Distillation, out_dir: Path, *, backend: str = "numba", device: str = "cpu",
                      dtype: str = "float32", seed: int = 0, progress: bool = True, log: Log = print) -> dict[str, Any]:
     """Run (or resume) a distillation recipe; returns the report."""
+    from pcdsl.data import DataError
+    from pcdsl.distill.images import PatchError
+    from pcdsl.distill.teachers import TeacherError
+
+    try:
+        return _run(recipe, out_dir, backend, device, dtype, seed, progress, log)
+    except (DataError, PatchError, TeacherError) as exc:  # bad data or options the checks could not see
+        raise DistillError(str(exc)) from None
+
+
+def _run(recipe: Distillation, out_dir: Path, backend: str, device: str, dtype: str, seed: int, progress: bool,
+         log: Log) -> dict[str, Any]:
     from pcdsl.distill.images import PatchGrid
 
+    if recipe.grow is not None:
+        raise DistillError("progressive growing (`latents = kmeans(...) | grow(...)`) is not built yet: "
+                           "remove `| grow(...)` to run plain LVD")
     run = RunDir(out_dir, log)
     data = load_data(recipe)
     grid = PatchGrid(data.shape, recipe.patch)
     dim_levels = _dim_levels(data, grid)
-    base = _key(recipe.data_key, recipe.transform, recipe.patch, seed)
+    base = _key(recipe.data_key, recipe.transform, recipe.crop, recipe.patch, seed)
     fit = lvd.Fit((), backend, dtype, device, seed, progress)
 
     teacher, teacher_key = _teacher(run, recipe, data, grid, base, progress, log)

@@ -20,6 +20,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from pcdsl.learn.train import Stage
 from pcdsl.syntax.recipes import RecipeSpec
 from pcdsl.syntax.sources import DataSource
@@ -56,6 +58,7 @@ class Distillation:
     bpd_splits: tuple[str, ...]
     samples: tuple[int, int] | None  # count, seed
     inpaint: tuple[str, str, int] | None  # split, mask, count
+    crop: tuple[str, int, int] | None = None  # tiles | centre, height, width
 
     @property
     def data_key(self) -> str:
@@ -116,17 +119,46 @@ def read_distillation(spec: RecipeSpec, sources: dict[str, DataSource]) -> Disti
         elif kind == "inpaint":
             inpaint = (v["split"], v["mask"], v["count"])
     transform = first["transform"].call.func.text if "transform" in first else "identity"
+    crop = first.get("crop")
     return Distillation(spec.name, data_source(spec, sources), (patch["height"], patch["width"]), transform,
                         (teacher_kind, teacher_options), kmeans, grow, model, patch_pc, counting,
                         stages["patch_em"], stages["latent_em"], stages["top_em"], stages["em"],
-                        tuple(dict.fromkeys(bpd_splits)), samples, inpaint)
+                        tuple(dict.fromkeys(bpd_splits)), samples, inpaint,
+                        None if crop is None else (crop.call.func.text, crop.values["height"], crop.values["width"]))
+
+
+def cropped(images: np.ndarray, crop: tuple[str, int, int] | None) -> np.ndarray:
+    """`tiles`: every image cut into non-overlapping crops, each a sample (row-major, image by
+    image); `centre`: the centre crop of every image."""
+    if crop is None:
+        return images
+    kind, h, w = crop
+    n, height, width, c = images.shape
+    if kind == "centre":
+        top, left = (height - h) // 2, (width - w) // 2
+        return images[:, top:top + h, left:left + w]
+    tiles = images.reshape(n, height // h, h, width // w, w, c).transpose(0, 1, 3, 2, 4, 5)
+    return tiles.reshape(-1, h, w, c)
+
+
+def crop_problem(crop: tuple[str, int, int] | None, shape: tuple[int, int, int]) -> str | None:
+    if crop is None:
+        return None
+    kind, h, w = crop
+    if h > shape[0] or w > shape[1]:
+        return f"a {h}x{w} crop does not fit {shape[0]}x{shape[1]} images"
+    if kind == "tiles" and (shape[0] % h or shape[1] % w):
+        return f"{h}x{w} tiles do not cut {shape[0]}x{shape[1]} images evenly"
+    return None
 
 
 def check_distillation(spec: RecipeSpec, vals: Values, sources: dict[str, DataSource]) -> None:
-    """Diagnostics a distillation recipe can get before it runs: a data source that cannot be
-    read, a patch grid that does not tile its images, more clusters than patches, a report on a
-    split the data does not have. Each is located at the recipe entry that causes it."""
+    """Diagnostics a distillation recipe can get before it runs: a patch grid that does not tile
+    its images, more clusters than patches, a report on a split the data does not have (errors),
+    and images that cannot be read yet (a warning here; `pcdsl run` stops on it). Each is located
+    at the recipe entry that causes it."""
     from pcdsl.data import DataError
+    from pcdsl.diagnostics import warning
     from pcdsl.distill.images import IMAGE_SOURCES, PatchError, PatchGrid, image_source_problem, peek_images
 
     source = data_source(spec, sources)
@@ -136,14 +168,25 @@ def check_distillation(spec: RecipeSpec, vals: Values, sources: dict[str, DataSo
                   data_span, help=f"use one of {', '.join(IMAGE_SOURCES)}")
         return
     problem = image_source_problem(source)
-    if problem is not None:
-        vals.fail("E0501", problem, data_span, help="check the path, or install the data (docs/data.md)")
+    if problem is not None:  # a warning: a recipe may be written before its data is in place
+        vals.sink.add(warning("W0601", f"the recipe's images cannot be read yet: {problem}", data_span,
+                              help="`pcdsl run` needs them: check the path, or install the data (docs/data.md)"))
         return
     info = peek_images(source.kind, source.args, source.base_dir, "train")
+    shape, count = info.shape, info.count
+    if "crop" in spec.entries:
+        bound = spec.entries["crop"][0]
+        crop = (bound.call.func.text, bound.values["height"], bound.values["width"])
+        problem = crop_problem(crop, shape)
+        if problem is not None:
+            vals.fail("E0605", problem, bound.call.span, help="choose a crop that fits the images")
+            return
+        per_image = (shape[0] // crop[1]) * (shape[1] // crop[2]) if crop[0] == "tiles" else 1
+        shape, count = (crop[1], crop[2], shape[2]), count * per_image
     if "patches" in spec.entries:
         patches = spec.entries["patches"][0]
         try:
-            grid = PatchGrid(info.shape, (patches.values["height"], patches.values["width"]))
+            grid = PatchGrid(shape, (patches.values["height"], patches.values["width"]))
         except PatchError as exc:
             vals.fail("E0605", str(exc), patches.call.span, help="choose a patch size that divides the image")
             return
@@ -151,10 +194,10 @@ def check_distillation(spec: RecipeSpec, vals: Values, sources: dict[str, DataSo
         if latents:
             clusters = latents[0].values["clusters"]
             wanted = latents[-1].values.get("to", clusters) if len(latents) > 1 else clusters
-            available = info.count * grid.count
+            available = count * grid.count
             if max(clusters, wanted) > available:
                 vals.fail("E0605", f"{max(clusters, wanted)} clusters but only {available} patches "
-                          f"({info.count} training images x {grid.count} patches)", latents[0].call.span,
+                          f"({count} training images x {grid.count} patches)", latents[0].call.span,
                           help="ask for fewer clusters than there are patches")
     for bound in spec.entries.get("report", []):
         split = bound.values.get("split")

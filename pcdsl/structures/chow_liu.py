@@ -80,6 +80,45 @@ def chow_liu_edges(data_columns: np.ndarray, cardinalities: np.ndarray,
     return spanning_trees(mutual_information(data_columns, cardinalities, pseudocount, bins), 1)[0]
 
 
+def subsample_rows(data: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """``count`` rows of ``data`` drawn without replacement with ``seed``, in their original
+    order; all rows when ``count`` is 0 or at least the number of rows."""
+    if count <= 0 or count >= len(data):
+        return data
+    keep = np.sort(np.random.default_rng(seed).choice(len(data), size=count, replace=False))
+    return data[keep]
+
+
+def learn_trees(data_columns: np.ndarray, cardinalities: np.ndarray, pseudocount: float = 0.1,
+                bins: int = 16, k: int = 1) -> list[list[Edge]]:
+    """The ``k`` heaviest Chow-Liu trees of the data columns, from the on-disk cache when these
+    exact rows and arguments were seen before (:mod:`pcdsl.io.cache`)."""
+    from pcdsl.io.cache import cache_key, read_cached, write_cached
+
+    columns = np.ascontiguousarray(data_columns, dtype=np.int64)
+    cards = np.ascontiguousarray(cardinalities, dtype=np.int64)
+    key = cache_key(_CACHE_VERSION, repr(columns.shape), columns.tobytes(), cards.tobytes(),
+                    repr(float(pseudocount)), str(bins), str(k))
+    cached = read_cached("chow_liu", key)
+    if cached is not None and _valid_trees(cached, columns.shape[1], k):
+        return [[(int(i), int(j)) for i, j in tree] for tree in cached]
+    trees = spanning_trees(mutual_information(columns, cards, pseudocount, bins), k)
+    write_cached("chow_liu", key, [[list(e) for e in tree] for tree in trees])
+    return trees
+
+
+_CACHE_VERSION = "chow-liu-1"  # change when the estimate or the tree search changes
+
+
+def _valid_trees(value: object, m: int, k: int) -> bool:
+    """Whether a cache entry is k lists of m - 1 edges (i, j), 0 <= i < j < m."""
+    if not isinstance(value, list) or len(value) != k:
+        return False
+    return all(isinstance(t, list) and len(t) == m - 1 and all(
+        isinstance(e, list) and len(e) == 2 and all(isinstance(x, int) for x in e) and 0 <= e[0] < e[1] < m
+        for e in t) for t in value)
+
+
 def spanning_trees(weights: np.ndarray, k: int = 1) -> list[list[Edge]]:
     """The ``k`` heaviest distinct spanning trees of the complete graph with these weights.
 

@@ -8,15 +8,20 @@ import numpy as np
 from pcdsl.diagnostics import NO_SPAN, Span
 from pcdsl.ir.graph import CircuitGraph
 from pcdsl.structures._common import Builder, check_variables, positive_int
-from pcdsl.structures.chow_liu import Edge, mutual_information, spanning_trees
+from pcdsl.structures.chow_liu import Edge, learn_trees, subsample_rows
+
+SUBSAMPLE = 5000  # rows the tree is learned from by default, as the Juice.jl HCLT recipe
 
 
 def hclt(graph: CircuitGraph, variables: np.ndarray, *, prefix: str, span: Span = NO_SPAN,
          data: np.ndarray | None = None, hidden: int = 16, trees: int = 1,
-         pseudocount: float = 0.1, bins: int = 16) -> str:
+         pseudocount: float = 0.1, bins: int = 16, subsample: int = SUBSAMPLE, seed: int = 0) -> str:
     """A hidden Chow-Liu tree over ``variables``, learned from ``data``.
 
-    ``data`` is an int array (n_samples, len(graph.variables)), -1 = missing. Each variable
+    ``data`` is an int array (n_samples, len(graph.variables)), -1 = missing. The tree is
+    learned from ``subsample`` rows of it drawn with ``seed`` (all rows when there are fewer,
+    or when ``subsample = 0``), and cached on disk by those rows and the arguments, so that
+    building the same circuit again skips the mutual information. Each variable
     v gets an input group of ``hidden`` units; ``latent(v)`` is the hadamard product of it
     with, per tree child u, a ``hidden``-unit sum over ``latent(u)`` (a leaf's latent is its
     input group itself). The root is a 1-unit sum over ``latent(tree root)``; with
@@ -28,13 +33,15 @@ def hclt(graph: CircuitGraph, variables: np.ndarray, *, prefix: str, span: Span 
     hidden = positive_int("hidden", hidden)
     trees = positive_int("trees", trees)
     bins = positive_int("bins", bins, minimum=2)
+    subsample = positive_int("subsample", subsample, minimum=0)
+    seed = positive_int("seed", seed, minimum=0)
     if not pseudocount >= 0:
         raise ValueError(f"'pseudocount' must be >= 0, got {pseudocount!r}")
     columns, cards = _select_data(graph, flat, data)
-    weights = mutual_information(columns, cards, float(pseudocount), bins)
+    edge_lists = learn_trees(subsample_rows(columns, subsample, seed), cards, float(pseudocount), bins, trees)
     b = Builder(graph, prefix, span)
     tops = []
-    for t, edges in enumerate(spanning_trees(weights, trees)):
+    for t, edges in enumerate(edge_lists):
         tree = _variable_tree(flat, edges)
         tops.append(_hidden_tree(b if trees == 1 else b.sub(f"t{t}"), tree, hidden))
     return b.sum("root", tuple(tops), 1)
@@ -57,10 +64,11 @@ def _select_data(graph: CircuitGraph, flat: np.ndarray,
             raise ValueError(f"variable '{graph.variables[v].name}' is real; "
                              "Chow-Liu trees need discrete variables")
     cards = np.array([d.size for d in domains], dtype=np.int64)
-    columns = data[:, flat]
-    bad = np.argwhere((columns < -1) | (columns >= cards))
-    if len(bad):
-        row, col = bad[0]
+    # all columns in order (an image's pixels): a view, not a copy of the whole data
+    columns = data if np.array_equal(flat, np.arange(data.shape[1])) else data[:, flat]
+    # per-column extremes first: one pass over the data instead of a full boolean mask
+    if (columns.min(axis=0, initial=-1) < -1).any() or (columns.max(axis=0, initial=-1) >= cards).any():
+        row, col = np.argwhere((columns < -1) | (columns >= cards))[0]
         raise ValueError(f"data row {row} has value {columns[row, col]} for variable "
                          f"'{graph.variables[flat[col]].name}', outside 0..{cards[col] - 1} (-1 = missing)")
     return columns, cards

@@ -368,22 +368,23 @@ class _Elaborator:
 
     def _template_data(self, graph: CircuitGraph, ref: ast.Value, variables: np.ndarray) -> np.ndarray:
         from pcdsl.data import DataError
+        from pcdsl.data.layout import variable_shape
 
         if not isinstance(ref, ast.Ref):
             raise self.fail("E0308", "'data' must name a data source declared with `data NAME = ...`", ref.span)
         source = self.data(ref, self.vals)
         try:
-            matrix = source.load()
+            matrix = source.load(shape=variable_shape(graph))  # image pixels in the circuit's array order
         except DataError as exc:
             raise self.fail("E0501", f"cannot read data '{ref.dotted}': {exc}", ref.span,
                             Note("the data source is declared here", source.span)) from None
         if matrix.shape[1] != len(graph.variables):
             raise self.fail("E0502", f"data '{ref.dotted}' has {matrix.shape[1]} columns, but circuit "
                             f"'{graph.name}' declares {len(graph.variables)} variables", ref.span)
+        highs, lows = matrix.max(axis=0, initial=-1), matrix.min(axis=0, initial=0)  # one pass, not one per column
         for v in variables.reshape(-1):
             size = graph.variables[v].domain.size
-            column = matrix[:, v]
-            if size is not None and (column.max(initial=-1) >= size or column.min(initial=0) < -1):
+            if size is not None and (highs[v] >= size or lows[v] < -1):
                 raise self.fail("E0502", f"data '{ref.dotted}' column {v} has values outside "
                                 f"'{graph.variables[v].name}' ({graph.variables[v].domain})", ref.span)
         return matrix

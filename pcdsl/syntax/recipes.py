@@ -57,6 +57,12 @@ TABLES: dict[str, dict[str, Signature]] = {
     "patches": {"grid": _sig("grid", Param("image", read_symbol("x")), Param("height", read_int(1)),
                              Param("width", read_int(1)), doc="cut the data's images `x` into height x width patches")},
     "transform": {t: _sig(t, doc=f"the {t} colour transform") for t in ("identity", "ycocg_r", "ycbcr")},
+    "crop": {
+        "tiles": _sig("tiles", Param("height", read_int(1)), Param("width", read_int(1)),
+                      doc="cut every image into non-overlapping height x width crops, each a sample"),
+        "centre": _sig("centre", Param("height", read_int(1)), Param("width", read_int(1)),
+                       doc="keep the centre height x width crop of every image"),
+    },
     "teacher": {
         "vqvae": _sig("vqvae", _kw("patch_decoder", read_symbol("independent", "neighbourhood"), "independent"),
                       _kw("codes", read_int(2), 256), _kw("dim", read_int(1), 64), _kw("epochs", read_int(1), 3),
@@ -75,14 +81,14 @@ TABLES: dict[str, dict[str, Signature]] = {
     },
     "model": {
         "hclt": _sig("hclt", _kw("over", None), _kw("hidden", read_int(1), 16), _kw("trees", read_int(1), 1),
-                     _kw("pseudocount", read_float(0.0), 0.1)),
+                     _kw("pseudocount", read_float(0.0), 0.1), _kw("subsample", read_int(0), 5000)),
         "fully_factorized": _sig("fully_factorized", _kw("over", None), _kw("units", read_int(1), 1)),
     },
     "train": {
         "counting": _sig("counting", _kw("pseudocount", read_float(0.0), 0.1)),
         "em": _sig("em", _kw("epochs", read_int(1), 10), _kw("step", read_rate(), (0.1,)),
                    _kw("batch", read_int(1), 512), _kw("pseudocount", read_float(0.0), 0.1),
-                   _kw("patience", read_int(1), None), *_REGULARISERS),
+                   _kw("patience", read_int(1), None), *_REGULARISERS, _kw("rows", read_int(1), None)),
         **{name: _sig(name, _kw("epochs", read_int(1), epochs), _kw("step", read_rate(), step),
                       _kw("batch", read_int(1), batch), _kw("pseudocount", read_float(0.0), 0.1),
                       _kw("patience", read_int(1), None), _kw("rows", read_int(1), None), doc=doc)

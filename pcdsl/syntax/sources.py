@@ -81,15 +81,19 @@ class DataSource:
         except DataError:
             return []
 
-    def load(self, split: str | None = None) -> np.ndarray:
+    def load(self, split: str | None = None, shape: tuple[int, ...] | None = None) -> np.ndarray:
         """The samples as an int64 matrix; DataError when they cannot be read. Image sources
-        give one row per image (pixels row-major, channels adjacent) of ``split`` (default:
-        the source's own)."""
+        give one row per image of ``split`` (default: the source's own), its pixels ordered as
+        a circuit's variable array of ``shape`` (default: row-major, channels adjacent)."""
         if self.kind in IMAGE_SOURCES:
             from pcdsl.data.layout import images_as_rows
             from pcdsl.distill.images import load_images
 
-            return images_as_rows(load_images(self.kind, self.args, self.base_dir, split or str(self.args["split"])))
+            images = load_images(self.kind, self.args, self.base_dir, split or str(self.args["split"]))
+            try:
+                return images_as_rows(images, shape)
+            except ValueError as exc:
+                raise DataError(str(exc)) from None
         for path in self.candidates():
             if path.exists():
                 return load_matrix(path)

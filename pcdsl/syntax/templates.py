@@ -28,7 +28,11 @@ TEMPLATES = {
         Param("trees", read_int(1, 64), 1, positional=False, doc="mixture of this many Chow-Liu trees"),
         Param("pseudocount", read_float(0.0), 0.1, positional=False),
         Param("bins", read_int(2), 16, positional=False, doc="bins per variable for mutual information"),
-    ), "hidden Chow-Liu tree (Liu & Van den Broeck 2021)"),
+        Param("subsample", read_int(0), 5000, positional=False,
+              doc="rows the tree is learned from, drawn with `seed` (0 = all rows)"),
+        Param("seed", read_int(0), 0, positional=False, doc="seed of the subsample"),
+    ), "hidden Chow-Liu tree (Liu & Van den Broeck 2021), learned from a subsample of the data "
+       "(5,000 rows by default) and cached on disk"),
     "poon_domingos": Signature("poon_domingos", (
         _VARS, Param("delta", read_ints(1), positional=False, doc="split step(s) in pixels"),
         _units(), _input_units(),

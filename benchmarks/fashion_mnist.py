@@ -1,0 +1,129 @@
+"""Fashion-MNIST: HCLT without LVD, LVD with each teacher, LVD-PG, and the teacher's own figure.
+
+One script, one table (markdown on stdout and `RESULTS/fashion_mnist.json`). Each configuration is
+a recipe run with `pcdsl run` semantics in its own run directory under RESULTS, so a stopped
+benchmark resumes where it stopped (every stage is cached, EM checkpoints every epoch).
+
+    pip install -e '.[all,bench]'
+    python benchmarks/fashion_mnist.py [--only NAME ...] [--threads 2] [--results DIR] [--quick]
+
+Needs Debian's `dataset-fashion-mnist` (IDX files in /usr/share/datasets/fashion-mnist) or
+`--root DIR`. Full data: 60,000 training images (5,000 held out for validation, chosen on valid
+only), the 10,000 test images, 784 pixels of 256 levels, no transform. `--quick` runs every
+configuration on 2,000 training and 500 test images with few epochs (a smoke test of the script).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+HIDDEN_HCLT = 16  # parameter counts below are matched to within 20% at these sizes
+CLUSTERS, PATCH_HIDDEN, TOP_HIDDEN = 64, 12, 32
+LVD_TRAIN = """
+    counting(pseudocount = 0.1)
+    patch_em(epochs = {pe}, batch = 4096, rows = {prows}, step = 0.3 -> 0.05)
+    latent_em(epochs = 10, batch = 512)
+    top_em(epochs = {te}, batch = 512, rows = {rows})
+    em(epochs = {ee}, step = 0.1 -> 0.01, batch = 512, rows = {rows})"""
+
+
+def _data(root: str, quick: bool) -> str:
+    limit = ", limit = 2000" if quick else ""
+    valid = 200 if quick else 5000
+    return f'fashion_mnist(root = "{root}", valid = {valid}{limit})'
+
+
+def recipes(root: str, quick: bool) -> dict[str, str]:
+    sizes = dict(pe=1, prows=20000, te=1, ee=1, rows=1000) if quick else \
+        dict(pe=3, prows=400000, te=2, ee=2, rows=20000)
+    train = LVD_TRAIN.format(**sizes)
+    epochs = "epochs = 2" if quick else "epochs = 30, patience = 3"
+    out = {"hclt": f"""
+recipe hclt {{
+  data  = {_data(root, quick)}
+  model = hclt(over = data, hidden = {HIDDEN_HCLT})
+  train {{ em({epochs}, batch = 512, step = 0.5 -> 0.05, pseudocount = 0.1) }}
+  report bpd(test)
+}}"""}
+    teachers = {"lvd_pixels": "pixels()", "lvd_mae": "mae(epochs = 3)",
+                "lvd_vqvae": "vqvae(codes = 256, epochs = 3)"}
+    if quick:
+        teachers = {k: v.replace("epochs = 3", "epochs = 1") for k, v in teachers.items()}
+    grow = {"lvd_pg": f" | grow(to = {2 * CLUSTERS})"}
+    for name, teacher in {**teachers, "lvd_pg": teachers["lvd_vqvae"]}.items():
+        clusters = CLUSTERS if name != "lvd_pg" else CLUSTERS // 2
+        latents = f"kmeans(teacher.features, clusters = {clusters}){grow.get(name, '')}"
+        out[name] = f"""
+recipe {name} {{
+  data    = {_data(root, quick)}
+  patches = grid(x, 4, 4)
+  teacher = {teacher}
+  latents = {latents}
+  model   = hclt(over = latents, hidden = {TOP_HIDDEN}) with patch_pc = hclt(hidden = {PATCH_HIDDEN}, shared = true)
+  train   {{ {train} }}
+  report  bpd(test), samples(64), inpaint(test, mask = left_half)
+}}"""
+    return out
+
+
+def run_one(name: str, text: str, results: Path, backend: str | None) -> dict:
+    from pcdsl.frontend import check_text
+    from pcdsl.run import run_recipe
+
+    directory = results / name
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "recipe.pc").write_text(text)
+    checked = check_text(text, str(directory / "recipe.pc"))
+    started = time.perf_counter()
+    report = run_recipe(checked, name, directory, backend=backend, progress=True)
+    report["wall_seconds_this_process"] = time.perf_counter() - started
+    return report
+
+
+def table(reports: dict[str, dict]) -> str:
+    lines = ["| model | test bpd | LVD bound (bpd) | teacher bpd | parameters | seconds per stage | peak MiB |",
+             "|---|---:|---:|---:|---:|---|---:|"]
+    for name, r in reports.items():
+        stages = ", ".join(f"{k} {v:.0f}" for k, v in r.get("seconds", {}).items())
+        cells = [name, _f(r.get("test_bpd")), _f(r.get("lvd_bound_test_bpd")), _f(r.get("teacher_test_bpd")),
+                 f"{r.get('parameters', 0):,}", stages or "-", f"{r.get('peak_memory_mib', 0):.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _f(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="*", help="configurations to run (default: all)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--root", default="/usr/share/datasets/fashion-mnist")
+    parser.add_argument("--results", default=str(ROOT / "results" / "fashion"))
+    parser.add_argument("--backend", choices=("torch", "numba"), default=None)
+    parser.add_argument("--quick", action="store_true", help="2,000 images, few epochs: a smoke test")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    results = Path(args.results)
+    chosen = recipes(args.root, args.quick)
+    reports = {}
+    for name, text in chosen.items():
+        if args.only and name not in args.only:
+            continue
+        reports[name] = run_one(name, text, results, args.backend)
+        print(f"{name}: {json.dumps({k: v for k, v in reports[name].items() if 'bpd' in k})}", flush=True)
+    summary = {"reports": reports, "peak_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    (results / "fashion_mnist.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))
+    print(table(reports))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Distillation recipes end to end on a tiny synthetic image set, as a user runs them:
+`pcdsl check` diagnostics, `pcdsl run` with each teacher, caching and resuming, and the
+distilled model answering queries from its model file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pcdsl.cli import main
+from pcdsl.io.model import load_model
+from pcdsl.learn.train import Trainer
+
+TRAIN_STEPS = ("counting(pseudocount = 0.1); patch_em(epochs = 2, batch = 128); latent_em(epochs = 2, batch = 32); "
+               "top_em(epochs = 1, batch = 32); em(epochs = 2, batch = 16, step = 0.2)")
+
+
+def _images(seed: int, n: int) -> np.ndarray:
+    """8x8 grey images: each 4x4 quadrant is one of three textures, plus noise."""
+    rng = np.random.default_rng(seed)
+    textures = np.stack([np.full((4, 4), 30), np.tile([[200, 60]], (4, 2)), np.tile([[90], [220]], (2, 4))])
+    quads = textures[rng.integers(0, 3, (n, 4))]  # (n, 4, 4, 4)
+    images = np.concatenate([np.concatenate([quads[:, 0], quads[:, 1]], axis=2),
+                             np.concatenate([quads[:, 2], quads[:, 3]], axis=2)], axis=1)
+    noisy = images + rng.integers(-8, 9, images.shape)
+    return np.clip(noisy, 0, 255).astype(np.uint8)
+
+
+def _recipe(tmp: Path, teacher: str = "pixels()", extra: str = "", latents: str = "clusters = 4") -> Path:
+    np.save(tmp / "train.npy", _images(0, 96))
+    np.save(tmp / "test.npy", _images(1, 24))
+    path = tmp / "tiny.pc"
+    path.write_text(f"""
+recipe tiny {{
+  data    = images("train.npy", test = "test.npy", valid = 16)
+  patches = grid(x, 4, 4)
+  teacher = {teacher}
+  latents = kmeans(teacher.features, {latents})
+  model   = hclt(over = latents, hidden = 4) with patch_pc = hclt(hidden = 2, shared = true)
+  train   {{ {TRAIN_STEPS} }}
+  report  bpd(test), samples(8), inpaint(test, mask = left_half, count = 4)
+  {extra}
+}}
+""")
+    return path
+
+
+def _run(path: Path, out: Path) -> dict:
+    assert main(["run", str(path), "--out", str(out), "-q"]) == 0
+    return json.loads((out / "report.json").read_text())
+
+
+@pytest.mark.parametrize("teacher", ["pixels()", "vqvae(codes = 8, dim = 8, epochs = 1)", "mae(dim = 8, epochs = 1)"])
+def test_recipe_runs_end_to_end_with_each_teacher(tmp_path: Path, teacher: str) -> None:
+    report = _run(_recipe(tmp_path, teacher), tmp_path / "run")
+    for key in ("test_bpd", "lvd_bound_test_bpd", "parameters", "seconds", "peak_memory_mib"):
+        assert key in report
+    assert 0 < report["test_bpd"] < 8
+    # the LVD bound is a lower bound on log p(x): its bpd can only be larger
+    assert report["lvd_bound_test_bpd"] >= report["test_bpd"] - 1e-9
+    if teacher.startswith("vqvae"):
+        assert 0 < report["teacher_test_bpd"] < 16
+    for picture in ("samples.png", "inpaint.png"):
+        assert (tmp_path / "run" / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the model file is an ordinary model: eval on the test images gives the reported figure
+    graph, params = load_model(tmp_path / "run" / "model.safetensors")
+    import pcdsl
+
+    model = pcdsl.compile(graph, "numba", params=params, dtype="float64")
+    test = np.load(tmp_path / "test.npy").reshape(24, -1).astype(np.float64)
+    assert abs(-np.mean(model.log_prob(test)) / (64 * np.log(2)) - report["test_bpd"]) < 1e-3
+
+
+def test_a_second_run_uses_every_cached_stage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _recipe(tmp_path)
+    first = _run(path, tmp_path / "run")
+    capsys.readouterr()
+    second = _run(path, tmp_path / "run")
+    said = capsys.readouterr().out
+    for stage in ("teacher", "latents", "patches", "top", "distilled"):
+        assert f"{stage}: cached" in said
+    assert second["test_bpd"] == first["test_bpd"]
+
+
+def test_a_killed_run_resumes_to_the_same_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _recipe(tmp_path)
+    _run(path, tmp_path / "whole")
+    calls = {"n": 0}
+    original = Trainer._select
+
+    def dies_midway(self, record):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 6:  # inside the distilled circuit's EM: patches 2 + top 2 + top_em 1 + em 1 epochs
+            raise KeyboardInterrupt
+        return original(self, record)
+
+    monkeypatch.setattr(Trainer, "_select", dies_midway)
+    assert main(["run", str(path), "--out", str(tmp_path / "killed"), "-q"]) != 0  # "pcdsl: interrupted"
+    assert calls["n"] == 6
+    monkeypatch.setattr(Trainer, "_select", original)
+    _run(path, tmp_path / "killed")
+    _, whole = load_model(tmp_path / "whole" / "model.safetensors")
+    _, resumed = load_model(tmp_path / "killed" / "model.safetensors")
+    for group, w in whole.weights.items():
+        np.testing.assert_array_equal(resumed.weights[group], w)
+    for group, p in whole.inputs.items():
+        for key, value in p.items():
+            np.testing.assert_array_equal(resumed.inputs[group][key], value)
+
+
+def test_bad_recipes_are_diagnosed_at_check_time(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _recipe(tmp_path)
+    text = path.read_text()
+    cases = {
+        "grid(x, 4, 4)": ("grid(x, 3, 4)", "do not tile"),
+        "latents = kmeans(teacher.features, clusters = 4)": (
+            "latents = kmeans(teacher.features, clusters = 9999)", "clusters but only"),
+        "teacher = pixels()": ("teacher = vae()", "unknown"),
+    }
+    for old, (new, words) in cases.items():
+        path.write_text(text.replace(old, new))
+        assert main(["check", str(path)]) == 1
+        err = capsys.readouterr().err
+        assert words in err and "tiny.pc:" in err, err
+    # images that are not there yet: a warning at check time, a clear error from `pcdsl run`
+    path.write_text(text.replace('"train.npy"', '"missing.npy"'))
+    assert main(["check", str(path)]) == 0
+    assert "missing.npy" in capsys.readouterr().err
+    assert main(["run", str(path), "--out", str(tmp_path / "run"), "-q"]) == 1
+    assert "missing.npy" in capsys.readouterr().err
