@@ -4,6 +4,7 @@ distribution, growing without noise changes nothing, and the loop is seeded and 
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,18 +20,22 @@ from pcdsl.distill.growing import (
     head_log_likelihoods,
     progressive_growing,
     reassign,
+    split_side,
     worst_subclusters,
 )
 from pcdsl.distill.grown import (
     ClusterCircuit,
     LatentTree,
     check,
+    cluster_circuits,
     duplicate_states,
+    grown_family,
     own_parameters,
     prune,
     training_parameters,
 )
 from pcdsl.distill.lvd import Fit
+from pcdsl.io.model import load_model, save_model
 from pcdsl.ir.validate import validate
 from pcdsl.learn.train import Stage
 from pcdsl.params import Parameters, initialise
@@ -156,6 +161,15 @@ def test_worst_subclusters_cover_the_share_worst_first() -> None:
     assert worst_subclusters(own, sub, 5, 0.8, 5) == [1, 2, 3]
 
 
+def test_split_follows_the_features() -> None:
+    rng = np.random.default_rng(0)
+    features = np.concatenate([rng.normal(0, 0.1, (30, 2)), rng.normal(5, 0.1, (20, 2))])
+    side = split_side(features, np.random.default_rng(1), 50)
+    assert side[:30].all() != side[30:].all() and len(set(side[:30])) == len(set(side[30:])) == 1
+    same = split_side(np.ones((9, 2)), np.random.default_rng(1), 50)  # nothing to split on: a random half
+    assert same.sum() == 4
+
+
 def test_allocation_follows_cluster_sizes() -> None:
     assert allocate([100, 50, 0], 6) == [3, 2, 1]
     assert allocate([2, 1], 3) == [2, 1]
@@ -190,6 +204,11 @@ def test_growing_reaches_the_target_with_a_valid_family(kind: str) -> None:
     # the family as the pipeline uses it: p(z, x) with z observed sums to 1 over every (x, z)
     graph, params = grown.training()
     assert validate(graph) == []
+    rebuilt = grown_family(cluster_circuits(PatchShape(3, SHAPES[kind].edges, 2, 2, SHAPES[kind].factorized),
+                                            grown.report()["hidden"], grown.report()["heads"]), LEVELS)
+    assert rebuilt.heads == grown.family.heads
+    assert [(n.name, n.num_units) for n in rebuilt.graph.nodes()] == [(n.name, n.num_units)
+                                                                       for n in grown.family.graph.nodes()]
     worlds = np.array([[*x, k] for x in WORLDS for k in range(5)])
     assert abs(np.exp(reference.log_prob(graph, params, worlds)).sum() - 1.0) < 1e-12
     # the reported fit is each patch's own head, and with margin 0 the last reassignment is the argmax
@@ -197,6 +216,16 @@ def test_growing_reaches_the_target_with_a_valid_family(kind: str) -> None:
     ll = np.concatenate([values[h] for h in grown.family.heads], axis=1)
     assert abs(ll[np.arange(len(z)), grown.z].mean() - grown.rounds[-1].mean_ll) < 1e-9
     np.testing.assert_array_equal(assign_heads(grown, patches, z, QUICK), grown.z)
+
+
+def test_grown_training_circuit_saves_and_loads(tmp_path: Path) -> None:
+    grown = _grow(heads=3, rounds=1)
+    graph, params = grown.training()
+    save_model(tmp_path / "patches.safetensors", graph, params)
+    loaded_graph, loaded = load_model(tmp_path / "patches.safetensors")
+    rows = np.array([[*x, k] for x in WORLDS for k in range(3)])
+    np.testing.assert_allclose(reference.log_prob(loaded_graph, loaded, rows), reference.log_prob(graph, params, rows),
+                               atol=1e-12)
 
 
 def _same(a: Grown, b: Grown) -> bool:

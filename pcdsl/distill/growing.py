@@ -48,6 +48,7 @@ from pcdsl.distill.grown import (
     states_to_grow,
     training_parameters,
 )
+from pcdsl.distill.latents import LatentError, assign, kmeans
 from pcdsl.distill.lvd import Fit
 from pcdsl.ir.graph import CircuitGraph
 from pcdsl.learn.em import full_batch_flows
@@ -111,37 +112,17 @@ def worst_subclusters(own: np.ndarray, sub: np.ndarray, heads: int, cover: float
     return chosen
 
 
-def _kmeans(features: np.ndarray, clusters: int, seed: int, iterations: int = 50,
-            init: np.ndarray | None = None) -> np.ndarray:
-    """Lloyd's k-means from `init` (else seeded rows); empty clusters keep their centroid. Plain
-    numpy, so a split is the same in every process (same signature as pcdsl.distill.latents.kmeans)."""
-    x = np.asarray(features, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    centroids = np.array(init if init is not None else x[rng.choice(len(x), clusters, replace=False)], np.float64)
-    for _ in range(iterations):
-        labels = _assign(x, centroids)
-        moved = centroids.copy()
-        for k in range(clusters):
-            if (labels == k).any():
-                moved[k] = x[labels == k].mean(axis=0)
-        if np.array_equal(moved, centroids):
-            break
-        centroids = moved
-    return centroids
-
-
-def _assign(features: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    x = np.asarray(features, dtype=np.float64)
-    return np.stack([((x - c) ** 2).sum(axis=1) for c in centroids], axis=1).argmin(axis=1).astype(np.int64)
-
-
 def split_side(features: np.ndarray, rng: np.random.Generator, iterations: int) -> np.ndarray:
     """Which patches of a sub-cluster go to its new half: 2-means from the centroid and a copy
     perturbed by a tenth of each feature's spread (a random half when the features cannot split)."""
     x = np.asarray(features, dtype=np.float64)
     centre = x.mean(axis=0)
     init = np.stack([centre, centre + 0.1 * x.std(axis=0) * rng.standard_normal(x.shape[1])])
-    side = _assign(x, _kmeans(x, 2, int(rng.integers(2**31)), iterations, init)) == 1
+    seed = int(rng.integers(2**31))
+    try:
+        side = assign(x, kmeans(x, 2, seed, iterations, init, sample=None)) == 1
+    except LatentError:  # fewer than two distinct features
+        side = np.zeros(len(x), dtype=bool)
     if side.all() or not side.any():
         side = np.zeros(len(x), dtype=bool)
         side[rng.permutation(len(x))[:len(x) // 2]] = True

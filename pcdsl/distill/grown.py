@@ -81,6 +81,15 @@ class ClusterCircuit:
         return grown_family([self], levels)
 
 
+def cluster_circuits(shape: PatchShape, hidden: Sequence[Sequence[int]],
+                     heads: Sequence[int]) -> tuple[ClusterCircuit, ...]:
+    """The circuits of global clusters 0, 1, ... from their sizes (what a run directory stores):
+    `hidden[g]` states per latent of cluster g, `heads[g]` heads."""
+    tree = LatentTree.of(shape)
+    return tuple(ClusterCircuit(tree, tuple(int(h) for h in sizes), int(k), f"g{g}")
+                 for g, (sizes, k) in enumerate(zip(hidden, heads, strict=True)))
+
+
 def grown_family(circuits: Sequence[ClusterCircuit], levels: Sequence[int]) -> PatchFamily:
     """One family over the patch's pixels: the circuits' heads in order are the latent states."""
     variables = tuple(Variable(f"x[{j}]", j, Domain("categorical", int(n))) for j, n in enumerate(levels))
