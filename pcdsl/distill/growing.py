@@ -323,7 +323,9 @@ def progressive_growing(patches: np.ndarray, z: np.ndarray, features: np.ndarray
                         levels: Sequence[int], fit: Fit, settings: Growing) -> Grown:
     """Grow the patch circuits of `shape.clusters` global clusters (`z`: each patch's global
     cluster; `features`: what k-means clustered) to `settings.heads` heads in all; each starts as
-    one HCLT of `shape.hidden` states per latent, fit by counting and then the growing loop."""
+    one HCLT of `shape.hidden` states per latent, fit by counting and then the growing loop.
+    With ``workers > 1`` the clusters run in spawned processes, so a script that calls this
+    must do so under ``if __name__ == "__main__":``."""
     patches, z = np.asarray(patches, dtype=np.int64), np.asarray(z, dtype=np.int64)
     features = np.asarray(features, dtype=np.float64)
     _check_inputs(patches, z, features, shape, levels, settings)

@@ -124,7 +124,8 @@ def nonzero_parameters(graph: CircuitGraph, params: Parameters) -> int:
 
 
 def check(graph: CircuitGraph, params: Parameters) -> None:
-    """Raise unless the graph validates and every sum row is a distribution with a non-zero edge."""
+    """Raise unless the graph validates and every row of every sum and categorical leaf is a
+    distribution of the node's shape."""
     errors = [d for d in validate(graph) if d.is_error]
     if errors:
         raise InternalError(f"progressive growing made an invalid circuit: {errors[0].message}")
@@ -133,6 +134,10 @@ def check(graph: CircuitGraph, params: Parameters) -> None:
             w = params.sum_weights(node)
             if w.shape != weight_shape(graph, node) or (w < 0).any() or not np.allclose(w.sum(axis=1), 1.0):
                 raise InternalError(f"progressive growing: the weights of '{node.name}' are not distributions")
+        elif node.kind is NodeKind.INPUT and node.family == "categorical":
+            p = params.leaf(node)["probs"]
+            if len(p) != node.num_units or (p < 0).any() or not np.allclose(p.sum(axis=1), 1.0):
+                raise InternalError(f"progressive growing: the leaf '{node.name}' is not a distribution per unit")
 
 
 # --- edits ----------------------------------------------------------------------------------------
