@@ -86,6 +86,8 @@ class Trainer:
         self.best: tuple[float, Parameters] | None = None
         self.optimizer: Optimizer | None = None
         self.learn: set[str] | None = None  # parameter groups to learn (None: all); others stay as they are
+        # applied to the parameters after every update (progressive growing keeps pruned weights at 0)
+        self.constrain: Callable[[Parameters], Parameters] | None = None
 
     def run(self, stages: list[Stage], start_epoch: int = 0) -> Parameters:
         """Train every stage; return the best parameters (by valid score, else the last)."""
@@ -136,7 +138,7 @@ class Trainer:
             step = schedule(stage.step, (epoch * per_epoch + i) / max(1, total_steps - 1))
             if self.optimizer is not None:
                 flows = add_flows(None, self.model.flows(self.train[rows]))
-                self.params = self.optimizer.step(self.params, flows, len(rows), step)
+                self.params = self._constrained(self.optimizer.step(self.params, flows, len(rows), step))
                 self.model.set_parameters(self.params)
             else:
                 self._evidence(stage)
@@ -161,8 +163,11 @@ class Trainer:
         weights = None
         if stage.entropy > 0:
             weights = entropy_weights(reach(self.model, self.train.shape[1]), stage.entropy, samples)
-        self.params = em_update(self.params, flows, step, stage.pseudocount, entropy=weights)
+        self.params = self._constrained(em_update(self.params, flows, step, stage.pseudocount, entropy=weights))
         self.model.set_parameters(self.params)
+
+    def _constrained(self, params: Parameters) -> Parameters:
+        return params if self.constrain is None else self.constrain(params)
 
     def _select(self, record: Epoch) -> bool:
         """Keep the best parameters; True when the score rose by more than MIN_IMPROVEMENT."""
