@@ -74,6 +74,21 @@ def test_recipe_runs_end_to_end_with_each_teacher(tmp_path: Path, teacher: str) 
     assert abs(-np.mean(model.log_prob(test)) / (64 * np.log(2)) - report["test_bpd"]) < 1e-3
 
 
+def test_progressive_growing_runs_end_to_end(tmp_path: Path) -> None:
+    path = _recipe(tmp_path, latents="clusters = 2) | grow(to = 5, rounds = 2, workers = 1")
+    report = _run(path, tmp_path / "run")
+    assert report["latent_states"] == 5 and report["clusters"] == 2
+    assert report["lvd_bound_test_bpd"] >= report["test_bpd"] - 1e-9
+    assert sum(report["growing"]["heads"]) == 5
+    graph, params = load_model(tmp_path / "run" / "model.safetensors")
+    import pcdsl
+
+    model = pcdsl.compile(graph, "torch", params=params, dtype="float64")
+    test = np.load(tmp_path / "test.npy").reshape(24, -1).astype(np.float64)
+    assert abs(-np.mean(model.log_prob(test)) / (64 * np.log(2)) - report["test_bpd"]) < 1e-3
+    _run(path, tmp_path / "run")  # every stage cached, growing included
+
+
 def test_a_second_run_uses_every_cached_stage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = _recipe(tmp_path)
     first = _run(path, tmp_path / "run")

@@ -25,7 +25,7 @@ import networkx as nx
 import numpy as np
 
 from pcdsl.diagnostics import NO_SPAN, Span
-from pcdsl.ir.graph import CircuitGraph, Domain, NodeKind, Variable
+from pcdsl.ir.graph import CircuitGraph, Domain, Node, NodeKind, Variable
 from pcdsl.params import Parameters, input_group, weight_group
 
 HEADS = "heads"
@@ -121,16 +121,20 @@ def place(graph: CircuitGraph, family: PatchFamily, pixels: Sequence[int], prefi
 
     for node in family.graph.nodes():
         tie = f"{owner}/{node.name}" if owner is not None else (rename(node.tie) if node.tie else None)
-        children = tuple(rename(c) for c in node.children)
-        if node.kind is NodeKind.INPUT:
-            assert node.var is not None
-            graph.add_input(rename(node.name), int(pixels[node.var]), str(node.family), node.num_units, node.params,
-                            span, tie)
-        elif node.kind is NodeKind.PRODUCT:
-            graph.add_product(rename(node.name), children, node.pattern or "hadamard", span=span)
-        else:
-            graph.add_sum(rename(node.name), children, node.num_units, node.weights, tie, span, node.blocks)
+        var = None if node.var is None else int(pixels[node.var])
+        _copy_node(graph, node, rename(node.name), tuple(rename(c) for c in node.children), var, tie, span)
     return [rename(h) for h in family.heads]
+
+
+def _copy_node(graph: CircuitGraph, node: Node, name: str, children: tuple[str, ...], var: int | None,
+               tie: str | None, span: Span) -> None:
+    if node.kind is NodeKind.INPUT:
+        assert var is not None
+        graph.add_input(name, var, str(node.family), node.num_units, node.params, span, tie)
+    elif node.kind is NodeKind.PRODUCT:
+        graph.add_product(name, children, node.pattern or "hadamard", span=span)
+    else:
+        graph.add_sum(name, children, node.num_units, node.weights, tie, span, node.blocks)
 
 
 def copy_parameters(family: PatchFamily, params: Parameters, graph: CircuitGraph, prefix: str | None,
@@ -160,6 +164,18 @@ def training_circuit(family: PatchFamily, name: str = "patch") -> CircuitGraph:
         offset += units
     graph.add_sum("root", tuple(selects), 1)
     return graph
+
+
+def family_of_training(graph: CircuitGraph) -> PatchFamily:
+    """The family inside a training circuit (what a run directory stores): every node but the
+    cluster indicators, their products and the root, over the pixel variables."""
+    selects = sorted((n for n in graph.nodes() if n.name.startswith("select")), key=lambda n: int(n.name[6:]))
+    skip = {"root", *(n.name for n in selects), *(n.children[0] for n in selects)}
+    family = CircuitGraph("patch", graph.variables[:-1])
+    for node in graph.nodes():
+        if node.name not in skip:
+            _copy_node(family, node, node.name, node.children, node.var, node.tie, node.span)
+    return PatchFamily(family, tuple(n.children[1] for n in selects))
 
 
 def compose(top: CircuitGraph, top_params: Parameters, family: PatchFamily, patch: Sequence[Parameters],

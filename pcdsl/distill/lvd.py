@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 
 import pcdsl
-from pcdsl.distill.compose import PatchShape, block_family, training_circuit
+from pcdsl.distill.compose import PatchFamily, PatchShape, block_family, training_circuit
 from pcdsl.distill.counting import counting_init
+from pcdsl.distill.grown import keep_zeros
 from pcdsl.ir.graph import CircuitGraph, Domain, Variable
 from pcdsl.learn.train import Epoch, Stage, Trainer
 from pcdsl.params import Parameters, initialise
@@ -84,6 +85,7 @@ def train(graph: CircuitGraph, params: Parameters, train: np.ndarray, valid: np.
     start = resume.params if resume.params is not None else params
     trainer = Trainer(fit.compile(graph, start), start, train, valid, fit.seed, fit.progress)
     trainer.per_epoch_rng, trainer.learn, trainer.best = True, learn, resume.best
+    trainer.constrain = keep_zeros(params)  # pruned edges (progressive growing) stay pruned
     if resume.on_epoch is not None:
         hook = resume.on_epoch
         trainer.on_epoch = lambda epoch, current: hook(epoch, current, trainer.best)
@@ -97,6 +99,12 @@ def fit_patches(shape: PatchShape, levels: Sequence[int], rows: np.ndarray, vali
     graph = training_circuit(block_family(shape, levels))
     params = counting_init(graph, shape, rows[:, :-1], rows[:, -1], levels, pseudocount, fit.seed)
     return graph, train(graph, params, rows, valid, fit, resume)
+
+
+def fit_family(family: PatchFamily, start: Parameters, rows: np.ndarray, valid: np.ndarray | None, fit: Fit,
+               resume: Resume = Resume()) -> Parameters:
+    """Cluster-conditioned EM of any patch family (e.g. a grown one) from `start`."""
+    return train(training_circuit(family), start, rows, valid, fit, resume)
 
 
 def latent_circuit(m: int, clusters: int, z: np.ndarray, hidden: int, trees: int = 1,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import resource
 import time
 from collections.abc import Callable
@@ -34,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from pcdsl.distill import lvd
-from pcdsl.distill.compose import PatchShape, block_family, compose, top_parameter_groups, training_circuit
+from pcdsl.distill.compose import PatchFamily, PatchShape, block_family, compose, top_parameter_groups, training_circuit
 from pcdsl.distill.recipe import Distillation, cropped
 from pcdsl.io.atomic import write_atomic
 from pcdsl.io.model import load_model, save_model
@@ -179,9 +180,6 @@ def _run(recipe: Distillation, out_dir: Path, backend: str, device: str, dtype: 
          log: Log) -> dict[str, Any]:
     from pcdsl.distill.images import PatchGrid
 
-    if recipe.grow is not None:
-        raise DistillError("progressive growing (`latents = kmeans(...) | grow(...)`) is not built yet: "
-                           "remove `| grow(...)` to run plain LVD")
     run = RunDir(out_dir, log)
     data = load_data(recipe)
     grid = PatchGrid(data.shape, recipe.patch)
@@ -191,12 +189,29 @@ def _run(recipe: Distillation, out_dir: Path, backend: str, device: str, dtype: 
 
     teacher, teacher_key = _teacher(run, recipe, data, grid, base, progress, log)
     z, latents_key = _latents(run, recipe, data, grid, teacher, teacher_key)
-    shape, patch_params, patch_key = _patches(run, recipe, data, grid, z, dim_levels, latents_key, fit)
-    top, top_params, top_key = _top(run, recipe, grid, z, latents_key, fit)
-    graph, params = _distilled(run, recipe, data, grid, shape, patch_params, top, top_params,
+    pc = recipe.patch_pc
+    shape = lvd.patch_shape(grid.to_patches(data.train).reshape(-1, grid.dims), dim_levels, pc["hidden"],
+                            int(z["centroids"].shape[0]), pc["kind"] == "fully_factorized", seed=seed)
+    latents = _growing(run, recipe, data, grid, teacher, z, shape, dim_levels, latents_key, fit) \
+        if recipe.grow is not None else Latents(z, block_family(shape, dim_levels), None, latents_key)
+    patch_params, patch_key = _patches(run, recipe, data, grid, latents, shape, dim_levels, fit)
+    top, top_params, top_key = _top(run, recipe, grid, latents, fit)
+    graph, params = _distilled(run, recipe, data, grid, latents.family, patch_params, top, top_params,
                                _key(patch_key, top_key), fit)
-    return _report(run, recipe, data, grid, teacher, z, shape, dim_levels, patch_params, top, top_params,
-                   graph, params, fit)
+    return _report(run, recipe, data, grid, teacher, latents, patch_params, top, top_params, graph, params, fit)
+
+
+@dataclass(frozen=True)
+class Latents:
+    """The latent state of every patch (``z[split]``: (images, positions)), the patch family whose
+    heads those states name, its starting parameters (grown ones, or None: counting) and the key
+    of the stage that made them."""
+
+    z: dict[str, np.ndarray]
+    family: PatchFamily
+    start: Parameters | None
+    key: str
+    report: dict[str, Any] = field(default_factory=dict)
 
 
 def _timed(run: RunDir, stage: str, key: str, work: Callable[[], None]) -> None:
@@ -262,20 +277,66 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     write_atomic(path, buffer.getvalue())
 
 
-def _patches(run: RunDir, recipe: Distillation, data: Data, grid: Any, z: dict[str, np.ndarray],
-             dim_levels: tuple[int, ...], latents_key: str, fit: lvd.Fit) -> tuple[PatchShape, list[Parameters], str]:
+def _growing(run: RunDir, recipe: Distillation, data: Data, grid: Any, teacher: Any, z: dict[str, np.ndarray],
+             shape: PatchShape, levels: tuple[int, ...], latents_key: str, fit: lvd.Fit) -> Latents:
+    """Progressive growing of the patch circuits from the global clusters -> ``grown.safetensors``
+    (the grown family's training circuit) and ``grown.npz`` (each patch's head)."""
+    from pcdsl.distill.compose import family_of_training
+    from pcdsl.distill.growing import Growing, assign_heads, progressive_growing
+
+    grow = recipe.grow
+    assert grow is not None
+    key = _key(latents_key, sorted(grow.items()), shape, recipe.counting, recipe.patch_em)
+    if run.fresh("growing", key, "grown.safetensors", "grown.npz", "grown.json"):
+        graph, params = load_model(run.path / "grown.safetensors")
+        with np.load(run.path / "grown.npz", allow_pickle=False) as saved:
+            heads = {k: saved[k] for k in saved.files}
+        return Latents(heads, family_of_training(graph), params, key, json.loads((run.path / "grown.json").read_text()))
+    out: dict[str, Any] = {}
+
+    def work() -> None:
+        patches = grid.to_patches(data.train)
+        n, p, d = patches.shape
+        features = teacher.features(data.train)
+        settings = Growing(heads=grow["to"], rounds=grow["rounds"], noise=grow["noise"],
+                           pseudocount=recipe.counting, seed=fit.seed, workers=grow["workers"] or (os.cpu_count() or 1))
+        grow_fit = lvd.Fit(recipe.patch_em, fit.backend, fit.dtype, fit.device, fit.seed, fit.progress)
+        run.log(f"growing: {shape.clusters} global clusters to {grow['to']} heads")
+        grown = progressive_growing(patches.reshape(n * p, d), z["train"].reshape(-1),
+                                    features.reshape(n * p, -1), shape, levels, grow_fit, settings)
+        heads = {"centroids": z["centroids"], "train": grown.z.reshape(n, p)}
+        for split in ("valid", "test"):
+            images = getattr(data, split)
+            if images is not None and split in z:
+                cut = grid.to_patches(images)
+                chosen = assign_heads(grown, cut.reshape(-1, d), z[split].reshape(-1), fit)
+                heads[split] = chosen.reshape(len(images), p)
+        graph, params = grown.training()
+        save_model(run.path / "grown.safetensors", graph, params)
+        _save_npz(run.path / "grown.npz", heads)
+        _write_json(run.path / "grown.json", grown.report())
+        out["latents"] = Latents(heads, grown.family, params, key, grown.report())
+
+    _timed(run, "growing", key, work)
+    return out["latents"]  # type: ignore[no-any-return]
+
+
+def _patches(run: RunDir, recipe: Distillation, data: Data, grid: Any, latents: Latents, shape: PatchShape,
+             dim_levels: tuple[int, ...], fit: lvd.Fit) -> tuple[list[Parameters], str]:
+    """Counting initialisation (or the grown parameters) and cluster-conditioned EM of the patch
+    circuits -> ``patches.safetensors`` (``patches-{i}`` per position when they are not shared)."""
+    from pcdsl.distill.counting import counting_init
+
     patches = grid.to_patches(data.train)
-    valid = grid.to_patches(data.valid) if data.valid is not None else None
-    clusters = int(z["centroids"].shape[0])
-    pc = recipe.patch_pc
-    key = _key(latents_key, sorted(pc.items()), recipe.counting, recipe.patch_em)
-    shape = lvd.patch_shape(patches.reshape(-1, grid.dims), dim_levels, pc["hidden"], clusters,
-                            pc["kind"] == "fully_factorized", seed=fit.seed)
+    valid = grid.to_patches(data.valid) if data.valid is not None and "valid" in latents.z else None
+    pc, z = recipe.patch_pc, latents.z
+    key = _key(latents.key, sorted(pc.items()), recipe.counting, recipe.patch_em)
     positions = [None] if pc["shared"] else list(range(grid.count))
     files = ["patches.safetensors"] if pc["shared"] else [f"patches-{i}.safetensors" for i in positions]
     if run.fresh("patches", key, *files):
-        return shape, [load_model(run.path / f)[1] for f in files], key
+        return [load_model(run.path / f)[1] for f in files], key
     patch_fit = lvd.Fit(recipe.patch_em, fit.backend, fit.dtype, fit.device, fit.seed, fit.progress)
+    graph = training_circuit(latents.family)
     result: list[Parameters] = []
 
     def work() -> None:
@@ -283,28 +344,24 @@ def _patches(run: RunDir, recipe: Distillation, data: Data, grid: Any, z: dict[s
             cut = slice(None) if i is None else slice(i, i + 1)
             rows = lvd.patch_rows(patches[:, cut], z["train"][:, cut])
             valid_rows = None if valid is None else lvd.patch_rows(valid[:, cut], z["valid"][:, cut])
+            start = latents.start if latents.start is not None else counting_init(
+                graph, shape, rows[:, :-1], rows[:, -1], dim_levels, recipe.counting, fit.seed)
             stage = name.removesuffix(".safetensors")
-            graph = training_circuit(block_family(shape, dim_levels))
             params = run.fit(stage, _key(key, stage), graph, functools.partial(
-                _fit_patches, shape, dim_levels, rows, valid_rows, recipe.counting, patch_fit))
+                lvd.fit_family, latents.family, start, rows, valid_rows, patch_fit))
             save_model(run.path / name, graph, params)
             result.append(params)
 
     _timed(run, "patches", key, work)
-    return shape, result, key
+    return result, key
 
 
-def _fit_patches(shape: PatchShape, levels: tuple[int, ...], rows: np.ndarray, valid: np.ndarray | None,
-                 pseudocount: float, fit: lvd.Fit, resume: lvd.Resume) -> Parameters:
-    return lvd.fit_patches(shape, levels, rows, valid, pseudocount, fit, resume)[1]
-
-
-def _top(run: RunDir, recipe: Distillation, grid: Any, z: dict[str, np.ndarray], latents_key: str,
+def _top(run: RunDir, recipe: Distillation, grid: Any, latents: Latents,
          fit: lvd.Fit) -> tuple[CircuitGraph, Parameters, str]:
-    model = recipe.model
-    key = _key(latents_key, sorted(model.items()), recipe.latent_em)
-    clusters = int(z["centroids"].shape[0])
-    graph = lvd.latent_circuit(grid.count, clusters, z["train"], model["hidden"], model["trees"], model["pseudocount"])
+    model, z = recipe.model, latents.z
+    key = _key(latents.key, sorted(model.items()), recipe.latent_em)
+    graph = lvd.latent_circuit(grid.count, latents.family.clusters, z["train"], model["hidden"], model["trees"],
+                               model["pseudocount"])
     if run.fresh("top", key, "latent.safetensors"):
         return graph, load_model(run.path / "latent.safetensors")[1], key
     top_fit = lvd.Fit(recipe.latent_em, fit.backend, fit.dtype, fit.device, fit.seed, fit.progress)
@@ -331,12 +388,12 @@ def image_variables(shape: tuple[int, int, int], levels: tuple[int, ...]) -> tup
     return tuple(out)
 
 
-def _distilled(run: RunDir, recipe: Distillation, data: Data, grid: Any, shape: PatchShape,
+def _distilled(run: RunDir, recipe: Distillation, data: Data, grid: Any, family: PatchFamily,
                patch_params: list[Parameters], top: CircuitGraph, top_params: Parameters, key: str,
                fit: lvd.Fit) -> tuple[CircuitGraph, Parameters]:
     key = _key(key, recipe.top_em, recipe.em)
     positions = [grid.pixel_columns(i) for i in range(grid.count)]
-    graph, params = compose(top, top_params, block_family(shape, _dim_levels(data, grid)), patch_params,
+    graph, params = compose(top, top_params, family, patch_params,
                             image_variables(data.shape, data.levels), positions, recipe.patch_pc["shared"], recipe.name)
     if run.fresh("distilled", key, "model.safetensors"):
         return graph, load_model(run.path / "model.safetensors")[1]
@@ -361,16 +418,21 @@ def _bpd(ll: float, dims: int) -> float:
     return -ll / (dims * np.log(2))
 
 
-def _report(run: RunDir, recipe: Distillation, data: Data, grid: Any, teacher: Any, z: dict[str, np.ndarray],
-            shape: PatchShape, dim_levels: tuple[int, ...], patch_params: list[Parameters], top: CircuitGraph,
-            top_params: Parameters, graph: CircuitGraph, params: Parameters, fit: lvd.Fit) -> dict[str, Any]:
+def _report(run: RunDir, recipe: Distillation, data: Data, grid: Any, teacher: Any, latents: Latents,
+            patch_params: list[Parameters], top: CircuitGraph, top_params: Parameters, graph: CircuitGraph,
+            params: Parameters, fit: lvd.Fit) -> dict[str, Any]:
+    from pcdsl.distill.grown import nonzero_parameters
     from pcdsl.learn.train import mean_ll
 
-    model = fit.compile(graph, params)
+    model, z = fit.compile(graph, params), latents.z
     dims = int(np.prod(data.shape))
     report: dict[str, Any] = {"recipe": recipe.name, "node_groups": len(graph), "edges": graph.num_edges(),
-                              "parameters": graph.num_parameters(), "clusters": int(z["centroids"].shape[0]),
+                              "parameters": graph.num_parameters(),
+                              "nonzero_parameters": nonzero_parameters(graph, params),
+                              "clusters": int(z["centroids"].shape[0]), "latent_states": latents.family.clusters,
                               "patches": grid.count, "patch_dims": grid.dims, "transform": recipe.transform}
+    if latents.report:
+        report["growing"] = latents.report
     for split in recipe.bpd_splits:
         images = getattr(data, split)
         if images is None:
@@ -384,7 +446,7 @@ def _report(run: RunDir, recipe: Distillation, data: Data, grid: Any, teacher: A
             report[f"teacher_{split}_bpd"] = float(bpd)
         if split in z:
             latent = fit.compile(top, top_params)
-            patch_model = fit.compile(training_circuit(block_family(shape, dim_levels)), patch_params[0])
+            patch_model = fit.compile(training_circuit(latents.family), patch_params[0])
             if len(patch_params) == 1:
                 bound = lvd.lvd_bound(latent, z[split], patch_model, lvd.patch_rows(grid.to_patches(images), z[split]))
                 report[f"lvd_bound_{split}_bpd"] = _bpd(float(bound.mean()), dims)

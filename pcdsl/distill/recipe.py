@@ -199,6 +199,11 @@ def check_distillation(spec: RecipeSpec, vals: Values, sources: dict[str, DataSo
                 vals.fail("E0605", f"{max(clusters, wanted)} clusters but only {available} patches "
                           f"({count} training images x {grid.count} patches)", latents[0].call.span,
                           help="ask for fewer clusters than there are patches")
+    latents = spec.entries.get("latents", [])
+    option = spec.options.get("patch_pc")
+    if len(latents) > 1 and option is not None and (option.call.func.text != "hclt" or not option.values["shared"]):
+        vals.fail("E0605", "progressive growing needs shared HCLT patch circuits", option.call.span,
+                  help="use `patch_pc = hclt(hidden = ..., shared = true)` with `| grow(...)`")
     for bound in spec.entries.get("report", []):
         split = bound.values.get("split")
         if split in ("valid", "test"):

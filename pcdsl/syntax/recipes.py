@@ -77,7 +77,8 @@ TABLES: dict[str, dict[str, Signature]] = {
         "kmeans": _sig("kmeans", Param("features", None), _kw("clusters", read_int(2), 64),
                        _kw("iterations", read_int(1), 50), _kw("seed", read_int(0), 0)),
         "grow": _sig("grow", _kw("to", read_int(2)), _kw("rounds", read_int(1), 1),
-                     _kw("noise", read_float(0.0), 0.1), doc="progressive growing of clusters"),
+                     _kw("noise", read_float(0.0), 0.1), _kw("workers", read_int(0), 0),
+                     doc="progressive growing of clusters (workers: parallel processes, 0 = one per core)"),
     },
     "model": {
         "hclt": _sig("hclt", _kw("over", None), _kw("hidden", read_int(1), 16), _kw("trees", read_int(1), 1),
