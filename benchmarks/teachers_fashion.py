@@ -3,13 +3,15 @@
     python benchmarks/teachers_fashion.py [--teachers vqvae mae pixels] [--train N] [--threads 2]
 
 Reads the Debian package's IDX files; prints one line per teacher: fit seconds, feature seconds,
-and (VQ-VAE) test bits/dim.
+and (VQ-VAE) test bits/dim, with the machine's load average (other processes slow torch down; on
+a shared machine run with OMP_WAIT_POLICY=PASSIVE, or idle OpenMP threads spin against them).
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import os
 import time
 from pathlib import Path
 
@@ -46,7 +48,9 @@ def main() -> None:
         feat_s = time.perf_counter() - start
         bpd = teacher.bpd(test)
         extra = f", test bpd {bpd:.4f}" if bpd is not None else ""
-        print(f"{kind}: fit {fit_s:.1f} s, features {feat_s:.1f} s for {feats.shape}{extra}", flush=True)
+        load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+        print(f"{kind}: fit {fit_s:.1f} s, features {feat_s:.1f} s for {feats.shape}{extra} "
+              f"(load average {load})", flush=True)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,6 @@ zero, which is what makes the MAE's locality exact rather than approximate.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,10 +27,9 @@ class Attention(nn.Module):
         b, n, d = h.shape
         q = self.q(h).view(b, n, self.heads, d // self.heads).transpose(1, 2)
         k, v = self.kv(kv).view(b, kv.shape[1], 2, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        scores = q @ k.transpose(-1, -2) / math.sqrt(d // self.heads)
-        # written out rather than F.scaled_dot_product_attention so that masked keys are exactly 0
-        weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
-        return self.out((weights @ v).transpose(1, 2).reshape(b, n, d))  # type: ignore[no-any-return]
+        # boolean mask: masked keys get weight exactly 0 (the MAE's locality test relies on it)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out(y.transpose(1, 2).reshape(b, n, d))  # type: ignore[no-any-return]
 
 
 class Block(nn.Module):

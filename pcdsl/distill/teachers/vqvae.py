@@ -22,6 +22,7 @@ cannot. `features = code` gives the embeddings instead.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -182,9 +183,13 @@ class VQVAETeacher:
         gen = torch.Generator().manual_seed(self.o.seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.o.seed)
+            start = time.perf_counter()
             self._fit_vqvae(images, valid, gen, progress, log)
             codes = self.codes(images)
+            log(f"vqvae: encoder, codebook and decoder trained in {time.perf_counter() - start:.0f} s")
+            start = time.perf_counter()
             self._fit_prior(codes, None if valid is None else self.codes(valid), gen, progress, log)
+            log(f"vqvae: prior trained in {time.perf_counter() - start:.0f} s")
         self.fitted = True
         if valid is not None:
             log(f"vqvae: validation bits/dim {self._bpd(valid):.4f}")
