@@ -478,7 +478,9 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_DIAGNOSTICS
     for key in sorted(k for k in report if k.endswith(("_loglik", "_bpd"))):
         print(f"{name}: {key.replace('_', ' ')} = {report[key]:.4f}")
-    print(f"run directory: {out} (model.safetensors, metrics.jsonl, report.json)")
+    made = [f for f in ("model.safetensors", "metrics.jsonl", "report.json", "samples.png", "inpaint.png")
+            if (out / f).exists()]
+    print(f"run directory: {out} ({', '.join(made)})")
     return EXIT_OK
 
 
