@@ -114,8 +114,9 @@ def latent_circuit(m: int, clusters: int, z: np.ndarray, hidden: int, trees: int
 
     domain = Domain("categorical", clusters)
     graph = CircuitGraph("latents", tuple(Variable(f"z[{i}]", i, domain) for i in range(m)))
+    # bins = clusters: the mutual information sees every cluster (binning would merge them)
     generate("hclt", graph, np.arange(m), prefix="hclt", data=np.asarray(z, dtype=np.int64), hidden=hidden,
-             trees=trees, pseudocount=pseudocount)
+             trees=trees, pseudocount=pseudocount, bins=max(2, clusters))
     return graph
 
 
