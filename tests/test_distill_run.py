@@ -126,6 +126,34 @@ def test_a_killed_run_resumes_to_the_same_model(tmp_path: Path, monkeypatch: pyt
             np.testing.assert_array_equal(resumed.inputs[group][key], value)
 
 
+def test_the_imagenet32_example_runs_on_a_tiny_synthetic_npz(tmp_path: Path) -> None:
+    """examples/lvd_imagenet32.pc as shipped (crops, YCoCg-R, the official .npz layout), with the
+    sizes cut down so that it runs in seconds."""
+    from test_images import write_imagenet
+
+    from conftest import EXAMPLES
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "data" / "imagenet32"
+    folder.mkdir(parents=True)
+    smooth = rng.integers(0, 256, (30, 4, 4, 3)).repeat(8, axis=1).repeat(8, axis=2)
+    write_imagenet(folder / "train_data_batch_1.npz", smooth[:24].astype(np.uint8))
+    write_imagenet(folder / "val_data.npz", smooth[24:].astype(np.uint8))
+    text = (EXAMPLES / "lvd_imagenet32.pc").read_text()
+    for old, new in (("valid = 10000", "valid = 4"), ("codes = 256, epochs = 3", "codes = 8, dim = 8, epochs = 1"),
+                     ("clusters = 128", "clusters = 4"), ("hidden = 32", "hidden = 2"), ("hidden = 8", "hidden = 1"),
+                     ("rows = 400000", "rows = 2000"), ("rows = 20000", "rows = 16"), ("samples(64)", "samples(4)")):
+        assert old in text
+        text = text.replace(old, new)
+    path = tmp_path / "lvd_imagenet32.pc"
+    path.write_text(text)
+    report = _run(path, tmp_path / "run")
+    assert report["transform"] == "ycocg_r" and report["patches"] == 16 and report["patch_dims"] == 48
+    assert 0 < report["test_bpd"] <= report["lvd_bound_test_bpd"] + 1e-9
+    graph, _ = load_model(tmp_path / "run" / "model.safetensors")
+    assert len(graph.variables) == 16 * 16 * 3  # bits per dimension count the crop's values
+
+
 def test_bad_recipes_are_diagnosed_at_check_time(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = _recipe(tmp_path)
     text = path.read_text()
