@@ -29,7 +29,8 @@ def _images(seed: int, n: int) -> np.ndarray:
     return np.clip(noisy, 0, 255).astype(np.uint8)
 
 
-def _recipe(tmp: Path, teacher: str = "pixels()", extra: str = "", latents: str = "clusters = 4") -> Path:
+def _recipe(tmp: Path, teacher: str = "pixels()", extra: str = "", latents: str = "clusters = 4",
+            train: str = TRAIN_STEPS) -> Path:
     np.save(tmp / "train.npy", _images(0, 96))
     np.save(tmp / "test.npy", _images(1, 24))
     path = tmp / "tiny.pc"
@@ -40,7 +41,7 @@ recipe tiny {{
   teacher = {teacher}
   latents = kmeans(teacher.features, {latents})
   model   = hclt(over = latents, hidden = 4) with patch_pc = hclt(hidden = 2, shared = true)
-  train   {{ {TRAIN_STEPS} }}
+  train   {{ {train} }}
   report  bpd(test), samples(8), inpaint(test, mask = left_half, count = 4)
   {extra}
 }}
@@ -100,30 +101,64 @@ def test_a_second_run_uses_every_cached_stage(tmp_path: Path, capsys: pytest.Cap
     assert second["test_bpd"] == first["test_bpd"]
 
 
-def test_a_killed_run_resumes_to_the_same_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = _recipe(tmp_path)
+def _same_model(a: Path, b: Path) -> None:
+    _, first = load_model(a / "model.safetensors")
+    _, second = load_model(b / "model.safetensors")
+    for group, w in first.weights.items():
+        np.testing.assert_array_equal(second.weights[group], w)
+    for group, p in first.inputs.items():
+        for key, value in p.items():
+            np.testing.assert_array_equal(second.inputs[group][key], value)
+
+
+PATIENT = TRAIN_STEPS.replace("em(epochs = 2, batch = 16, step = 0.2)",
+                              "em(epochs = 5, batch = 16, step = 0.5, patience = 1); full_em(epochs = 2)")
+
+
+@pytest.mark.parametrize("kill_at", [2, 6, 8, 9])
+def test_a_killed_run_resumes_to_the_same_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                kill_at: int) -> None:
+    """Killed after the `kill_at`-th epoch of any fit (patch EM, top level, soft evidence, EM
+    with early stopping, full-batch EM), a run resumes to the model of an uninterrupted one."""
+    path = _recipe(tmp_path, train=PATIENT)
     _run(path, tmp_path / "whole")
     calls = {"n": 0}
     original = Trainer._select
 
-    def dies_midway(self, record):  # type: ignore[no-untyped-def]
+    def dies(self, record):  # type: ignore[no-untyped-def]
         calls["n"] += 1
-        if calls["n"] == 6:  # inside the distilled circuit's EM: patches 2 + top 2 + top_em 1 + em 1 epochs
+        if calls["n"] == kill_at:
             raise KeyboardInterrupt
         return original(self, record)
 
-    monkeypatch.setattr(Trainer, "_select", dies_midway)
+    monkeypatch.setattr(Trainer, "_select", dies)
     assert main(["run", str(path), "--out", str(tmp_path / "killed"), "-q"]) != 0  # "pcdsl: interrupted"
-    assert calls["n"] == 6
     monkeypatch.setattr(Trainer, "_select", original)
     _run(path, tmp_path / "killed")
-    _, whole = load_model(tmp_path / "whole" / "model.safetensors")
-    _, resumed = load_model(tmp_path / "killed" / "model.safetensors")
-    for group, w in whole.weights.items():
-        np.testing.assert_array_equal(resumed.weights[group], w)
-    for group, p in whole.inputs.items():
-        for key, value in p.items():
-            np.testing.assert_array_equal(resumed.inputs[group][key], value)
+    _same_model(tmp_path / "whole", tmp_path / "killed")
+
+
+def test_a_kill_between_checkpoint_and_state_resumes_to_the_same_model(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import pcdsl.distill.pipeline as pipeline
+
+    path = _recipe(tmp_path, train=PATIENT)
+    _run(path, tmp_path / "whole")
+    original = pipeline._write_json
+    calls = {"n": 0}
+
+    def dies(target: Path, value: object) -> None:
+        if target.name == "em.json":
+            calls["n"] += 1
+            if calls["n"] == 2:  # the second epoch's checkpoint is written, its state is not
+                raise KeyboardInterrupt
+        original(target, value)
+
+    monkeypatch.setattr(pipeline, "_write_json", dies)
+    assert main(["run", str(path), "--out", str(tmp_path / "killed"), "-q"]) != 0
+    monkeypatch.setattr(pipeline, "_write_json", original)
+    _run(path, tmp_path / "killed")
+    _same_model(tmp_path / "whole", tmp_path / "killed")
 
 
 def test_the_imagenet32_example_runs_on_a_tiny_synthetic_npz(tmp_path: Path) -> None:
@@ -162,6 +197,10 @@ def test_bad_recipes_are_diagnosed_at_check_time(tmp_path: Path, capsys: pytest.
         "latents = kmeans(teacher.features, clusters = 4)": (
             "latents = kmeans(teacher.features, clusters = 9999)", "clusters but only"),
         "teacher = pixels()": ("teacher = vae()", "unknown"),
+        "clusters = 4)": ("clusters = 4) | grow(to = 3)", "fewer heads"),
+        "model   = hclt(over = latents, hidden = 4)": ("model   = fully_factorized(over = latents)", "an HCLT"),
+        "  patches = grid(x, 4, 4)": ("  patches = grid(x, 4, 4)\n  transform = ycocg_r()", "needs RGB"),
+        "counting(pseudocount = 0.1);": ("counting(pseudocount = 0.1); sgd(epochs = 1);", "EM steps"),
     }
     for old, (new, words) in cases.items():
         path.write_text(text.replace(old, new))

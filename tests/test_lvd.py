@@ -9,13 +9,21 @@ import numpy as np
 import pytest
 
 from pcdsl import reference
-from pcdsl.distill.compose import PatchShape, block_family, compose, top_parameter_groups, training_circuit
+from pcdsl.distill.compose import (
+    PatchShape,
+    block_family,
+    compose,
+    decompose,
+    top_parameter_groups,
+    training_circuit,
+)
 from pcdsl.distill.counting import cluster_counts, counting_init
 from pcdsl.distill.lvd import Fit, fit_distilled, fit_latents, fit_patches, latent_circuit, patch_rows, patch_shape
 from pcdsl.ir.graph import Domain, Variable
 from pcdsl.ir.validate import validate
 from pcdsl.learn.em import em_update
 from pcdsl.learn.train import Stage
+from pcdsl.params import Parameters
 
 from conftest import ATOL
 
@@ -40,10 +48,21 @@ def _fitted(seed: int, shared: bool = True):  # type: ignore[no-untyped-def]
     top_params = fit_latents(top, z, None, QUICK)
     variables = tuple(Variable(f"x[{i}]", i, Domain("categorical", LEVELS)) for i in range(M * D))
     positions = [list(range(i * D, (i + 1) * D)) for i in range(M)]
-    graph, params = compose(top, top_params, block_family(shape, [LEVELS] * D), [patch] * (1 if shared else M),
+    # unshared: every position gets parameters of its own (a mix-up of positions would show)
+    patches = [patch] if shared else [patch, _perturbed(patch, seed)]
+    graph, params = compose(top, top_params, block_family(shape, [LEVELS] * D), patches,
                             variables, positions, shared, "toy")
-    return SimpleNamespace(images=images, z=z, shape=shape, patch=patch, top=top, top_params=top_params,
+    return SimpleNamespace(images=images, z=z, shape=shape, patches=patches, top=top, top_params=top_params,
                            graph=graph, params=params)
+
+
+def _perturbed(params: Parameters, seed: int) -> Parameters:
+    rng = np.random.default_rng(seed + 100)
+    out = Parameters({k: dict(v) for k, v in params.inputs.items()}, dict(params.weights))
+    for group, w in params.weights.items():
+        noisy = w * rng.uniform(0.5, 1.5, w.shape)
+        out.weights[group] = noisy / noisy.sum(axis=1, keepdims=True)
+    return out
 
 
 def test_cluster_counts_equal_brute_force() -> None:
@@ -85,12 +104,20 @@ def test_distilled_circuit_is_the_composition(shared: bool) -> None:
             rows = np.concatenate([WORLDS[:, i * D:(i + 1) * D], np.full((len(WORLDS), 1), k)], axis=1)
             prior = rows.copy()
             prior[:, :D] = -1
-            term *= np.exp(reference.log_prob(train_graph, f.patch, rows)
-                           - reference.log_prob(train_graph, f.patch, prior))
+            part = f.patches[0 if shared else i]
+            term *= np.exp(reference.log_prob(train_graph, part, rows) - reference.log_prob(train_graph, part, prior))
         expected += term
     got = np.exp(reference.log_prob(f.graph, f.params, WORLDS))
     np.testing.assert_allclose(got, expected, atol=1e-12)
     assert abs(got.sum() - 1) < 1e-9
+    # and the parts read back from the distilled circuit are the parts it was made of
+    top_params, parts = decompose(f.graph, f.params, f.top, block_family(f.shape, [LEVELS] * D), 1 if shared else M)
+    for group, w in f.top_params.weights.items():
+        np.testing.assert_array_equal(top_params.weights[group], w)
+    for part, patch in zip(parts, f.patches, strict=True):
+        for group, w in patch.weights.items():
+            if group != "root":
+                np.testing.assert_array_equal(part.weights[group], w)
 
 
 def test_soft_evidence_flows_are_posterior_weighted_latent_flows() -> None:
@@ -109,8 +136,8 @@ def test_soft_evidence_flows_are_posterior_weighted_latent_flows() -> None:
                 row = np.concatenate([image[i * D:(i + 1) * D], [k]])[None]
                 prior = row.copy()
                 prior[:, :D] = -1
-                lp += (reference.log_prob(train_graph, f.patch, row)
-                       - reference.log_prob(train_graph, f.patch, prior))[0]
+                lp += (reference.log_prob(train_graph, f.patches[0], row)
+                       - reference.log_prob(train_graph, f.patches[0], prior))[0]
             joint[states] = np.exp(lp)
         total = sum(joint.values())
         for states, p in joint.items():

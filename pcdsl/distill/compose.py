@@ -202,8 +202,9 @@ def compose(top: CircuitGraph, top_params: Parameters, family: PatchFamily, patc
         renamed[node.name] = new
         if node.kind is NodeKind.INPUT:  # the leaf over Z_i: a sum over the heads at position i
             assert node.var is not None
-            graph.add_sum(new, heads[node.var], node.num_units, span=span)
-            params.weights[new] = np.array(top_params.leaf(node)["probs"], dtype=np.float64)
+            tie = f"top/{node.tie}" if node.tie else None
+            graph.add_sum(new, heads[node.var], node.num_units, tie=tie, span=span)
+            params.weights.setdefault(tie or new, np.array(top_params.leaf(node)["probs"], dtype=np.float64))
         elif node.kind is NodeKind.PRODUCT:
             graph.add_product(new, tuple(renamed[c] for c in node.children), node.pattern or "hadamard", span=span)
         else:
@@ -211,6 +212,36 @@ def compose(top: CircuitGraph, top_params: Parameters, family: PatchFamily, patc
             graph.add_sum(new, tuple(renamed[c] for c in node.children), node.num_units, tie=tie, span=span)
             params.weights.setdefault(tie or new, np.array(top_params.sum_weights(node), dtype=np.float64))
     return graph, params
+
+
+def decompose(graph: CircuitGraph, params: Parameters, top: CircuitGraph, family: PatchFamily,
+              positions: int) -> tuple[Parameters, list[Parameters]]:
+    """The parameters of a distilled circuit read back as those of its parts: the top level
+    (`top`'s own names) and, per position, the family's training circuit (a uniform prior over
+    the latent states). The inverse of :func:`compose` on parameters."""
+    top_params = Parameters()
+    for node in top.nodes():
+        composed = graph.node(f"top/{node.name}")
+        if node.kind is NodeKind.INPUT:
+            top_params.inputs[input_group(node)] = {"probs": np.array(params.sum_weights(composed))}
+        elif node.kind is NodeKind.SUM:
+            top_params.weights[weight_group(node)] = np.array(params.sum_weights(composed))
+    train = training_circuit(family)
+    k = family.clusters
+    parts = []
+    for i in range(positions):
+        out = Parameters({}, {"root": np.full((1, k), 1.0 / k)})
+        for node in train.nodes():
+            if node.kind is NodeKind.INPUT and node.params is not None:  # the cluster indicators
+                out.inputs[input_group(node)] = {key: np.array(v) for key, v in node.params.items()}
+        for node in family.graph.nodes():
+            composed = graph.node(f"pos{i}/{node.name}")
+            if node.kind is NodeKind.INPUT:
+                out.inputs[input_group(node)] = {key: np.array(v) for key, v in params.leaf(composed).items()}
+            elif node.kind is NodeKind.SUM:
+                out.weights[weight_group(node)] = np.array(params.sum_weights(composed))
+        parts.append(out)
+    return top_params, parts
 
 
 def top_parameter_groups(graph: CircuitGraph) -> set[str]:

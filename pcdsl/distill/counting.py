@@ -7,7 +7,8 @@ the patches assigned to k, smoothed by a pseudocount a:
 
 Each of the cluster's h hidden units then gets this table times multiplicative noise
 ``1 - p + 2p U(0, 1)`` (renormalised): identical units would stay identical under EM forever.
-With p = 0 the leaves are exactly the smoothed counts.
+With p = 0 the leaves are exactly the smoothed counts. A cluster with no patches (and a = 0)
+starts uniform.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ def counting_init(graph: CircuitGraph, shape: PatchShape, patches: np.ndarray, z
         assert node.var is not None
         size = int(levels[node.var])
         c = counts[:, node.var, :size]
-        probs = (c + pseudocount / size) / (c.sum(axis=1, keepdims=True) + pseudocount)
+        total = c.sum(axis=1, keepdims=True) + pseudocount
+        # a cluster with no patches and no pseudocount has nothing to count: uniform
+        probs = np.where(total > 0, (c + pseudocount / size) / np.where(total > 0, total, 1.0), 1.0 / size)
         table = np.repeat(probs, node.num_units // shape.clusters, axis=0)
         noise = 1.0 - perturbation + 2.0 * perturbation * rng.random(table.shape)
         table = table * noise

@@ -113,12 +113,17 @@ def own_parameters(params: Parameters, prefix: str) -> Parameters:
 
 
 def nonzero_parameters(graph: CircuitGraph, params: Parameters) -> int:
-    """Parameters that pruning left: non-zero sum weights and every leaf parameter."""
-    total = 0
+    """Parameters that pruning left: non-zero sum weights and every leaf parameter, each tied
+    group counted once (as :meth:`CircuitGraph.num_parameters` counts)."""
+    total, seen = 0, set()
     for node in graph.nodes():
+        group = node.tie or node.name
+        if group in seen or node.kind is NodeKind.PRODUCT:
+            continue
+        seen.add(group)
         if node.kind is NodeKind.SUM:
             total += int(np.count_nonzero(params.sum_weights(node)))
-        elif node.kind is NodeKind.INPUT and node.family == "categorical":
+        elif node.family == "categorical":
             total += int(np.asarray(params.leaf(node)["probs"]).size)
     return total
 

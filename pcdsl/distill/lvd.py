@@ -30,16 +30,17 @@ from pcdsl.learn.train import Epoch, Stage, Trainer
 from pcdsl.params import Parameters, initialise
 from pcdsl.structures.chow_liu import chow_liu_edges
 
-OnEpoch = Callable[[Epoch, Parameters, "tuple[float, Parameters] | None"], None]
+OnEpoch = Callable[[Epoch, Parameters, "tuple[float, Parameters] | None", "tuple[int, int, int]"], None]
 
 
 @dataclass(frozen=True)
 class Resume:
-    """Where an interrupted fit continues: its parameters after `epochs` epochs, the best
-    (valid score, parameters) so far, and what to call after each epoch."""
+    """Where an interrupted fit continues: its parameters, the position of its next epoch
+    (:attr:`pcdsl.learn.train.Trainer.position`), the best (valid score, parameters) so far,
+    and what to call after each epoch (with the trainer's position after it)."""
 
     params: Parameters | None = None
-    epochs: int = 0
+    position: tuple[int, int, int] | None = None
     best: tuple[float, Parameters] | None = None
     on_epoch: OnEpoch | None = None
 
@@ -88,8 +89,8 @@ def train(graph: CircuitGraph, params: Parameters, train: np.ndarray, valid: np.
     trainer.constrain = keep_zeros(params)  # pruned edges (progressive growing) stay pruned
     if resume.on_epoch is not None:
         hook = resume.on_epoch
-        trainer.on_epoch = lambda epoch, current: hook(epoch, current, trainer.best)
-    return trainer.run(list(fit.stages), resume.epochs)
+        trainer.on_epoch = lambda epoch, current: hook(epoch, current, trainer.best, trainer.position)
+    return trainer.run(list(fit.stages), position=resume.position)
 
 
 def fit_patches(shape: PatchShape, levels: Sequence[int], rows: np.ndarray, valid: np.ndarray | None,
@@ -139,12 +140,16 @@ def patch_log_likelihoods(model: Any, rows: np.ndarray, batch: int = 8192) -> np
     return out
 
 
-def lvd_bound(latent_model: Any, z: np.ndarray, patch_model: Any, rows: np.ndarray) -> np.ndarray:
-    """Per image: log p(z) + sum_i log p(x_i | z_i), a lower bound on log p(x)."""
+def lvd_bound(latent_model: Any, z: np.ndarray, patch_models: Sequence[Any], patches: np.ndarray) -> np.ndarray:
+    """Per image: log p(z) + sum_i log p(x_i | z_i), a lower bound on log p(x); `patch_models`
+    are training circuits, one for every position or one for all, `patches` (N, P, D)."""
     n, m = z.shape
-    top = np.concatenate([np.asarray(latent_model.log_prob(z[lo:lo + 4096].astype(np.float64)), dtype=np.float64)
-                          for lo in range(0, n, 4096)])
-    return top + patch_log_likelihoods(patch_model, rows).reshape(n, m).sum(axis=1)
+    total = np.concatenate([np.asarray(latent_model.log_prob(z[lo:lo + 4096].astype(np.float64)), dtype=np.float64)
+                            for lo in range(0, n, 4096)])
+    for i in range(m):
+        model = patch_models[i if len(patch_models) > 1 else 0]
+        total += patch_log_likelihoods(model, patch_rows(patches[:, i:i + 1], z[:, i:i + 1]))
+    return total
 
 
 def fit_distilled(graph: CircuitGraph, params: Parameters, images: np.ndarray, valid: np.ndarray | None, fit: Fit,

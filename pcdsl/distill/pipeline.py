@@ -35,7 +35,16 @@ from typing import Any
 import numpy as np
 
 from pcdsl.distill import lvd
-from pcdsl.distill.compose import PatchFamily, PatchShape, block_family, compose, top_parameter_groups, training_circuit
+from pcdsl.distill.compose import (
+    PatchFamily,
+    PatchShape,
+    block_family,
+    compose,
+    decompose,
+    family_of_training,
+    top_parameter_groups,
+    training_circuit,
+)
 from pcdsl.distill.recipe import Distillation, cropped
 from pcdsl.io.atomic import write_atomic
 from pcdsl.io.model import load_model, save_model
@@ -77,41 +86,65 @@ class RunDir:
             self.log(f"{stage}: cached ({', '.join(files)})")
         return done
 
+    def start(self, stage: str) -> None:
+        """Forget the stage's key before it writes anything: files a stopped attempt overwrote
+        must never pass for the outputs of an earlier key."""
+        if self.keys.pop(stage, None) is not None:
+            self._save()
+
     def finish(self, stage: str, key: str, seconds: float) -> None:
         self.keys[stage] = key
-        self.times[stage] = self.times.get(stage, 0.0) + seconds
+        self.times[stage] = seconds
+        self._save()
+
+    def _save(self) -> None:
         _write_json(self.path / "stages.json", {"keys": self.keys, "seconds": self.times})
 
     def fit(self, stage: str, key: str, graph: CircuitGraph,
             train: Callable[[lvd.Resume], Parameters]) -> Parameters:
-        """Run an EM fit that checkpoints after every epoch (its parameters, the best ones and
-        how far it got) and resumes from its checkpoint to the same result."""
-        ckpt, best_file = self.path / f"{stage}.ckpt.safetensors", self.path / f"{stage}.best.safetensors"
-        state, history = self.path / f"{stage}.json", self.path / f"{stage}.metrics.jsonl"
+        """Run an EM fit that checkpoints after every epoch and resumes from its checkpoint to
+        the same result. Each epoch writes a new checkpoint file (and a best file when the valid
+        score rose), then the state file naming them in one atomic write: a kill at any moment
+        leaves the state and the files it names consistent."""
+        state_file, history = self.path / f"{stage}.json", self.path / f"{stage}.metrics.jsonl"
         resume = lvd.Resume()
-        if ckpt.exists() and state.exists():
-            saved = json.loads(state.read_text())
+        saved: dict[str, Any] = {}
+        if state_file.exists():
+            saved = json.loads(state_file.read_text())
             if saved.get("key") == key:
-                best = (float(saved["best"]), load_model(best_file)[1]) if saved.get("best") is not None else None
-                resume = lvd.Resume(load_model(ckpt)[1], int(saved["epochs_done"]), best)
-                self.log(f"{stage}: resuming after {resume.epochs} epochs")
-        if resume.epochs == 0 and history.exists():
-            history.unlink()
-        done = resume.epochs
+                best = (float(saved["best"]), load_model(self.path / saved["best_file"])[1]) \
+                    if saved.get("best_file") else None
+                resume = lvd.Resume(load_model(self.path / saved["ckpt"])[1], tuple(saved["position"]), best)
+                self.log(f"{stage}: resuming after {saved['epochs_done']} epochs")
+            else:
+                saved = {}
+        lines = history.read_text().splitlines(keepends=True)[:saved.get("epochs_done", 0)] if history.exists() else []
+        history.write_text("".join(lines))  # epochs a stopped attempt logged after its last state go
+        done = saved.get("epochs_done", 0)
 
-        def on_epoch(epoch: Epoch, current: Parameters, best: tuple[float, Parameters] | None) -> None:
-            nonlocal done
+        def on_epoch(epoch: Epoch, current: Parameters, best: tuple[float, Parameters] | None,
+                     position: tuple[int, int, int]) -> None:
+            nonlocal done, saved
             done += 1
             with open(history, "a") as f:
                 f.write(json.dumps(epoch.as_dict(), sort_keys=True) + "\n")
-            save_model(ckpt, graph, current)
+            ckpt = f"{stage}.ckpt-{done}.safetensors"
+            save_model(self.path / ckpt, graph, current)
+            best_file = saved.get("best_file")
             if best is not None and best[1] is current:
-                save_model(best_file, graph, current)
-            _write_json(state, {"key": key, "epochs_done": done, "best": None if best is None else best[0]})
+                best_file = f"{stage}.best-{done}.safetensors"
+                save_model(self.path / best_file, graph, current)
+            previous = saved
+            saved = {"key": key, "epochs_done": done, "position": list(position), "ckpt": ckpt,
+                     "best": None if best is None else best[0], "best_file": best_file}
+            _write_json(state_file, saved)
+            for old in ("ckpt", "best_file"):  # files the state no longer names
+                if previous.get(old) and previous[old] not in (ckpt, best_file):
+                    (self.path / previous[old]).unlink(missing_ok=True)
             valid = f", valid {epoch.valid_ll:.4f}" if epoch.valid_ll is not None else ""
             self.log(f"{stage}: stage {epoch.stage + 1} epoch {epoch.epoch + 1}: train {epoch.train_ll:.4f}{valid}")
 
-        return train(lvd.Resume(resume.params, resume.epochs, resume.best, on_epoch))
+        return train(lvd.Resume(resume.params, resume.position, resume.best, on_epoch))
 
 
 @dataclass
@@ -168,12 +201,17 @@ def run_distillation(recipe: Distillation, out_dir: Path, *, backend: str = "num
     """Run (or resume) a distillation recipe; returns the report."""
     from pcdsl.data import DataError
     from pcdsl.distill.images import PatchError
+    from pcdsl.distill.latents import LatentError
     from pcdsl.distill.teachers import TeacherError
+    from pcdsl.io.model import ModelFileError
 
     try:
         return _run(recipe, out_dir, backend, device, dtype, seed, progress, log)
-    except (DataError, PatchError, TeacherError) as exc:  # bad data or options the checks could not see
+    except (DataError, PatchError, TeacherError, LatentError) as exc:  # what only the data can tell
         raise DistillError(str(exc)) from None
+    except (ModelFileError, json.JSONDecodeError) as exc:
+        raise DistillError(f"the run directory '{out_dir}' holds a damaged file ({exc}); remove it, or the "
+                           "whole directory to start afresh") from None
 
 
 def _run(recipe: Distillation, out_dir: Path, backend: str, device: str, dtype: str, seed: int, progress: bool,
@@ -184,21 +222,49 @@ def _run(recipe: Distillation, out_dir: Path, backend: str, device: str, dtype: 
     data = load_data(recipe)
     grid = PatchGrid(data.shape, recipe.patch)
     dim_levels = _dim_levels(data, grid)
-    base = _key(recipe.data_key, recipe.transform, recipe.crop, recipe.patch, seed)
+    base = _key(recipe.data_key, _fingerprint(recipe), recipe.transform, recipe.crop, recipe.patch)
     fit = lvd.Fit((), backend, dtype, device, seed, progress)
+    trained = _key(seed, backend, dtype)  # what every fitted stage's result depends on besides the recipe
 
     teacher, teacher_key = _teacher(run, recipe, data, grid, base, progress, log)
     z, latents_key = _latents(run, recipe, data, grid, teacher, teacher_key)
     pc = recipe.patch_pc
-    shape = lvd.patch_shape(grid.to_patches(data.train).reshape(-1, grid.dims), dim_levels, pc["hidden"],
-                            int(z["centroids"].shape[0]), pc["kind"] == "fully_factorized", seed=seed)
-    latents = _growing(run, recipe, data, grid, teacher, z, shape, dim_levels, latents_key, fit) \
-        if recipe.grow is not None else Latents(z, block_family(shape, dim_levels), None, latents_key)
-    patch_params, patch_key = _patches(run, recipe, data, grid, latents, shape, dim_levels, fit)
-    top, top_params, top_key = _top(run, recipe, grid, latents, fit)
-    graph, params = _distilled(run, recipe, data, grid, latents.family, patch_params, top, top_params,
+
+    @functools.cache
+    def shape() -> PatchShape:  # the Chow-Liu tree over pixel positions: only when a stage needs it
+        return lvd.patch_shape(grid.to_patches(data.train).reshape(-1, grid.dims), dim_levels, pc["hidden"],
+                               int(z["centroids"].shape[0]), pc["kind"] == "fully_factorized", seed=seed)
+
+    latents = _growing(run, recipe, data, grid, teacher, z, shape, dim_levels, _key(latents_key, trained), fit) \
+        if recipe.grow is not None else Latents(z, None, None, _key(latents_key, trained))
+    family, patch_params, patch_key = _patches(run, recipe, data, grid, latents, shape, dim_levels, fit)
+    top, top_params, top_key = _top(run, recipe, grid, latents, family, fit)
+    graph, params = _distilled(run, recipe, data, grid, family, patch_params, top, top_params,
                                _key(patch_key, top_key), fit)
-    return _report(run, recipe, data, grid, teacher, latents, patch_params, top, top_params, graph, params, fit)
+    return _report(run, recipe, data, grid, teacher, latents, family, top, graph, params, fit)
+
+
+def _fingerprint(recipe: Distillation) -> list[tuple[str, int, int]]:
+    """The files a run reads (images, a user teacher's weights), by path, size and modification
+    time: replacing one re-runs every stage."""
+    from pcdsl.data import DataError
+    from pcdsl.distill.images import image_files
+
+    source = recipe.source
+    paths = []
+    for split in ("train", "test"):
+        try:
+            paths += image_files(source.kind, source.args, source.base_dir, split)
+        except DataError:
+            continue  # no test files: the report says so
+    weights = recipe.teacher[1].get("weights")
+    if weights:
+        paths.append(Path(source.base_dir, str(weights)))
+    out = []
+    for path in paths:
+        stat = path.stat() if path.exists() else None
+        out.append((str(path.resolve()), stat.st_size if stat else -1, stat.st_mtime_ns if stat else -1))
+    return out
 
 
 @dataclass(frozen=True)
@@ -208,13 +274,14 @@ class Latents:
     of the stage that made them."""
 
     z: dict[str, np.ndarray]
-    family: PatchFamily
+    family: PatchFamily | None  # None: block HCLTs of the recipe's patch shape
     start: Parameters | None
     key: str
     report: dict[str, Any] = field(default_factory=dict)
 
 
 def _timed(run: RunDir, stage: str, key: str, work: Callable[[], None]) -> None:
+    run.start(stage)
     started = time.perf_counter()
     work()
     run.finish(stage, key, time.perf_counter() - started)
@@ -278,15 +345,14 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def _growing(run: RunDir, recipe: Distillation, data: Data, grid: Any, teacher: Any, z: dict[str, np.ndarray],
-             shape: PatchShape, levels: tuple[int, ...], latents_key: str, fit: lvd.Fit) -> Latents:
+             shape: Callable[[], PatchShape], levels: tuple[int, ...], latents_key: str, fit: lvd.Fit) -> Latents:
     """Progressive growing of the patch circuits from the global clusters -> ``grown.safetensors``
     (the grown family's training circuit) and ``grown.npz`` (each patch's head)."""
-    from pcdsl.distill.compose import family_of_training
     from pcdsl.distill.growing import Growing, assign_heads, progressive_growing
 
     grow = recipe.grow
     assert grow is not None
-    key = _key(latents_key, sorted(grow.items()), shape, recipe.counting, recipe.patch_em)
+    key = _key(latents_key, sorted(grow.items()), sorted(recipe.patch_pc.items()), recipe.counting, recipe.patch_em)
     if run.fresh("growing", key, "grown.safetensors", "grown.npz", "grown.json"):
         graph, params = load_model(run.path / "grown.safetensors")
         with np.load(run.path / "grown.npz", allow_pickle=False) as saved:
@@ -301,9 +367,9 @@ def _growing(run: RunDir, recipe: Distillation, data: Data, grid: Any, teacher: 
         settings = Growing(heads=grow["to"], rounds=grow["rounds"], noise=grow["noise"],
                            pseudocount=recipe.counting, seed=fit.seed, workers=grow["workers"] or (os.cpu_count() or 1))
         grow_fit = lvd.Fit(recipe.patch_em, fit.backend, fit.dtype, fit.device, fit.seed, fit.progress)
-        run.log(f"growing: {shape.clusters} global clusters to {grow['to']} heads")
+        run.log(f"growing: {shape().clusters} global clusters to {grow['to']} heads")
         grown = progressive_growing(patches.reshape(n * p, d), z["train"].reshape(-1),
-                                    features.reshape(n * p, -1), shape, levels, grow_fit, settings)
+                                    features.reshape(n * p, -1), shape(), levels, grow_fit, settings)
         heads = {"centroids": z["centroids"], "train": grown.z.reshape(n, p)}
         for split in ("valid", "test"):
             images = getattr(data, split)
@@ -321,8 +387,9 @@ def _growing(run: RunDir, recipe: Distillation, data: Data, grid: Any, teacher: 
     return out["latents"]  # type: ignore[no-any-return]
 
 
-def _patches(run: RunDir, recipe: Distillation, data: Data, grid: Any, latents: Latents, shape: PatchShape,
-             dim_levels: tuple[int, ...], fit: lvd.Fit) -> tuple[list[Parameters], str]:
+def _patches(run: RunDir, recipe: Distillation, data: Data, grid: Any, latents: Latents,
+             shape: Callable[[], PatchShape], dim_levels: tuple[int, ...],
+             fit: lvd.Fit) -> tuple[PatchFamily, list[Parameters], str]:
     """Counting initialisation (or the grown parameters) and cluster-conditioned EM of the patch
     circuits -> ``patches.safetensors`` (``patches-{i}`` per position when they are not shared)."""
     from pcdsl.distill.counting import counting_init
@@ -334,9 +401,11 @@ def _patches(run: RunDir, recipe: Distillation, data: Data, grid: Any, latents: 
     positions = [None] if pc["shared"] else list(range(grid.count))
     files = ["patches.safetensors"] if pc["shared"] else [f"patches-{i}.safetensors" for i in positions]
     if run.fresh("patches", key, *files):
-        return [load_model(run.path / f)[1] for f in files], key
+        saved = [load_model(run.path / f) for f in files]
+        return family_of_training(saved[0][0]), [p for _, p in saved], key
     patch_fit = lvd.Fit(recipe.patch_em, fit.backend, fit.dtype, fit.device, fit.seed, fit.progress)
-    graph = training_circuit(latents.family)
+    family = latents.family if latents.family is not None else block_family(shape(), dim_levels)
+    graph = training_circuit(family)
     result: list[Parameters] = []
 
     def work() -> None:
@@ -345,22 +414,22 @@ def _patches(run: RunDir, recipe: Distillation, data: Data, grid: Any, latents: 
             rows = lvd.patch_rows(patches[:, cut], z["train"][:, cut])
             valid_rows = None if valid is None else lvd.patch_rows(valid[:, cut], z["valid"][:, cut])
             start = latents.start if latents.start is not None else counting_init(
-                graph, shape, rows[:, :-1], rows[:, -1], dim_levels, recipe.counting, fit.seed)
+                graph, shape(), rows[:, :-1], rows[:, -1], dim_levels, recipe.counting, fit.seed)
             stage = name.removesuffix(".safetensors")
             params = run.fit(stage, _key(key, stage), graph, functools.partial(
-                lvd.fit_family, latents.family, start, rows, valid_rows, patch_fit))
+                lvd.fit_family, family, start, rows, valid_rows, patch_fit))
             save_model(run.path / name, graph, params)
             result.append(params)
 
     _timed(run, "patches", key, work)
-    return result, key
+    return family, result, key
 
 
-def _top(run: RunDir, recipe: Distillation, grid: Any, latents: Latents,
+def _top(run: RunDir, recipe: Distillation, grid: Any, latents: Latents, family: PatchFamily,
          fit: lvd.Fit) -> tuple[CircuitGraph, Parameters, str]:
     model, z = recipe.model, latents.z
     key = _key(latents.key, sorted(model.items()), recipe.latent_em)
-    graph = lvd.latent_circuit(grid.count, latents.family.clusters, z["train"], model["hidden"], model["trees"],
+    graph = lvd.latent_circuit(grid.count, family.clusters, z["train"], model["hidden"], model["trees"],
                                model["pseudocount"])
     if run.fresh("top", key, "latent.safetensors"):
         return graph, load_model(run.path / "latent.safetensors")[1], key
@@ -419,8 +488,8 @@ def _bpd(ll: float, dims: int) -> float:
 
 
 def _report(run: RunDir, recipe: Distillation, data: Data, grid: Any, teacher: Any, latents: Latents,
-            patch_params: list[Parameters], top: CircuitGraph, top_params: Parameters, graph: CircuitGraph,
-            params: Parameters, fit: lvd.Fit) -> dict[str, Any]:
+            family: PatchFamily, top: CircuitGraph, graph: CircuitGraph, params: Parameters,
+            fit: lvd.Fit) -> dict[str, Any]:
     from pcdsl.distill.grown import nonzero_parameters
     from pcdsl.learn.train import mean_ll
 
@@ -429,10 +498,14 @@ def _report(run: RunDir, recipe: Distillation, data: Data, grid: Any, teacher: A
     report: dict[str, Any] = {"recipe": recipe.name, "node_groups": len(graph), "edges": graph.num_edges(),
                               "parameters": graph.num_parameters(),
                               "nonzero_parameters": nonzero_parameters(graph, params),
-                              "clusters": int(z["centroids"].shape[0]), "latent_states": latents.family.clusters,
+                              "clusters": int(z["centroids"].shape[0]), "latent_states": family.clusters,
                               "patches": grid.count, "patch_dims": grid.dims, "transform": recipe.transform}
     if latents.report:
         report["growing"] = latents.report
+    # the LVD bound of the final parameters: the distilled circuit's own parts
+    top_params, parts = decompose(graph, params, top, family, 1 if recipe.patch_pc["shared"] else grid.count)
+    latent = fit.compile(top, top_params)
+    patch_models = [fit.compile(training_circuit(family), part) for part in parts]
     for split in recipe.bpd_splits:
         images = getattr(data, split)
         if images is None:
@@ -445,11 +518,8 @@ def _report(run: RunDir, recipe: Distillation, data: Data, grid: Any, teacher: A
         if bpd is not None:
             report[f"teacher_{split}_bpd"] = float(bpd)
         if split in z:
-            latent = fit.compile(top, top_params)
-            patch_model = fit.compile(training_circuit(latents.family), patch_params[0])
-            if len(patch_params) == 1:
-                bound = lvd.lvd_bound(latent, z[split], patch_model, lvd.patch_rows(grid.to_patches(images), z[split]))
-                report[f"lvd_bound_{split}_bpd"] = _bpd(float(bound.mean()), dims)
+            bound = lvd.lvd_bound(latent, z[split], patch_models, grid.to_patches(images))
+            report[f"lvd_bound_{split}_bpd"] = _bpd(float(bound.mean()), dims)
     _pictures(run, recipe, data, grid, model, report)
     report["seconds"] = dict(run.times)
     report["peak_memory_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

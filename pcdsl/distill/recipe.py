@@ -74,9 +74,11 @@ def data_source(spec: RecipeSpec, sources: dict[str, DataSource]) -> DataSource:
 
 
 def _stage(kind: str, v: Any) -> Stage:
+    regularisers = {k: v[k] for k in ("soften", "entropy") if k in v}
     if kind == "full_em":
-        return Stage("full_em", v["epochs"], 1024, (1.0,), v["pseudocount"], v["patience"])
-    return Stage("em", v["epochs"], v["batch"], v["step"], v["pseudocount"], v["patience"], rows=v.get("rows"))
+        return Stage("full_em", v["epochs"], 1024, (1.0,), v["pseudocount"], v["patience"], **regularisers)
+    return Stage("em", v["epochs"], v["batch"], v["step"], v["pseudocount"], v["patience"], rows=v.get("rows"),
+                 **regularisers)
 
 
 def read_distillation(spec: RecipeSpec, sources: dict[str, DataSource]) -> Distillation:
@@ -152,6 +154,28 @@ def crop_problem(crop: tuple[str, int, int] | None, shape: tuple[int, int, int])
     return None
 
 
+def _check_entries(spec: RecipeSpec, vals: Values) -> None:
+    """What a distillation recipe's entries must agree on among themselves."""
+    latents = spec.entries.get("latents", [])
+    option = spec.options.get("patch_pc")
+    if len(latents) > 1:
+        if option is not None and (option.call.func.text != "hclt" or not option.values["shared"]):
+            vals.fail("E0605", "progressive growing needs shared HCLT patch circuits", option.call.span,
+                      help="use `patch_pc = hclt(hidden = ..., shared = true)` with `| grow(...)`")
+        clusters, target = latents[0].values["clusters"], latents[1].values["to"]
+        if target < clusters:
+            vals.fail("E0605", f"grow(to = {target}) would have fewer heads than the {clusters} clusters it grows "
+                      "from", latents[1].call.span, help=f"grow to at least {clusters} heads")
+    model = spec.entries["model"][0]
+    if spec.model_circuit is not None or model.call.func.text != "hclt":
+        vals.fail("E0605", "the top level of a distillation is an HCLT over the latents", model.call.span,
+                  help="write `model = hclt(over = latents, hidden = ...)`")
+    for bound in spec.entries["train"]:
+        if bound.call.func.text == "sgd":
+            vals.fail("E0605", "distillation trains with EM steps; sgd(...) is for recipes without a teacher",
+                      bound.call.span, help="use em(...) or full_em(...)")
+
+
 def check_distillation(spec: RecipeSpec, vals: Values, sources: dict[str, DataSource]) -> None:
     """Diagnostics a distillation recipe can get before it runs: a patch grid that does not tile
     its images, more clusters than patches, a report on a split the data does not have (errors),
@@ -161,6 +185,7 @@ def check_distillation(spec: RecipeSpec, vals: Values, sources: dict[str, DataSo
     from pcdsl.diagnostics import warning
     from pcdsl.distill.images import IMAGE_SOURCES, PatchError, PatchGrid, image_source_problem, peek_images
 
+    _check_entries(spec, vals)
     source = data_source(spec, sources)
     data_span = spec.entries["data"][0].call.span
     if source.kind not in IMAGE_SOURCES:
@@ -199,11 +224,12 @@ def check_distillation(spec: RecipeSpec, vals: Values, sources: dict[str, DataSo
                 vals.fail("E0605", f"{max(clusters, wanted)} clusters but only {available} patches "
                           f"({count} training images x {grid.count} patches)", latents[0].call.span,
                           help="ask for fewer clusters than there are patches")
-    latents = spec.entries.get("latents", [])
-    option = spec.options.get("patch_pc")
-    if len(latents) > 1 and option is not None and (option.call.func.text != "hclt" or not option.values["shared"]):
-        vals.fail("E0605", "progressive growing needs shared HCLT patch circuits", option.call.span,
-                  help="use `patch_pc = hclt(hidden = ..., shared = true)` with `| grow(...)`")
+    if "transform" in spec.entries:
+        transform = spec.entries["transform"][0]
+        if transform.call.func.text != "identity" and shape[2] != 3:
+            vals.fail("E0605", f"the {transform.call.func.text} colour transform needs RGB images, these have "
+                      f"{shape[2]} channel{'s' if shape[2] != 1 else ''}", transform.call.span,
+                      help="use `transform = identity()` or leave it out")
     for bound in spec.entries.get("report", []):
         split = bound.values.get("split")
         if split in ("valid", "test"):

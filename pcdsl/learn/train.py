@@ -81,6 +81,7 @@ class Trainer:
         # resumed at an epoch boundary takes exactly the batches of an uninterrupted one
         self.per_epoch_rng = False
         self._stage_index = 0
+        self.position = (0, 0, 0)  # (stage, epoch, epochs without progress) of the next epoch
         self.progress, self.on_epoch = progress, on_epoch
         self.history: list[Epoch] = []
         self.best: tuple[float, Parameters] | None = None
@@ -89,22 +90,32 @@ class Trainer:
         # applied to the parameters after every update (progressive growing keeps pruned weights at 0)
         self.constrain: Callable[[Parameters], Parameters] | None = None
 
-    def run(self, stages: list[Stage], start_epoch: int = 0) -> Parameters:
-        """Train every stage; return the best parameters (by valid score, else the last)."""
-        done = start_epoch
-        for index, stage in enumerate(stages):
-            skip = min(done, stage.epochs)  # resuming: epochs already run are skipped
-            done -= skip
-            self._stage(index, stage, skip)
+    def run(self, stages: list[Stage], start_epoch: int = 0,
+            position: tuple[int, int, int] | None = None) -> Parameters:
+        """Train every stage; return the best parameters (by valid score, else the last).
+
+        A resumed run starts at `position` = (stage, epoch, epochs without progress), the
+        :attr:`position` saved after the last finished epoch: exact even where a stage stopped
+        early. (`start_epoch`, a count of finished epochs, assumes no stage stopped early.)"""
+        if position is None:
+            done = start_epoch
+            for index, stage in enumerate(stages):
+                skip = min(done, stage.epochs)  # resuming: epochs already run are skipped
+                done -= skip
+                self._stage(index, stage, skip)
+        else:
+            for index, stage in enumerate(stages):
+                if index >= position[0]:
+                    first, stale = (position[1], position[2]) if index == position[0] else (0, 0)
+                    self._stage(index, stage, first, stale)
         final = self.best[1] if self.best is not None else self.params
         self.model.set_parameters(final)
         return final
 
-    def _stage(self, index: int, stage: Stage, first_epoch: int) -> None:
+    def _stage(self, index: int, stage: Stage, first_epoch: int, stale: int = 0) -> None:
         self._stage_index = index
         per_epoch = math.ceil(stage.epoch_rows(len(self.train)) / stage.batch_size) if stage.kind != "full_em" else 1
         self.optimizer = Optimizer(self.params, stage.optimizer) if stage.kind == "sgd" else None
-        stale = 0
         for epoch in range(first_epoch, stage.epochs):
             started = time.perf_counter()
             step, train_ll = self._epoch(stage, epoch, per_epoch)
@@ -112,10 +123,13 @@ class Trainer:
             record = Epoch(index, epoch, step, train_ll, valid_ll, time.perf_counter() - started)
             self.history.append(record)
             improved = self._select(record)
+            stale = 0 if improved else stale + 1
+            stop = stage.patience is not None and stale >= stage.patience
+            # where a run resumed after this epoch continues
+            self.position = (index + 1, 0, 0) if stop or epoch + 1 == stage.epochs else (index, epoch + 1, stale)
             if self.on_epoch is not None:
                 self.on_epoch(record, self.params)
-            stale = 0 if improved else stale + 1
-            if stage.patience is not None and stale >= stage.patience:
+            if stop:
                 break
 
     def _epoch(self, stage: Stage, epoch: int, per_epoch: int) -> tuple[float, float]:
