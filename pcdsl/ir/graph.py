@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import networkx as nx
 import numpy as np
@@ -72,6 +72,7 @@ class Node:
     weights: np.ndarray | None = None  # (num_units, sum of child units); None: learned
     tie: str | None = None  # parameter group shared by several sums
     span: Span = field(default=NO_SPAN, repr=False)
+    fixed: bool = False  # `with fixed = true`: learning keeps this node's (or its tie group's) parameters
 
 
 class CircuitGraph:
@@ -104,6 +105,12 @@ class CircuitGraph:
         node = Node(name, NodeKind.SUM, num_units, children, self._union(children),
                     weights=weights, tie=tie, span=span)
         return self._add(node)
+
+    def fix(self, name: str) -> Node:
+        """Mark a node's parameters fixed: EM and SGD keep them (a tied sum: its whole group)."""
+        node = replace(self.node(name), fixed=True)
+        self._g.nodes[name]["node"] = node
+        return node
 
     def _union(self, children: tuple[str, ...]) -> int:
         scope = 0
