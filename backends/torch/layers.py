@@ -220,13 +220,13 @@ class SumRule:
         value = buf[self.start:self.stop].view(self.fold, self.units, -1)
         f = flow[self.start:self.stop].view(self.fold, self.units, -1)
         # units far below their column's shift (the ones forward recomputed) go edge by edge
-        exact = (value - m < self.log_guard) & torch.isfinite(value) & (f != 0)
+        far = (value - m < self.log_guard) & torch.isfinite(value)
         # r: the parent's flow per unit of its value, scaled by exp(m)
-        r = torch.where(torch.isfinite(value) & ~exact, f * torch.exp(m - value), torch.zeros_like(f))  # (F, M, B)
+        r = torch.where(torch.isfinite(value) & ~far, f * torch.exp(m - value), torch.zeros_like(f))  # (F, M, B)
         e = self._shifted(x, m)  # (F, C, B)
         child = e * torch.bmm(self.weights.transpose(1, 2), r)  # (F, C, B)
         weights = self.weights * torch.bmm(r, e.transpose(1, 2))  # (F, M, C)
-        at = exact.nonzero(as_tuple=True)
+        at = (far & (f != 0)).nonzero(as_tuple=True)
         if at[0].numel():
             self._exact_flows(x, value, f, at, child, weights)
         flow.index_add_(0, self.flat, child.view(self.fold * self.inputs, -1))
