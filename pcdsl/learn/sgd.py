@@ -90,24 +90,29 @@ class Optimizer:
         """One ascent step on the mean log-likelihood of a batch of `rows` samples."""
         self.t += 1
         reach = self._reached(flows)
+        moved: dict[str, np.ndarray] = {}  # rows whose parameters this step changes
         for key, g in self._gradients(params, flows, rows).items():
             reached = reach[key]
             if key.partition("/")[2] in params.fixed or not reached.any():
                 continue
-            moved = self.theta[key] + lr * self._direction(key, g, reached)
+            stepped = self.theta[key] + lr * self._direction(key, g, reached)
             mask = reached.reshape(reached.shape + (1,) * (g.ndim - 1))
-            self.theta[key] = np.where(mask, moved, self.theta[key])
-        self._floor(params)
-        return self._to_params(params)
+            self.theta[key] = np.where(mask, stepped, self.theta[key])
+            moved[key] = reached
+        self._floor(params, moved)
+        return self._to_params(params, moved)
 
-    def _floor(self, params: Parameters) -> None:
+    def _floor(self, params: Parameters, moved: dict[str, np.ndarray]) -> None:
         """Keep log std at or above log of the floor."""
         if self.min_std is None:
             return
         for node, p in params.inputs.items():
+            key = f"s/{node}"
             if "mean" in p and node not in params.fixed:
                 floor = self.min_std[node] if isinstance(self.min_std, Mapping) else self.min_std
-                self.theta[f"s/{node}"] = np.maximum(self.theta[f"s/{node}"], np.log(floor))
+                low = self.theta[key] < np.log(floor)
+                self.theta[key] = np.where(low, np.log(floor), self.theta[key])
+                moved[key] = moved.get(key, np.zeros_like(low)) | low
 
     def _direction(self, key: str, g: np.ndarray, reached: np.ndarray) -> np.ndarray:
         if self.kind == "sgd":
@@ -120,19 +125,27 @@ class Optimizer:
         self.moments[key] = (m, v)
         return (m / (1 - b1**self.t)) / (np.sqrt(v / (1 - b2**self.t)) + self.eps)
 
-    def _to_params(self, old: Parameters) -> Parameters:
+    def _to_params(self, old: Parameters, moved: dict[str, np.ndarray] | None = None) -> Parameters:
+        """New parameters from theta, row by row where `moved` says so (others stay bit for bit;
+        None: every row of every array not fixed)."""
+        def rows(key: str, current: np.ndarray, value: np.ndarray) -> np.ndarray:
+            if moved is None:
+                return current if key.partition("/")[2] in old.fixed else value
+            if key not in moved:
+                return current
+            mask = moved[key].reshape(moved[key].shape + (1,) * (value.ndim - 1))
+            return np.where(mask, value, current)
+
         new = Parameters({k: dict(v) for k, v in old.inputs.items()}, dict(old.weights), old.fixed)
-        for group in new.weights:
-            if group not in old.fixed:
-                new.weights[group] = _softmax(self.theta[f"w/{group}"])
+        for group, w in old.weights.items():
+            new.weights[group] = rows(f"w/{group}", w, _softmax(self.theta[f"w/{group}"]))
         for node, p in new.inputs.items():
-            if node in old.fixed:
-                continue
             if "probs" in p:
-                p["probs"] = _softmax(self.theta[f"c/{node}"])
+                p["probs"] = rows(f"c/{node}", p["probs"], _softmax(self.theta[f"c/{node}"]))
             elif "p" in p:
-                p["p"] = _softmax(self.theta[f"c/{node}"])[:, 1]
+                p["p"] = rows(f"c/{node}", p["p"], _softmax(self.theta[f"c/{node}"])[:, 1])
             elif "mean" in p:
-                p["mean"], p["std"] = self.theta[f"m/{node}"].copy(), np.exp(self.theta[f"s/{node}"])
+                p["mean"] = rows(f"m/{node}", p["mean"], self.theta[f"m/{node}"])
+                p["std"] = rows(f"s/{node}", p["std"], np.exp(self.theta[f"s/{node}"]))
         return new
 
