@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 import pytest
-from circuits import deterministic_circuit, random_circuit
+from circuits import random_circuit
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pcdsl.backends import lower
@@ -100,7 +100,6 @@ def test_the_emitted_torch_module_takes_the_same_care(tmp_path) -> None:  # type
     import sys
 
     import torch
-
     from pcdsl.backends.torch.emit import emit_module
 
     graph, params = _imbalanced()
