@@ -19,6 +19,9 @@ from __future__ import annotations
 ZERO_FLOW = 1e-12  # expected samples; a parameter row with no more flow than this is left unchanged
 RELATIVE_STD_FLOOR = 1e-3  # default std floor of a Gaussian leaf, as a fraction of its variable's std
 ROW_TOLERANCE = 1e-6  # |sum of a probability row - 1| accepted in model files (as in .pc files)
+# real data values and Gaussian means and stds (and 1 / std) stay below this in magnitude, so that
+# (x - mean)^2 and z^2 are finite in float64 (or +inf, a density of 0: never NaN)
+MAX_MAGNITUDE = 1e150
 
 _GUARD = {"float32": 2.0**-100, "float64": 2.0**-960}
 

@@ -16,6 +16,7 @@ dataset against a circuit's variables.
 from __future__ import annotations
 
 import zipfile
+from tokenize import TokenError
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -23,6 +24,7 @@ from typing import IO, Any
 import numpy as np
 
 from pcdsl.data.idx import IdxError, is_idx, read_idx
+from pcdsl.numerics import MAX_MAGNITUDE
 
 FORMATS = (".data", ".csv", ".txt", ".npy", ".npz", "IDX")
 MAX_DATA_BYTES = 1 << 34  # 16 GiB: an array file's values, or a text file
@@ -74,11 +76,14 @@ def _array(path: Path) -> np.ndarray:
 
 def _npy_header(f: IO[bytes], size: int, path: Path) -> None:
     """Refuse an .npy stream whose header promises more values than it holds, or non-numbers."""
-    version = np.lib.format.read_magic(f)
     read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-    if version not in read:
-        raise DataError(f"'{path}': .npy format version {version} is not read (1.0 and 2.0 are)")
-    shape, _, dtype = read[version](f, max_header_size=1 << 16)
+    try:
+        version = np.lib.format.read_magic(f)
+        if version not in read:
+            raise DataError(f"'{path}': .npy format version {version} is not read (1.0 and 2.0 are)")
+        shape, _, dtype = read[version](f, max_header_size=1 << 16)
+    except (ValueError, SyntaxError, TokenError, TypeError, KeyError, EOFError, OverflowError) as exc:
+        raise DataError(f"'{path}' has no valid .npy header: {exc}") from None
     if dtype.kind not in "biuf":
         raise DataError(f"'{path}' holds {dtype} values, not numbers")
     need = int(np.prod(shape, dtype=object)) * dtype.itemsize
@@ -157,7 +162,7 @@ def _text_size(path: Path) -> None:
 def check_values(values: np.ndarray, variables: Sequence[Any], path: str | Path) -> None:
     """Refuse data that does not fit a circuit's variables (``Variable``: name, domain): the wrong
     number of columns, a discrete value that is not one of 0..k-1 (or -1 / NaN: missing), a real
-    value that is infinite (NaN: missing)."""
+    value that is infinite or beyond ``MAX_MAGNITUDE`` (NaN: missing)."""
     if values.ndim != 2 or values.shape[1] != len(variables):
         raise DataError(f"'{path}' has {values.shape[-1] if values.ndim else 0} columns, but the circuit has "
                         f"{len(variables)} variables")
@@ -165,13 +170,14 @@ def check_values(values: np.ndarray, variables: Sequence[Any], path: str | Path)
         column = values[:, v]
         size = var.domain.size
         if size is None:
-            bad = np.isinf(column)
+            bad = np.abs(column) > MAX_MAGNITUDE  # inf too; NaN (missing) compares False
         else:
             missing = np.isnan(column) | (column == -1)
             bad = ~missing & ((column < 0) | (column >= size) | (column != np.floor(column)))
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
-            allowed = "a finite number (NaN: missing)" if size is None else f"one of 0..{size - 1} (missing: -1)"
+            allowed = (f"a number of magnitude at most {MAX_MAGNITUDE:g} (NaN: missing)" if size is None
+                       else f"one of 0..{size - 1} (missing: -1)")
             raise DataError(f"'{path}', row {row + 1}, column {v + 1} ('{var.name}'): {column[row]:g} is not "
                             f"{allowed}")
 

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from pcdsl.ir.graph import CircuitGraph
-from pcdsl.numerics import ROW_TOLERANCE
+from pcdsl.numerics import MAX_MAGNITUDE, ROW_TOLERANCE
 from pcdsl.syntax.elaborate import MAX_CATEGORIES, MAX_VARIABLES
 from pcdsl.syntax.leaves import _DOMAINS as FAMILY_DOMAINS
 from pcdsl.syntax.signatures import MAX_UNITS
@@ -113,7 +113,7 @@ class _Header:
             if domain == "categorical":
                 if not _int(size, 2, MAX_CATEGORIES):
                     raise self.fail(where, f"categorical 'size' must be in 2..{MAX_CATEGORIES}, not {size!r}")
-            elif domain not in DOMAIN_SIZES or size != DOMAIN_SIZES[domain]:
+            elif not isinstance(domain, str) or domain not in DOMAIN_SIZES or size != DOMAIN_SIZES[domain]:
                 raise self.fail(where, f"domain {domain!r} with size {size!r} (bool: 2, real: null, categorical: n)")
         return variables
 
@@ -136,7 +136,7 @@ class _Header:
             for c in children:
                 if c not in self.units:
                     raise self.fail(where, f"child '{c}' is not declared before it (nodes come children first)")
-            if n.get("fixed", False) not in (True, False):
+            if not isinstance(n.get("fixed", False), bool):
                 raise self.fail(where, f"'fixed' must be true or false, not {n.get('fixed')!r}")
             if kind == "input":
                 self.input(n, where, variables)
@@ -159,7 +159,7 @@ class _Header:
         if not isinstance(var, int) or not _int(var, 0, len(variables) - 1):
             raise self.fail(where, f"'var' must be a variable index in 0..{len(variables) - 1}, not {var!r}")
         domain, size = variables[var]["domain"], variables[var]["size"]
-        if family not in FAMILY_DOMAINS or domain not in FAMILY_DOMAINS[family]:
+        if not isinstance(family, str) or family not in FAMILY_DOMAINS or domain not in FAMILY_DOMAINS[family]:
             raise self.fail(where, f"family {family!r} does not fit variable '{variables[var]['name']}' ({domain})")
         prefix = f"input/{n['name']}/"
         if family == "categorical":
@@ -173,7 +173,7 @@ class _Header:
             self.expect(prefix + "value", (units,), "int64", where)
 
     def product(self, n: dict[str, Any], where: str) -> None:
-        children, pattern = n["children"], n.get("pattern")
+        children, pattern = n.get("children"), n.get("pattern")
         if not children or pattern not in PATTERNS:
             raise self.fail(where, f"a product needs children and a pattern ({' or '.join(PATTERNS)})")
         sizes = [self.units[c] for c in children]
@@ -183,7 +183,7 @@ class _Header:
                             f"not {n['units']}")
 
     def sum(self, n: dict[str, Any], where: str, ties: list[tuple[str, str, str]]) -> None:
-        children, tie = n["children"], n.get("tie")
+        children, tie = n.get("children"), n.get("tie")
         if not children or len(set(children)) != len(children):
             raise self.fail(where, "a sum needs children, each listed once")
         self.shapes[n["name"]] = weight_shape(n, sum(self.units[c] for c in children))
@@ -254,14 +254,16 @@ def _values(name: str, value: np.ndarray, size: int | None, renormalise: bool) -
     if not np.isfinite(value).all():
         at = np.argwhere(~np.isfinite(value))[0]
         return f"{value[tuple(at)]} at {tuple(int(i) for i in at)}: every value must be finite"
-    if kind == "std":
-        bad = np.flatnonzero(value <= 0)
-        return f"std {value[bad[0]]} at row {bad[0]}: a std must be > 0" if bad.size else None
+    if kind in ("std", "mean"):
+        low = 1 / MAX_MAGNITUDE if kind == "std" else -MAX_MAGNITUDE
+        bad = np.flatnonzero((value < low) | (value > MAX_MAGNITUDE))
+        rule = f"in [{low:g}, {MAX_MAGNITUDE:g}]" + (" (a std must be > 0)" if kind == "std" else "")
+        return f"{kind} {value[bad[0]]} at row {bad[0]}: must lie {rule}" if bad.size else None
     if kind in ("probs", "p") or name.startswith("weights/"):
         if ((value < 0) | (value > 1)).any():
             at = np.argwhere((value < 0) | (value > 1))[0]
             return f"{value[tuple(at)]} at {tuple(int(i) for i in at)}: probabilities and weights lie in [0, 1]"
-    if kind == "p" or kind == "mean":
+    if kind == "p":
         return None
     return _rows(value, renormalise)
 
