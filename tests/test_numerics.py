@@ -66,7 +66,7 @@ def _imbalanced() -> tuple[CircuitGraph, Parameters]:
     child), and a product that makes unit 1 the one that matters."""
     graph = CircuitGraph("imbalanced", (Variable("u", 0, REAL), Variable("v", 1, REAL)))
     graph.add_input("g", 0, "gaussian", 2, {"mean": np.array([20.0, 0.0]), "std": np.ones(2)})
-    graph.add_sum("s", ("g",), 2, np.array([[1.0, 0.0], [1e-30, 1.0 - 1e-30]]))
+    graph.add_sum("s", ("g",), 2, np.array([[1.0, 0.0], [0.0, 1.0]]))
     graph.add_input("h", 1, "gaussian", 2, {"mean": np.array([300.0, 0.0]), "std": np.ones(2)})
     graph.add_product("p", ("s", "h"))
     graph.add_sum("root", ("p",), 1, np.array([[0.5, 0.5]]))
