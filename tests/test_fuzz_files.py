@@ -143,7 +143,8 @@ def tensor_mutants(draw: st.DrawFn) -> bytes:
             if old.size:
                 value.reshape(-1)[index] = draw(elements) if old.dtype.kind == "f" else draw(st.integers(-3, 5))
     else:
-        value = draw(hnp.arrays(dtype, shape, elements=None if dtype.kind != "f" else st.floats(width=dtype.itemsize * 8)))
+        floats = st.floats(width=dtype.itemsize * 8) if dtype.kind == "f" else None
+        value = draw(hnp.arrays(dtype, shape, elements=floats))
     tensors[name] = value
     if draw(st.booleans()) and name in tensors and len(tensors) > 1 and draw(st.booleans()):
         tensors.pop(draw(st.sampled_from(sorted(tensors))))

@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 import pytest
-from circuits import random_circuit
+from circuits import random_circuit, scale_gaussians
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -170,12 +170,7 @@ def _scaled_circuit(seed: int):  # type: ignore[no-untyped-def]
     """A random circuit whose Gaussian leaves live at one of the scales 1e-3..1e5, and data from it."""
     graph, truth = random_circuit(seed, num_vars=4, real=True)
     rng = np.random.default_rng(seed)
-    scales = {v.index: 10.0 ** rng.integers(-3, 6) for v in graph.variables if not v.domain.is_discrete}
-    for node in graph.nodes():
-        if node.family == "gaussian":
-            s = scales[node.var]
-            truth.inputs[node.name] = {"mean": s * (5 + rng.normal(size=node.num_units)),
-                                       "std": s * rng.uniform(0.3, 1.5, size=node.num_units)}
+    scale_gaussians(graph, truth, rng, offset=5, spread=(0.3, 1.5))
     data = reference.sample(graph, truth, 300, seed=seed)
     hide = rng.random(data.shape) < 0.1
     for v, var in enumerate(graph.variables):

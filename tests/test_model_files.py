@@ -193,7 +193,8 @@ def test_the_cli_refuses_a_bad_model_with_exit_1_and_one_message(mixed: Path, tm
     assert "warning" in capsys.readouterr().err
 
 
-def test_the_cli_refuses_data_that_does_not_fit(mixed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_cli_refuses_data_that_does_not_fit(mixed: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
     for text, expected in (("1,3,0.5\n", "row 1, column 2 ('c'): 3 is not one of 0..2"),
                            ("1,2,inf\n", "column 3 ('h'): inf is not a number of magnitude at most 1e+150"),
                            ("1,2\n", "has 2 columns, but the circuit has 3 variables")):

@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 import pytest
-from circuits import random_circuit
+from circuits import random_circuit, scale_gaussians
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pcdsl.backends import lower
@@ -114,9 +114,6 @@ def test_the_emitted_torch_module_takes_the_same_care(tmp_path) -> None:  # type
     assert _close(got, reference.log_prob(graph, params, x), 1e-6)
 
 
-SCALES = (1e-3, 1e-1, 10.0, 1e3, 1e5)
-
-
 def _extreme(seed: int) -> tuple[CircuitGraph, Parameters, np.ndarray]:
     """A random circuit whose sum rows hold exact zeros and 1e-30s, with Gaussian leaves at scales
     1e-3..1e5 (offsets up to 30 stds), and rows sampled from it and pushed into its tails."""
@@ -130,12 +127,7 @@ def _extreme(seed: int) -> tuple[CircuitGraph, Parameters, np.ndarray]:
             w[(cells >= 0.25) & (cells < 0.45)] = 1e-30
             w[np.arange(w.shape[0]), rng.integers(w.shape[1], size=w.shape[0])] = 1.0  # each row keeps mass
         params.weights[group] = w / w.sum(axis=1, keepdims=True)
-    scale = {v.index: SCALES[rng.integers(len(SCALES))] for v in graph.variables if not v.domain.is_discrete}
-    for node in graph.nodes():
-        if node.family == "gaussian":
-            s = scale[node.var]
-            params.inputs[node.name] = {"mean": s * (30 + rng.normal(size=node.num_units)),
-                                        "std": s * rng.uniform(0.2, 2.0, size=node.num_units)}
+    scale = scale_gaussians(graph, params, rng, offset=30, spread=(0.2, 2.0))
     x = reference.sample(graph, params, 24, seed=seed)
     for v, s in scale.items():
         x[::3, v] += s * rng.normal(0, 20, size=len(x[::3]))  # into the tails: tiny, still finite

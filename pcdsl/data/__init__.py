@@ -16,9 +16,9 @@ dataset against a circuit's variables.
 from __future__ import annotations
 
 import zipfile
-from tokenize import TokenError
 from collections.abc import Sequence
 from pathlib import Path
+from tokenize import TokenError
 from typing import IO, Any
 
 import numpy as np
