@@ -197,9 +197,9 @@ class SumRule:
             return
         x, m = self._inputs(buf)
         torch.bmm(self.weights, self._shifted(x, m), out=out)  # log(W @ exp(x - m)) + m
-        lost = (out < self.guard).nonzero(as_tuple=True)  # underflow may have taken their digits
+        lost = (out < self.guard).nonzero(as_tuple=True) if bool(out.amin() < self.guard) else None
         out.log_().add_(m)
-        if lost[0].numel():
+        if lost is not None:  # underflow may have taken these sums' digits
             out[lost] = self._exact(x, *lost)
 
     def _exact(self, x: torch.Tensor, f: torch.Tensor, unit: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
@@ -220,15 +220,17 @@ class SumRule:
         value = buf[self.start:self.stop].view(self.fold, self.units, -1)
         f = flow[self.start:self.stop].view(self.fold, self.units, -1)
         # units far below their column's shift (the ones forward recomputed) go edge by edge
-        far = (value - m < self.log_guard) & torch.isfinite(value)
+        gap = m - value
+        far = gap > -self.log_guard  # also every unit of value -inf
         # r: the parent's flow per unit of its value, scaled by exp(m)
-        r = torch.where(torch.isfinite(value) & ~far, f * torch.exp(m - value), torch.zeros_like(f))  # (F, M, B)
+        r = torch.where(far, torch.zeros_like(f), f * gap.exp_())  # (F, M, B)
         e = self._shifted(x, m)  # (F, C, B)
         child = e * torch.bmm(self.weights.transpose(1, 2), r)  # (F, C, B)
         weights = self.weights * torch.bmm(r, e.transpose(1, 2))  # (F, M, C)
-        at = (far & (f != 0)).nonzero(as_tuple=True)
-        if at[0].numel():
-            self._exact_flows(x, value, f, at, child, weights)
+        if bool(far.any()):
+            at = (far & torch.isfinite(value) & (f != 0)).nonzero(as_tuple=True)
+            if at[0].numel():
+                self._exact_flows(x, value, f, at, child, weights)
         flow.index_add_(0, self.flat, child.view(self.fold * self.inputs, -1))
         return {"weights": weights}
 
