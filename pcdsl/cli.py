@@ -32,6 +32,13 @@ def _bounded(low: float, high: float | None):  # type: ignore[no-untyped-def]
     return read
 
 
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, found {text}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pcdsl", description="A compiler and DSL for probabilistic circuits.")
     p.add_argument("--version", action="version", version=f"pcdsl {__version__}")
@@ -77,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
         parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: cpu)")
         parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
         parser.add_argument("--seed", type=int, default=0, help="for parameters the file leaves out, and draws")
+        parser.add_argument("--renormalise", action="store_true",
+                            help="a model file whose probability rows do not add up to 1: divide each row by its "
+                                 "sum (with a warning) instead of refusing the file")
 
     eval_ = sub.add_parser("eval", help="average log-likelihood and bits per dimension of a dataset",
                            description="Evaluate a circuit on data (.data/.csv/.txt/.npy/.npz; -1, '?' or an "
@@ -114,6 +124,12 @@ def _parser() -> argparse.ArgumentParser:
                        help="data softening: an observed value keeps 1 - SOFTEN (0 to 0.5; default: 0)")
     train.add_argument("--entropy", type=_bounded(0.0, None), default=0.0,
                        help="entropy regularisation weight tau (>= 0; default: 0)")
+    train.add_argument("--min-std", type=_positive, default=None, metavar="STD",
+                       help="floor of every Gaussian leaf's std (default: 1e-3 x its variable's std in the "
+                            "training data)")
+    train.add_argument("--gaussian-pseudocount", type=_bounded(0.0, None), default=0.0, metavar="K",
+                       help="Gaussian prior: K pseudo-observations per unit at the variable's data mean and "
+                            "spread (default: 0)")
     train.add_argument("-o", "--output", metavar="MODEL", help="write the trained model (.safetensors)")
     train.add_argument("--init", metavar="MODEL", help="start from a model file's parameters (same structure)")
     train.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -210,13 +226,7 @@ def _load_circuit(args: argparse.Namespace) -> CircuitGraph:
     from pcdsl.frontend import check_file
 
     if str(args.file).endswith(".safetensors"):
-        from pcdsl.io.model import ModelFileError, load_model
-
-        try:
-            graph, args.trained = load_model(args.file)
-        except ModelFileError as exc:
-            print(f"pcdsl {args.command}: {exc}", file=sys.stderr)
-            raise _Exit(EXIT_DIAGNOSTICS) from None
+        graph, args.trained = _read_model(args, args.file)
         return graph
 
     try:
@@ -231,6 +241,39 @@ def _load_circuit(args: argparse.Namespace) -> CircuitGraph:
     for w in checked.warnings:
         print(render(w) + "\n", file=sys.stderr)
     return graph
+
+
+def _read_model(args: argparse.Namespace, path: str):  # type: ignore[no-untyped-def]
+    """A model file's graph and parameters; a refusal is one located message and exit 1,
+    a renormalisation (--renormalise) a warning."""
+    import warnings
+
+    from pcdsl.io.model import ModelFileError, load_model
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            loaded = load_model(path, renormalise=getattr(args, "renormalise", False))
+    except ModelFileError as exc:
+        print(f"pcdsl {args.command}: {exc}", file=sys.stderr)
+        raise _Exit(EXIT_DIAGNOSTICS) from None
+    for w in caught:
+        print(f"pcdsl {args.command}: warning: {path}: {w.message}", file=sys.stderr)
+    return loaded
+
+
+def _data(args: argparse.Namespace, path: str, graph: CircuitGraph):  # type: ignore[no-untyped-def]
+    """A data file checked against the circuit's variables; a refusal is one message and exit 1."""
+    from pcdsl.data import DataError, check_values, load_values
+    from pcdsl.data.layout import variable_shape
+
+    try:
+        values = load_values(path, variable_shape(graph))  # image files: pixels in the circuit's array order
+        check_values(values, graph.variables, path)
+    except DataError as exc:
+        print(f"pcdsl {args.command}: {exc}", file=sys.stderr)
+        raise _Exit(EXIT_DIAGNOSTICS) from None
+    return values
 
 
 def _render(args: argparse.Namespace) -> int:
@@ -347,16 +390,10 @@ def _model(args: argparse.Namespace, graph: CircuitGraph):  # type: ignore[no-un
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from pcdsl.data import DataError, load_values
-    from pcdsl.data.layout import variable_shape
     from pcdsl.evaluate import evaluate
 
     graph = _load_circuit(args)
-    try:
-        data = load_values(args.data, variable_shape(graph))
-    except DataError as exc:
-        print(f"pcdsl eval: {exc}", file=sys.stderr)
-        return EXIT_DIAGNOSTICS
+    data = _data(args, args.data, graph)
     model = _model(args, graph)
     try:
         score = evaluate(model, data, args.batch)
@@ -393,18 +430,12 @@ def _sample(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _initial(path: str, graph: CircuitGraph):  # type: ignore[no-untyped-def]
+def _initial(args: argparse.Namespace, path: str, graph: CircuitGraph):  # type: ignore[no-untyped-def]
     """Parameters from a model file whose structure is the circuit's own."""
-    from pcdsl.io.model import ModelFileError, load_model
-
     def shape(g: CircuitGraph) -> list[tuple[object, ...]]:
         return [(n.name, n.kind, n.num_units, n.children, n.family, n.var, n.pattern, n.tie) for n in g.nodes()]
 
-    try:
-        saved, params = load_model(path)
-    except ModelFileError as exc:
-        print(f"pcdsl train: {exc}", file=sys.stderr)
-        raise _Exit(EXIT_DIAGNOSTICS) from None
+    saved, params = _read_model(args, path)
     if shape(saved) != shape(graph) or len(saved.variables) != len(graph.variables):
         print(f"pcdsl train: '{path}' holds a different circuit structure than '{graph.name}'", file=sys.stderr)
         raise _Exit(EXIT_DIAGNOSTICS)
@@ -413,22 +444,22 @@ def _initial(path: str, graph: CircuitGraph):  # type: ignore[no-untyped-def]
 
 def _train(args: argparse.Namespace) -> int:
     import pcdsl
-    from pcdsl.data import DataError, load_values
-    from pcdsl.data.layout import variable_shape
+    from pcdsl.learn.gaussian import from_data
     from pcdsl.learn.train import Stage, Trainer, mean_ll
     from pcdsl.params import initialise
 
     graph = _load_circuit(args)
-    shape = variable_shape(graph)
-    try:
-        splits = {k: load_values(p, shape) if p else None for k, p in (("train", args.data), ("valid", args.valid),
-                                                               ("test", args.test))}
-    except DataError as exc:
-        print(f"pcdsl train: {exc}", file=sys.stderr)
-        return EXIT_DIAGNOSTICS
-    params = initialise(graph, args.seed) if args.init is None else _initial(args.init, graph)
+    splits = {k: _data(args, p, graph) if p else None for k, p in (("train", args.data), ("valid", args.valid),
+                                                                  ("test", args.test))}
+    train_data = splits["train"]
+    assert train_data is not None  # --data is required
+    if args.init is None:  # Gaussian leaves the file leaves out start from the data
+        params = from_data(graph, initialise(graph, args.seed), train_data, args.seed)
+    else:
+        params = _initial(args, args.init, graph)
     model = pcdsl.compile(graph, args.backend, params=params, device=args.device, dtype=args.dtype)
-    regularise = {"soften": args.soften, "entropy": args.entropy}
+    regularise = {"soften": args.soften, "entropy": args.entropy, "min_std": args.min_std,
+                  "gaussian_pseudocount": args.gaussian_pseudocount}
     stages = [Stage("em", args.epochs, args.batch, (args.step, args.final_step), args.pseudocount, args.patience,
                     **regularise),
               Stage("full_em", args.full_epochs, args.batch, (1.0,), args.pseudocount, args.patience, **regularise)]
@@ -438,8 +469,6 @@ def _train(args: argparse.Namespace) -> int:
         kind = stages[epoch.stage].kind
         print(f"{kind} epoch {epoch.epoch + 1}: train {epoch.train_ll:.4f}{valid} ({epoch.seconds:.1f}s)")
 
-    train_data = splits["train"]
-    assert train_data is not None  # --data is required
     trainer = Trainer(model, params, train_data, splits["valid"], args.seed, not args.quiet, report)
     try:
         best = trainer.run(stages)

@@ -30,6 +30,7 @@ from pcdsl.ir.graph import CircuitGraph, Node, NodeKind
 class Parameters:
     inputs: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     weights: dict[str, np.ndarray] = field(default_factory=dict)
+    fixed: frozenset[str] = frozenset()  # keys of `inputs` and `weights` that learning keeps
 
     def sum_weights(self, node: Node) -> np.ndarray:
         return self.weights[weight_group(node)]
@@ -85,7 +86,14 @@ def initialise(graph: CircuitGraph, seed: int = 0, perturbation: float = 0.5) ->
                 given = graph.node(node.tie).weights
             params.weights[weight_group(node)] = (np.array(given, dtype=np.float64) if given is not None
                                                   else _perturbed(rng, shape, perturbation))
+    params.fixed = fixed_keys(graph)
     return params
+
+
+def fixed_keys(graph: CircuitGraph) -> frozenset[str]:
+    """The parameter keys of nodes marked fixed (a fixed tied sum fixes its whole group)."""
+    return frozenset(weight_group(n) if n.kind is NodeKind.SUM else n.name
+                     for n in graph.nodes() if n.fixed and n.kind is not NodeKind.PRODUCT)
 
 
 def _input(graph: CircuitGraph, node: Node, rng: np.random.Generator, perturbation: float) -> dict[str, np.ndarray]:

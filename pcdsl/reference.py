@@ -27,6 +27,12 @@ def missing_mask(graph: CircuitGraph, x: np.ndarray) -> np.ndarray:
     return np.isnan(x) | (discrete[None, :] & (x == -1))
 
 
+def _missing_column(graph: CircuitGraph, x: np.ndarray, var: int) -> np.ndarray:
+    """missing_mask's column `var`, without building the whole mask (O(batch), not O(batch x vars))."""
+    column = x[:, var]
+    return np.isnan(column) | (graph.variables[var].domain.is_discrete & (column == -1))
+
+
 def _log(a: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore"):
         return np.log(a)
@@ -37,7 +43,7 @@ def input_values(graph: CircuitGraph, params: Parameters, node: Node, x: np.ndar
     assert node.var is not None
     p = params.leaf(node)
     column = x[:, node.var]
-    missing = missing_mask(graph, x)[:, node.var]
+    missing = _missing_column(graph, x, node.var)
     safe = np.where(missing, 0, column)
     if node.family == "categorical":
         table = _log(p["probs"])  # (units, k)
@@ -123,8 +129,10 @@ class Flows:
     """Expected sufficient statistics, summed over a batch.
 
     ``weights[group]``: (units, child units) edge flows; ``inputs[node]``: per family
-    ``counts`` (units, k) for categorical and bernoulli (k = 2), ``n``/``sx``/``sxx``
-    for gaussian; ``node[name]``: (batch, units) flow of every unit.
+    ``counts`` (units, k) for categorical and bernoulli (k = 2); for gaussian ``n`` (the flow),
+    ``dx`` and ``dxx``, the flow-weighted sums of ``x - mean`` and ``(x - mean)^2`` about the
+    unit's mean when the flows were taken (a missing value counts 0 and ``std^2``: its
+    expectation); ``node[name]``: (batch, units) flow of every unit.
     """
 
     weights: dict[str, Any] = field(default_factory=dict)  # numpy arrays here; tensors from torch
@@ -166,10 +174,10 @@ def _sum_flows(graph: CircuitGraph, params: Parameters, node: Node, values: dict
         pairs = block_inputs(graph, node, b)
         inputs = _gather(values, pairs)  # (B, C)
         parent = values[node.name][:, rows]  # (B, M)
-        with np.errstate(invalid="ignore"):
-            share = np.exp(inputs[:, None, :] - parent[:, :, None])  # p(child) / p(sum)
+        with np.errstate(invalid="ignore"):  # w p(child) / p(sum) <= 1: one exp, never inf * 0
+            share = np.exp(_log(params.sum_weights(node)[rows])[None] + inputs[:, None, :] - parent[:, :, None])
         share = np.where(np.isfinite(parent)[:, :, None], share, 0.0)
-        edge = f[node.name][:, rows, None] * params.sum_weights(node)[rows][None] * share  # (B, M, C)
+        edge = f[node.name][:, rows, None] * share  # (B, M, C)
         total[rows] = edge.sum(axis=0)
         child_flow = edge.sum(axis=1)  # (B, C)
         for col, (c, i) in enumerate(pairs):
@@ -181,18 +189,18 @@ def _input_stats(graph: CircuitGraph, params: Parameters, node: Node, x: np.ndar
                  flow: np.ndarray) -> dict[str, np.ndarray]:
     assert node.var is not None
     p = params.leaf(node)
-    missing = missing_mask(graph, x)[:, node.var]
+    missing = _missing_column(graph, x, node.var)
     column = np.where(missing, 0, x[:, node.var])
     if node.family in ("categorical", "bernoulli"):
         probs = p["probs"] if node.family == "categorical" else np.stack([1 - p["p"], p["p"]], axis=1)
         onehot = np.eye(probs.shape[1])[column.astype(np.int64)]  # (B, k)
         expected = np.where(missing[:, None, None], probs[None], onehot[:, None, :])  # (B, U, k)
         return {"counts": (flow[:, :, None] * expected).sum(axis=0)}
-    if node.family == "gaussian":
+    if node.family == "gaussian":  # centred on the current mean: raw moments would cancel
         mean, var = p["mean"][None, :], p["std"][None, :] ** 2
-        ex = np.where(missing[:, None], mean, column[:, None])
-        exx = np.where(missing[:, None], mean**2 + var, column[:, None] ** 2)
-        return {"n": flow.sum(axis=0), "sx": (flow * ex).sum(axis=0), "sxx": (flow * exx).sum(axis=0)}
+        d = np.where(missing[:, None], 0.0, column[:, None] - mean)
+        dd = np.where(missing[:, None], var, d**2)  # a missing value counts in expectation
+        return {"n": flow.sum(axis=0), "dx": (flow * d).sum(axis=0), "dxx": (flow * dd).sum(axis=0)}
     return {}
 
 
@@ -242,19 +250,35 @@ def _leaf_value(p: dict[str, np.ndarray], family: str | None, unit: int, mode: s
     return float(rng.choice(len(probs), p=probs / probs.sum()))  # type: ignore[union-attr]
 
 
+def _complete(graph: CircuitGraph, params: Parameters, x: np.ndarray, mode: str,
+              rng: np.random.Generator | None = None) -> np.ndarray:
+    """top_down on the rows whose evidence is possible; rows of probability zero have no
+    completion (every one has probability 0): their missing entries become NaN."""
+    x = np.array(x, dtype=np.float64)
+    possible = np.isfinite(log_prob(graph, params, x))
+    out = x.copy()
+    out[~possible] = np.where(missing_mask(graph, x[~possible]), np.nan, x[~possible])
+    if possible.any():
+        out[possible] = top_down(graph, params, x[possible], mode, rng)
+    return out
+
+
 def map_state(graph: CircuitGraph, params: Parameters, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Max-product completion of the missing entries and its exact log-probability."""
-    completed = top_down(graph, params, x, "map")
+    """Max-product completion of the missing entries and its exact log-probability
+    (NaN entries and -inf where the evidence has probability zero)."""
+    completed = _complete(graph, params, np.atleast_2d(x), "map")
     return completed, log_prob(graph, params, completed)
 
 
 def sample(graph: CircuitGraph, params: Parameters, n: int, evidence: np.ndarray | None = None,
            seed: int = 0) -> np.ndarray:
-    """Ancestral samples; with `evidence` (one row, or n rows), from p(missing | observed)."""
+    """Ancestral samples; with `evidence` (one row, or n rows), from p(missing | observed).
+    Where the evidence has probability zero the conditional is undefined: those rows come back
+    with NaN in every missing entry."""
     rng = np.random.default_rng(seed)
     if evidence is None:
         evidence = np.full((n, len(graph.variables)), np.nan)
     evidence = np.atleast_2d(np.asarray(evidence, dtype=np.float64))
     if evidence.shape[0] == 1:
         evidence = np.repeat(evidence, n, axis=0)
-    return top_down(graph, params, evidence, "sample", rng)
+    return _complete(graph, params, evidence, "sample", rng)

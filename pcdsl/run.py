@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -136,10 +137,10 @@ def stages(spec: RecipeSpec) -> list[Stage]:
         kind, v = bound.call.func.text, bound.values
         if kind == "em":
             out.append(Stage("em", v["epochs"], v["batch"], v["step"], v["pseudocount"], v["patience"],
-                             soften=v["soften"], entropy=v["entropy"], rows=v["rows"]))
+                             rows=v["rows"], **_gaussian_and_regularisers(v)))
         elif kind == "full_em":
             out.append(Stage("full_em", v["epochs"], 1024, (1.0,), v["pseudocount"], v["patience"],
-                             soften=v["soften"], entropy=v["entropy"]))
+                             **_gaussian_and_regularisers(v)))
         elif kind == "sgd":
             out.append(Stage("sgd", v["epochs"], v["batch"], v["lr"], optimizer=v["optimizer"]))
         else:
@@ -147,11 +148,30 @@ def stages(spec: RecipeSpec) -> list[Stage]:
     return out
 
 
+def _gaussian_and_regularisers(v: Mapping[str, Any]) -> dict[str, Any]:
+    keys = ("soften", "entropy", "min_std", "gaussian_pseudocount")
+    return {k: v[k] for k in keys}
+
+
+def _checked(graph: CircuitGraph, splits: Splits) -> None:
+    """Every split fits the circuit's variables (a RunError names the first value that does not)."""
+    from pcdsl.data import check_values
+
+    for name in ("train", "valid", "test"):
+        values = getattr(splits, name)
+        if values is not None:
+            try:
+                check_values(values, graph.variables, f"the {name} split")
+            except DataError as exc:
+                raise RunError(str(exc)) from None
+
+
 def run_recipe(checked: Checked, name: str, out_dir: Path, *, backend: str | None = None, device: str = "cpu",
                dtype: str = "float32", seed: int = 0, progress: bool = True, log: Any = print) -> dict[str, Any]:
     """Run (or resume) a recipe; returns the report."""
     import pcdsl
-    from pcdsl.io.model import load_model, save_model
+    from pcdsl.io.model import ModelFileError, load_model, save_model
+    from pcdsl.learn.gaussian import from_data
 
     spec = checked.recipes[name]
     from pcdsl.distill.recipe import is_distillation, read_distillation
@@ -169,17 +189,22 @@ def run_recipe(checked: Checked, name: str, out_dir: Path, *, backend: str | Non
     splits = load_splits(checked, spec)
     plan = stages(spec)
     graph = build_model(checked, spec, splits.train, splits.image_shape)
+    _checked(graph, splits)
     out_dir.mkdir(parents=True, exist_ok=True)
     key = hashlib.sha256(repr((spec.entries, seed)).encode()).hexdigest()[:16]
     state_file, checkpoint = out_dir / "state.json", out_dir / "checkpoint.safetensors"
     best_file = out_dir / "model.safetensors"
-    done, params, best = 0, initialise(graph, seed), None
+    done, params, best = 0, from_data(graph, initialise(graph, seed), splits.train, seed), None
     if state_file.exists() and checkpoint.exists():
         state = json.loads(state_file.read_text())
         if state.get("recipe") == key:
-            done, params = state["epochs_done"], load_model(checkpoint)[1]
-            if state.get("best_score") is not None and best_file.exists():
-                best = (state["best_score"], load_model(best_file)[1])
+            try:
+                done, params = state["epochs_done"], load_model(checkpoint)[1]
+                if state.get("best_score") is not None and best_file.exists():
+                    best = (state["best_score"], load_model(best_file)[1])
+            except ModelFileError as exc:
+                raise RunError(f"cannot resume from {out_dir}: {exc} (delete the run directory to start afresh)") \
+                    from None
             log(f"resuming {name} after {done} epochs")
     model = pcdsl.compile(graph, backend, params=params, device=device, dtype=dtype)
     metrics = out_dir / "metrics.jsonl"

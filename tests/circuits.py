@@ -106,6 +106,20 @@ def deterministic_circuit(seed: int, num_vars: int = 4) -> tuple[CircuitGraph, P
     return graph, initialise(graph, seed, perturbation=0.9)
 
 
+def scale_gaussians(graph: CircuitGraph, params: Parameters, rng: np.random.Generator, offset: float,
+                    spread: tuple[float, float]) -> dict[int, float]:
+    """Put each real variable at a scale s in 1e-3..1e5: its Gaussian leaves get means
+    s (offset + N(0, 1)) and stds s U(spread). Returns the scale of every real variable."""
+    scales = {v.index: 10.0 ** int(rng.integers(-3, 6)) for v in graph.variables if not v.domain.is_discrete}
+    for node in graph.nodes():
+        if node.family == "gaussian":
+            assert node.var is not None
+            s = scales[node.var]
+            params.inputs[node.name] = {"mean": s * (offset + rng.normal(size=node.num_units)),
+                                        "std": s * rng.uniform(*spread, size=node.num_units)}
+    return scales
+
+
 def all_assignments(graph: CircuitGraph) -> np.ndarray:
     sizes = [v.domain.size for v in graph.variables]
     assert all(s is not None for s in sizes), "enumeration needs discrete variables"

@@ -137,7 +137,7 @@ class NumbaModel(PlanModel):
             elif isinstance(layer, InputLayer):
                 stats = raw["gaussian"][g_at:g_at + len(layer.var)]
                 g_at += len(layer.var)
-                split_input_flows(layer, {"n": stats[:, 0], "sx": stats[:, 1], "sxx": stats[:, 2]}, self.plan,
+                split_input_flows(layer, {"n": stats[:, 0], "dx": stats[:, 1], "dxx": stats[:, 2]}, self.plan,
                                   result)
         return result
 

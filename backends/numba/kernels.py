@@ -168,6 +168,34 @@ def _flog(x):  # type: ignore[no-untyped-def]
     return lambda x: log64(x)
 
 
+def guard(x: float) -> float:
+    """The smallest shifted sum trusted in x's dtype (pcdsl.numerics.underflow_guard): 2^-100 in
+    float32, 2^-960 in float64. Below it, underflow may have taken the sum's digits."""
+    return 2.0**-100 if isinstance(x, np.float32) else 2.0**-960
+
+
+@overload(guard)
+def _guard(x):  # type: ignore[no-untyped-def]
+    if x == types.float32:
+        return lambda x: _F(2.0**-100)
+    return lambda x: 2.0**-960
+
+
+@njit(fastmath=FAST, error_model="numpy", cache=True)
+def exact_sum(b, sindex, row, inputs, logw, w, t):  # type: ignore[no-untyped-def]
+    """log sum_c W[c] exp(x_c) for one unit and sample, shifted by its largest weighted term
+    max_c log W[c] + x_c (zero weights never set it), in float64."""
+    best = -np.inf
+    for c in range(inputs):
+        best = max(best, float(logw[w + c]) + float(b[sindex[row + c], t]))
+    if best == -np.inf:
+        return best
+    total = 0.0
+    for c in range(inputs):
+        total += exp64(float(logw[w + c]) + float(b[sindex[row + c], t]) - best)
+    return log64(total) + best
+
+
 # ---- one tile, one layer ----------------------------------------------------------------------
 
 
@@ -205,12 +233,16 @@ def _shifted(b, sindex, row, inputs, e, mx):  # type: ignore[no-untyped-def]
 
 
 @njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
-def _sum(b, op, sindex, weights, e, mx, acc):  # type: ignore[no-untyped-def]
-    """acc (4, T): four output units at a time, so each row of e is loaded once per four."""
+def _sum(b, op, sindex, weights, logw, e, mx, acc):  # type: ignore[no-untyped-def]
+    """acc (4, T): four output units at a time, so each row of e is loaded once per four. A unit
+    whose shifted sum falls below `guard` (its weighted terms lie far below the column's shift)
+    is recomputed with its own shift by `exact_sum`."""
     start, folds, units, inputs = op[START], op[A], op[B], op[C]
     t_size = b.shape[1]
+    small = guard(b[0, 0])
     for f in range(folds):
-        _shifted(b, sindex, op[INDEX] + f * inputs, inputs, e, mx)
+        row = op[INDEX] + f * inputs
+        _shifted(b, sindex, row, inputs, e, mx)
         first = start + f * units
         w = op[WEIGHT] + f * units * inputs
         m = 0
@@ -229,6 +261,10 @@ def _sum(b, op, sindex, weights, e, mx, acc):  # type: ignore[no-untyped-def]
             for j in range(4):
                 for t in range(t_size):
                     b[first + m + j, t] = flog(acc[j, t]) + mx[t]
+            for j in range(4):
+                for t in range(t_size):
+                    if acc[j, t] < small:
+                        b[first + m + j, t] = exact_sum(b, sindex, row, inputs, logw, w0 + j * inputs, t)
             m += 4
         while m < units:
             acc[0, :] = 0.0
@@ -239,6 +275,8 @@ def _sum(b, op, sindex, weights, e, mx, acc):  # type: ignore[no-untyped-def]
                     acc[0, t] += a0 * e[c, t]
             for t in range(t_size):
                 b[first + m, t] = flog(acc[0, t]) + mx[t]
+                if acc[0, t] < small:
+                    b[first + m, t] = exact_sum(b, sindex, row, inputs, logw, w0, t)
             m += 1
 
 
@@ -308,7 +346,7 @@ def forward(buf, idx, real, cat, lp, lpmax, gauss, gmean, gstd, ops, pindex, sin
                 elif mode == MAX_MODE:
                     _sum_max(b, op, sindex, logw, acc)
                 else:
-                    _sum(b, op, sindex, weights, e, mx, acc)
+                    _sum(b, op, sindex, weights, logw, e, mx, acc)
 
 
 @njit(error_model="numpy", cache=True)
@@ -321,11 +359,13 @@ def _seed(rows, root, col, n):  # type: ignore[no-untyped-def]
 
 
 @njit(inline="always", fastmath=FAST_REDUCE, error_model="numpy", cache=True)
-def _sum_flows(b, fl, op, sindex, weights, wflow, e, mx, r, z):  # type: ignore[no-untyped-def]
+def _sum_flows(b, fl, op, sindex, weights, logw, wflow, e, mx, r, z):  # type: ignore[no-untyped-def]
     """Flows of one sum layer for one tile: child flow += e_c * sum_m W[m, c] r_m and weight flow
-    += W[m, c] * sum_t r_m e_c, with r_m = flow_m exp(mx - value_m). Four inputs at a time."""
+    += W[m, c] * sum_t r_m e_c, with r_m = flow_m exp(mx - value_m). Four inputs at a time. Units
+    far below the column's shift (those `_sum` recomputed) go edge by edge (`_exact_flows`)."""
     start, folds, units, inputs = op[START], op[A], op[B], op[C]
     t_size = b.shape[1]
+    low = math.log(guard(b[0, 0]))
     for f in range(folds):
         row = op[INDEX] + f * inputs
         _shifted(b, sindex, row, inputs, e, mx)
@@ -333,8 +373,9 @@ def _sum_flows(b, fl, op, sindex, weights, wflow, e, mx, r, z):  # type: ignore[
         for m in range(units):
             for t in range(t_size):
                 v = b[first + m, t]
-                r[m, t] = fl[first + m, t] * fexp(mx[t] - v) if v > -np.inf else 0.0
+                r[m, t] = fl[first + m, t] * fexp(mx[t] - v) if v > -np.inf and v - mx[t] >= low else 0.0
         w = op[WEIGHT] + f * units * inputs
+        _exact_flows(b, fl, sindex, logw, wflow, row, first, w, units, inputs, mx, low)
         c = 0
         while c + 4 <= inputs:
             z[:, :] = 0.0
@@ -377,17 +418,34 @@ def _sum_flows(b, fl, op, sindex, weights, wflow, e, mx, r, z):  # type: ignore[
             c += 1
 
 
+@njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
+def _exact_flows(b, fl, sindex, logw, wflow, row, first, w, units, inputs, mx, low):  # type: ignore[no-untyped-def]
+    """Edge flows flow_m W[m, c] exp(x_c - value_m) (each at most flow_m) of the units whose value
+    lies more than -low below the column's shift mx."""
+    for m in range(units):
+        for t in range(b.shape[1]):
+            v, parent = b[first + m, t], fl[first + m, t]
+            if v > -np.inf and v - mx[t] < low and parent != 0.0:
+                at = w + m * inputs
+                for c in range(inputs):
+                    child = sindex[row + c]
+                    edge = parent * exp64(float(logw[at + c]) + float(b[child, t]) - float(v))
+                    fl[child, t] += edge
+                    wflow[at + c] += edge
+
+
 @njit(parallel=True, fastmath=FAST_REDUCE, error_model="numpy", cache=True)
-def flows(buf, flow, n, root, idx, real, cat, gauss, ops, pindex, sindex, weights, widest, most, wflow, counts,
-          cat_missing, gstats):  # type: ignore[no-untyped-def]
+def flows(buf, flow, n, root, idx, real, cat, gauss, gmean, ops, pindex, sindex, weights, logw, widest, most, wflow,
+          counts, cat_missing, gstats):  # type: ignore[no-untyped-def]
     """Top-down expected counts from a buffer filled by `forward` in SUM_MODE (`widest`, `most`:
     the largest fan-in and unit count of a sum layer).
 
     Outputs (zeroed by the caller): wflow (chunks, weights) the sum-weight flows of each chunk
     of tiles (one chunk per thread; the caller adds them up); counts (lp size,) categorical
     flows of observed values; cat_missing (categorical units,) flows that reached a unit whose
-    variable is missing; gstats (gaussian units, 4): flow, flow * x, flow * x^2 over observed
-    values and flow over missing ones."""
+    variable is missing; gstats (gaussian units, 4): flow, flow * d, flow * d^2 over observed
+    values, d = x - mean (centred on the unit's mean: raw moments would cancel), and flow over
+    missing ones."""
     tiles, _, t_size = buf.shape
     chunks = wflow.shape[0]
     for chunk in prange(chunks):
@@ -401,7 +459,7 @@ def flows(buf, flow, n, root, idx, real, cat, gauss, ops, pindex, sindex, weight
             for layer in range(ops.shape[0] - 1, -1, -1):
                 op = ops[layer]
                 if op[KIND] == SUM:
-                    _sum_flows(b, fl, op, sindex, weights, wflow[chunk], e, mx, r, z)
+                    _sum_flows(b, fl, op, sindex, weights, logw, wflow[chunk], e, mx, r, z)
                     continue
                 start, units, fan_in, off = op[START], op[A], op[B], op[INDEX]
                 for u in range(units):
@@ -430,9 +488,10 @@ def flows(buf, flow, n, root, idx, real, cat, gauss, ops, pindex, sindex, weight
                 if np.isnan(x):
                     gstats[u, 3] += f_t
                 else:
+                    d = x - gmean[u]
                     gstats[u, 0] += f_t
-                    gstats[u, 1] += f_t * x
-                    gstats[u, 2] += f_t * x * x
+                    gstats[u, 1] += f_t * d
+                    gstats[u, 2] += f_t * d * d
 
 
 @njit(parallel=True, error_model="numpy", cache=True)

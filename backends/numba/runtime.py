@@ -39,8 +39,8 @@ ARRAYS = {
     "cat": "(U, 4) int64: per categorical input unit its slot, variable, offset in lp, cardinality",
     "lp": "(sum of U * width,) log-probabilities, one row per categorical unit (padded with -inf)",
     "gauss": "(G, 2) int64: per gaussian input unit its slot and variable",
-    "gmean": "(G,) gaussian means",
-    "gstd": "(G,) gaussian standard deviations",
+    "gmean": "(G,) gaussian means (float64 whatever the dtype)",
+    "gstd": "(G,) gaussian standard deviations (float64)",
     "ops": "(L, 8) int64: per product/sum layer kind, start, A, B, C, index offset, weight offset, fold offset",
     "pindex": "product inputs, each layer's (units, fan-in) block flattened",
     "sindex": "sum inputs, each layer's (folds, inputs) block flattened",
@@ -82,8 +82,9 @@ class Circuit:
     def set_arrays(self, params: dict[str, np.ndarray]) -> None:
         """New parameter arrays (``PARAMETERS``, same layout as at construction)."""
         self.lp = np.ascontiguousarray(params["lp"], dtype=self.dtype)
-        self.gmean = np.ascontiguousarray(params["gmean"], dtype=self.dtype)
-        self.gstd = np.ascontiguousarray(params["gstd"], dtype=self.dtype)
+        # Gaussian parameters stay float64: x - mean must not cancel (docs/numerics.md)
+        self.gmean = np.ascontiguousarray(params["gmean"], dtype=np.float64)
+        self.gstd = np.ascontiguousarray(params["gstd"], dtype=np.float64)
         self.weights = np.ascontiguousarray(params["weights"], dtype=self.dtype)
         with np.errstate(divide="ignore"):
             self.logw = np.log(self.weights)
@@ -182,6 +183,10 @@ class Circuit:
         kernels.down(buf, active, n, self.root, index, real, out, self.cat, self.lp, self.lpbest, self.gauss,
                      self.gmean, self.gstd, self.ops, self.pindex, self.sindex, self.weights, self.logw, mode,
                      sum_draws, var_draws, normal_draws, self._chunks(buf))
+        # evidence of probability zero has no completion: NaN in its missing entries
+        impossible = self._root(buf, n) == -np.inf
+        missing = np.isnan(rows) | (self.discrete & (rows == -1))
+        out[impossible[:, None] & missing] = np.nan
         return out
 
     @_serialised
@@ -189,13 +194,15 @@ class Circuit:
         """Complete missing entries by max-product and backtracking; return (completion, its log p).
 
         The completion is the exact MPE for deterministic circuits; otherwise it is the
-        max-product (Viterbi) approximation. The log-probability is exact either way."""
+        max-product (Viterbi) approximation. The log-probability is exact either way. Rows whose
+        evidence has probability zero get NaN in their missing entries and log p = -inf."""
         completed = self._down(x, kernels.MAP_DOWN, 0)
         return completed, self.log_prob(completed)
 
     @_serialised
     def sample(self, n: int, evidence: Any = None, seed: int = 0) -> np.ndarray:
-        """n ancestral samples; with evidence (one row or n rows), from p(missing | observed)."""
+        """n ancestral samples; with evidence (one row or n rows), from p(missing | observed).
+        Where the evidence has probability zero (undefined), the missing entries are NaN."""
         if evidence is None:
             rows = np.full((n, len(self.variables)), np.nan)
         else:
@@ -207,8 +214,9 @@ class Circuit:
     def flows(self, x: Any) -> dict[str, Any]:
         """Expected sufficient statistics, summed over the batch, laid out like the parameter
         arrays: ``weights`` (like weights), ``counts`` (like lp; a missing value counts
-        probs * flow), ``gaussian`` (G, 3): flow, flow * x, flow * x^2 (missing: in expectation);
-        and ``log_likelihood``, the batch's summed log-likelihood."""
+        probs * flow), ``gaussian`` (G, 3): flow, flow * (x - mean), flow * (x - mean)^2 (centred on
+        the unit's mean; a missing value counts in expectation: 0 and std^2); and
+        ``log_likelihood``, the batch's summed log-likelihood."""
         index, real, _, n = self._evidence(x)
         buf = self._forward(index, real, kernels.SUM_MODE)
         flow = self._buffer("flows", index.shape[1], self.dtype)
@@ -217,15 +225,13 @@ class Circuit:
         counts = np.zeros(len(self.lp))
         missing = np.zeros(len(self.cat))
         g = np.zeros((len(self.gauss), 4))
-        kernels.flows(buf, flow, n, self.root, index, real, self.cat, self.gauss, self.ops, self.pindex,
-                      self.sindex, self.weights, self.widest, self.most, wflow, counts, missing, g)
+        kernels.flows(buf, flow, n, self.root, index, real, self.cat, self.gauss, self.gmean, self.ops, self.pindex,
+                      self.sindex, self.weights, self.logw, self.widest, self.most, wflow, counts, missing, g)
         if missing.any():  # a missing value counts in expectation: probs * flow
             for size in np.unique(self.cat[:, 3]):
                 units = np.flatnonzero((self.cat[:, 3] == size) & (missing != 0))
                 at = self.cat[units, 2][:, None] + np.arange(size)
                 counts[at] += missing[units, None] * np.exp(self.lp[at].astype(np.float64))
-        mean, std = self.gmean.astype(np.float64), self.gstd.astype(np.float64)
-        gaussian = np.stack([g[:, 0] + g[:, 3], g[:, 1] + g[:, 3] * mean, g[:, 2] + g[:, 3] * (mean**2 + std**2)],
-                            axis=1)
+        gaussian = np.stack([g[:, 0] + g[:, 3], g[:, 1], g[:, 2] + g[:, 3] * self.gstd**2], axis=1)
         return {"log_likelihood": float(self._root(buf, n).sum()), "weights": wflow.sum(axis=0),
                 "counts": counts, "gaussian": gaussian}

@@ -55,7 +55,7 @@ class TorchModel(PlanModel):
         missing = torch.isnan(real) | (self.discrete[None, :] & (real == -1))
         index = torch.where(missing, torch.zeros_like(real), real).to(torch.long)
         self._check_domains(index, missing)
-        batch = Batch(index.T.contiguous(), real.T.to(self.dtype).contiguous(), missing.T.contiguous())
+        batch = Batch(index.T.contiguous(), real.T.contiguous(), missing.T.contiguous())
         return batch, real
 
     def _check_domains(self, index: torch.Tensor, missing: torch.Tensor) -> None:
@@ -128,20 +128,25 @@ class TorchModel(PlanModel):
         out = real.clone()
         for rule in reversed(self.rules):
             rule.down(active, buf, batch, out, mode, gen)
+        # evidence of probability zero has no completion: NaN in its missing entries
+        impossible = buf[self.plan.root] == -torch.inf
+        out[impossible[:, None] & batch.missing.T] = torch.nan
         return out
 
     def map(self, x: Any) -> tuple[Any, Any]:
         """Complete missing entries by max-product and backtracking; return (completion, its log p).
 
         The completion is the exact MPE for deterministic circuits; otherwise it is the
-        max-product (Viterbi) approximation. The log-probability is exact either way."""
+        max-product (Viterbi) approximation. The log-probability is exact either way. Rows whose
+        evidence has probability zero get NaN in their missing entries and log p = -inf."""
         batch, real = self._batch(x)
         completed = self._down(batch, real, "map", None)
         lp = self._forward(self._batch(completed)[0])[self.plan.root].clone()
         return self._out(completed, x), self._out(lp, x)
 
     def sample(self, n: int, evidence: Any = None, seed: int = 0) -> Any:
-        """n ancestral samples; with evidence (one row or n rows), from p(missing | observed)."""
+        """n ancestral samples; with evidence (one row or n rows), from p(missing | observed).
+        Where the evidence has probability zero (undefined), the missing entries are NaN."""
         if evidence is None:
             rows = torch.full((n, self.plan.num_vars), torch.nan, dtype=torch.float64, device=self.device)
         else:

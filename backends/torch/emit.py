@@ -6,8 +6,10 @@ in plan order), and ``<name>.safetensors``, every index array and parameter bloc
 keyed ``layer<i>_<field>``. The module needs only torch and safetensors.
 
 Each layer method is the sum mode of ``layers.py`` op for op (max-shifted
-log-space bmm for sums, gather-add for products, categorical gather with
-missing -> 0, gaussian log-density), so both agree to rounding in float64.
+log-space bmm for sums, with units whose shifted sum underflowed recomputed by
+their own largest weighted term; gather-add for products, categorical gather
+with missing -> 0, gaussian log-density in float64), so both agree to rounding
+in float64.
 
 The module is built as an ``ast`` tree. Fixed statements come from constant
 templates whose upper-case placeholder names are replaced by nodes, never by
@@ -49,7 +51,10 @@ class Circuit(torch.nn.Module):
         """Load the parameters (by default the .safetensors file next to this module)."""
         file = Path(path) if path is not None else Path(__file__).with_name(PARAMETERS)
         tensors = load_file(str(file), device=str(device))
-        return cls({k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()})
+        # Gaussian means and stds stay float64: x - mean must not cancel
+        tensors = {k: v.to(dtype) if v.is_floating_point() and not k.endswith(PRECISE) else v
+                   for k, v in tensors.items()}
+        return cls({**tensors, "model_dtype": torch.zeros((), dtype=dtype, device=device)})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.log_prob(x)
@@ -68,13 +73,17 @@ class Circuit(torch.nn.Module):
             v = int(bad.nonzero()[0, 1])
             raise ValueError(f"variable '{VARIABLES[v]}' has a value outside 0..{CARDINALITIES[v] - 1} "
                              "(missing values are -1)")
-        dtype = next(b.dtype for b in self.buffers() if b.is_floating_point())
-        return category, real.to(dtype), missing
+        return category, real, missing
+
+    def _dtype(self) -> torch.dtype:
+        """The dtype of the value buffer: the model's, whatever the (float64) Gaussian parameters."""
+        floats = [b for n, b in self.named_buffers() if b.is_floating_point() and not n.endswith(PRECISE)]
+        return floats[0].dtype if floats else torch.float64
 '''
 
 _LOG_PROB = """
 category, real, missing = self._evidence(x)
-buf = torch.empty(real.shape[0], NUM_SLOTS, dtype=real.dtype, device=real.device)
+buf = torch.empty(real.shape[0], NUM_SLOTS, dtype=self._dtype(), device=real.device)
 buf[:, ONE] = 0.0
 buf[:, ZERO] = -math.inf
 """
@@ -88,18 +97,23 @@ buf[:, START:STOP] = torch.where(missing[:, var], torch.zeros_like(observed), ob
 
 _GAUSSIAN = """
 var = VAR
-std = STD
-z = (real[:, var] - MEAN) / std
+std = STD.to(torch.float64)
+z = (real[:, var] - MEAN.to(torch.float64)) / std
 observed = -0.5 * z * z - torch.log(std) - LOG_SQRT_2PI
-buf[:, START:STOP] = torch.where(missing[:, var], torch.zeros_like(observed), observed)
+buf[:, START:STOP] = torch.where(missing[:, var], torch.zeros_like(observed), observed).to(buf.dtype)
 """
 
 _SUM = """
 inputs = buf[:, INDEX]
 m = inputs.amax(dim=2, keepdim=True)
 m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-s = torch.bmm(torch.exp(inputs - m).transpose(0, 1), WEIGHTS.transpose(1, 2))
-buf[:, START:STOP] = (torch.log(s).transpose(0, 1) + m).reshape(buf.shape[0], -1)
+s = torch.bmm(torch.exp(inputs - m).transpose(0, 1), WEIGHTS.transpose(1, 2)).transpose(0, 1)
+value = torch.log(s) + m
+lost = s < (2.0 ** -100 if s.dtype == torch.float32 else 2.0 ** -960)
+if bool(lost.any()):
+    b, f, u = lost.nonzero(as_tuple=True)
+    value[b, f, u] = torch.logsumexp(torch.log(WEIGHTS[f, u]) + inputs[b, f], dim=1)
+buf[:, START:STOP] = value.reshape(buf.shape[0], -1)
 """
 
 _HEADER = """
@@ -112,6 +126,7 @@ import torch
 from safetensors.torch import load_file
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+PRECISE = ("_mean", "_std")
 """
 
 

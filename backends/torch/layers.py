@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pcdsl.numerics import underflow_guard
 from pcdsl.plan import InputLayer, ProductLayer, SumLayer, contiguous_start
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
@@ -20,8 +21,8 @@ MAX_CHUNK_ELEMENTS = 1 << 24  # bounds (F, M, C, batch) temporaries of max-produ
 
 @dataclass
 class Batch:
-    """Evidence on the device, variable-major: category indices (missing -> 0), real values,
-    missing mask; each (V, B)."""
+    """Evidence on the device, variable-major: category indices (missing -> 0), real values
+    (float64 whatever the model's dtype), missing mask; each (V, B)."""
 
     index: torch.Tensor
     real: torch.Tensor
@@ -36,7 +37,9 @@ class InputRule:
         self.layer = layer
         self.start, self.stop = layer.start, layer.stop
         self.var = torch.as_tensor(layer.var, device=device)
-        self.params = {k: torch.as_tensor(v, device=device, dtype=dtype) for k, v in layer.params.items()}
+        # Gaussian parameters stay float64: x - mean must not cancel (docs/numerics.md)
+        precise = torch.float64 if layer.family == "gaussian" else dtype
+        self.params = {k: torch.as_tensor(v, device=device, dtype=precise) for k, v in layer.params.items()}
         # every group of the layer has the same width (see the plan), so units form a grid
         self.width = layer.node_units[0]
         self.group_var = self.var[:: self.width].contiguous()  # (G,)
@@ -88,10 +91,12 @@ class InputRule:
             if any_missing:  # a missing value counts in expectation: probs * flow
                 counts += (f * missing).sum(dim=1)[:, None] * torch.exp(lp)
             return {"counts": counts}
+        # centred on the current mean, in float64: E[x^2] - mean^2 would cancel (docs/numerics.md)
         mean, std = self.params["mean"][:, None], self.params["std"][:, None]
-        x = torch.where(missing, mean.expand_as(f), batch.real[self.var])
-        xx = torch.where(missing, (mean * mean + std * std).expand_as(f), x * x)
-        return {"n": f.sum(dim=1), "sx": (f * x).sum(dim=1), "sxx": (f * xx).sum(dim=1)}
+        f = f.to(torch.float64)
+        d = torch.where(missing, torch.zeros_like(f), batch.real[self.var] - mean)
+        dd = torch.where(missing, (std * std).expand_as(f), d * d)  # a missing value: in expectation
+        return {"n": f.sum(dim=1), "dx": (f * d).sum(dim=1), "dxx": (f * dd).sum(dim=1)}
 
     def down(self, active: torch.Tensor, buf: torch.Tensor, batch: Batch, out: torch.Tensor, mode: str,
              gen: torch.Generator | None) -> None:
@@ -155,18 +160,33 @@ class SumRule:
         self.weights = torch.as_tensor(layer.weights, device=device, dtype=dtype)  # (F, M, C)
         self.log_weights = torch.log(self.weights)
         self.fold, self.units, self.inputs = layer.shape
+        self.guard = underflow_guard(dtype)
+        self.log_guard = math.log(self.guard)
+        self._dead()
 
     def load(self, layer: SumLayer) -> None:
         """Take new weights (same layout), in place."""
         self.weights.copy_(torch.as_tensor(layer.weights))
         torch.log(self.weights, out=self.log_weights)
+        self._dead()
+
+    def _dead(self) -> None:
+        """Inputs with weight 0 in every unit of their fold (F, C, 1): they never set a shift."""
+        dead = (self.weights == 0).all(dim=1)[..., None]
+        self.dead = dead if bool(dead.any()) else None
 
     def _inputs(self, buf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs (F, C, B) (a view of `buf` where possible: do not write) and their per-column
-        max (F, 1, B), finite."""
+        """Inputs (F, C, B) (a view of `buf` where possible: do not write) and the shift of each
+        column (F, 1, B): the largest input with a non-zero weight in the fold, finite."""
         x = self.gather.read(buf).view(self.fold, self.inputs, -1)
-        m = x.amax(dim=1, keepdim=True).clamp_min_(torch.finfo(x.dtype).min)  # all -inf: stays -inf, no NaN
+        live = x if self.dead is None else x.masked_fill(self.dead, -torch.inf)
+        m = live.amax(dim=1, keepdim=True).clamp_min_(torch.finfo(x.dtype).min)  # all -inf: stays -inf, no NaN
         return x, m
+
+    def _shifted(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """exp(x - m), at most 1 (an input of a dead column may lie above the shift)."""
+        t = x - m
+        return (t.clamp_max_(0.0) if self.dead is not None else t).exp_()
 
     def forward(self, buf: torch.Tensor, batch: Batch, mode: str) -> None:
         out = buf[self.start:self.stop].view(self.fold, self.units, -1)
@@ -176,8 +196,20 @@ class SumRule:
                 out[:, :, lo:hi] = (self.log_weights[..., None] + x).amax(dim=2)
             return
         x, m = self._inputs(buf)
-        torch.bmm(self.weights, torch.exp(x - m), out=out)  # log(W @ exp(x - m)) + m
+        torch.bmm(self.weights, self._shifted(x, m), out=out)  # log(W @ exp(x - m)) + m
+        lost = (out < self.guard).nonzero(as_tuple=True) if bool(out.amin() < self.guard) else None
         out.log_().add_(m)
+        if lost is not None:  # underflow may have taken these sums' digits
+            out[lost] = self._exact(x, *lost)
+
+    def _exact(self, x: torch.Tensor, f: torch.Tensor, unit: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+        """log sum_c w_c exp(x_c) of the units (f, unit) at batch columns col, each shifted by its
+        own largest weighted term (torch.logsumexp), in pieces that bound the (P, C) temporaries."""
+        step = max(1, MAX_CHUNK_ELEMENTS // self.inputs)
+        parts = [torch.logsumexp(self.log_weights[f[i:i + step], unit[i:i + step]]
+                                 + x[f[i:i + step], :, col[i:i + step]], dim=1)
+                 for i in range(0, f.numel(), step)]
+        return torch.cat(parts)
 
     def _chunks(self, b: int) -> list[tuple[int, int]]:
         step = max(1, MAX_CHUNK_ELEMENTS // max(1, self.fold * self.units * self.inputs))
@@ -187,12 +219,35 @@ class SumRule:
         x, m = self._inputs(buf)
         value = buf[self.start:self.stop].view(self.fold, self.units, -1)
         f = flow[self.start:self.stop].view(self.fold, self.units, -1)
+        # units far below their column's shift (the ones forward recomputed) go edge by edge
+        gap = m - value
+        far = gap > -self.log_guard  # also every unit of value -inf
         # r: the parent's flow per unit of its value, scaled by exp(m)
-        r = torch.where(torch.isfinite(value), f * torch.exp(m - value), torch.zeros_like(f))  # (F, M, B)
-        e = torch.exp(x - m)  # (F, C, B)
+        r = torch.where(far, torch.zeros_like(f), f * gap.exp_())  # (F, M, B)
+        e = self._shifted(x, m)  # (F, C, B)
         child = e * torch.bmm(self.weights.transpose(1, 2), r)  # (F, C, B)
+        weights = self.weights * torch.bmm(r, e.transpose(1, 2))  # (F, M, C)
+        if bool(far.any()):
+            at = (far & torch.isfinite(value) & (f != 0)).nonzero(as_tuple=True)
+            if at[0].numel():
+                self._exact_flows(x, value, f, at, child, weights)
         flow.index_add_(0, self.flat, child.view(self.fold * self.inputs, -1))
-        return {"weights": self.weights * torch.bmm(r, e.transpose(1, 2))}  # (F, M, C)
+        return {"weights": weights}
+
+    def _exact_flows(self, x: torch.Tensor, value: torch.Tensor, f: torch.Tensor,
+                     at: tuple[torch.Tensor, ...], child: torch.Tensor, weights: torch.Tensor) -> None:
+        """Edge flows f_m w_mc exp(x_c - value_m) of the units `at` (fold, unit, column), each at
+        most f_m: added to the child flows (F, C, B) and the weight flows (F, M, C)."""
+        fold, unit, col = at
+        step = max(1, MAX_CHUNK_ELEMENTS // self.inputs)
+        for i in range(0, fold.numel(), step):
+            fi, ui, ci = fold[i:i + step], unit[i:i + step], col[i:i + step]
+            edge = f[fi, ui, ci, None] * torch.exp(self.log_weights[fi, ui] + x[fi, :, ci]
+                                                   - value[fi, ui, ci, None])  # (P, C)
+            inputs = torch.arange(self.inputs, device=edge.device).expand_as(edge)
+            child.index_put_((fi[:, None].expand_as(edge), inputs, ci[:, None].expand_as(edge)), edge,
+                             accumulate=True)
+            weights.index_put_((fi, ui), edge, accumulate=True)
 
     def down(self, active: torch.Tensor, buf: torch.Tensor, batch: Batch, out: torch.Tensor, mode: str,
              gen: torch.Generator | None) -> None:

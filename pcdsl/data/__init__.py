@@ -10,16 +10,26 @@ Formats (chosen by extension):
   row per image (pixels row-major, each pixel's channels adjacent).
 
 Rows are samples, columns are variables in declaration order; -1 marks a
-missing value.
+missing value. Nothing in a file is trusted: sizes are checked against the
+bytes present before any array is made, and :func:`check_values` checks a
+dataset against a circuit's variables.
 """
 
 from __future__ import annotations
 
+import zipfile
+from collections.abc import Sequence
 from pathlib import Path
+from tokenize import TokenError
+from typing import IO, Any
 
 import numpy as np
 
-FORMATS = (".data", ".csv", ".txt", ".npy", ".npz")
+from pcdsl.data.idx import IdxError, is_idx, read_idx
+from pcdsl.numerics import MAX_MAGNITUDE
+
+FORMATS = (".data", ".csv", ".txt", ".npy", ".npz", "IDX")
+MAX_DATA_BYTES = 1 << 34  # 16 GiB: an array file's values, or a text file
 
 
 class DataError(Exception):
@@ -33,16 +43,58 @@ def load_matrix(path: str | Path) -> np.ndarray:
     if images is not None:
         return images
     suffix = path.suffix.lower()
-    if suffix not in FORMATS:
+    if suffix not in FORMATS and not is_idx(path):
         raise DataError(f"unknown data format '{suffix}' (known: {', '.join(FORMATS)})")
-    if suffix in (".npy", ".npz"):
-        return _as_matrix(_load_array(path), path)
+    if suffix in (".npy", ".npz") or is_idx(path):
+        return _as_matrix(_array(path), path)
     try:
         return _read_text(path)
     except OSError as exc:
         raise DataError(f"cannot read '{path}': {exc.strerror or exc}") from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise DataError(f"'{path}' is not a valid {suffix} file: {exc}") from None
+        raise DataError(f"'{path}' is not a valid {suffix or 'IDX'} file: {exc}") from None
+
+
+def _array(path: Path) -> np.ndarray:
+    """The array of a .npy, .npz (first member) or IDX file (2-D: samples, values), sizes checked first."""
+    if is_idx(path):
+        try:
+            array = read_idx(path)
+        except IdxError as exc:
+            raise DataError(f"'{path}' is not a valid IDX file: {exc}") from None
+        return array.reshape(array.shape[0], -1) if array.ndim > 1 else array[:, None]
+    if path.suffix.lower() == ".npy":
+        with open(path, "rb") as f:
+            _npy_header(f, path.stat().st_size, path)
+        return np.load(path, allow_pickle=False)  # type: ignore[no-any-return]
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = [m for m in archive.infolist() if m.filename.endswith(".npy")]
+            if not members:
+                raise DataError(f"'{path}' holds no array")
+            with archive.open(members[0]) as f:
+                _npy_header(f, members[0].file_size, path)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError) as exc:
+        raise DataError(f"'{path}' is not a valid .npz file: {exc}") from None
+    with np.load(path, allow_pickle=False) as archive:
+        return archive[members[0].filename.removesuffix(".npy")]  # type: ignore[no-any-return]
+
+
+def _npy_header(f: IO[bytes], size: int, path: Path) -> None:
+    """Refuse an .npy stream whose header promises more values than it holds, or non-numbers."""
+    read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    try:
+        version = np.lib.format.read_magic(f)
+        if version not in read:
+            raise DataError(f"'{path}': .npy format version {version} is not read (1.0 and 2.0 are)")
+        shape, _, dtype = read[version](f, max_header_size=1 << 16)
+    except (ValueError, SyntaxError, TokenError, TypeError, KeyError, EOFError, OverflowError) as exc:
+        raise DataError(f"'{path}' has no valid .npy header: {exc}") from None
+    if dtype.kind not in "biuf":
+        raise DataError(f"'{path}' holds {dtype} values, not numbers")
+    need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if need > MAX_DATA_BYTES or need != size - f.tell():
+        raise DataError(f"'{path}': shape {shape} of {dtype} needs {need} bytes, the file holds {size - f.tell()}")
 
 
 def load_values(path: str | Path, image_shape: tuple[int, ...] | None = None) -> np.ndarray:
@@ -57,8 +109,11 @@ def load_values(path: str | Path, image_shape: tuple[int, ...] | None = None) ->
     if images is not None:
         return images.astype(np.float64)
     suffix = path.suffix.lower()
-    if suffix in (".npy", ".npz"):
-        array = _load_array(path)
+    if suffix in (".npy", ".npz") or is_idx(path):
+        try:
+            array = _array(path)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cannot read '{path}': {exc}") from None
         if array.ndim != 2:
             raise DataError(f"'{path}' must hold a 2-D array (samples x variables) or images (N, H, W[, C]), "
                             f"found shape {array.shape}")
@@ -68,6 +123,7 @@ def load_values(path: str | Path, image_shape: tuple[int, ...] | None = None) ->
     if suffix not in FORMATS:
         raise DataError(f"unknown data format '{path.suffix}' (known: {', '.join(FORMATS)}, and image files: "
                         "IDX, CIFAR-10 .bin)")
+    _text_size(path)
     rows = []
     try:
         with open(path, encoding="utf-8") as f:
@@ -83,21 +139,6 @@ def load_values(path: str | Path, image_shape: tuple[int, ...] | None = None) ->
     if len({len(r) for r in rows}) != 1:
         raise DataError(f"'{path}': rows have different numbers of values")
     return np.asarray(rows, dtype=np.float64)
-
-
-def _load_array(path: Path) -> np.ndarray:
-    """The array of a .npy file, or the first array of a .npz file (never unpickled)."""
-    import zipfile
-
-    try:
-        if path.suffix.lower() == ".npy":
-            return np.load(path, allow_pickle=False)
-        with np.load(path, allow_pickle=False) as archive:
-            if not archive.files:
-                raise DataError(f"'{path}' holds no arrays")
-            return archive[archive.files[0]]
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(f"cannot read '{path}': {getattr(exc, 'strerror', None) or exc}") from None
 
 
 def _image_rows(path: Path, image_shape: tuple[int, ...] | None) -> np.ndarray | None:
@@ -142,7 +183,40 @@ def _parse_row(line: str, path: Path, number: int) -> list[float]:
         raise DataError(f"{path}:{number}: expected comma-separated numbers") from None
 
 
+def _text_size(path: Path) -> None:
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise DataError(f"cannot read '{path}': {exc.strerror or exc}") from None
+    if size > MAX_DATA_BYTES:
+        raise DataError(f"'{path}': {size} bytes; a data file is at most {MAX_DATA_BYTES}")
+
+
+def check_values(values: np.ndarray, variables: Sequence[Any], path: str | Path) -> None:
+    """Refuse data that does not fit a circuit's variables (``Variable``: name, domain): the wrong
+    number of columns, a discrete value that is not one of 0..k-1 (or -1 / NaN: missing), a real
+    value that is infinite or beyond ``MAX_MAGNITUDE`` (NaN: missing)."""
+    if values.ndim != 2 or values.shape[1] != len(variables):
+        raise DataError(f"'{path}' has {values.shape[-1] if values.ndim else 0} columns, but the circuit has "
+                        f"{len(variables)} variables")
+    for v, var in enumerate(variables):
+        column = values[:, v]
+        size = var.domain.size
+        if size is None:
+            bad = np.abs(column) > MAX_MAGNITUDE  # inf too; NaN (missing) compares False
+        else:
+            missing = np.isnan(column) | (column == -1)
+            bad = ~missing & ((column < 0) | (column >= size) | (column != np.floor(column)))
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            allowed = (f"a number of magnitude at most {MAX_MAGNITUDE:g} (NaN: missing)" if size is None
+                       else f"one of 0..{size - 1} (missing: -1)")
+            raise DataError(f"'{path}', row {row + 1}, column {v + 1} ('{var.name}'): {column[row]:g} is not "
+                            f"{allowed}")
+
+
 def _read_text(path: Path) -> np.ndarray:
+    _text_size(path)
     rows = []
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
@@ -161,6 +235,6 @@ def _read_text(path: Path) -> np.ndarray:
 
 
 def _as_matrix(array: np.ndarray, path: Path) -> np.ndarray:
-    if array.ndim != 2 or not np.issubdtype(array.dtype, np.integer):
+    if array.ndim != 2 or not np.issubdtype(array.dtype, np.integer) or array.dtype == np.uint64:
         raise DataError(f"'{path}' must hold a 2-D integer array, found {array.dtype} with shape {array.shape}")
     return array.astype(np.int64, copy=False)

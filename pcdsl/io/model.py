@@ -13,7 +13,8 @@ Layout (format ``pcdsl-model``, version 1):
   ``weights/<group>`` (units x child units / blocks), float64 (value: int64); a group is the
   node's own name, or the node it is tied to.
 
-Files are written atomically: a crash never leaves half a model behind.
+Files are written atomically: a crash never leaves half a model behind. Files
+are checked before anything is built from them (``pcdsl.io.checks``).
 """
 
 from __future__ import annotations
@@ -24,15 +25,14 @@ from typing import Any
 
 import numpy as np
 
+from pcdsl.io import checks
 from pcdsl.io.atomic import write_atomic
+from pcdsl.io.checks import ModelFileError
 from pcdsl.ir.graph import CircuitGraph, Domain, NodeKind, Variable
-from pcdsl.params import Parameters
+from pcdsl.params import Parameters, fixed_keys
 
 FORMAT, VERSION = "pcdsl-model", 1
-
-
-class ModelFileError(Exception):
-    """A model file that cannot be read; the message says why."""
+__all__ = ["ModelFileError", "load_model", "save_model"]
 
 
 def _structure(graph: CircuitGraph) -> dict[str, Any]:
@@ -48,6 +48,8 @@ def _structure(graph: CircuitGraph) -> dict[str, Any]:
             entry["blocks"] = n.blocks
         if n.tie:
             entry["tie"] = n.tie
+        if n.fixed:
+            entry["fixed"] = True
         nodes.append(entry)
     variables = [{"name": v.name, "domain": v.domain.kind, "size": v.domain.size} for v in graph.variables]
     return {"format": FORMAT, "version": VERSION, "circuit": graph.name, "variables": variables, "nodes": nodes}
@@ -67,25 +69,30 @@ def save_model(path: str | Path, graph: CircuitGraph, params: Parameters) -> Pat
     return path
 
 
-def load_model(path: str | Path) -> tuple[CircuitGraph, Parameters]:
-    """Read a model file back: the circuit graph and its parameters."""
+def load_model(path: str | Path, renormalise: bool = False) -> tuple[CircuitGraph, Parameters]:
+    """Read a model file back: the circuit graph and its parameters, every part checked first
+    (:mod:`pcdsl.io.checks`; a :class:`ModelFileError` says what is wrong and where).
+    `renormalise`: divide probability rows that do not add up to 1 by their sums (with a warning)
+    instead of refusing them."""
     from safetensors import SafetensorError
     from safetensors.numpy import load
 
+    raw = checks.read_bytes(path)
+    meta = checks.metadata(raw, path)
+    expected = checks.expected_tensors(meta, path)  # sizes capped before anything is allocated
     try:
-        raw = Path(path).read_bytes()
         tensors = load(raw)
-        meta = json.loads(_metadata(raw)["pcdsl"])
-    except (OSError, SafetensorError, KeyError, ValueError) as exc:
-        raise ModelFileError(f"'{path}' is not a pcdsl model file: {exc}") from None
-    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        raise ModelFileError(f"'{path}': unsupported format {meta.get('format')} version {meta.get('version')}")
-    return _graph(meta), _params(tensors)
-
-
-def _metadata(raw: bytes) -> dict[str, str]:
-    header_len = int.from_bytes(raw[:8], "little")
-    return json.loads(raw[8:8 + header_len])["__metadata__"]  # type: ignore[no-any-return]
+    except (SafetensorError, ValueError, TypeError) as exc:
+        raise ModelFileError(f"{path}: not a pcdsl model file: {exc}") from None
+    checks.check_tensors(tensors, expected, checks.indicator_sizes(meta), path, renormalise)
+    graph = _graph(meta)
+    for n in meta["nodes"]:
+        if n.get("fixed"):
+            graph.fix(n["name"])
+    checks.check_structure(graph, path)
+    params = _params(tensors)
+    params.fixed = fixed_keys(graph)
+    return graph, params
 
 
 def _graph(meta: dict[str, Any]) -> CircuitGraph:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import networkx as nx
 import numpy as np
@@ -77,6 +77,7 @@ class Node:
     # runs; output run b mixes only input run b of each child (K cluster-conditioned circuits
     # of one shape are one node group of K x h units with blocks = K, DESIGN.md §6)
     blocks: int = 1
+    fixed: bool = False  # `with fixed = true`: learning keeps this node's (or its tie group's) parameters
 
 
 class CircuitGraph:
@@ -110,6 +111,12 @@ class CircuitGraph:
         node = Node(name, NodeKind.SUM, num_units, children, self._union(children),
                     weights=weights, tie=tie, span=span, blocks=blocks)
         return self._add(node)
+
+    def fix(self, name: str) -> Node:
+        """Mark a node's parameters fixed: EM and SGD keep them (a tied sum: its whole group)."""
+        node = replace(self.node(name), fixed=True)
+        self._g.nodes[name]["node"] = node
+        return node
 
     def _union(self, children: tuple[str, ...]) -> int:
         scope = 0

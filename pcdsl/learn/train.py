@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from pcdsl.evaluate import evaluate
-from pcdsl.learn.em import add_flows, batches, em_update, full_batch_flows
+from pcdsl.learn.em import GaussianPrior, add_flows, batches, em_update, full_batch_flows
+from pcdsl.learn.gaussian import gaussian_prior, project, std_floors
 from pcdsl.learn.regularise import entropy_weights, reach, softened, unsoften
 from pcdsl.learn.sgd import Optimizer
 from pcdsl.params import Parameters
@@ -35,6 +36,8 @@ class Stage:
     optimizer: str = "adam"  # for "sgd" stages: "adam" | "sgd"
     soften: float = 0.0  # EM stages: data softening beta (pcdsl.learn.regularise)
     entropy: float = 0.0  # EM stages: entropy regularisation tau (pcdsl.learn.regularise)
+    min_std: float | None = None  # Gaussian std floor; None: RELATIVE_STD_FLOOR x the variable's data std
+    gaussian_pseudocount: float = 0.0  # EM stages: Gaussian prior strength (pcdsl.learn.gaussian)
     rows: int | None = None  # mini-batch stages: rows drawn afresh (seeded) for each epoch; None: all
 
     def epoch_rows(self, available: int) -> int:
@@ -89,6 +92,8 @@ class Trainer:
         self.learn: set[str] | None = None  # parameter groups to learn (None: all); others stay as they are
         # applied to the parameters after every update (progressive growing keeps pruned weights at 0)
         self.constrain: Callable[[Parameters], Parameters] | None = None
+        self.floors: dict[str, float] = {}
+        self.prior: GaussianPrior | None = None
 
     def run(self, stages: list[Stage], start_epoch: int = 0,
             position: tuple[int, int, int] | None = None) -> Parameters:
@@ -115,7 +120,11 @@ class Trainer:
     def _stage(self, index: int, stage: Stage, first_epoch: int, stale: int = 0) -> None:
         self._stage_index = index
         per_epoch = math.ceil(stage.epoch_rows(len(self.train)) / stage.batch_size) if stage.kind != "full_em" else 1
-        self.optimizer = Optimizer(self.params, stage.optimizer) if stage.kind == "sgd" else None
+        self.floors = std_floors(self.model.plan, self.train, stage.min_std)
+        self.prior = gaussian_prior(self.model.plan, self.train, stage.gaussian_pseudocount)
+        self.params = project(self.params, self.floors)  # EM is monotone from a start above the floor
+        self.model.set_parameters(self.params)
+        self.optimizer = Optimizer(self.params, stage.optimizer, min_std=self.floors) if stage.kind == "sgd" else None
         for epoch in range(first_epoch, stage.epochs):
             started = time.perf_counter()
             step, train_ll = self._epoch(stage, epoch, per_epoch)
@@ -177,7 +186,8 @@ class Trainer:
         weights = None
         if stage.entropy > 0:
             weights = entropy_weights(reach(self.model, self.train.shape[1]), stage.entropy, samples)
-        self.params = self._constrained(em_update(self.params, flows, step, stage.pseudocount, entropy=weights))
+        self.params = self._constrained(em_update(self.params, flows, step, stage.pseudocount, self.floors, weights,
+                                                  prior=self.prior))
         self.model.set_parameters(self.params)
 
     def _constrained(self, params: Parameters) -> Parameters:

@@ -19,7 +19,7 @@ from pcdsl.ir.graph import BOOL, REAL, CircuitGraph, Domain, Variable
 from pcdsl.syntax import ast
 from pcdsl.syntax.leaves import FAMILIES, check_domain, check_normalised, leaf_params
 from pcdsl.syntax.names import did_you_mean
-from pcdsl.syntax.signatures import MAX_UNITS, Param, Signature, bind, lookup, read_units
+from pcdsl.syntax.signatures import MAX_UNITS, Param, Signature, bind, lookup, read_bool, read_units
 from pcdsl.syntax.sources import DataSource
 from pcdsl.syntax.templates import IMAGE_TEMPLATES, TEMPLATES
 from pcdsl.syntax.values import Bad, Values
@@ -28,11 +28,12 @@ DOMAINS = ("bool", "categorical", "real")
 MAX_VARIABLES = 1 << 20
 MAX_CATEGORIES = 1 << 16
 
+_FIXED = Param("fixed", read_bool(), False, positional=False)  # learning keeps the written parameters
 _OPTIONS = {
-    "leaf": Signature("leaf options", (Param("units", read_units(), 1, positional=False),)),
+    "leaf": Signature("leaf options", (Param("units", read_units(), 1, positional=False), _FIXED)),
     "prod": Signature("product options", ()),
     "sum": Signature("sum options", (Param("units", read_units(), 1, positional=False),
-                                     Param("tie", None, None, positional=False))),
+                                     Param("tie", None, None, positional=False), _FIXED)),
 }
 
 DataResolver = Callable[[ast.Ref, Values], DataSource]
@@ -261,6 +262,20 @@ class _Elaborator:
             graph.add_product(decl.name.text, children, decl.pattern, decl.span)
         else:
             self._sum(graph, decl, options["units"], options["tie"])
+        if options.values.get("fixed") and not isinstance(decl, ast.ProdDecl):
+            self._fix(graph, decl, options.span_of("fixed"))
+
+    def _fix(self, graph: CircuitGraph, decl: ast.LeafDecl | ast.SumDecl, span: Span) -> None:
+        """Mark a node fixed; its parameters must be written (fixing random ones means nothing)."""
+        node = graph.node(decl.name.text)
+        given = node.weights is not None or (node.tie is not None and node.tie in graph
+                                              and graph.node(node.tie).weights is not None)
+        if node.kind.value == "input":
+            given = node.params is not None or node.family == "indicator"
+        if not given:
+            raise self.fail("E0313", f"'{decl.name.text}' is fixed, but the file does not give its parameters",
+                            span, help="write the parameters, or drop `fixed = true` to learn them")
+        graph.fix(node.name)
 
     def _leaf(self, graph: CircuitGraph, decl: ast.LeafDecl, units: int) -> None:
         sig = lookup(self.vals, decl.dist, FAMILIES, "leaf family")
@@ -323,15 +338,31 @@ class _Elaborator:
         if has_weights:
             raise self.fail("E0312", f"sum '{decl.name.text}' is tied to '{name}' and cannot have its own "
                             "weights", tie.span)
-        seen = {decl.name.text}
+        chain = [decl.name.text]
         while True:  # the group is named after the end of the tie chain
             nxt = next((kw.value for kw in other.options if kw.name.text == "tie"), None)
             ref = self.vals.deref(nxt) if nxt is not None else None
-            if not isinstance(ref, ast.Ref) or ref.parts[0].text in seen or ref.parts[0].text not in self.decls:
+            if not isinstance(ref, ast.Ref) or ref.parts[0].text not in self.decls:
                 return name
-            seen.add(name)
+            chain.append(name)
+            if ref.parts[0].text in chain:
+                raise self._tie_cycle(chain[chain.index(ref.parts[0].text):], decl.name.text, tie)
             name = ref.parts[0].text
             other = self.decls[name]  # type: ignore[assignment]
+
+    def _tie_cycle(self, cycle: list[str], sum_name: str, tie: ast.Value) -> Bad:
+        """A cycle of ties names no sum that owns the weights. Reported once, at the tie of its first
+        member in the file; the other members, and sums tied into the cycle, fail quietly."""
+        position = list(self.decls)
+        if cycle[0] != sum_name or sum_name != min(cycle, key=position.index):
+            return Bad()
+        notes = [Note(f"'{a}' is tied to '{b}'", next(kw.value.span for kw in self.decls[a].options
+                                                       if kw.name.text == "tie"))
+                 for a, b in zip(cycle[1:], cycle[2:] + cycle[:1], strict=True)]
+        return self.fail("E0213", f"the ties of sum '{cycle[0]}' go round in a cycle: "
+                         + " -> ".join([*cycle, cycle[0]]), tie.span, *notes,
+                         help="no sum in a cycle owns the shared weights: remove the `tie` of one of them "
+                              "(it then holds the group's weights)")
 
     # ---- templates ----------------------------------------------------------------------
     def _structure(self, graph: CircuitGraph, structures: list[ast.StructureDecl]) -> bool:

@@ -50,7 +50,10 @@ def _kw(name: str, read: object, default: object = None) -> Param:
 _SPLIT = Param("split", read_symbol(*SPLITS), "test")
 # EM regularisers (pcdsl.learn.regularise): data softening beta (the observed value keeps 1 - beta;
 # beyond 0.5 a binary value would count as its opposite) and the entropy weight tau
-_REGULARISERS = (_kw("soften", read_float(0.0, 0.5), 0.0), _kw("entropy", read_float(0.0), 0.0))
+_REGULARISERS = (_kw("soften", read_float(0.0, 0.5), 0.0), _kw("entropy", read_float(0.0), 0.0),
+                 # Gaussian leaves (pcdsl.learn.gaussian): the std floor (default: 1e-3 x the variable's data
+                 # std) and the prior's pseudo-observations
+                 _kw("min_std", read_float(0.0, strict=True), None), _kw("gaussian_pseudocount", read_float(0.0), 0.0))
 
 TABLES: dict[str, dict[str, Signature]] = {
     "data": SOURCES,
