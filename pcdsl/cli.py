@@ -436,14 +436,13 @@ def _train(args: argparse.Namespace) -> int:
     from pcdsl.params import initialise
 
     graph = _load_circuit(args)
+    initial = _initial(args, args.init, graph) if args.init is not None else None
     splits = {k: _data(args, p, graph) if p else None for k, p in (("train", args.data), ("valid", args.valid),
                                                                   ("test", args.test))}
     train_data = splits["train"]
     assert train_data is not None  # --data is required
-    if args.init is None:  # Gaussian leaves the file leaves out start from the data
-        params = from_data(graph, initialise(graph, args.seed), train_data, args.seed)
-    else:
-        params = _initial(args, args.init, graph)
+    # Gaussian leaves the file leaves out start from the data
+    params = initial if initial is not None else from_data(graph, initialise(graph, args.seed), train_data, args.seed)
     model = pcdsl.compile(graph, args.backend, params=params, device=args.device, dtype=args.dtype)
     regularise = {"soften": args.soften, "entropy": args.entropy, "min_std": args.min_std,
                   "gaussian_pseudocount": args.gaussian_pseudocount}
