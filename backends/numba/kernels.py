@@ -261,10 +261,8 @@ def _sum(b, op, sindex, weights, logw, e, mx, acc):  # type: ignore[no-untyped-d
             for j in range(4):
                 for t in range(t_size):
                     b[first + m + j, t] = flog(acc[j, t]) + mx[t]
-            for j in range(4):
-                for t in range(t_size):
-                    if acc[j, t] < small:
-                        b[first + m + j, t] = exact_sum(b, sindex, row, inputs, logw, w0 + j * inputs, t)
+            if _lost(acc, 4, small):
+                _repair(b, sindex, row, inputs, logw, w0, first + m, 4, acc, small)
             m += 4
         while m < units:
             acc[0, :] = 0.0
@@ -275,9 +273,29 @@ def _sum(b, op, sindex, weights, logw, e, mx, acc):  # type: ignore[no-untyped-d
                     acc[0, t] += a0 * e[c, t]
             for t in range(t_size):
                 b[first + m, t] = flog(acc[0, t]) + mx[t]
-                if acc[0, t] < small:
-                    b[first + m, t] = exact_sum(b, sindex, row, inputs, logw, w0, t)
+            if _lost(acc, 1, small):
+                _repair(b, sindex, row, inputs, logw, w0, first + m, 1, acc, small)
             m += 1
+
+
+@njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
+def _lost(acc, rows, small):  # type: ignore[no-untyped-def]
+    """How many of acc's first `rows` rows' entries lie below `small` (a count: the loop vectorises)."""
+    count = 0
+    for j in range(rows):
+        for t in range(acc.shape[1]):
+            count += acc[j, t] < small
+    return count
+
+
+@njit(fastmath=FAST, error_model="numpy", cache=True)
+def _repair(b, sindex, row, inputs, logw, w0, out, count, acc, small):  # type: ignore[no-untyped-def]
+    """Recompute, with their own shifts, the `count` units from slot `out` whose shifted sums in
+    acc fell below `small` (weights of unit j start at w0 + j * inputs)."""
+    for j in range(count):
+        for t in range(b.shape[1]):
+            if acc[j, t] < small:
+                b[out + j, t] = exact_sum(b, sindex, row, inputs, logw, w0 + j * inputs, t)
 
 
 @njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
@@ -370,12 +388,16 @@ def _sum_flows(b, fl, op, sindex, weights, logw, wflow, e, mx, r, z):  # type: i
         row = op[INDEX] + f * inputs
         _shifted(b, sindex, row, inputs, e, mx)
         first = start + f * units
+        far = 0
         for m in range(units):
             for t in range(t_size):
                 v = b[first + m, t]
-                r[m, t] = fl[first + m, t] * fexp(mx[t] - v) if v > -np.inf and v - mx[t] >= low else 0.0
+                near = v - mx[t] >= low  # False for v = -inf too
+                r[m, t] = fl[first + m, t] * fexp(mx[t] - v) if near else 0.0
+                far += (not near) and v > -np.inf
         w = op[WEIGHT] + f * units * inputs
-        _exact_flows(b, fl, sindex, logw, wflow, row, first, w, units, inputs, mx, low)
+        if far:
+            _exact_flows(b, fl, sindex, logw, wflow, row, first, w, units, inputs, mx, low)
         c = 0
         while c + 4 <= inputs:
             z[:, :] = 0.0
@@ -418,7 +440,7 @@ def _sum_flows(b, fl, op, sindex, weights, logw, wflow, e, mx, r, z):  # type: i
             c += 1
 
 
-@njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
+@njit(fastmath=FAST, error_model="numpy", cache=True)
 def _exact_flows(b, fl, sindex, logw, wflow, row, first, w, units, inputs, mx, low):  # type: ignore[no-untyped-def]
     """Edge flows flow_m W[m, c] exp(x_c - value_m) (each at most flow_m) of the units whose value
     lies more than -low below the column's shift mx."""

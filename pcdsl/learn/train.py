@@ -122,8 +122,10 @@ class Trainer:
         per_epoch = math.ceil(stage.epoch_rows(len(self.train)) / stage.batch_size) if stage.kind != "full_em" else 1
         self.floors = std_floors(self.model.plan, self.train, stage.min_std)
         self.prior = gaussian_prior(self.model.plan, self.train, stage.gaussian_pseudocount)
-        self.params = project(self.params, self.floors)  # EM is monotone from a start above the floor
-        self.model.set_parameters(self.params)
+        projected = project(self.params, self.floors)  # EM is monotone from a start above the floor
+        if projected is not self.params:
+            self.params = projected
+            self.model.set_parameters(self.params)
         self.optimizer = Optimizer(self.params, stage.optimizer, min_std=self.floors) if stage.kind == "sgd" else None
         for epoch in range(first_epoch, stage.epochs):
             started = time.perf_counter()
