@@ -119,17 +119,6 @@ def patchify(x: Any, geo: Geometry) -> Any:
     return x.reshape(n, c, rows, ph, cols, pw).permute(0, 2, 4, 1, 3, 5).reshape(n, rows * cols, c * ph * pw)
 
 
-def to_grid(tokens: Any, geo: Geometry) -> Any:
-    """(N, P, d) -> (N, d, rows, cols), for convolutions over the patch grid."""
-    rows, cols = geo.grid
-    return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], rows, cols)
-
-
-def from_grid(grid: Any) -> Any:
-    """(N, d, rows, cols) -> (N, P, d)."""
-    return grid.flatten(2).transpose(1, 2)
-
-
 def neighbourhood_mask(geo: Geometry, radius: int = 1) -> np.ndarray:
     """Boolean (P, P): entry (i, j) is true when patch j lies in the (2r+1)^2 window around patch i."""
     rows, cols = geo.grid
