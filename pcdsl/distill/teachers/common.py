@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -133,6 +134,50 @@ def batches(n: int, size: int, generator: Any = None) -> Iterator[Any]:
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     for start in range(0, n, size):
         yield order[start:start + size]
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """torch's global RNG seeded inside the block and restored after it (the caller's stays as it was)."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def check_fit_inputs(images: np.ndarray, valid: np.ndarray | None,
+                     geo: Geometry) -> tuple[np.ndarray, np.ndarray | None]:
+    """The training images checked, and the validation images checked or None when absent or empty."""
+    images = check_images(images, geo)
+    return images, None if valid is None or len(valid) == 0 else check_images(valid, geo, "validation images")
+
+
+def optimise(opt: Any, loss: Any) -> float:
+    """One optimiser step on `loss`; its value."""
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
+
+
+def run_epochs(n: int, epochs: int, batch: int, opt: Any, lr: float, gen: Any, step: Callable[[Any], float],
+               desc: str, progress: bool) -> Iterator[tuple[int, float]]:
+    """Train for `epochs` over `n` rows in shuffled batches: `step(indices)` takes one optimiser step
+    and returns the batch's loss; the learning rate follows :func:`cosine_lr`. Yields (epoch, mean
+    loss) after each epoch, for the caller's message."""
+    per_epoch = math.ceil(n / batch)
+    done = 0
+    for epoch in range(epochs):
+        total = 0.0
+        with progress_bar(per_epoch, f"{desc} {epoch + 1}/{epochs}", progress) as bar:
+            for idx in batches(n, batch, gen):
+                for group in opt.param_groups:
+                    group["lr"] = cosine_lr(done, epochs * per_epoch, lr)
+                total += step(idx) * len(idx)
+                done += 1
+                bar.update(1)
+        yield epoch, total / n
 
 
 def cosine_lr(step: int, total: int, base: float, warmup: int = 50) -> float:

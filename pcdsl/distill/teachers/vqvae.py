@@ -35,12 +35,13 @@ from pcdsl.distill.teachers.common import (
     Geometry,
     Log,
     TeacherError,
-    batches,
+    check_fit_inputs,
     check_images,
-    cosine_lr,
     load_numpy_state,
+    optimise,
     patchify,
-    progress_bar,
+    run_epochs,
+    seeded,
     to_numpy_state,
     to_unit,
 )
@@ -187,8 +188,7 @@ class VQVAETeacher:
     def __init__(self, geo: Geometry, options: VQVAEOptions) -> None:
         self.geo, self.o = geo, options
         self.config = {"options": asdict(options)}
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(options.seed)
+        with seeded(options.seed):
             self.net = VQVAENet(geo, options)
             self.prior = Prior(options.codes, geo.patches, options)
         self.levels = torch.tensor([v for v in geo.levels for _ in range(geo.patch[0] * geo.patch[1])])
@@ -197,11 +197,9 @@ class VQVAETeacher:
     # -- training -------------------------------------------------------------------------------
 
     def fit(self, images: np.ndarray, valid: np.ndarray | None, *, progress: bool = True, log: Log = print) -> None:
-        images = check_images(images, self.geo)
-        valid = None if valid is None or len(valid) == 0 else check_images(valid, self.geo, "validation images")
+        images, valid = check_fit_inputs(images, valid, self.geo)
         gen = torch.Generator().manual_seed(self.o.seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.o.seed)
+        with seeded(self.o.seed):
             start = time.perf_counter()
             self._fit_vqvae(images, valid, gen, progress, log)
             codes = self.codes(images)
@@ -217,30 +215,26 @@ class VQVAETeacher:
                    log: Log) -> None:
         net, o = self.net, self.o
         opt = torch.optim.Adam(net.parameters(), lr=o.lr)
-        per_epoch = math.ceil(len(images) / o.batch)
-        step = 0
         self._wins, self._steps = torch.zeros(o.codes, dtype=torch.int64), 0
+        restarts, used = 0, torch.zeros(o.codes, dtype=torch.bool)
+
+        def step(idx: torch.Tensor) -> float:
+            nonlocal restarts
+            loss, z, codes = self._vq_loss(images[idx.numpy()], gen)
+            value = optimise(opt, loss)
+            restarts += self._restart_dead(z.detach(), codes, gen)
+            used[codes.flatten()] = True
+            return value
+
         net.train()
-        for epoch in range(o.epochs):
-            total, restarts, used = 0.0, 0, torch.zeros(o.codes, dtype=torch.bool)
-            with progress_bar(per_epoch, f"vqvae {epoch + 1}/{o.epochs}", progress) as bar:
-                for idx in batches(len(images), o.batch, gen):
-                    for group in opt.param_groups:
-                        group["lr"] = cosine_lr(step, o.epochs * per_epoch, o.lr)
-                    nll, z, codes = self._vq_loss(images[idx.numpy()], gen)
-                    opt.zero_grad()
-                    nll.backward()
-                    opt.step()
-                    restarts += self._restart_dead(z.detach(), codes, gen)
-                    used[codes.flatten()] = True
-                    total += float(nll.detach()) * len(idx)
-                    step += 1
-                    bar.update(1)
-            msg = (f"vqvae epoch {epoch + 1}/{o.epochs}: loss {total / len(images):.4f}, "
+        for epoch, loss in run_epochs(len(images), o.epochs, o.batch, opt, o.lr, gen, step, "vqvae", progress):
+            msg = (f"vqvae epoch {epoch + 1}/{o.epochs}: loss {loss:.4f}, "
                    f"{int(used.sum())}/{o.codes} codes used, {restarts} restarted")
             if valid is not None:
                 msg += f", validation reconstruction bits/dim {self._recon_bpd(valid):.4f}"
             log(msg)
+            restarts = 0
+            used.zero_()
         net.eval()
 
     def _vq_loss(self, chunk: np.ndarray, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -299,23 +293,14 @@ class VQVAETeacher:
                    log: Log) -> None:
         o, prior = self.o, self.prior
         opt = torch.optim.AdamW(prior.parameters(), lr=o.prior_lr, weight_decay=0.01)
-        per_epoch = math.ceil(len(codes) / o.batch)
-        step = 0
+
+        def step(idx: torch.Tensor) -> float:
+            return optimise(opt, -prior.loglik(codes[idx]).mean())
+
         prior.train()
-        for epoch in range(o.prior_epochs):
-            total = 0.0
-            with progress_bar(per_epoch, f"vqvae prior {epoch + 1}/{o.prior_epochs}", progress) as bar:
-                for idx in batches(len(codes), o.batch, gen):
-                    for group in opt.param_groups:
-                        group["lr"] = cosine_lr(step, o.prior_epochs * per_epoch, o.prior_lr)
-                    loss = -prior.loglik(codes[idx]).mean()
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-                    total += float(loss.detach()) * len(idx)
-                    step += 1
-                    bar.update(1)
-            msg = f"vqvae prior epoch {epoch + 1}/{o.prior_epochs}: {total / len(codes) / math.log(2):.3f} bits/image"
+        for epoch, loss in run_epochs(len(codes), o.prior_epochs, o.batch, opt, o.prior_lr, gen, step, "vqvae prior",
+                                      progress):
+            msg = f"vqvae prior epoch {epoch + 1}/{o.prior_epochs}: {loss / math.log(2):.3f} bits/image"
             if valid is not None:
                 msg += f", validation {self._prior_bits(valid):.3f} bits/image"
             log(msg)
