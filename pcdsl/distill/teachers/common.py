@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -194,6 +194,38 @@ def progress_bar(total: int, desc: str, progress: bool) -> Any:
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="batch", leave=False, disable=not progress)
+
+
+class TrainedTeacher:
+    """What the trained teachers share: options, configuration, a fitted flag, and a state made of
+    their torch modules' tensors (each module's under its own prefix)."""
+
+    name = ""
+
+    def __init__(self, geo: Geometry, options: Any) -> None:
+        self.geo, self.o = geo, options
+        self.config: dict[str, Any] = {"options": asdict(options)}
+        self.fitted = False
+
+    def modules(self) -> dict[str, Any]:
+        """prefix -> torch module, everything that :meth:`state` saves."""
+        raise NotImplementedError
+
+    def require_fit(self) -> None:
+        if not self.fitted:
+            raise TeacherError(f"the {self.name} teacher is not trained: call fit() or load a saved teacher first")
+
+    def state(self) -> dict[str, np.ndarray]:
+        out = {"fitted": np.array([int(self.fitted)], dtype=np.int64)}
+        for prefix, module in self.modules().items():
+            out.update(to_numpy_state(module, prefix))
+        return out
+
+    def load_state(self, tensors: dict[str, np.ndarray]) -> None:
+        for prefix, module in self.modules().items():
+            load_numpy_state(module, tensors, prefix)
+            module.eval()
+        self.fitted = bool(np.asarray(tensors.get("fitted", [0])).reshape(-1)[0])
 
 
 def to_numpy_state(module: Any, prefix: str) -> dict[str, np.ndarray]:

@@ -13,7 +13,7 @@ the hidden patches (mean squared error in [-1, 1] units, hidden patches only, as
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -23,15 +23,14 @@ from pcdsl.distill.teachers.common import (
     Geometry,
     Log,
     TeacherError,
+    TrainedTeacher,
     check_fit_inputs,
     check_images,
-    load_numpy_state,
     neighbourhood_mask,
     optimise,
     patchify,
     run_epochs,
     seeded,
-    to_numpy_state,
     to_unit,
 )
 from pcdsl.distill.teachers.layers import Block
@@ -101,17 +100,19 @@ class MAENet(nn.Module):
         return self.head(self.decoder_norm(h))  # type: ignore[no-any-return]
 
 
-class MAETeacher:
+class MAETeacher(TrainedTeacher):
     """See the module docstring."""
 
     name = "mae"
+    o: MAEOptions
 
     def __init__(self, geo: Geometry, options: MAEOptions) -> None:
-        self.geo, self.o = geo, options
-        self.config = {"options": asdict(options)}
+        super().__init__(geo, options)
         with seeded(options.seed):
             self.net = MAENet(geo, options)
-        self.fitted = False
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"mae": self.net}
 
     def fit(self, images: np.ndarray, valid: np.ndarray | None, *, progress: bool = True, log: Log = print) -> None:
         images, valid = check_fit_inputs(images, valid, self.geo)
@@ -158,8 +159,7 @@ class MAETeacher:
 
     @torch.no_grad()
     def features(self, images: np.ndarray, batch: int = 512) -> np.ndarray:
-        if not self.fitted:
-            raise TeacherError("the mae teacher is not trained: call fit() or load a saved teacher first")
+        self.require_fit()
         images = check_images(images, self.geo)
         out = [self.net.encode(patchify(to_unit(images[s:s + batch], self.geo), self.geo)).numpy()
                for s in range(0, len(images), batch)]
@@ -167,11 +167,3 @@ class MAETeacher:
 
     def bpd(self, images: np.ndarray) -> None:
         return None  # an MAE has no likelihood
-
-    def state(self) -> dict[str, np.ndarray]:
-        return {**to_numpy_state(self.net, "mae"), "fitted": np.array([int(self.fitted)], dtype=np.int64)}
-
-    def load_state(self, tensors: dict[str, np.ndarray]) -> None:
-        load_numpy_state(self.net, tensors, "mae")
-        self.net.eval()
-        self.fitted = bool(np.asarray(tensors.get("fitted", [0])).reshape(-1)[0])

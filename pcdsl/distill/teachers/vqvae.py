@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -35,14 +35,13 @@ from pcdsl.distill.teachers.common import (
     Geometry,
     Log,
     TeacherError,
+    TrainedTeacher,
     check_fit_inputs,
     check_images,
-    load_numpy_state,
     optimise,
     patchify,
     run_epochs,
     seeded,
-    to_numpy_state,
     to_unit,
 )
 from pcdsl.distill.teachers.layers import Block, logistic_mixture_loglik
@@ -180,19 +179,21 @@ class Prior(nn.Module):
         return logp.gather(-1, z.unsqueeze(-1)).squeeze(-1).sum(1)
 
 
-class VQVAETeacher:
+class VQVAETeacher(TrainedTeacher):
     """See the module docstring."""
 
     name = "vqvae"
+    o: VQVAEOptions
 
     def __init__(self, geo: Geometry, options: VQVAEOptions) -> None:
-        self.geo, self.o = geo, options
-        self.config = {"options": asdict(options)}
+        super().__init__(geo, options)
         with seeded(options.seed):
             self.net = VQVAENet(geo, options)
             self.prior = Prior(options.codes, geo.patches, options)
         self.levels = torch.tensor([v for v in geo.levels for _ in range(geo.patch[0] * geo.patch[1])])
-        self.fitted = False
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"vqvae": self.net, "prior": self.prior}
 
     # -- training -------------------------------------------------------------------------------
 
@@ -317,7 +318,7 @@ class VQVAETeacher:
 
     @torch.no_grad()
     def features(self, images: np.ndarray, batch: int = 512) -> np.ndarray:
-        self._require_fit()
+        self.require_fit()
         images = check_images(images, self.geo)
         out = []
         for s in range(0, len(images), batch):
@@ -326,7 +327,7 @@ class VQVAETeacher:
         return np.concatenate(out).astype(np.float32, copy=False)
 
     def bpd(self, images: np.ndarray) -> float:
-        self._require_fit()
+        self.require_fit()
         return self._bpd(check_images(images, self.geo))
 
     @torch.no_grad()
@@ -355,20 +356,3 @@ class VQVAETeacher:
     def _prior_bits(self, codes: torch.Tensor, batch: int = 512) -> float:
         total = sum(float(self.prior.loglik(codes[s:s + batch]).double().sum()) for s in range(0, len(codes), batch))
         return -total / len(codes) / math.log(2)
-
-    def _require_fit(self) -> None:
-        if not self.fitted:
-            raise TeacherError("the vqvae teacher is not trained: call fit() or load a saved teacher first")
-
-    # -- state --------------------------------------------------------------------------------------
-
-    def state(self) -> dict[str, np.ndarray]:
-        return {**to_numpy_state(self.net, "vqvae"), **to_numpy_state(self.prior, "prior"),
-                "fitted": np.array([int(self.fitted)], dtype=np.int64)}
-
-    def load_state(self, tensors: dict[str, np.ndarray]) -> None:
-        load_numpy_state(self.net, tensors, "vqvae")
-        load_numpy_state(self.prior, tensors, "prior")
-        self.net.eval()
-        self.prior.eval()
-        self.fitted = bool(np.asarray(tensors.get("fitted", [0])).reshape(-1)[0])
