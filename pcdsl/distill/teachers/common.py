@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, fields
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -119,17 +120,6 @@ def patchify(x: Any, geo: Geometry) -> Any:
     return x.reshape(n, c, rows, ph, cols, pw).permute(0, 2, 4, 1, 3, 5).reshape(n, rows * cols, c * ph * pw)
 
 
-def to_grid(tokens: Any, geo: Geometry) -> Any:
-    """(N, P, d) -> (N, d, rows, cols), for convolutions over the patch grid."""
-    rows, cols = geo.grid
-    return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], rows, cols)
-
-
-def from_grid(grid: Any) -> Any:
-    """(N, d, rows, cols) -> (N, P, d)."""
-    return grid.flatten(2).transpose(1, 2)
-
-
 def neighbourhood_mask(geo: Geometry, radius: int = 1) -> np.ndarray:
     """Boolean (P, P): entry (i, j) is true when patch j lies in the (2r+1)^2 window around patch i."""
     rows, cols = geo.grid
@@ -146,6 +136,50 @@ def batches(n: int, size: int, generator: Any = None) -> Iterator[Any]:
         yield order[start:start + size]
 
 
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """torch's global RNG seeded inside the block and restored after it (the caller's stays as it was)."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def check_fit_inputs(images: np.ndarray, valid: np.ndarray | None,
+                     geo: Geometry) -> tuple[np.ndarray, np.ndarray | None]:
+    """The training images checked, and the validation images checked or None when absent or empty."""
+    images = check_images(images, geo)
+    return images, None if valid is None or len(valid) == 0 else check_images(valid, geo, "validation images")
+
+
+def optimise(opt: Any, loss: Any) -> float:
+    """One optimiser step on `loss`; its value."""
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
+
+
+def run_epochs(n: int, epochs: int, batch: int, opt: Any, lr: float, gen: Any, step: Callable[[Any], float],
+               desc: str, progress: bool) -> Iterator[tuple[int, float]]:
+    """Train for `epochs` over `n` rows in shuffled batches: `step(indices)` takes one optimiser step
+    and returns the batch's loss; the learning rate follows :func:`cosine_lr`. Yields (epoch, mean
+    loss) after each epoch, for the caller's message."""
+    per_epoch = math.ceil(n / batch)
+    done = 0
+    for epoch in range(epochs):
+        total = 0.0
+        with progress_bar(per_epoch, f"{desc} {epoch + 1}/{epochs}", progress) as bar:
+            for idx in batches(n, batch, gen):
+                for group in opt.param_groups:
+                    group["lr"] = cosine_lr(done, epochs * per_epoch, lr)
+                total += step(idx) * len(idx)
+                done += 1
+                bar.update(1)
+        yield epoch, total / n
+
+
 def cosine_lr(step: int, total: int, base: float, warmup: int = 50) -> float:
     """Linear warm-up (over at most a fifth of the run), then cosine decay to 5% of `base` (short
     runs converge better than at a flat rate)."""
@@ -160,6 +194,38 @@ def progress_bar(total: int, desc: str, progress: bool) -> Any:
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="batch", leave=False, disable=not progress)
+
+
+class TrainedTeacher:
+    """What the trained teachers share: options, configuration, a fitted flag, and a state made of
+    their torch modules' tensors (each module's under its own prefix)."""
+
+    name = ""
+
+    def __init__(self, geo: Geometry, options: Any) -> None:
+        self.geo, self.o = geo, options
+        self.config: dict[str, Any] = {"options": asdict(options)}
+        self.fitted = False
+
+    def modules(self) -> dict[str, Any]:
+        """prefix -> torch module, everything that :meth:`state` saves."""
+        raise NotImplementedError
+
+    def require_fit(self) -> None:
+        if not self.fitted:
+            raise TeacherError(f"the {self.name} teacher is not trained: call fit() or load a saved teacher first")
+
+    def state(self) -> dict[str, np.ndarray]:
+        out = {"fitted": np.array([int(self.fitted)], dtype=np.int64)}
+        for prefix, module in self.modules().items():
+            out.update(to_numpy_state(module, prefix))
+        return out
+
+    def load_state(self, tensors: dict[str, np.ndarray]) -> None:
+        for prefix, module in self.modules().items():
+            load_numpy_state(module, tensors, prefix)
+            module.eval()
+        self.fitted = bool(np.asarray(tensors.get("fitted", [0])).reshape(-1)[0])
 
 
 def to_numpy_state(module: Any, prefix: str) -> dict[str, np.ndarray]:

@@ -13,8 +13,7 @@ the hidden patches (mean squared error in [-1, 1] units, hidden patches only, as
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -24,14 +23,14 @@ from pcdsl.distill.teachers.common import (
     Geometry,
     Log,
     TeacherError,
-    batches,
+    TrainedTeacher,
+    check_fit_inputs,
     check_images,
-    cosine_lr,
-    load_numpy_state,
     neighbourhood_mask,
+    optimise,
     patchify,
-    progress_bar,
-    to_numpy_state,
+    run_epochs,
+    seeded,
     to_unit,
 )
 from pcdsl.distill.teachers.layers import Block
@@ -101,44 +100,33 @@ class MAENet(nn.Module):
         return self.head(self.decoder_norm(h))  # type: ignore[no-any-return]
 
 
-class MAETeacher:
+class MAETeacher(TrainedTeacher):
     """See the module docstring."""
 
     name = "mae"
+    o: MAEOptions
 
     def __init__(self, geo: Geometry, options: MAEOptions) -> None:
-        self.geo, self.o = geo, options
-        self.config = {"options": asdict(options)}
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(options.seed)
+        super().__init__(geo, options)
+        with seeded(options.seed):
             self.net = MAENet(geo, options)
-        self.fitted = False
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"mae": self.net}
 
     def fit(self, images: np.ndarray, valid: np.ndarray | None, *, progress: bool = True, log: Log = print) -> None:
-        images = check_images(images, self.geo)
-        valid = None if valid is None or len(valid) == 0 else check_images(valid, self.geo, "validation images")
+        images, valid = check_fit_inputs(images, valid, self.geo)
         o, net = self.o, self.net
         gen = torch.Generator().manual_seed(o.seed)
-        per_epoch = math.ceil(len(images) / o.batch)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(o.seed)
+        with seeded(o.seed):
             opt = torch.optim.AdamW(net.parameters(), lr=o.lr, weight_decay=0.05)
             net.train()
-            step = 0
-            for epoch in range(o.epochs):
-                total = 0.0
-                with progress_bar(per_epoch, f"mae {epoch + 1}/{o.epochs}", progress) as bar:
-                    for idx in batches(len(images), o.batch, gen):
-                        for group in opt.param_groups:
-                            group["lr"] = cosine_lr(step, o.epochs * per_epoch, o.lr)
-                        loss = self._loss(images[idx.numpy()], gen)
-                        opt.zero_grad()
-                        loss.backward()
-                        opt.step()
-                        total += float(loss.detach()) * len(idx)
-                        step += 1
-                        bar.update(1)
-                msg = f"mae epoch {epoch + 1}/{o.epochs}: hidden-patch mse {total / len(images):.4f}"
+
+            def step(idx: torch.Tensor) -> float:
+                return optimise(opt, self._loss(images[idx.numpy()], gen))
+
+            for epoch, loss in run_epochs(len(images), o.epochs, o.batch, opt, o.lr, gen, step, "mae", progress):
+                msg = f"mae epoch {epoch + 1}/{o.epochs}: hidden-patch mse {loss:.4f}"
                 if valid is not None:
                     msg += f", validation {self._valid_loss(valid):.4f}"
                 log(msg)
@@ -171,8 +159,7 @@ class MAETeacher:
 
     @torch.no_grad()
     def features(self, images: np.ndarray, batch: int = 512) -> np.ndarray:
-        if not self.fitted:
-            raise TeacherError("the mae teacher is not trained: call fit() or load a saved teacher first")
+        self.require_fit()
         images = check_images(images, self.geo)
         out = [self.net.encode(patchify(to_unit(images[s:s + batch], self.geo), self.geo)).numpy()
                for s in range(0, len(images), batch)]
@@ -180,11 +167,3 @@ class MAETeacher:
 
     def bpd(self, images: np.ndarray) -> None:
         return None  # an MAE has no likelihood
-
-    def state(self) -> dict[str, np.ndarray]:
-        return {**to_numpy_state(self.net, "mae"), "fitted": np.array([int(self.fitted)], dtype=np.int64)}
-
-    def load_state(self, tensors: dict[str, np.ndarray]) -> None:
-        load_numpy_state(self.net, tensors, "mae")
-        self.net.eval()
-        self.fitted = bool(np.asarray(tensors.get("fitted", [0])).reshape(-1)[0])

@@ -2,12 +2,13 @@
 
 Layout, all on the patch grid (a ph x pw patch is one grid cell holding C*ph*pw values):
 
-- encoder: 1x1 conv, a residual 3x3 conv (so a patch's vector sees its 8 neighbours), a residual
-  1x1 conv, 1x1 conv to `dim`;
+- encoder: a linear layer per patch, a residual 3x3 convolution over the grid (so a patch's vector
+  sees its 8 neighbours), a residual linear layer, a linear layer to `dim`;
 - vector quantisation with an EMA codebook, commitment loss, and dead codes restarted on random
   encoder outputs of the current batch;
-- decoder: 1x1 convs only (`patch_decoder = independent`: each patch decoded from its own code)
-  or a 3x3 first layer (`neighbourhood`), giving a mixture of discretised logistics per value;
+- decoder: per-patch linear layers only (`patch_decoder = independent`: each patch decoded from
+  its own code) or a 3x3 first layer (`neighbourhood`), giving a mixture of discretised logistics
+  per value;
 - prior: a causal transformer over the codes in raster order, trained after the VQ-VAE on the
   training images' codes.
 
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -34,15 +35,13 @@ from pcdsl.distill.teachers.common import (
     Geometry,
     Log,
     TeacherError,
-    batches,
+    TrainedTeacher,
+    check_fit_inputs,
     check_images,
-    cosine_lr,
-    from_grid,
-    load_numpy_state,
+    optimise,
     patchify,
-    progress_bar,
-    to_grid,
-    to_numpy_state,
+    run_epochs,
+    seeded,
     to_unit,
 )
 from pcdsl.distill.teachers.layers import Block, logistic_mixture_loglik
@@ -64,7 +63,7 @@ class VQVAEOptions:
     decay: float = 0.99  # EMA codebook
     batch: int = 128
     prior_epochs: int = 3
-    prior_dim: int = 96
+    prior_dim: int = 64
     prior_layers: int = 2
     prior_heads: int = 4
     prior_lr: float = 2e-3
@@ -94,7 +93,26 @@ class Residual(nn.Module):
         return x + self.inner(x)  # type: ignore[no-any-return]
 
 
+class Neighbours(nn.Module):
+    """(N, P, c) -> (N, P, 9c): each patch's vector beside its 8 neighbours' (zeros off the grid).
+    Followed by a linear layer this is a 3x3 convolution over the patch grid; as one matrix
+    product it is several times faster on a CPU than a convolution on a 7x7 map."""
+
+    def __init__(self, grid: tuple[int, int]) -> None:
+        super().__init__()
+        self.grid = grid
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, p, c = x.shape
+        rows, cols = self.grid
+        padded = F.pad(x.reshape(n, rows, cols, c), (0, 0, 1, 1, 1, 1))
+        shifted = [padded[:, dr:dr + rows, dc:dc + cols] for dr in range(3) for dc in range(3)]
+        return torch.cat(shifted, dim=-1).reshape(n, p, 9 * c)
+
+
 class VQVAENet(nn.Module):
+    """Encoder, codebook and decoder, on patch rows (N, P, values): linear layers act per patch."""
+
     codebook: torch.Tensor
     ema_count: torch.Tensor
     ema_sum: torch.Tensor
@@ -103,17 +121,18 @@ class VQVAENet(nn.Module):
         super().__init__()
         d, h = geo.patch_dims, o.hidden
         self.encoder = nn.Sequential(
-            nn.Conv2d(d, h, 1), Residual(nn.Sequential(nn.GELU(), nn.Conv2d(h, h, 3, padding=1))),
-            Residual(nn.Sequential(nn.GELU(), nn.Conv2d(h, h, 1))), nn.GELU(), nn.Conv2d(h, o.dim, 1))
-        first = nn.Conv2d(o.dim, h, 3, padding=1) if o.patch_decoder == "neighbourhood" else nn.Conv2d(o.dim, h, 1)
-        last = nn.Conv2d(h, d * 3 * o.mixtures, 1)
-        self.decoder = nn.Sequential(first, Residual(nn.Sequential(nn.GELU(), nn.Conv2d(h, h, 1))), nn.GELU(), last)
+            nn.Linear(d, h), Residual(nn.Sequential(nn.GELU(), Neighbours(geo.grid), nn.Linear(9 * h, h))),
+            Residual(nn.Sequential(nn.GELU(), nn.Linear(h, h))), nn.GELU(), nn.Linear(h, o.dim))
+        first: nn.Module = nn.Linear(o.dim, h)
+        if o.patch_decoder == "neighbourhood":
+            first = nn.Sequential(Neighbours(geo.grid), nn.Linear(9 * o.dim, h))
+        last = nn.Linear(h, d * 3 * o.mixtures)
+        self.decoder = nn.Sequential(first, Residual(nn.Sequential(nn.GELU(), nn.Linear(h, h))), nn.GELU(), last)
         with torch.no_grad():  # components start spread over the range and narrow (scale ~ range / 40)
-            bias = last.weight.new_zeros(d, 3, o.mixtures)
+            bias = last.bias.view(d, 3, o.mixtures)
+            bias.zero_()
             bias[:, 1] = torch.linspace(-0.8, 0.8, o.mixtures) if o.mixtures > 1 else 0.0
             bias[:, 2] = -3.0
-            assert last.bias is not None  # a Conv2d made with bias=True
-            last.bias.copy_(bias.flatten())
         self.register_buffer("codebook", torch.zeros(o.codes, o.dim))
         self.register_buffer("ema_count", torch.zeros(o.codes))
         self.register_buffer("ema_sum", torch.zeros(o.codes, o.dim))
@@ -121,7 +140,7 @@ class VQVAENet(nn.Module):
 
     def encode(self, x: torch.Tensor, geo: Geometry) -> torch.Tensor:
         """(N, C, H, W) in [-1, 1] -> pre-quantisation vectors (N, P, dim)."""
-        return from_grid(self.encoder(to_grid(patchify(x, geo), geo)))
+        return self.encoder(patchify(x, geo))  # type: ignore[no-any-return]
 
     def quantise(self, z: torch.Tensor) -> torch.Tensor:
         """Nearest code of every row of z (..., dim)."""
@@ -131,8 +150,8 @@ class VQVAENet(nn.Module):
 
     def decode(self, zq: torch.Tensor, geo: Geometry) -> torch.Tensor:
         """(N, P, dim) -> logistic-mixture parameters (N, P, C*ph*pw, 3, M)."""
-        out = from_grid(self.decoder(to_grid(zq, geo)))
-        return out.reshape(out.shape[0], out.shape[1], geo.patch_dims, 3, self.mixtures)
+        out = self.decoder(zq)
+        return out.reshape(out.shape[0], out.shape[1], geo.patch_dims, 3, self.mixtures)  # type: ignore[no-any-return]
 
 
 class Prior(nn.Module):
@@ -160,29 +179,28 @@ class Prior(nn.Module):
         return logp.gather(-1, z.unsqueeze(-1)).squeeze(-1).sum(1)
 
 
-class VQVAETeacher:
+class VQVAETeacher(TrainedTeacher):
     """See the module docstring."""
 
     name = "vqvae"
+    o: VQVAEOptions
 
     def __init__(self, geo: Geometry, options: VQVAEOptions) -> None:
-        self.geo, self.o = geo, options
-        self.config = {"options": asdict(options)}
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(options.seed)
+        super().__init__(geo, options)
+        with seeded(options.seed):
             self.net = VQVAENet(geo, options)
             self.prior = Prior(options.codes, geo.patches, options)
         self.levels = torch.tensor([v for v in geo.levels for _ in range(geo.patch[0] * geo.patch[1])])
-        self.fitted = False
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"vqvae": self.net, "prior": self.prior}
 
     # -- training -------------------------------------------------------------------------------
 
     def fit(self, images: np.ndarray, valid: np.ndarray | None, *, progress: bool = True, log: Log = print) -> None:
-        images = check_images(images, self.geo)
-        valid = None if valid is None or len(valid) == 0 else check_images(valid, self.geo, "validation images")
+        images, valid = check_fit_inputs(images, valid, self.geo)
         gen = torch.Generator().manual_seed(self.o.seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.o.seed)
+        with seeded(self.o.seed):
             start = time.perf_counter()
             self._fit_vqvae(images, valid, gen, progress, log)
             codes = self.codes(images)
@@ -198,30 +216,26 @@ class VQVAETeacher:
                    log: Log) -> None:
         net, o = self.net, self.o
         opt = torch.optim.Adam(net.parameters(), lr=o.lr)
-        per_epoch = math.ceil(len(images) / o.batch)
-        step = 0
         self._wins, self._steps = torch.zeros(o.codes, dtype=torch.int64), 0
+        restarts, used = 0, torch.zeros(o.codes, dtype=torch.bool)
+
+        def step(idx: torch.Tensor) -> float:
+            nonlocal restarts
+            loss, z, codes = self._vq_loss(images[idx.numpy()], gen)
+            value = optimise(opt, loss)
+            restarts += self._restart_dead(z.detach(), codes, gen)
+            used[codes.flatten()] = True
+            return value
+
         net.train()
-        for epoch in range(o.epochs):
-            total, restarts, used = 0.0, 0, torch.zeros(o.codes, dtype=torch.bool)
-            with progress_bar(per_epoch, f"vqvae {epoch + 1}/{o.epochs}", progress) as bar:
-                for idx in batches(len(images), o.batch, gen):
-                    for group in opt.param_groups:
-                        group["lr"] = cosine_lr(step, o.epochs * per_epoch, o.lr)
-                    nll, z, codes = self._vq_loss(images[idx.numpy()], gen)
-                    opt.zero_grad()
-                    nll.backward()
-                    opt.step()
-                    restarts += self._restart_dead(z.detach(), codes, gen)
-                    used[codes.flatten()] = True
-                    total += float(nll.detach()) * len(idx)
-                    step += 1
-                    bar.update(1)
-            msg = (f"vqvae epoch {epoch + 1}/{o.epochs}: loss {total / len(images):.4f}, "
+        for epoch, loss in run_epochs(len(images), o.epochs, o.batch, opt, o.lr, gen, step, "vqvae", progress):
+            msg = (f"vqvae epoch {epoch + 1}/{o.epochs}: loss {loss:.4f}, "
                    f"{int(used.sum())}/{o.codes} codes used, {restarts} restarted")
             if valid is not None:
                 msg += f", validation reconstruction bits/dim {self._recon_bpd(valid):.4f}"
             log(msg)
+            restarts = 0
+            used.zero_()
         net.eval()
 
     def _vq_loss(self, chunk: np.ndarray, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -280,23 +294,14 @@ class VQVAETeacher:
                    log: Log) -> None:
         o, prior = self.o, self.prior
         opt = torch.optim.AdamW(prior.parameters(), lr=o.prior_lr, weight_decay=0.01)
-        per_epoch = math.ceil(len(codes) / o.batch)
-        step = 0
+
+        def step(idx: torch.Tensor) -> float:
+            return optimise(opt, -prior.loglik(codes[idx]).mean())
+
         prior.train()
-        for epoch in range(o.prior_epochs):
-            total = 0.0
-            with progress_bar(per_epoch, f"vqvae prior {epoch + 1}/{o.prior_epochs}", progress) as bar:
-                for idx in batches(len(codes), o.batch, gen):
-                    for group in opt.param_groups:
-                        group["lr"] = cosine_lr(step, o.prior_epochs * per_epoch, o.prior_lr)
-                    loss = -prior.loglik(codes[idx]).mean()
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-                    total += float(loss.detach()) * len(idx)
-                    step += 1
-                    bar.update(1)
-            msg = f"vqvae prior epoch {epoch + 1}/{o.prior_epochs}: {total / len(codes) / math.log(2):.3f} bits/image"
+        for epoch, loss in run_epochs(len(codes), o.prior_epochs, o.batch, opt, o.prior_lr, gen, step, "vqvae prior",
+                                      progress):
+            msg = f"vqvae prior epoch {epoch + 1}/{o.prior_epochs}: {loss / math.log(2):.3f} bits/image"
             if valid is not None:
                 msg += f", validation {self._prior_bits(valid):.3f} bits/image"
             log(msg)
@@ -313,7 +318,7 @@ class VQVAETeacher:
 
     @torch.no_grad()
     def features(self, images: np.ndarray, batch: int = 512) -> np.ndarray:
-        self._require_fit()
+        self.require_fit()
         images = check_images(images, self.geo)
         out = []
         for s in range(0, len(images), batch):
@@ -322,7 +327,7 @@ class VQVAETeacher:
         return np.concatenate(out).astype(np.float32, copy=False)
 
     def bpd(self, images: np.ndarray) -> float:
-        self._require_fit()
+        self.require_fit()
         return self._bpd(check_images(images, self.geo))
 
     @torch.no_grad()
@@ -351,20 +356,3 @@ class VQVAETeacher:
     def _prior_bits(self, codes: torch.Tensor, batch: int = 512) -> float:
         total = sum(float(self.prior.loglik(codes[s:s + batch]).double().sum()) for s in range(0, len(codes), batch))
         return -total / len(codes) / math.log(2)
-
-    def _require_fit(self) -> None:
-        if not self.fitted:
-            raise TeacherError("the vqvae teacher is not trained: call fit() or load a saved teacher first")
-
-    # -- state --------------------------------------------------------------------------------------
-
-    def state(self) -> dict[str, np.ndarray]:
-        return {**to_numpy_state(self.net, "vqvae"), **to_numpy_state(self.prior, "prior"),
-                "fitted": np.array([int(self.fitted)], dtype=np.int64)}
-
-    def load_state(self, tensors: dict[str, np.ndarray]) -> None:
-        load_numpy_state(self.net, tensors, "vqvae")
-        load_numpy_state(self.prior, tensors, "prior")
-        self.net.eval()
-        self.prior.eval()
-        self.fitted = bool(np.asarray(tensors.get("fitted", [0])).reshape(-1)[0])
