@@ -75,6 +75,17 @@ def test_recipe_runs_end_to_end_with_each_teacher(tmp_path: Path, teacher: str) 
     assert abs(-np.mean(model.log_prob(test)) / (64 * np.log(2)) - report["test_bpd"]) < 1e-3
 
 
+def test_a_users_own_encoder_is_a_teacher(tmp_path: Path) -> None:
+    """`module("pkg.mod:factory", weights = "file")`: weights relative to the recipe's file."""
+    from safetensors.torch import save_file
+    from teacher_module_example import make_encoder
+
+    save_file(make_encoder().state_dict(), str(tmp_path / "encoder.safetensors"))
+    teacher = 'module("teacher_module_example:make_encoder", weights = "encoder.safetensors")'
+    report = _run(_recipe(tmp_path, teacher), tmp_path / "run")
+    assert 0 < report["test_bpd"] <= report["lvd_bound_test_bpd"] + 1e-9
+
+
 def test_progressive_growing_runs_end_to_end(tmp_path: Path) -> None:
     path = _recipe(tmp_path, latents="clusters = 2) | grow(to = 5, rounds = 2, workers = 1")
     report = _run(path, tmp_path / "run")

@@ -259,7 +259,7 @@ def _fingerprint(recipe: Distillation) -> list[tuple[str, int, int]]:
             continue  # no test files: the report says so
     weights = recipe.teacher[1].get("weights")
     if weights:
-        paths.append(Path(source.base_dir, str(weights)))
+        paths.append(Path(str(weights)))
     out = []
     for path in paths:
         stat = path.stat() if path.exists() else None

@@ -88,6 +88,9 @@ def read_distillation(spec: RecipeSpec, sources: dict[str, DataSource]) -> Disti
     teacher = first.get("teacher")
     teacher_kind = teacher.call.func.text if teacher is not None else "pixels"
     teacher_options = {k: v for k, v in (teacher.values if teacher else {}).items() if v is not None}
+    if teacher is not None and "weights" in teacher_options:  # paths are relative to the recipe's file
+        teacher_options["weights"] = os.path.join(os.path.dirname(teacher.call.span.file),
+                                                  os.path.expanduser(str(teacher_options["weights"])))
     latents = spec.entries.get("latents", [])
     kmeans = dict(latents[0].values) if latents else {"clusters": 64, "iterations": 50, "seed": 0}
     kmeans.pop("features", None)
