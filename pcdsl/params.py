@@ -92,7 +92,7 @@ def initialise(graph: CircuitGraph, seed: int = 0, perturbation: float = 0.5) ->
 
 def fixed_keys(graph: CircuitGraph) -> frozenset[str]:
     """The parameter keys of nodes marked fixed (a fixed tied sum fixes its whole group)."""
-    return frozenset(weight_group(n) if n.kind is NodeKind.SUM else n.name
+    return frozenset(weight_group(n) if n.kind is NodeKind.SUM else input_group(n)
                      for n in graph.nodes() if n.fixed and n.kind is not NodeKind.PRODUCT)
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from pcdsl.ir.graph import CircuitGraph, Node, NodeKind
 from pcdsl.learn.em import GaussianPrior
 from pcdsl.numerics import RELATIVE_STD_FLOOR
-from pcdsl.params import Parameters
+from pcdsl.params import Parameters, input_group
 from pcdsl.plan import InputLayer, LayeredPlan
 
 SUBSAMPLE = 10_000  # values per leaf that the k-means start looks at
@@ -30,8 +30,8 @@ KMEANS_STEPS = 10
 
 
 def leaf_key(node: Node) -> str:
-    """The key of a leaf's parameters in ``Parameters.inputs``."""
-    return node.name
+    """The key of a leaf's parameters in ``Parameters.inputs`` (a tied leaf's group)."""
+    return input_group(node)
 
 
 def leaf_variables(plan: LayeredPlan) -> dict[str, int]:
