@@ -125,7 +125,7 @@ def test_eval_bad_data_is_an_input_error(tmp_path: Path, capsys: pytest.CaptureF
     bad = tmp_path / "bad.csv"
     bad.write_text("0,1,5\n")
     assert main(["eval", str(EXAMPLES / "tiny.pc"), "--data", str(bad)]) == 1
-    assert "row 1, column 3 ('c'): 5 is not one of 0..2" in capsys.readouterr().err
+    assert f"'{bad}', row 1, column 3 ('c'): 5 is not one of 0..2" in capsys.readouterr().err
     assert main(["eval", str(EXAMPLES / "tiny.pc"), "--data", str(tmp_path / "none.csv")]) == 1
 
 

@@ -87,11 +87,11 @@ def project(params: Parameters, floors: Mapping[str, float]) -> Parameters:
     """The parameters with every (learned) Gaussian std raised to at least its floor (`params`
     itself when none is below)."""
     inputs = dict(params.inputs)
-    for key, floor in floors.items():
-        p = params.inputs.get(key)
-        if p is not None and "std" in p and key not in params.fixed and (p["std"] < floor).any():
-            inputs[key] = {**p, "std": np.maximum(p["std"], floor)}
-    return Parameters(inputs, params.weights, params.fixed) if inputs != params.inputs else params
+    low = [k for k, floor in floors.items() if k in inputs and "std" in inputs[k] and k not in params.fixed
+           and (inputs[k]["std"] < floor).any()]
+    for key in low:
+        inputs[key] = {**inputs[key], "std": np.maximum(inputs[key]["std"], floors[key])}
+    return Parameters(inputs, params.weights, params.fixed) if low else params
 
 
 def from_data(graph: CircuitGraph, params: Parameters, data: np.ndarray, seed: int = 0) -> Parameters:
