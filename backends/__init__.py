@@ -92,20 +92,21 @@ def group_rows(plan: LayeredPlan) -> dict[str, int]:
 
 
 def split_input_flows(layer: InputLayer, stats: dict[str, Any], plan: LayeredPlan, result: Flows) -> None:
-    """Hand each input node of the layer its rows of the layer's unit-major statistics
-    (categorical counts cut to the node's cardinality; indicators have no parameters)."""
-    offset = 0
-    for group, family, units in zip(layer.groups, layer.families, layer.node_units, strict=True):
-        rows = slice(offset, offset + units)
-        offset += units
+    """Hand each parameter group of the layer its rows of the layer's statistics, one row per
+    table row (tied leaves' statistics already summed; categorical counts cut to the group's
+    cardinality; indicators have no parameters)."""
+    width = layer.width
+    first, sizes = layer.table_nodes(), layer.table_cardinalities(plan.cardinalities)
+    for i, group in enumerate(layer.tables):
+        rows = slice(i * width, (i + 1) * width)
+        family = layer.families[first[i]]
         if family == "indicator":
             mine = {}
         elif layer.family == "categorical":
-            size = plan.cardinalities[int(layer.var[rows.start])]
-            mine = {"counts": stats["counts"][rows, :size]}
+            mine = {"counts": stats["counts"][rows, :sizes[i]]}
         else:
             mine = {k: v[rows] for k, v in stats.items()}
-        slot = result.inputs.setdefault(group, {})  # tied leaves add their statistics
+        slot = result.inputs.setdefault(group, {})
         for key, value in mine.items():
             slot[key] = slot[key] + value if key in slot else value
 

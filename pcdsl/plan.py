@@ -21,7 +21,7 @@ everything a layer reads was written by an earlier layer.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -34,18 +34,40 @@ FIRST_SLOT = 2
 
 @dataclass(frozen=True)
 class InputLayer:
+    """Leaves of one family and width. Parameters live in one table with a row per unit of each
+    parameter group (``tables``, in order); ``rows`` maps every unit to its row, so tied leaves
+    (e.g. one patch circuit shared by every patch position) read one table, never a copy each."""
+
     family: str  # "categorical" | "gaussian"
     start: int  # output slots [start, start + len(var))
     var: np.ndarray  # (U,) variable of each unit
     nodes: tuple[str, ...]
-    params: dict[str, np.ndarray]  # categorical: log_probs (U, K) padded with -inf; gaussian: mean, std
+    params: dict[str, np.ndarray]  # per table row: categorical log_probs (R, K) padded with -inf; gaussian mean, std
     families: tuple[str, ...] = ()  # each node's own family (bernoulli, indicator, ...)
     node_units: tuple[int, ...] = ()
     groups: tuple[str, ...] = ()  # each node's parameter group (tied leaves share one)
+    rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # (U,) table row of each unit
+    tables: tuple[str, ...] = ()  # the parameter groups of the table, each `width` rows, in row order
 
     @property
     def stop(self) -> int:
         return self.start + len(self.var)
+
+    @property
+    def width(self) -> int:
+        """Units per node (every node of a layer has as many)."""
+        return self.node_units[0] if self.node_units else 0
+
+    def table_nodes(self) -> list[int]:
+        """For each table, the index of the first node that reads it (its family and variable)."""
+        first: dict[str, int] = {}
+        for i, group in enumerate(self.groups):
+            first.setdefault(group, i)
+        return [first[g] for g in self.tables]
+
+    def table_cardinalities(self, cardinalities: tuple[int | None, ...]) -> list[int | None]:
+        """The cardinality of each table's variable (None for a real one)."""
+        return [cardinalities[int(self.var[i * self.width])] for i in self.table_nodes()]
 
 
 @dataclass(frozen=True)
@@ -197,31 +219,36 @@ def _product_rows(graph: CircuitGraph, node: Node, slots: dict[str, int]) -> lis
 def _input_layer(graph: CircuitGraph, params: Parameters, nodes: list[Node], start: int) -> InputLayer:
     var = np.concatenate([np.full(n.num_units, n.var, dtype=np.int64) for n in nodes])
     family = "gaussian" if nodes[0].family == "gaussian" else "categorical"
+    groups = tuple(input_group(n) for n in nodes)
+    tables = tuple(dict.fromkeys(groups))  # tied leaves share one table, in order of first use
+    width = nodes[0].num_units
+    table_of = {g: i for i, g in enumerate(tables)}
+    rows = np.concatenate([table_of[g] * width + np.arange(width, dtype=np.int64) for g in groups])
     layer = InputLayer(family, start, var, tuple(n.name for n in nodes), {},
-                       tuple(str(n.family) for n in nodes), tuple(n.num_units for n in nodes),
-                       tuple(input_group(n) for n in nodes))
+                       tuple(str(n.family) for n in nodes), tuple(n.num_units for n in nodes), groups, rows, tables)
     cards = tuple(v.domain.size for v in graph.variables)
     return replace(layer, params=input_block(layer, params, cards))
 
 
-def input_block(layer: InputLayer, params: Parameters, cardinalities: tuple[int | None, ...]) -> dict[str, np.ndarray]:
-    """An input layer's parameters, laid out unit by unit: categorical ``log_probs`` (U, K)
-    padded with log 0, or gaussian ``mean`` and ``std`` (U,)."""
+def input_block(layer: InputLayer, params: Parameters, cardinalities: tuple[int | None, ...],
+                tables: list[int] | None = None) -> dict[str, np.ndarray]:
+    """An input layer's parameter table, laid out row by row (``layer.rows`` maps units to rows):
+    categorical ``log_probs`` (R, K) padded with log 0, or gaussian ``mean`` and ``std`` (R,).
+    With `tables` (indices into ``layer.tables``), only those tables' rows, in that order."""
+    chosen = range(len(layer.tables)) if tables is None else tables
+    groups = [layer.tables[i] for i in chosen]
     if layer.family == "gaussian":
-        return {k: np.concatenate([params.inputs[g][k] for g in layer.groups]).astype(np.float64)
+        return {k: np.concatenate([params.inputs[g][k] for g in groups]).astype(np.float64)
                 for k in ("mean", "std")}
-    width = max(cardinalities[int(v)] or 0 for v in layer.var)
-    out = np.full((len(layer.var), width), -np.inf)  # padded values have probability 0
-    logs: dict[str, np.ndarray] = {}  # tied leaves share one table: take its log once
-    offset = 0
-    for group, family, units in zip(layer.groups, layer.families, layer.node_units, strict=True):
-        size = cardinalities[int(layer.var[offset])]
+    first, sizes = layer.table_nodes(), layer.table_cardinalities(cardinalities)
+    width = max(c or 0 for c in layer.table_cardinalities(cardinalities))
+    out = np.full((len(groups) * layer.width, width), -np.inf)  # padded values have probability 0
+    for at, i in enumerate(chosen):
+        size = sizes[i]
         assert size is not None
-        if group not in logs:
-            with np.errstate(divide="ignore"):
-                logs[group] = np.log(categorical_probs(family, params.inputs[group], size))
-        out[offset:offset + units, :size] = logs[group]
-        offset += units
+        probs = categorical_probs(layer.families[first[i]], params.inputs[layer.tables[i]], size)
+        with np.errstate(divide="ignore"):
+            out[at * layer.width:(at + 1) * layer.width, :size] = np.log(probs)
     return {"log_probs": out}
 
 

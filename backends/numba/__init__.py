@@ -45,8 +45,9 @@ def flatten(plan: LayeredPlan) -> dict[str, np.ndarray]:
                 continue
             table = layer.params["log_probs"]
             width = table.shape[1]
-            sizes = np.array([plan.cardinalities[int(v)] for v in layer.var])
-            cat.append(np.stack([slots, layer.var, lp_size + width * np.arange(len(slots)), sizes], axis=1))
+            sizes = np.array(plan.cardinalities, dtype=object)[layer.var].astype(np.int64)
+            # tied leaves read the same rows of lp: their units share an offset
+            cat.append(np.stack([slots, layer.var, lp_size + width * layer.rows, sizes], axis=1))
             lp_size += table.size
         elif isinstance(layer, ProductLayer):
             units, fan_in = layer.index.shape
@@ -75,9 +76,9 @@ def parameter_arrays(plan: LayeredPlan) -> dict[str, np.ndarray]:
     weights: list[np.ndarray] = []
     for layer in plan.layers:
         if isinstance(layer, InputLayer):
-            if layer.family == "gaussian":
-                gmean.append(layer.params["mean"])
-                gstd.append(layer.params["std"])
+            if layer.family == "gaussian":  # unit by unit (few units: a copy per tied leaf costs little)
+                gmean.append(layer.params["mean"][layer.rows])
+                gstd.append(layer.params["std"][layer.rows])
             else:
                 lp.append(layer.params["log_probs"].reshape(-1))
         elif isinstance(layer, SumLayer):
@@ -130,15 +131,17 @@ class NumbaModel(PlanModel):
                 w_at += f * m * c
                 add_weight_flows(layer, block, result, self.weight_rows)
             elif isinstance(layer, InputLayer) and layer.family == "categorical":
-                units, width = layer.params["log_probs"].shape
-                counts = raw["counts"][lp_at:lp_at + units * width].reshape(units, width)
-                lp_at += units * width
+                rows, width = layer.params["log_probs"].shape
+                counts = raw["counts"][lp_at:lp_at + rows * width].reshape(rows, width)
+                lp_at += rows * width
                 split_input_flows(layer, {"counts": counts}, self.plan, result)
             elif isinstance(layer, InputLayer):
                 stats = raw["gaussian"][g_at:g_at + len(layer.var)]
                 g_at += len(layer.var)
-                split_input_flows(layer, {"n": stats[:, 0], "dx": stats[:, 1], "dxx": stats[:, 2]}, self.plan,
-                                  result)
+                rows = len(layer.params["mean"])  # tied leaves' statistics add up in their rows
+                per_row = {key: np.bincount(layer.rows, weights=stats[:, i], minlength=rows)
+                           for i, key in enumerate(("n", "dx", "dxx"))}
+                split_input_flows(layer, per_row, self.plan, result)
         return result
 
 

@@ -36,8 +36,9 @@ def _serialised(query: _Query) -> _Query:
 
 
 ARRAYS = {
-    "cat": "(U, 4) int64: per categorical input unit its slot, variable, offset in lp, cardinality",
-    "lp": "(sum of U * width,) log-probabilities, one row per categorical unit (padded with -inf)",
+    "cat": "(U, 4) int64: per categorical input unit its slot, variable, offset in lp, cardinality "
+           "(tied units share an offset)",
+    "lp": "(sum of R * width,) log-probabilities, one row per parameter row (padded with -inf)",
     "gauss": "(G, 2) int64: per gaussian input unit its slot and variable",
     "gmean": "(G,) gaussian means (float64 whatever the dtype)",
     "gstd": "(G,) gaussian standard deviations (float64)",
@@ -73,6 +74,7 @@ class Circuit:
         self.widest = int(max(1, sums[:, kernels.C].max(initial=1)))
         self.most = int(max(1, sums[:, kernels.B].max(initial=1)))
         self.num_folds = int(sums[:, kernels.A].sum())
+        self.corder, self.crows, self.crow = _rows_of(self.cat)
         self.discrete = np.array([c is not None for c in self.cardinalities])
         self.limits = np.array([c if c is not None else 0 for c in self.cardinalities])
         self._buffers: dict[str, np.ndarray] = {}
@@ -88,13 +90,15 @@ class Circuit:
         self.weights = np.ascontiguousarray(params["weights"], dtype=self.dtype)
         with np.errstate(divide="ignore"):
             self.logw = np.log(self.weights)
-        self.lpmax = np.empty(len(self.cat), dtype=self.dtype)
-        self.lpbest = np.empty(len(self.cat), dtype=np.int64)
-        for size in np.unique(self.cat[:, 3]):  # units of one cardinality form a (units, size) grid
-            units = np.flatnonzero(self.cat[:, 3] == size)
-            rows = self.lp[self.cat[units, 2][:, None] + np.arange(size)]
-            self.lpmax[units] = rows.max(axis=1)
-            self.lpbest[units] = rows.argmax(axis=1)
+        first = self.cat[self.corder[self.crows[:-1]]]  # one unit of each row of lp
+        rowmax = np.empty(len(first), dtype=self.dtype)
+        rowbest = np.empty(len(first), dtype=np.int64)
+        for size in np.unique(first[:, 3]):  # rows of one cardinality form a (rows, size) grid
+            rows = np.flatnonzero(first[:, 3] == size)
+            values = self.lp[first[rows, 2][:, None] + np.arange(size)]
+            rowmax[rows] = values.max(axis=1)
+            rowbest[rows] = values.argmax(axis=1)
+        self.lpmax, self.lpbest = rowmax[self.crow], rowbest[self.crow]
 
     # ---- evidence ------------------------------------------------------------------------
     def _evidence(self, x: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
@@ -223,15 +227,31 @@ class Circuit:
         chunks = self._chunks(buf)
         wflow = np.zeros((chunks, len(self.weights)))
         counts = np.zeros(len(self.lp))
-        missing = np.zeros(len(self.cat))
+        missing = np.zeros(len(self.crows) - 1)
         g = np.zeros((len(self.gauss), 4))
-        kernels.flows(buf, flow, n, self.root, index, real, self.cat, self.gauss, self.gmean, self.ops, self.pindex,
-                      self.sindex, self.weights, self.logw, self.widest, self.most, wflow, counts, missing, g)
-        if missing.any():  # a missing value counts in expectation: probs * flow
-            for size in np.unique(self.cat[:, 3]):
-                units = np.flatnonzero((self.cat[:, 3] == size) & (missing != 0))
-                at = self.cat[units, 2][:, None] + np.arange(size)
-                counts[at] += missing[units, None] * np.exp(self.lp[at].astype(np.float64))
+        kernels.flows(buf, flow, n, self.root, index, real, self.cat, self.corder, self.crows, self.gauss, self.gmean,
+                      self.ops, self.pindex, self.sindex, self.weights, self.logw, self.widest, self.most, wflow, counts,
+                      missing, g)
+        if missing.any():  # a missing value counts in expectation: probs * flow (one row of lp each)
+            first = self.cat[self.corder[self.crows[:-1]]]
+            for size in np.unique(first[:, 3]):
+                rows = np.flatnonzero((first[:, 3] == size) & (missing != 0))
+                at = first[rows, 2][:, None] + np.arange(size)
+                counts[at] += missing[rows, None] * np.exp(self.lp[at].astype(np.float64))
         gaussian = np.stack([g[:, 0] + g[:, 3], g[:, 1], g[:, 2] + g[:, 3] * self.gstd**2], axis=1)
         return {"log_likelihood": float(self._root(buf, n).sum()), "weights": wflow.sum(axis=0),
                 "counts": counts, "gaussian": gaussian}
+
+
+def _rows_of(cat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rows of lp that categorical units read (tied units read one row): (order, starts,
+    row): the units sorted by row, where each row's units start in that order (R + 1,), and
+    each unit's row (U,)."""
+    order = np.argsort(cat[:, 2], kind="stable")
+    offsets = cat[order, 2]
+    new = np.ones(len(order), dtype=bool)
+    new[1:] = offsets[1:] != offsets[:-1]
+    starts = np.append(np.flatnonzero(new), len(order)).astype(np.int64)
+    row = np.empty(len(order), dtype=np.int64)
+    row[order] = np.cumsum(new) - 1
+    return order.astype(np.int64), starts, row

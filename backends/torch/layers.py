@@ -33,6 +33,11 @@ class Batch:
 
 
 class InputRule:
+    """Leaves of one family and width. Parameters are one table with a row per unit of each
+    parameter group; tied leaves read the same rows. Without ties the table is unit by unit
+    (one gather over a (nodes, width, K) grid); with them, the nodes that share a table are
+    gathered as extra batch columns of it (:class:`_Readers`), so no table is copied per node."""
+
     def __init__(self, layer: InputLayer, device: torch.device, dtype: torch.dtype):
         self.layer = layer
         self.start, self.stop = layer.start, layer.stop
@@ -40,63 +45,96 @@ class InputRule:
         # Gaussian parameters stay float64: x - mean must not cancel (docs/numerics.md)
         precise = torch.float64 if layer.family == "gaussian" else dtype
         self.params = {k: torch.as_tensor(v, device=device, dtype=precise) for k, v in layer.params.items()}
-        # every group of the layer has the same width (see the plan), so units form a grid
-        self.width = layer.node_units[0]
-        self.group_var = self.var[:: self.width].contiguous()  # (G,)
+        # every node of the layer has the same width (see the plan), so units form a grid
+        self.width = layer.width
+        self.group_var = self.var[:: self.width].contiguous()  # (N,): one variable per node
+        self.rows = torch.as_tensor(layer.rows, device=device)  # (U,) table row of each unit
+        self.readers = _readers(layer, device) if len(layer.tables) < len(layer.groups) else None
         if layer.family == "categorical":
             lp = self.params["log_probs"]
-            self.grid = lp.view(-1, self.width, lp.shape[1])  # (G, width, K)
+            self.grid = lp.view(-1, self.width, lp.shape[1])  # (tables, width, K)
+        self._per_unit()
+
+    def _per_unit(self) -> None:
+        """Gaussian parameters unit by unit (U,): a view of the table without ties."""
+        if self.layer.family == "gaussian":
+            self.mean, self.std = (self.params[k] if self.readers is None else self.params[k][self.rows]
+                                   for k in ("mean", "std"))
 
     def load(self, layer: InputLayer) -> None:
         """Take new parameter values (same layout), in place."""
         for k, v in layer.params.items():
             self.params[k].copy_(torch.as_tensor(v))
+        self._per_unit()
 
-    def values(self, batch: Batch, mode: str, out: torch.Tensor | None = None) -> torch.Tensor:
-        """(U, B) log-values of the layer's units (written into `out` when given)."""
-        missing = batch.missing[self.group_var]  # (G, B): one variable per group
+    def _unit_missing(self, batch: Batch) -> torch.Tensor | None:
+        """(U, B) missing mask of the units, or None when nothing they read is missing."""
+        missing = batch.missing[self.group_var]  # (N, B): one variable per node
+        return missing.repeat_interleave(self.width, dim=0) if bool(missing.any()) else None
+
+    def values(self, batch: Batch, mode: str, out: torch.Tensor) -> torch.Tensor:
+        """(U, B) log-values of the layer's units, written into `out`."""
         if self.layer.family == "categorical":
-            lp = self.params["log_probs"]  # (U, K)
-            index = batch.index[self.group_var][:, None, :].expand(-1, self.width, -1)  # (G, width, B)
-            grid_out = out.view(-1, self.width, out.shape[1]) if out is not None else None
-            observed = torch.gather(self.grid, 2, index, out=grid_out).view(lp.shape[0], -1)
+            lp = self.params["log_probs"]  # (R, K)
+            if self.readers is None:
+                index = batch.index[self.group_var][:, None, :].expand(-1, self.width, -1)  # (N, width, B)
+                torch.gather(self.grid, 2, index, out=out.view(-1, self.width, out.shape[1]))
+            else:
+                for readers in self.readers:
+                    out.index_copy_(0, readers.units, readers.gather(self.grid, batch).view(-1, out.shape[1]))
             free = lp.amax(dim=1) if mode == "max" else torch.zeros_like(lp[:, 0])
+            if self.readers is not None:
+                free = free[self.rows]
+            observed = out
         else:
-            mean, std = self.params["mean"][:, None], self.params["std"][:, None]
+            mean, std = self.mean[:, None], self.std[:, None]
             z = (batch.real[self.var] - mean) / std
             observed = -0.5 * z * z - torch.log(std) - LOG_SQRT_2PI
             free = (-torch.log(std) - LOG_SQRT_2PI)[:, 0] if mode == "max" else torch.zeros_like(mean[:, 0])
-        if bool(missing.any()):
-            unit_missing = missing.repeat_interleave(self.width, dim=0)
+        unit_missing = self._unit_missing(batch)
+        if unit_missing is not None:
             observed = torch.where(unit_missing, free[:, None].expand_as(observed), observed)
-        if out is not None and observed.data_ptr() != out.data_ptr():
+        if observed.data_ptr() != out.data_ptr():
             out.copy_(observed)
-        return observed
+        return out
 
     def forward(self, buf: torch.Tensor, batch: Batch, mode: str) -> None:
         self.values(batch, mode, out=buf[self.start:self.stop])
 
     def flows(self, buf: torch.Tensor, flow: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
+        """Statistics per table row (tied leaves' summed): categorical counts (R, K); gaussian
+        n, dx, dxx (R,)."""
         f = flow[self.start:self.stop]  # (U, B)
-        missing = batch.missing[self.var]
+        unit_missing = self._unit_missing(batch)
         if self.layer.family == "categorical":
             lp = self.params["log_probs"]
-            units, k = lp.shape
-            any_missing = bool(missing.any())
-            observed = f * ~missing if any_missing else f  # missing entries add to no category
-            index = batch.index[self.group_var][:, None, :].expand(-1, self.width, -1)  # (G, width, B)
-            counts = torch.zeros(units // self.width, self.width, k, dtype=f.dtype, device=f.device)
-            counts.scatter_add_(2, index, observed.reshape(-1, self.width, f.shape[1]))
-            counts = counts.view(units, k)
-            if any_missing:  # a missing value counts in expectation: probs * flow
-                counts += (f * missing).sum(dim=1)[:, None] * torch.exp(lp)
+            observed = f if unit_missing is None else f * ~unit_missing  # missing entries add to no category
+            counts = torch.zeros(self.grid.shape, dtype=f.dtype, device=f.device)  # (tables, width, K)
+            if self.readers is None:
+                index = batch.index[self.group_var][:, None, :].expand(-1, self.width, -1)  # (N, width, B)
+                counts.scatter_add_(2, index, observed.view(-1, self.width, f.shape[1]))
+            else:
+                for readers in self.readers:
+                    readers.count(counts, observed, batch)
+            counts = counts.view(lp.shape)
+            if unit_missing is not None:  # a missing value counts in expectation: probs * flow
+                counts += self._to_rows((f * unit_missing).sum(dim=1))[:, None] * torch.exp(lp)
             return {"counts": counts}
         # centred on the current mean, in float64: E[x^2] - mean^2 would cancel (docs/numerics.md)
-        mean, std = self.params["mean"][:, None], self.params["std"][:, None]
+        mean, std = self.mean[:, None], self.std[:, None]
         f = f.to(torch.float64)
+        missing = batch.missing[self.var]
         d = torch.where(missing, torch.zeros_like(f), batch.real[self.var] - mean)
         dd = torch.where(missing, (std * std).expand_as(f), d * d)  # a missing value: in expectation
-        return {"n": f.sum(dim=1), "dx": (f * d).sum(dim=1), "dxx": (f * dd).sum(dim=1)}
+        return {"n": self._to_rows(f.sum(dim=1)), "dx": self._to_rows((f * d).sum(dim=1)),
+                "dxx": self._to_rows((f * dd).sum(dim=1))}
+
+    def _to_rows(self, per_unit: torch.Tensor) -> torch.Tensor:
+        """Per-unit sums (U,) added up per table row (R,)."""
+        if self.readers is None:
+            return per_unit
+        rows = len(self.layer.tables) * self.width
+        return torch.zeros(rows, dtype=per_unit.dtype, device=per_unit.device).index_add_(0, self.rows, per_unit)
 
     def down(self, active: torch.Tensor, buf: torch.Tensor, batch: Batch, out: torch.Tensor, mode: str,
              gen: torch.Generator | None) -> None:
@@ -106,16 +144,65 @@ class InputRule:
         if rows.numel() == 0:
             return
         if self.layer.family == "categorical":
-            lp = self.params["log_probs"][units]  # (P, K)
+            lp = self.params["log_probs"][self.rows[units]]  # (P, K)
             if mode == "sample":
                 lp = lp + _gumbel(lp.shape, lp, gen)
             values = lp.argmax(dim=1).to(out.dtype)
         else:
-            values = self.params["mean"][units]
+            values = self.mean[units]
             if mode == "sample":
                 noise = torch.randn(values.shape, generator=gen, device=values.device, dtype=values.dtype)
-                values = values + self.params["std"][units] * noise
+                values = values + self.std[units] * noise
         out[rows, self.var[units]] = values.to(out.dtype)
+
+
+@dataclass
+class _Readers:
+    """Tables read by the same number P of nodes: gathered with those nodes' columns side by
+    side as (T, width, P * B), then put at the nodes' units."""
+
+    tables: torch.Tensor | None  # (T,) table indices; None: every table, in order
+    var: torch.Tensor  # (T, P) variable of each reading node
+    units: torch.Tensor  # (T * width * P,) the layer's unit of (table, unit, reader), in that order
+
+    def _index(self, batch: Batch, width: int) -> torch.Tensor:
+        t, p = self.var.shape
+        return batch.index[self.var.reshape(-1)].view(t, 1, -1).expand(-1, width, -1)  # (T, width, P * B)
+
+    def gather(self, grid: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """(T, width, P * B) log-values of the readers' units."""
+        mine = grid if self.tables is None else grid[self.tables]
+        return torch.gather(mine, 2, self._index(batch, grid.shape[1]))
+
+    def count(self, counts: torch.Tensor, observed: torch.Tensor, batch: Batch) -> None:
+        """Add the readers' observed flows (U, B) to their tables' counts (tables, width, K)."""
+        t, width, k = len(self.var), counts.shape[1], counts.shape[2]
+        flows = observed.index_select(0, self.units).view(t, width, -1)
+        index = self._index(batch, width)
+        if self.tables is None:
+            counts.scatter_add_(2, index, flows)
+        else:
+            mine = torch.zeros((t, width, k), dtype=counts.dtype, device=counts.device)
+            counts.index_add_(0, self.tables, mine.scatter_add_(2, index, flows))
+
+
+def _readers(layer: InputLayer, device: torch.device) -> list[_Readers]:
+    """The layer's tables bucketed by how many nodes read them."""
+    table_of = {g: i for i, g in enumerate(layer.tables)}
+    readers: list[list[int]] = [[] for _ in layer.tables]
+    for node, group in enumerate(layer.groups):
+        readers[table_of[group]].append(node)
+    width = layer.width
+    out = []
+    for count in sorted({len(r) for r in readers}):
+        tables = [i for i, r in enumerate(readers) if len(r) == count]
+        nodes = np.array([readers[i] for i in tables], dtype=np.int64)  # (T, P)
+        units = nodes[:, None, :] * width + np.arange(width)[None, :, None]  # (T, width, P)
+        every = tables == list(range(len(layer.tables)))
+        out.append(_Readers(None if every else torch.as_tensor(tables, device=device),
+                            torch.as_tensor(layer.var[nodes * width], device=device),
+                            torch.as_tensor(units.reshape(-1), device=device)))
+    return out
 
 
 class ProductRule:
