@@ -16,7 +16,7 @@ from pcdsl.backends import PlanModel, add_weight_flows, split_input_flows
 from pcdsl.plan import ONE, ZERO, LayeredPlan
 from pcdsl.reference import Flows
 
-from .layers import RULES, Batch, InputRule, SumRule
+from .layers import RULES, Batch, InputRule, Scratch, SumRule
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -34,7 +34,8 @@ class TorchModel(PlanModel):
     def __init__(self, plan: LayeredPlan, device: torch.device, dtype: torch.dtype):
         self.plan = plan
         self.device, self.dtype = device, dtype
-        self.rules = [RULES[type(layer)](layer, device, dtype) for layer in plan.layers]
+        self.scratch = Scratch()  # temporaries the rules share, kept between calls
+        self.rules = [RULES[type(layer)](layer, device, dtype, self.scratch) for layer in plan.layers]
         self._buffers: dict[str, torch.Tensor] = {}
         self.discrete = torch.tensor([c is not None for c in plan.cardinalities], device=device)
         big = torch.iinfo(torch.long).max  # real variables: no bound on the (unused) index

@@ -32,14 +32,32 @@ class Batch:
 # Buffers are slot-major, (slots, batch): gathering a slot copies one contiguous row.
 
 
+class Scratch:
+    """Temporaries kept between layers and calls, one flat buffer per name grown as needed: on
+    the CPU a fresh tensor of hundreds of MB costs more in page faults than the op that fills it.
+    A name's contents live until the next `get` of that name."""
+
+    def __init__(self) -> None:
+        self._flat: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        dtype = like.dtype if dtype is None else dtype
+        size = math.prod(shape)
+        flat = self._flat.get(name)
+        if flat is None or flat.numel() < size or flat.dtype != dtype or flat.device != like.device:
+            flat = self._flat[name] = torch.empty(size, dtype=dtype, device=like.device)
+        return flat[:size].view(shape)
+
+
 class InputRule:
     """Leaves of one family and width. Parameters are one table with a row per unit of each
     parameter group; tied leaves read the same rows. Without ties the table is unit by unit
     (one gather over a (nodes, width, K) grid); with them, the nodes that share a table are
     gathered as extra batch columns of it (:class:`_Readers`), so no table is copied per node."""
 
-    def __init__(self, layer: InputLayer, device: torch.device, dtype: torch.dtype):
+    def __init__(self, layer: InputLayer, device: torch.device, dtype: torch.dtype, scratch: Scratch | None = None):
         self.layer = layer
+        self.scratch = scratch if scratch is not None else Scratch()
         self.start, self.stop = layer.start, layer.stop
         self.var = torch.as_tensor(layer.var, device=device)
         # Gaussian parameters stay float64: x - mean must not cancel (docs/numerics.md)
@@ -81,7 +99,8 @@ class InputRule:
                 torch.gather(self.grid, 2, index, out=out.view(-1, self.width, out.shape[1]))
             else:
                 for readers in self.readers:
-                    out.index_copy_(0, readers.units, readers.gather(self.grid, batch).view(-1, out.shape[1]))
+                    values = readers.gather(self.grid, batch, self.scratch)
+                    out.index_copy_(0, readers.units, values.view(-1, out.shape[1]))
             free = lp.amax(dim=1) if mode == "max" else torch.zeros_like(lp[:, 0])
             if self.readers is not None:
                 free = free[self.rows]
@@ -115,7 +134,7 @@ class InputRule:
                 counts.scatter_add_(2, index, observed.view(-1, self.width, f.shape[1]))
             else:
                 for readers in self.readers:
-                    readers.count(counts, observed, batch)
+                    readers.count(counts, observed, batch, self.scratch)
             counts = counts.view(lp.shape)
             if unit_missing is not None:  # a missing value counts in expectation: probs * flow
                 counts += self._to_rows((f * unit_missing).sum(dim=1))[:, None] * torch.exp(lp)
@@ -169,15 +188,17 @@ class _Readers:
         t, p = self.var.shape
         return batch.index[self.var.reshape(-1)].view(t, 1, -1).expand(-1, width, -1)  # (T, width, P * B)
 
-    def gather(self, grid: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """(T, width, P * B) log-values of the readers' units."""
+    def gather(self, grid: torch.Tensor, batch: Batch, scratch: Scratch) -> torch.Tensor:
+        """(T, width, P * B) log-values of the readers' units (in `scratch`)."""
         mine = grid if self.tables is None else grid[self.tables]
-        return torch.gather(mine, 2, self._index(batch, grid.shape[1]))
+        index = self._index(batch, grid.shape[1])
+        return torch.gather(mine, 2, index, out=scratch.get("readers", tuple(index.shape), grid))
 
-    def count(self, counts: torch.Tensor, observed: torch.Tensor, batch: Batch) -> None:
+    def count(self, counts: torch.Tensor, observed: torch.Tensor, batch: Batch, scratch: Scratch) -> None:
         """Add the readers' observed flows (U, B) to their tables' counts (tables, width, K)."""
         t, width, k = len(self.var), counts.shape[1], counts.shape[2]
-        flows = observed.index_select(0, self.units).view(t, width, -1)
+        out = scratch.get("readers", (len(self.units), observed.shape[1]), observed)
+        flows = torch.index_select(observed, 0, self.units, out=out).view(t, width, -1)
         index = self._index(batch, width)
         if self.tables is None:
             counts.scatter_add_(2, index, flows)
@@ -206,10 +227,9 @@ def _readers(layer: InputLayer, device: torch.device) -> list[_Readers]:
 
 
 class ProductRule:
-    def __init__(self, layer: ProductLayer, device: torch.device, dtype: torch.dtype):
+    def __init__(self, layer: ProductLayer, device: torch.device, dtype: torch.dtype, scratch: Scratch | None = None):
         self.start, self.stop = layer.start, layer.stop
         self.columns = [_Gather(layer.index[:, k], device) for k in range(layer.index.shape[1])]
-        self.flat = torch.as_tensor(layer.index.reshape(-1), device=device)
         self.fan_in = layer.index.shape[1]
 
     def forward(self, buf: torch.Tensor, batch: Batch, mode: str) -> None:
@@ -226,7 +246,9 @@ class ProductRule:
         """Products have no parameters."""
 
     def _spread(self, target: torch.Tensor, parent: torch.Tensor) -> None:
-        target.index_add_(0, self.flat, parent.repeat_interleave(self.fan_in, dim=0))
+        """Add each unit's `parent` row to every child it reads, column by column."""
+        for column in self.columns:
+            column.add_to(target, parent)
 
     def flows(self, buf: torch.Tensor, flow: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
         self._spread(flow, flow[self.start:self.stop])
@@ -238,8 +260,9 @@ class ProductRule:
 
 
 class SumRule:
-    def __init__(self, layer: SumLayer, device: torch.device, dtype: torch.dtype):
+    def __init__(self, layer: SumLayer, device: torch.device, dtype: torch.dtype, scratch: Scratch | None = None):
         self.layer = layer
+        self.scratch = scratch if scratch is not None else Scratch()
         self.start, self.stop = layer.start, layer.stop
         self.index = torch.as_tensor(layer.index, device=device)
         self.flat = self.index.reshape(-1)
@@ -265,14 +288,14 @@ class SumRule:
     def _inputs(self, buf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs (F, C, B) (a view of `buf` where possible: do not write) and the shift of each
         column (F, 1, B): the largest input with a non-zero weight in the fold, finite."""
-        x = self.gather.read(buf).view(self.fold, self.inputs, -1)
+        x = self.gather.read(buf, self.scratch).view(self.fold, self.inputs, -1)
         live = x if self.dead is None else x.masked_fill(self.dead, -torch.inf)
         m = live.amax(dim=1, keepdim=True).clamp_min_(torch.finfo(x.dtype).min)  # all -inf: stays -inf, no NaN
         return x, m
 
     def _shifted(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        """exp(x - m), at most 1 (an input of a dead column may lie above the shift)."""
-        t = x - m
+        """exp(x - m), at most 1 (an input of a dead column may lie above the shift), in scratch."""
+        t = torch.sub(x, m, out=self.scratch.get("shifted", tuple(x.shape), x))
         return (t.clamp_max_(0.0) if self.dead is not None else t).exp_()
 
     def forward(self, buf: torch.Tensor, batch: Batch, mode: str) -> None:
@@ -307,18 +330,21 @@ class SumRule:
         value = buf[self.start:self.stop].view(self.fold, self.units, -1)
         f = flow[self.start:self.stop].view(self.fold, self.units, -1)
         # units far below their column's shift (the ones forward recomputed) go edge by edge
-        gap = m - value
-        far = gap > -self.log_guard  # also every unit of value -inf
-        # r: the parent's flow per unit of its value, scaled by exp(m)
-        r = torch.where(far, torch.zeros_like(f), f * gap.exp_())  # (F, M, B)
+        gap = torch.sub(m, value, out=self.scratch.get("ratio", tuple(value.shape), value))
+        far = torch.gt(gap, -self.log_guard, out=self.scratch.get("far", tuple(value.shape), value, torch.bool))
+        any_far = bool(far.any())  # also every unit of value -inf
+        # r: the parent's flow per unit of its value, scaled by exp(m); 0 for the far units
+        r = gap.exp_().mul_(f)  # (F, M, B)
+        if any_far:
+            r.masked_fill_(far, 0.0)
         e = self._shifted(x, m)  # (F, C, B)
-        child = e * torch.bmm(self.weights.transpose(1, 2), r)  # (F, C, B)
+        child = torch.bmm(self.weights.transpose(1, 2), r, out=self.scratch.get("child", tuple(e.shape), e)).mul_(e)
         weights = self.weights * torch.bmm(r, e.transpose(1, 2))  # (F, M, C)
-        if bool(far.any()):
+        if any_far:  # units far below their column's shift (the ones forward recomputed) go edge by edge
             at = (far & torch.isfinite(value) & (f != 0)).nonzero(as_tuple=True)
             if at[0].numel():
                 self._exact_flows(x, value, f, at, child, weights)
-        flow.index_add_(0, self.flat, child.view(self.fold * self.inputs, -1))
+        self.gather.add_to(flow, child.view(self.fold * self.inputs, -1))
         return {"weights": weights}
 
     def _exact_flows(self, x: torch.Tensor, value: torch.Tensor, f: torch.Tensor,
@@ -359,11 +385,24 @@ class _Gather:
         self.start = contiguous_start(index)
         self.count = index.size
         self.index = torch.as_tensor(index.reshape(-1), device=device)
+        self.limit = int(index.max()) + 1 if index.size else 0  # the rows lie below this one
 
-    def read(self, buf: torch.Tensor) -> torch.Tensor:
+    def read(self, buf: torch.Tensor, scratch: Scratch | None = None) -> torch.Tensor:
+        """The rows (a view, or a copy: into `scratch` when given)."""
         if self.start is not None:
             return buf[self.start:self.start + self.count]
-        return buf.index_select(0, self.index)
+        if scratch is None:
+            return buf.index_select(0, self.index)
+        out = scratch.get("gathered", (self.count, *buf.shape[1:]), buf)
+        return torch.index_select(buf, 0, self.index, out=out)
+
+    def add_to(self, target: torch.Tensor, rows: torch.Tensor) -> None:
+        """target[index] += rows, each repeated row adding its share (`rows` may be rows of
+        `target` above the indexed ones: a layer's flows going to the layers below it)."""
+        if self.start is not None:  # consecutive rows: no row repeats
+            target[self.start:self.start + self.count].add_(rows)
+        else:
+            target[:self.limit].index_add_(0, self.index, rows)
 
 
 def _gumbel(shape: torch.Size | tuple[int, ...], like: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
