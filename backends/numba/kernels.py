@@ -374,8 +374,14 @@ def _sum_flows(b, fl, op, sindex, weights, logw, wflow, e, mx, r, z):  # type: i
             for t in range(t_size):
                 v = b[first + m, t]
                 r[m, t] = fl[first + m, t] * fexp(mx[t] - v) if v > -np.inf and v - mx[t] >= low else 0.0
+        far = 0  # units with flow whose value lies far below the shift: rare, so counted first (a loop
+        for m in range(units):  # that vectorises) and sent edge by edge only when there are some
+            for t in range(t_size):
+                v = b[first + m, t]
+                far += 1 if v - mx[t] < low and v > -np.inf and fl[first + m, t] != 0.0 else 0
         w = op[WEIGHT] + f * units * inputs
-        _exact_flows(b, fl, sindex, logw, wflow, row, first, w, units, inputs, mx, low)
+        if far:
+            _exact_flows(b, fl, sindex, logw, wflow, row, first, w, units, inputs, mx, low)
         c = 0
         while c + 4 <= inputs:
             z[:, :] = 0.0
