@@ -13,7 +13,8 @@ For each backend, in its own process (peak RSS is per process), prints side by s
 - compile: ``compile_plan`` + lowering, seconds;
 - forward (``log_prob``) and ``flows`` of one batch (default 512 images), best of ``--repeat``;
 - ``set_parameters`` after an EM step that changed every parameter, and after one that changed
-  only the top level (soft-evidence EM), best of ``--repeat``;
+  only the top level (soft-evidence EM), best of ``--repeat``; ``em_update`` of one batch's flows
+  (the rest of an EM step, the same code for both backends);
 - peak RSS (VmHWM) of the process, MiB;
 - the 1-minute load average when the backend's run ended (the machine may be shared).
 
@@ -112,6 +113,7 @@ def measure(backend: str, clusters: int, hidden: int, top_hidden: int, batch: in
     """One backend's figures (run in a process of its own)."""
     from pcdsl.backends import lower
     from pcdsl.distill.compose import top_parameter_groups
+    from pcdsl.learn.em import em_update
     from pcdsl.plan import compile_plan
 
     started = time.perf_counter()
@@ -132,11 +134,13 @@ def measure(backend: str, clusters: int, hidden: int, top_hidden: int, batch: in
     set_all = _best(lambda: model.set_parameters(next(it)), repeat)
     it_top = iter(top)
     set_top = _best(lambda: model.set_parameters(next(it_top)), repeat)
+    flows_x = model.flows(x)
+    update = _best(lambda: em_update(params, flows_x, step=0.1, pseudocount=0.1), repeat)
     ll = float(np.mean(model.log_prob(x[:64])))
     return {"backend": backend, "clusters": clusters, "hidden": hidden, "top_hidden": top_hidden, "batch": batch,
             "dtype": dtype, "node_groups": len(graph), "edges": graph.num_edges(),
             "build_s": built, "compile_s": compiled, "forward_s": forward, "flows_s": flows,
-            "set_parameters_s": set_all, "set_top_s": set_top, "peak_rss_mib": peak_rss_mib(),
+            "set_parameters_s": set_all, "set_top_s": set_top, "em_update_s": update, "peak_rss_mib": peak_rss_mib(),
             "mean_ll_64": ll, "load_1min": os.getloadavg()[0]}
 
 
@@ -174,7 +178,8 @@ def main() -> None:
           f"batch {first['batch']}, {first['dtype']}, {os.cpu_count()} cores")
     rows = [("build graph (s)", "build_s"), ("compile (s)", "compile_s"), ("forward (s)", "forward_s"),
             ("flows (s)", "flows_s"), ("set_parameters, all (s)", "set_parameters_s"),
-            ("set_parameters, top only (s)", "set_top_s"), ("peak RSS (MiB)", "peak_rss_mib"),
+            ("set_parameters, top only (s)", "set_top_s"), ("em_update of those flows (s)", "em_update_s"),
+            ("peak RSS (MiB)", "peak_rss_mib"),
             ("mean log p, 64 images", "mean_ll_64"), ("load average (1 min)", "load_1min")]
     print("| | " + " | ".join(r["backend"] for r in records) + " |")
     print("|---|" + "---:|" * len(records))
