@@ -17,16 +17,19 @@ from pcdsl.plan import InputLayer, LayeredPlan, ProductLayer, SumLayer
 from pcdsl.reference import Flows
 
 from . import kernels
-from .runtime import Circuit
+from .runtime import BUFFER_VALUES, Circuit
 
 UNSUPPORTED: dict[str, str] = {}  # every construct of pcdsl.backends.CONSTRUCTS is lowered
 
 
-def lower(plan: LayeredPlan, device: str = "cpu", dtype: str = "float32", tile: int = 32) -> NumbaModel:
+def lower(plan: LayeredPlan, device: str = "cpu", dtype: str = "float32", tile: int = 32,
+          buffer_values: int = BUFFER_VALUES) -> NumbaModel:
+    """`buffer_values`: the most values (slots x samples) a log_prob or flows buffer holds; larger
+    batches run in pieces (see ``runtime.BUFFER_VALUES``)."""
     if str(device) != "cpu":
         raise ValueError(f"the numba backend runs on the CPU only (device 'cpu'), not {str(device)!r}; "
                          "use the torch backend for GPUs")
-    return NumbaModel(plan, str(dtype).removeprefix("torch."), tile)
+    return NumbaModel(plan, str(dtype).removeprefix("torch."), tile, buffer_values)
 
 
 def flatten(plan: LayeredPlan) -> dict[str, np.ndarray]:
@@ -95,10 +98,10 @@ class NumbaModel(PlanModel):
     """A compiled circuit on the numba kernels, with the query API of the torch backend.
     Data: (batch, variables) arrays; -1 or NaN marks a missing value. Results: numpy arrays."""
 
-    def __init__(self, plan: LayeredPlan, dtype: str = "float32", tile: int = 32):
+    def __init__(self, plan: LayeredPlan, dtype: str = "float32", tile: int = 32, buffer_values: int = BUFFER_VALUES):
         self.plan = plan
         self.circuit = Circuit(flatten(plan), plan.variables, plan.cardinalities, plan.root, plan.num_slots,
-                               dtype=dtype, tile=tile)
+                               dtype=dtype, tile=tile, buffer_values=buffer_values)
 
     def _load(self) -> None:
         self.circuit.set_arrays(parameter_arrays(self.plan))
