@@ -21,6 +21,7 @@ everything a layer reads was written by an earlier layer.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -201,9 +202,14 @@ def _layer(graph: CircuitGraph, params: Parameters, kind: str, nodes: list[Node]
 
 
 def fold_weights(layer: SumLayer, params: Parameters, units: int | None = None) -> np.ndarray:
-    """A sum layer's (F, M, C) weights, each fold's rows of its group's weights."""
+    """A sum layer's (F, M, C) weights, each fold's rows of its group's weights (one gather: tied
+    and block-diagonal sums make many folds of few groups)."""
     m = layer.shape[1] if units is None else units
-    return np.stack([params.weights[g][r:r + m] for g, r in zip(layer.groups, layer.rows, strict=True)])
+    names = {g: i for i, g in enumerate(dict.fromkeys(layer.groups))}
+    blocks = [np.asarray(params.weights[g], dtype=np.float64) for g in names]
+    offsets = np.cumsum([0] + [len(b) for b in blocks[:-1]])
+    first = offsets[[names[g] for g in layer.groups]] + np.asarray(layer.rows, dtype=np.int64)
+    return np.concatenate(blocks)[first[:, None] + np.arange(m)]
 
 
 def _product_rows(graph: CircuitGraph, node: Node, slots: dict[str, int]) -> list[list[int]]:
@@ -230,25 +236,20 @@ def _input_layer(graph: CircuitGraph, params: Parameters, nodes: list[Node], sta
     return replace(layer, params=input_block(layer, params, cards))
 
 
-def input_block(layer: InputLayer, params: Parameters, cardinalities: tuple[int | None, ...],
-                tables: list[int] | None = None) -> dict[str, np.ndarray]:
+def input_block(layer: InputLayer, params: Parameters, cardinalities: tuple[int | None, ...]) -> dict[str, np.ndarray]:
     """An input layer's parameter table, laid out row by row (``layer.rows`` maps units to rows):
-    categorical ``log_probs`` (R, K) padded with log 0, or gaussian ``mean`` and ``std`` (R,).
-    With `tables` (indices into ``layer.tables``), only those tables' rows, in that order."""
-    chosen = range(len(layer.tables)) if tables is None else tables
-    groups = [layer.tables[i] for i in chosen]
+    categorical ``log_probs`` (R, K) padded with log 0, or gaussian ``mean`` and ``std`` (R,)."""
     if layer.family == "gaussian":
-        return {k: np.concatenate([params.inputs[g][k] for g in groups]).astype(np.float64)
+        return {k: np.concatenate([params.inputs[g][k] for g in layer.tables]).astype(np.float64)
                 for k in ("mean", "std")}
     first, sizes = layer.table_nodes(), layer.table_cardinalities(cardinalities)
-    width = max(c or 0 for c in layer.table_cardinalities(cardinalities))
-    out = np.full((len(groups) * layer.width, width), -np.inf)  # padded values have probability 0
-    for at, i in enumerate(chosen):
+    out = np.full((len(layer.tables) * layer.width, max(c or 0 for c in sizes)), -np.inf)  # padding: probability 0
+    for i, group in enumerate(layer.tables):
         size = sizes[i]
         assert size is not None
-        probs = categorical_probs(layer.families[first[i]], params.inputs[layer.tables[i]], size)
+        probs = categorical_probs(layer.families[first[i]], params.inputs[group], size)
         with np.errstate(divide="ignore"):
-            out[at * layer.width:(at + 1) * layer.width, :size] = np.log(probs)
+            out[i * layer.width:(i + 1) * layer.width, :size] = np.log(probs)
     return {"log_probs": out}
 
 
@@ -261,11 +262,14 @@ def categorical_probs(family: str, p: dict[str, np.ndarray], size: int) -> np.nd
     return np.eye(size)[p["value"]]
 
 
-def with_parameters(plan: LayeredPlan, params: Parameters) -> LayeredPlan:
-    """The same plan with every parameter block taken from `params` (e.g. after an EM step)."""
+def with_parameters(plan: LayeredPlan, params: Parameters, layers_to_change: Collection[int] | None = None) -> LayeredPlan:
+    """The same plan with every parameter block (of the layers `layers_to_change`, by index, when
+    given) taken from `params` (e.g. after an EM step)."""
     layers: list[Layer] = []
-    for layer in plan.layers:
-        if isinstance(layer, InputLayer):
+    for i, layer in enumerate(plan.layers):
+        if layers_to_change is not None and i not in layers_to_change:
+            pass
+        elif isinstance(layer, InputLayer):
             layer = replace(layer, params=input_block(layer, params, plan.cardinalities))
         elif isinstance(layer, SumLayer):
             layer = replace(layer, weights=fold_weights(layer, params))

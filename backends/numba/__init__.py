@@ -8,6 +8,7 @@ parameters in and flows out per node group, as the torch backend gives them.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -103,8 +104,38 @@ class NumbaModel(PlanModel):
         self.circuit = Circuit(flatten(plan), plan.variables, plan.cardinalities, plan.root, plan.num_slots,
                                dtype=dtype, tile=tile, buffer_values=buffer_values)
 
-    def _load(self) -> None:
-        self.circuit.set_arrays(parameter_arrays(self.plan))
+    def _load(self, layers: list[int] | None) -> None:
+        if layers is None:
+            self.circuit.set_arrays(parameter_arrays(self.plan))
+            return
+        parts: dict[str, list[tuple[int, np.ndarray]]] = {"lp": [], "gmean": [], "gstd": [], "weights": []}
+        for i in layers:
+            layer, start = self.plan.layers[i], self.offsets[i]
+            if isinstance(layer, SumLayer):
+                parts["weights"].append((start, layer.weights.reshape(-1)))
+            elif isinstance(layer, InputLayer) and layer.family == "gaussian":
+                parts["gmean"].append((start, layer.params["mean"][layer.rows]))
+                parts["gstd"].append((start, layer.params["std"][layer.rows]))
+            elif isinstance(layer, InputLayer):
+                parts["lp"].append((start, layer.params["log_probs"].reshape(-1)))
+        self.circuit.set_slices(parts)
+
+    @functools.cached_property
+    def offsets(self) -> dict[int, int]:
+        """Where each layer's parameters start in the flat array that holds them (see ``flatten``)."""
+        out: dict[int, int] = {}
+        at = {"lp": 0, "gauss": 0, "weights": 0}
+        for i, layer in enumerate(self.plan.layers):
+            if isinstance(layer, SumLayer):
+                kind, size = "weights", layer.weights.size
+            elif isinstance(layer, InputLayer):
+                kind = "gauss" if layer.family == "gaussian" else "lp"
+                size = len(layer.var) if kind == "gauss" else layer.params["log_probs"].size
+            else:
+                continue
+            out[i] = at[kind]
+            at[kind] += size
+        return out
 
     def log_prob(self, x: Any) -> np.ndarray:
         """log p(x) per row; missing entries are marginalised."""

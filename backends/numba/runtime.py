@@ -95,6 +95,23 @@ class Circuit:
         self.weights = np.ascontiguousarray(params["weights"], dtype=self.dtype)
         with np.errstate(divide="ignore"):
             self.logw = np.log(self.weights)
+        self._lp_extremes()
+
+    @_serialised
+    def set_slices(self, parts: dict[str, list[tuple[int, np.ndarray]]]) -> None:
+        """Replace parts of the parameter arrays (``PARAMETERS``) in place: (offset, values) pieces."""
+        for name, pieces in parts.items():
+            array = getattr(self, name)
+            for start, values in pieces:
+                array[start:start + len(values)] = values
+                if name == "weights":
+                    with np.errstate(divide="ignore"):
+                        self.logw[start:start + len(values)] = np.log(array[start:start + len(values)])
+        if parts.get("lp"):
+            self._lp_extremes()
+
+    def _lp_extremes(self) -> None:
+        """lpmax and lpbest: each categorical unit's largest log-probability and its category."""
         first = self.cat[self.corder[self.crows[:-1]]]  # one unit of each row of lp
         rowmax = np.empty(len(first), dtype=self.dtype)
         rowbest = np.empty(len(first), dtype=np.int64)

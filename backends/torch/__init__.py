@@ -52,9 +52,9 @@ class TorchModel(PlanModel):
         big = torch.iinfo(torch.long).max  # real variables: no bound on the (unused) index
         self.limits = torch.tensor([c if c is not None else big for c in plan.cardinalities], device=device)
 
-    def _load(self) -> None:
-        for rule, layer in zip(self.rules, self.plan.layers, strict=True):
-            rule.load(layer)  # type: ignore[arg-type]
+    def _load(self, layers: list[int] | None) -> None:
+        for i in range(len(self.rules)) if layers is None else layers:
+            self.rules[i].load(self.plan.layers[i])  # type: ignore[arg-type]
 
     # ---- evidence ------------------------------------------------------------------------
     def _batch(self, x: Any) -> tuple[Batch, torch.Tensor]:
