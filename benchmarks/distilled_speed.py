@@ -10,7 +10,7 @@ tree learned from random assignments). Parameters are random (seeded), images ar
 
 For each backend, in its own process (peak RSS is per process), prints side by side:
 
-- compile: ``compile_plan`` + lowering, seconds;
+- compile: ``compile_plan`` + lowering, seconds (the backend module imported before);
 - forward (``log_prob``) and ``flows`` of one batch (default 512 images), best of ``--repeat``;
 - ``set_parameters`` after an EM step that changed every parameter, and after one that changed
   only the top level (soft-evidence EM), best of ``--repeat``; ``em_update`` of one batch's flows
@@ -24,6 +24,7 @@ For each backend, in its own process (peak RSS is per process), prints side by s
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import subprocess
@@ -116,6 +117,7 @@ def measure(backend: str, clusters: int, hidden: int, top_hidden: int, batch: in
     from pcdsl.learn.em import em_update
     from pcdsl.plan import compile_plan
 
+    importlib.import_module(f"pcdsl.backends.{backend}")  # importing torch or numba is not compiling
     started = time.perf_counter()
     graph, params = build(clusters, hidden, top_hidden)
     built = time.perf_counter() - started

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from pcdsl.ir.graph import CircuitGraph, Node, NodeKind
-from pcdsl.params import Parameters, block_inputs, input_group, weight_group
+from pcdsl.params import Parameters, input_group, weight_group
 
 ONE, ZERO = 0, 1  # the constant slots: log 1 and log 0
 FIRST_SLOT = 2
@@ -191,10 +191,9 @@ def _layer(graph: CircuitGraph, params: Parameters, kind: str, nodes: list[Node]
     if kind == "input":
         return _input_layer(graph, params, nodes, start)
     if kind == "product":
-        rows = [row for n in nodes for row in _product_rows(graph, n, slots)]
-        return ProductLayer(start, np.array(rows, dtype=np.int64), names)
+        return ProductLayer(start, np.concatenate([_product_rows(graph, n, slots) for n in nodes]), names)
     folds = [(n, b) for n in nodes for b in range(n.blocks)]  # node-major, as the slots are
-    index = np.array([[slots[c] + u for c, u in block_inputs(graph, n, b)] for n, b in folds], dtype=np.int64)
+    index = np.concatenate([_sum_inputs(graph, n, slots) for n in nodes])
     first_rows = tuple(b * (n.num_units // n.blocks) for n, b in folds)
     layer = SumLayer(start, index, np.empty((0, 0, 0)), tuple(n.name for n, _ in folds),
                      tuple(weight_group(n) for n, _ in folds), first_rows)
@@ -212,14 +211,23 @@ def fold_weights(layer: SumLayer, params: Parameters, units: int | None = None) 
     return np.concatenate(blocks)[first[:, None] + np.arange(m)]
 
 
-def _product_rows(graph: CircuitGraph, node: Node, slots: dict[str, int]) -> list[list[int]]:
+def _product_rows(graph: CircuitGraph, node: Node, slots: dict[str, int]) -> np.ndarray:
+    """(units, children) input slots of a product: unit u of each child (hadamard; a child of one
+    unit broadcasts), or every combination of child units (kronecker, row-major)."""
     sizes = [graph.node(c).num_units for c in node.children]
-    rows = []
-    for u in range(node.num_units):
-        units = [int(i) for i in np.unravel_index(u, sizes)] if node.pattern == "kronecker" else \
-            [u if s > 1 else 0 for s in sizes]
-        rows.append([slots[c] + i for c, i in zip(node.children, units, strict=True)])
-    return rows
+    u = np.arange(node.num_units)
+    units = np.unravel_index(u, sizes) if node.pattern == "kronecker" else \
+        [u if s > 1 else np.zeros_like(u) for s in sizes]
+    return np.stack([slots[c] + i for c, i in zip(node.children, units, strict=True)], axis=1).astype(np.int64)
+
+
+def _sum_inputs(graph: CircuitGraph, node: Node, slots: dict[str, int]) -> np.ndarray:
+    """(blocks, inputs) input slots of each block of a sum: the slots of
+    :func:`pcdsl.params.block_inputs`, block by block."""
+    blocks = node.blocks
+    runs = [graph.node(c).num_units // blocks for c in node.children]
+    return np.concatenate([slots[c] + run * np.arange(blocks)[:, None] + np.arange(run)[None, :]
+                           for c, run in zip(node.children, runs, strict=True)], axis=1).astype(np.int64)
 
 
 def _input_layer(graph: CircuitGraph, params: Parameters, nodes: list[Node], start: int) -> InputLayer:
