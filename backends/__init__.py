@@ -56,13 +56,61 @@ class PlanModel:
         """The number of weight rows of every sum group (the structure never changes)."""
         return group_rows(self.plan)
 
-    def set_parameters(self, params: Parameters) -> None:
-        """Replace every parameter (e.g. after an EM step); the structure stays."""
-        self.plan = with_parameters(self.plan, params)
-        self._load()
+    @functools.cached_property
+    def layer_groups(self) -> dict[int, frozenset[tuple[str, str]]]:
+        """The parameter groups each layer with parameters reads: ("inputs", group) or ("weights", group)."""
+        out: dict[int, frozenset[tuple[str, str]]] = {}
+        for i, layer in enumerate(self.plan.layers):
+            if isinstance(layer, InputLayer):
+                out[i] = frozenset(("inputs", g) for g in layer.tables)
+            elif isinstance(layer, SumLayer):
+                out[i] = frozenset(("weights", g) for g in set(layer.groups))
+        return out
 
-    def _load(self) -> None:
+    def set_parameters(self, params: Parameters) -> None:
+        """Replace every parameter (e.g. after an EM step); the structure stays. Only the layers
+        that read a group whose values changed since the last call are rebuilt and loaded (all of
+        them the first time), so an EM step that trains part of a circuit pays for that part."""
+        changed, layers = self._changes(params)
+        self.plan = with_parameters(self.plan, params, layers)
+        self._load(layers)
+        loaded = dict(getattr(self, "_loaded", {}))  # copies: values changed in place must show
+        loaded.update({key: _copy(_group(params, key)) for key in changed})
+        self._loaded = loaded
+
+    def _changes(self, params: Parameters) -> tuple[set[tuple[str, str]], list[int] | None]:
+        """The groups whose values differ from the ones loaded, and the layers that read them
+        (None: every layer, on the first call)."""
+        loaded: dict[tuple[str, str], Any] | None = getattr(self, "_loaded", None)
+        needed = set().union(*self.layer_groups.values())
+        # a group missing from `params` counts as changed: rebuilding its layer names it in the error
+        changed = {key for key in needed if loaded is None or key not in loaded or _group(params, key) is None
+                   or not _same(loaded[key], _group(params, key))}
+        if loaded is None:
+            return changed, None
+        return changed, [i for i, groups in self.layer_groups.items() if groups & changed]
+
+    def _load(self, layers: list[int] | None) -> None:
+        """Hand the plan's new parameter blocks of `layers` (None: every layer) to the backend."""
         raise NotImplementedError
+
+
+def _group(params: Parameters, key: tuple[str, str]) -> Any:
+    """A group's values: ("inputs", name) -> dict of arrays, ("weights", name) -> array; None if absent."""
+    kind, name = key
+    return (params.inputs if kind == "inputs" else params.weights).get(name)
+
+
+def _copy(value: Any) -> Any:
+    return {k: np.array(v) for k, v in value.items()} if isinstance(value, dict) else np.array(value)
+
+
+def _same(old: Any, new: Any) -> bool:
+    """Equal parameter values (a dict of arrays for a leaf, an array for a sum)."""
+    if isinstance(old, dict):
+        return isinstance(new, dict) and old.keys() == new.keys() and all(_same(old[k], new[k]) for k in old)
+    new = np.asarray(new)
+    return old.shape == new.shape and bool(np.array_equal(old, new))
 
 
 def add_weight_flows(layer: SumLayer, flows: Any, result: Flows, params_rows: dict[str, int]) -> None:
@@ -92,20 +140,21 @@ def group_rows(plan: LayeredPlan) -> dict[str, int]:
 
 
 def split_input_flows(layer: InputLayer, stats: dict[str, Any], plan: LayeredPlan, result: Flows) -> None:
-    """Hand each input node of the layer its rows of the layer's unit-major statistics
-    (categorical counts cut to the node's cardinality; indicators have no parameters)."""
-    offset = 0
-    for group, family, units in zip(layer.groups, layer.families, layer.node_units, strict=True):
-        rows = slice(offset, offset + units)
-        offset += units
+    """Hand each parameter group of the layer its rows of the layer's statistics, one row per
+    table row (tied leaves' statistics already summed; categorical counts cut to the group's
+    cardinality; indicators have no parameters)."""
+    width = layer.width
+    first, sizes = layer.table_nodes(), layer.table_cardinalities(plan.cardinalities)
+    for i, group in enumerate(layer.tables):
+        rows = slice(i * width, (i + 1) * width)
+        family = layer.families[first[i]]
         if family == "indicator":
             mine = {}
         elif layer.family == "categorical":
-            size = plan.cardinalities[int(layer.var[rows.start])]
-            mine = {"counts": stats["counts"][rows, :size]}
+            mine = {"counts": stats["counts"][rows, :sizes[i]]}
         else:
             mine = {k: v[rows] for k, v in stats.items()}
-        slot = result.inputs.setdefault(group, {})  # tied leaves add their statistics
+        slot = result.inputs.setdefault(group, {})
         for key, value in mine.items():
             slot[key] = slot[key] + value if key in slot else value
 

@@ -21,12 +21,13 @@ everything a layer reads was written by an earlier layer.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from collections.abc import Collection
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from pcdsl.ir.graph import CircuitGraph, Node, NodeKind
-from pcdsl.params import Parameters, block_inputs, input_group, weight_group
+from pcdsl.params import Parameters, input_group, weight_group
 
 ONE, ZERO = 0, 1  # the constant slots: log 1 and log 0
 FIRST_SLOT = 2
@@ -34,18 +35,40 @@ FIRST_SLOT = 2
 
 @dataclass(frozen=True)
 class InputLayer:
+    """Leaves of one family and width. Parameters live in one table with a row per unit of each
+    parameter group (``tables``, in order); ``rows`` maps every unit to its row, so tied leaves
+    (e.g. one patch circuit shared by every patch position) read one table, never a copy each."""
+
     family: str  # "categorical" | "gaussian"
     start: int  # output slots [start, start + len(var))
     var: np.ndarray  # (U,) variable of each unit
     nodes: tuple[str, ...]
-    params: dict[str, np.ndarray]  # categorical: log_probs (U, K) padded with -inf; gaussian: mean, std
+    params: dict[str, np.ndarray]  # per table row: categorical log_probs (R, K) padded with -inf; gaussian mean, std
     families: tuple[str, ...] = ()  # each node's own family (bernoulli, indicator, ...)
     node_units: tuple[int, ...] = ()
     groups: tuple[str, ...] = ()  # each node's parameter group (tied leaves share one)
+    rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # (U,) table row of each unit
+    tables: tuple[str, ...] = ()  # the parameter groups of the table, each `width` rows, in row order
 
     @property
     def stop(self) -> int:
         return self.start + len(self.var)
+
+    @property
+    def width(self) -> int:
+        """Units per node (every node of a layer has as many)."""
+        return self.node_units[0] if self.node_units else 0
+
+    def table_nodes(self) -> list[int]:
+        """For each table, the index of the first node that reads it (its family and variable)."""
+        first: dict[str, int] = {}
+        for i, group in enumerate(self.groups):
+            first.setdefault(group, i)
+        return [first[g] for g in self.tables]
+
+    def table_cardinalities(self, cardinalities: tuple[int | None, ...]) -> list[int | None]:
+        """The cardinality of each table's variable (None for a real one)."""
+        return [cardinalities[int(self.var[i * self.width])] for i in self.table_nodes()]
 
 
 @dataclass(frozen=True)
@@ -168,10 +191,9 @@ def _layer(graph: CircuitGraph, params: Parameters, kind: str, nodes: list[Node]
     if kind == "input":
         return _input_layer(graph, params, nodes, start)
     if kind == "product":
-        rows = [row for n in nodes for row in _product_rows(graph, n, slots)]
-        return ProductLayer(start, np.array(rows, dtype=np.int64), names)
+        return ProductLayer(start, np.concatenate([_product_rows(graph, n, slots) for n in nodes]), names)
     folds = [(n, b) for n in nodes for b in range(n.blocks)]  # node-major, as the slots are
-    index = np.array([[slots[c] + u for c, u in block_inputs(graph, n, b)] for n, b in folds], dtype=np.int64)
+    index = np.concatenate([_sum_inputs(graph, n, slots) for n in nodes])
     first_rows = tuple(b * (n.num_units // n.blocks) for n, b in folds)
     layer = SumLayer(start, index, np.empty((0, 0, 0)), tuple(n.name for n, _ in folds),
                      tuple(weight_group(n) for n, _ in folds), first_rows)
@@ -179,49 +201,63 @@ def _layer(graph: CircuitGraph, params: Parameters, kind: str, nodes: list[Node]
 
 
 def fold_weights(layer: SumLayer, params: Parameters, units: int | None = None) -> np.ndarray:
-    """A sum layer's (F, M, C) weights, each fold's rows of its group's weights."""
+    """A sum layer's (F, M, C) weights, each fold's rows of its group's weights (one gather: tied
+    and block-diagonal sums make many folds of few groups)."""
     m = layer.shape[1] if units is None else units
-    return np.stack([params.weights[g][r:r + m] for g, r in zip(layer.groups, layer.rows, strict=True)])
+    names = {g: i for i, g in enumerate(dict.fromkeys(layer.groups))}
+    blocks = [np.asarray(params.weights[g], dtype=np.float64) for g in names]
+    offsets = np.cumsum([0] + [len(b) for b in blocks[:-1]])
+    first = offsets[[names[g] for g in layer.groups]] + np.asarray(layer.rows, dtype=np.int64)
+    return np.concatenate(blocks)[first[:, None] + np.arange(m)]
 
 
-def _product_rows(graph: CircuitGraph, node: Node, slots: dict[str, int]) -> list[list[int]]:
+def _product_rows(graph: CircuitGraph, node: Node, slots: dict[str, int]) -> np.ndarray:
+    """(units, children) input slots of a product: unit u of each child (hadamard; a child of one
+    unit broadcasts), or every combination of child units (kronecker, row-major)."""
     sizes = [graph.node(c).num_units for c in node.children]
-    rows = []
-    for u in range(node.num_units):
-        units = [int(i) for i in np.unravel_index(u, sizes)] if node.pattern == "kronecker" else \
-            [u if s > 1 else 0 for s in sizes]
-        rows.append([slots[c] + i for c, i in zip(node.children, units, strict=True)])
-    return rows
+    u = np.arange(node.num_units)
+    units = np.unravel_index(u, sizes) if node.pattern == "kronecker" else \
+        [u if s > 1 else np.zeros_like(u) for s in sizes]
+    return np.stack([slots[c] + i for c, i in zip(node.children, units, strict=True)], axis=1).astype(np.int64)
+
+
+def _sum_inputs(graph: CircuitGraph, node: Node, slots: dict[str, int]) -> np.ndarray:
+    """(blocks, inputs) input slots of each block of a sum: the slots of
+    :func:`pcdsl.params.block_inputs`, block by block."""
+    blocks = node.blocks
+    runs = [graph.node(c).num_units // blocks for c in node.children]
+    return np.concatenate([slots[c] + run * np.arange(blocks)[:, None] + np.arange(run)[None, :]
+                           for c, run in zip(node.children, runs, strict=True)], axis=1).astype(np.int64)
 
 
 def _input_layer(graph: CircuitGraph, params: Parameters, nodes: list[Node], start: int) -> InputLayer:
     var = np.concatenate([np.full(n.num_units, n.var, dtype=np.int64) for n in nodes])
     family = "gaussian" if nodes[0].family == "gaussian" else "categorical"
+    groups = tuple(input_group(n) for n in nodes)
+    tables = tuple(dict.fromkeys(groups))  # tied leaves share one table, in order of first use
+    width = nodes[0].num_units
+    table_of = {g: i for i, g in enumerate(tables)}
+    rows = np.concatenate([table_of[g] * width + np.arange(width, dtype=np.int64) for g in groups])
     layer = InputLayer(family, start, var, tuple(n.name for n in nodes), {},
-                       tuple(str(n.family) for n in nodes), tuple(n.num_units for n in nodes),
-                       tuple(input_group(n) for n in nodes))
+                       tuple(str(n.family) for n in nodes), tuple(n.num_units for n in nodes), groups, rows, tables)
     cards = tuple(v.domain.size for v in graph.variables)
     return replace(layer, params=input_block(layer, params, cards))
 
 
 def input_block(layer: InputLayer, params: Parameters, cardinalities: tuple[int | None, ...]) -> dict[str, np.ndarray]:
-    """An input layer's parameters, laid out unit by unit: categorical ``log_probs`` (U, K)
-    padded with log 0, or gaussian ``mean`` and ``std`` (U,)."""
+    """An input layer's parameter table, laid out row by row (``layer.rows`` maps units to rows):
+    categorical ``log_probs`` (R, K) padded with log 0, or gaussian ``mean`` and ``std`` (R,)."""
     if layer.family == "gaussian":
-        return {k: np.concatenate([params.inputs[g][k] for g in layer.groups]).astype(np.float64)
+        return {k: np.concatenate([params.inputs[g][k] for g in layer.tables]).astype(np.float64)
                 for k in ("mean", "std")}
-    width = max(cardinalities[int(v)] or 0 for v in layer.var)
-    out = np.full((len(layer.var), width), -np.inf)  # padded values have probability 0
-    logs: dict[str, np.ndarray] = {}  # tied leaves share one table: take its log once
-    offset = 0
-    for group, family, units in zip(layer.groups, layer.families, layer.node_units, strict=True):
-        size = cardinalities[int(layer.var[offset])]
+    first, sizes = layer.table_nodes(), layer.table_cardinalities(cardinalities)
+    out = np.full((len(layer.tables) * layer.width, max(c or 0 for c in sizes)), -np.inf)  # padding: probability 0
+    for i, group in enumerate(layer.tables):
+        size = sizes[i]
         assert size is not None
-        if group not in logs:
-            with np.errstate(divide="ignore"):
-                logs[group] = np.log(categorical_probs(family, params.inputs[group], size))
-        out[offset:offset + units, :size] = logs[group]
-        offset += units
+        probs = categorical_probs(layer.families[first[i]], params.inputs[group], size)
+        with np.errstate(divide="ignore"):
+            out[i * layer.width:(i + 1) * layer.width, :size] = np.log(probs)
     return {"log_probs": out}
 
 
@@ -234,11 +270,15 @@ def categorical_probs(family: str, p: dict[str, np.ndarray], size: int) -> np.nd
     return np.eye(size)[p["value"]]
 
 
-def with_parameters(plan: LayeredPlan, params: Parameters) -> LayeredPlan:
-    """The same plan with every parameter block taken from `params` (e.g. after an EM step)."""
+def with_parameters(plan: LayeredPlan, params: Parameters,
+                    layers_to_change: Collection[int] | None = None) -> LayeredPlan:
+    """The same plan with every parameter block (of the layers `layers_to_change`, by index, when
+    given) taken from `params` (e.g. after an EM step)."""
     layers: list[Layer] = []
-    for layer in plan.layers:
-        if isinstance(layer, InputLayer):
+    for i, layer in enumerate(plan.layers):
+        if layers_to_change is not None and i not in layers_to_change:
+            pass
+        elif isinstance(layer, InputLayer):
             layer = replace(layer, params=input_block(layer, params, plan.cardinalities))
         elif isinstance(layer, SumLayer):
             layer = replace(layer, weights=fold_weights(layer, params))

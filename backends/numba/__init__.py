@@ -8,6 +8,7 @@ parameters in and flows out per node group, as the torch backend gives them.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -17,16 +18,19 @@ from pcdsl.plan import InputLayer, LayeredPlan, ProductLayer, SumLayer
 from pcdsl.reference import Flows
 
 from . import kernels
-from .runtime import Circuit
+from .runtime import BUFFER_VALUES, Circuit
 
 UNSUPPORTED: dict[str, str] = {}  # every construct of pcdsl.backends.CONSTRUCTS is lowered
 
 
-def lower(plan: LayeredPlan, device: str = "cpu", dtype: str = "float32", tile: int = 32) -> NumbaModel:
+def lower(plan: LayeredPlan, device: str = "cpu", dtype: str = "float32", tile: int = 32,
+          buffer_values: int = BUFFER_VALUES) -> NumbaModel:
+    """`buffer_values`: the most values (slots x samples) a log_prob or flows buffer holds; larger
+    batches run in pieces (see ``runtime.BUFFER_VALUES``)."""
     if str(device) != "cpu":
         raise ValueError(f"the numba backend runs on the CPU only (device 'cpu'), not {str(device)!r}; "
                          "use the torch backend for GPUs")
-    return NumbaModel(plan, str(dtype).removeprefix("torch."), tile)
+    return NumbaModel(plan, str(dtype).removeprefix("torch."), tile, buffer_values)
 
 
 def flatten(plan: LayeredPlan) -> dict[str, np.ndarray]:
@@ -45,8 +49,9 @@ def flatten(plan: LayeredPlan) -> dict[str, np.ndarray]:
                 continue
             table = layer.params["log_probs"]
             width = table.shape[1]
-            sizes = np.array([plan.cardinalities[int(v)] for v in layer.var])
-            cat.append(np.stack([slots, layer.var, lp_size + width * np.arange(len(slots)), sizes], axis=1))
+            sizes = np.array(plan.cardinalities, dtype=object)[layer.var].astype(np.int64)
+            # tied leaves read the same rows of lp: their units share an offset
+            cat.append(np.stack([slots, layer.var, lp_size + width * layer.rows, sizes], axis=1))
             lp_size += table.size
         elif isinstance(layer, ProductLayer):
             units, fan_in = layer.index.shape
@@ -75,9 +80,9 @@ def parameter_arrays(plan: LayeredPlan) -> dict[str, np.ndarray]:
     weights: list[np.ndarray] = []
     for layer in plan.layers:
         if isinstance(layer, InputLayer):
-            if layer.family == "gaussian":
-                gmean.append(layer.params["mean"])
-                gstd.append(layer.params["std"])
+            if layer.family == "gaussian":  # unit by unit (few units: a copy per tied leaf costs little)
+                gmean.append(layer.params["mean"][layer.rows])
+                gstd.append(layer.params["std"][layer.rows])
             else:
                 lp.append(layer.params["log_probs"].reshape(-1))
         elif isinstance(layer, SumLayer):
@@ -94,13 +99,43 @@ class NumbaModel(PlanModel):
     """A compiled circuit on the numba kernels, with the query API of the torch backend.
     Data: (batch, variables) arrays; -1 or NaN marks a missing value. Results: numpy arrays."""
 
-    def __init__(self, plan: LayeredPlan, dtype: str = "float32", tile: int = 32):
+    def __init__(self, plan: LayeredPlan, dtype: str = "float32", tile: int = 32, buffer_values: int = BUFFER_VALUES):
         self.plan = plan
         self.circuit = Circuit(flatten(plan), plan.variables, plan.cardinalities, plan.root, plan.num_slots,
-                               dtype=dtype, tile=tile)
+                               dtype=dtype, tile=tile, buffer_values=buffer_values)
 
-    def _load(self) -> None:
-        self.circuit.set_arrays(parameter_arrays(self.plan))
+    def _load(self, layers: list[int] | None) -> None:
+        if layers is None:
+            self.circuit.set_arrays(parameter_arrays(self.plan))
+            return
+        parts: dict[str, list[tuple[int, np.ndarray]]] = {"lp": [], "gmean": [], "gstd": [], "weights": []}
+        for i in layers:
+            layer, start = self.plan.layers[i], self.offsets[i]
+            if isinstance(layer, SumLayer):
+                parts["weights"].append((start, layer.weights.reshape(-1)))
+            elif isinstance(layer, InputLayer) and layer.family == "gaussian":
+                parts["gmean"].append((start, layer.params["mean"][layer.rows]))
+                parts["gstd"].append((start, layer.params["std"][layer.rows]))
+            elif isinstance(layer, InputLayer):
+                parts["lp"].append((start, layer.params["log_probs"].reshape(-1)))
+        self.circuit.set_slices(parts)
+
+    @functools.cached_property
+    def offsets(self) -> dict[int, int]:
+        """Where each layer's parameters start in the flat array that holds them (see ``flatten``)."""
+        out: dict[int, int] = {}
+        at = {"lp": 0, "gauss": 0, "weights": 0}
+        for i, layer in enumerate(self.plan.layers):
+            if isinstance(layer, SumLayer):
+                kind, size = "weights", layer.weights.size
+            elif isinstance(layer, InputLayer):
+                kind = "gauss" if layer.family == "gaussian" else "lp"
+                size = len(layer.var) if kind == "gauss" else layer.params["log_probs"].size
+            else:
+                continue
+            out[i] = at[kind]
+            at[kind] += size
+        return out
 
     def log_prob(self, x: Any) -> np.ndarray:
         """log p(x) per row; missing entries are marginalised."""
@@ -130,15 +165,17 @@ class NumbaModel(PlanModel):
                 w_at += f * m * c
                 add_weight_flows(layer, block, result, self.weight_rows)
             elif isinstance(layer, InputLayer) and layer.family == "categorical":
-                units, width = layer.params["log_probs"].shape
-                counts = raw["counts"][lp_at:lp_at + units * width].reshape(units, width)
-                lp_at += units * width
+                rows, width = layer.params["log_probs"].shape
+                counts = raw["counts"][lp_at:lp_at + rows * width].reshape(rows, width)
+                lp_at += rows * width
                 split_input_flows(layer, {"counts": counts}, self.plan, result)
             elif isinstance(layer, InputLayer):
                 stats = raw["gaussian"][g_at:g_at + len(layer.var)]
                 g_at += len(layer.var)
-                split_input_flows(layer, {"n": stats[:, 0], "dx": stats[:, 1], "dxx": stats[:, 2]}, self.plan,
-                                  result)
+                rows = len(layer.params["mean"])  # tied leaves' statistics add up in their rows
+                per_row = {key: np.bincount(layer.rows, weights=stats[:, i], minlength=rows)
+                           for i, key in enumerate(("n", "dx", "dxx"))}
+                split_input_flows(layer, per_row, self.plan, result)
         return result
 
 

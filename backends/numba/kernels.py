@@ -388,13 +388,15 @@ def _sum_flows(b, fl, op, sindex, weights, logw, wflow, e, mx, r, z):  # type: i
         row = op[INDEX] + f * inputs
         _shifted(b, sindex, row, inputs, e, mx)
         first = start + f * units
-        far = 0
         for m in range(units):
             for t in range(t_size):
                 v = b[first + m, t]
-                near = v - mx[t] >= low  # False for v = -inf too
-                r[m, t] = fl[first + m, t] * fexp(mx[t] - v) if near else 0.0
-                far += (not near) and v > -np.inf
+                r[m, t] = fl[first + m, t] * fexp(mx[t] - v) if v > -np.inf and v - mx[t] >= low else 0.0
+        far = 0  # units with flow whose value lies far below the shift: rare, so counted first (a loop
+        for m in range(units):  # that vectorises) and sent edge by edge only when there are some
+            for t in range(t_size):
+                v = b[first + m, t]
+                far += 1 if v - mx[t] < low and v > -np.inf and fl[first + m, t] != 0.0 else 0
         w = op[WEIGHT] + f * units * inputs
         if far:
             _exact_flows(b, fl, sindex, logw, wflow, row, first, w, units, inputs, mx, low)
@@ -457,15 +459,18 @@ def _exact_flows(b, fl, sindex, logw, wflow, row, first, w, units, inputs, mx, l
 
 
 @njit(parallel=True, fastmath=FAST_REDUCE, error_model="numpy", cache=True)
-def flows(buf, flow, n, root, idx, real, cat, gauss, gmean, ops, pindex, sindex, weights, logw, widest, most, wflow,
-          counts, cat_missing, gstats):  # type: ignore[no-untyped-def]
+def flows(buf, flow, n, root, idx, real, cat, corder, crows, gauss, gmean, ops, pindex, sindex, weights, logw, widest,
+          most, wflow, counts, cat_missing, gstats):  # type: ignore[no-untyped-def]
     """Top-down expected counts from a buffer filled by `forward` in SUM_MODE (`widest`, `most`:
     the largest fan-in and unit count of a sum layer).
 
+    Categorical units reading one row of lp (tied leaves) are listed together: row r's units are
+    corder[crows[r]:crows[r + 1]], so each row of counts has one writer.
+
     Outputs (zeroed by the caller): wflow (chunks, weights) the sum-weight flows of each chunk
     of tiles (one chunk per thread; the caller adds them up); counts (lp size,) categorical
-    flows of observed values; cat_missing (categorical units,) flows that reached a unit whose
-    variable is missing; gstats (gaussian units, 4): flow, flow * d, flow * d^2 over observed
+    flows of observed values; cat_missing (rows of lp,) flows that reached a row's units where
+    their variable is missing; gstats (gaussian units, 4): flow, flow * d, flow * d^2 over observed
     values, d = x - mean (centred on the unit's mean: raw moments would cancel), and flow over
     missing ones."""
     tiles, _, t_size = buf.shape
@@ -489,18 +494,20 @@ def flows(buf, flow, n, root, idx, real, cat, gauss, gmean, ops, pindex, sindex,
                         child = pindex[off + u * fan_in + k]
                         for t in range(t_size):
                             fl[child, t] += fl[start + u, t]
-    # Inputs unit by unit: each unit owns its rows of counts and gstats.
-    for u in prange(cat.shape[0]):
-        slot, var, off, size = cat[u, 0], cat[u, 1], cat[u, 2], cat[u, 3]
-        row = counts[off:off + size]
-        for tile in range(tiles):
-            f, values = flow[tile, slot], idx[var, tile * t_size:(tile + 1) * t_size]
-            for t in range(t_size):
-                x = values[t]
-                if x >= 0:
-                    row[x] += f[t]
-                else:
-                    cat_missing[u] += f[t]
+    # Inputs row by row of lp: each row's units add to it in turn (no two threads write one row).
+    for r in prange(crows.shape[0] - 1):
+        for j in range(crows[r], crows[r + 1]):
+            u = corder[j]
+            slot, var, off = cat[u, 0], cat[u, 1], cat[u, 2]
+            row = counts[off:off + cat[u, 3]]
+            for tile in range(tiles):
+                f, values = flow[tile, slot], idx[var, tile * t_size:(tile + 1) * t_size]
+                for t in range(t_size):
+                    x = values[t]
+                    if x >= 0:
+                        row[x] += f[t]
+                    else:
+                        cat_missing[r] += f[t]
     for u in prange(gauss.shape[0]):
         slot, var = gauss[u, 0], gauss[u, 1]
         for tile in range(tiles):

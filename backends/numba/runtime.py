@@ -36,8 +36,9 @@ def _serialised(query: _Query) -> _Query:
 
 
 ARRAYS = {
-    "cat": "(U, 4) int64: per categorical input unit its slot, variable, offset in lp, cardinality",
-    "lp": "(sum of U * width,) log-probabilities, one row per categorical unit (padded with -inf)",
+    "cat": "(U, 4) int64: per categorical input unit its slot, variable, offset in lp, cardinality "
+           "(tied units share an offset)",
+    "lp": "(sum of R * width,) log-probabilities, one row per parameter row (padded with -inf)",
     "gauss": "(G, 2) int64: per gaussian input unit its slot and variable",
     "gmean": "(G,) gaussian means (float64 whatever the dtype)",
     "gstd": "(G,) gaussian standard deviations (float64)",
@@ -48,6 +49,10 @@ ARRAYS = {
 }
 PARAMETERS = ("lp", "gmean", "gstd", "weights")
 DTYPES = {"float32": np.float32, "float64": np.float64}
+# log_prob and flows run a large batch in pieces whose value buffer (slots x samples) holds at most
+# this many values (at least one tile per thread), so memory stays bounded on circuits of a million
+# slots; the results are those of one piece, per sample (log_prob) or summed in float64 (flows).
+BUFFER_VALUES = 1 << 27
 
 
 class Circuit:
@@ -56,13 +61,14 @@ class Circuit:
 
     def __init__(self, arrays: dict[str, np.ndarray], variables: tuple[str, ...],
                  cardinalities: tuple[int | None, ...], root: int, num_slots: int, dtype: str = "float64",
-                 tile: int = 32):
+                 tile: int = 32, buffer_values: int = BUFFER_VALUES):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         if tile < 1:
             raise ValueError(f"tile must be at least 1, got {tile}")
         self.variables, self.cardinalities = tuple(variables), tuple(cardinalities)
         self.root, self.num_slots, self.tile = int(root), int(num_slots), int(tile)
+        self.buffer_values = int(buffer_values)
         self.dtype = np.dtype(DTYPES[dtype])
         self.cat = np.ascontiguousarray(arrays["cat"], dtype=np.int64).reshape(-1, 4)
         self.gauss = np.ascontiguousarray(arrays["gauss"], dtype=np.int64).reshape(-1, 2)
@@ -73,6 +79,7 @@ class Circuit:
         self.widest = int(max(1, sums[:, kernels.C].max(initial=1)))
         self.most = int(max(1, sums[:, kernels.B].max(initial=1)))
         self.num_folds = int(sums[:, kernels.A].sum())
+        self.corder, self.crows, self.crow = _rows_of(self.cat)
         self.discrete = np.array([c is not None for c in self.cardinalities])
         self.limits = np.array([c if c is not None else 0 for c in self.cardinalities])
         self._buffers: dict[str, np.ndarray] = {}
@@ -88,13 +95,32 @@ class Circuit:
         self.weights = np.ascontiguousarray(params["weights"], dtype=self.dtype)
         with np.errstate(divide="ignore"):
             self.logw = np.log(self.weights)
-        self.lpmax = np.empty(len(self.cat), dtype=self.dtype)
-        self.lpbest = np.empty(len(self.cat), dtype=np.int64)
-        for size in np.unique(self.cat[:, 3]):  # units of one cardinality form a (units, size) grid
-            units = np.flatnonzero(self.cat[:, 3] == size)
-            rows = self.lp[self.cat[units, 2][:, None] + np.arange(size)]
-            self.lpmax[units] = rows.max(axis=1)
-            self.lpbest[units] = rows.argmax(axis=1)
+        self._lp_extremes()
+
+    @_serialised
+    def set_slices(self, parts: dict[str, list[tuple[int, np.ndarray]]]) -> None:
+        """Replace parts of the parameter arrays (``PARAMETERS``) in place: (offset, values) pieces."""
+        for name, pieces in parts.items():
+            array = getattr(self, name)
+            for start, values in pieces:
+                array[start:start + len(values)] = values
+                if name == "weights":
+                    with np.errstate(divide="ignore"):
+                        self.logw[start:start + len(values)] = np.log(array[start:start + len(values)])
+        if parts.get("lp"):
+            self._lp_extremes()
+
+    def _lp_extremes(self) -> None:
+        """lpmax and lpbest: each categorical unit's largest log-probability and its category."""
+        first = self.cat[self.corder[self.crows[:-1]]]  # one unit of each row of lp
+        rowmax = np.empty(len(first), dtype=self.dtype)
+        rowbest = np.empty(len(first), dtype=np.int64)
+        for size in np.unique(first[:, 3]):  # rows of one cardinality form a (rows, size) grid
+            rows = np.flatnonzero(first[:, 3] == size)
+            values = self.lp[first[rows, 2][:, None] + np.arange(size)]
+            rowmax[rows] = values.max(axis=1)
+            rowbest[rows] = values.argmax(axis=1)
+        self.lpmax, self.lpbest = rowmax[self.crow], rowbest[self.crow]
 
     # ---- evidence ------------------------------------------------------------------------
     def _evidence(self, x: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
@@ -118,12 +144,13 @@ class Circuit:
         return index, real, rows, n
 
     def _buffer(self, name: str, columns: int, dtype: np.dtype) -> np.ndarray:
-        """A (tiles, slots, T) buffer kept between calls (fresh ones this size cost page faults)."""
-        shape = (columns // self.tile, self.num_slots, self.tile)
+        """A (tiles, slots, T) buffer kept between calls (fresh ones this size cost page faults):
+        the first tiles of the largest one asked for so far."""
+        tiles = columns // self.tile
         buf = self._buffers.get(name)
-        if buf is None or buf.shape != shape:
-            buf = self._buffers[name] = np.empty(shape, dtype=dtype)
-        return buf
+        if buf is None or len(buf) < tiles or buf.dtype != dtype:
+            buf = self._buffers[name] = np.empty((tiles, self.num_slots, self.tile), dtype=dtype)
+        return buf[:tiles]
 
     def _forward(self, index: np.ndarray, real: np.ndarray, mode: int) -> np.ndarray:
         buf = self._buffer("values", index.shape[1], self.dtype)
@@ -140,12 +167,24 @@ class Circuit:
     def _root(self, buf: np.ndarray, n: int) -> np.ndarray:
         return buf[:, self.root, :].reshape(-1)[:n].astype(np.float64)
 
+    def _pieces(self, n: int) -> list[slice]:
+        """Rows of a batch of n in pieces of at most `buffer_values` // slots samples, rounded down to
+        whole tiles (at least one tile per thread)."""
+        threads = numba.get_num_threads()  # whole tiles for every thread: pieces keep all threads busy
+        tiles = max(threads, self.buffer_values // (self.num_slots * self.tile) // threads * threads)
+        size = tiles * self.tile
+        return [slice(lo, min(lo + size, n)) for lo in range(0, max(n, 1), size)]
+
     # ---- queries --------------------------------------------------------------------------------
     @_serialised
     def log_prob(self, x: Any) -> np.ndarray:
         """log p(x) per row; missing entries are marginalised."""
-        index, real, _, n = self._evidence(x)
-        return self._root(self._forward(index, real, kernels.SUM_MODE), n)
+        rows = np.array(x, dtype=np.float64, ndmin=2)
+        parts = []
+        for piece in self._pieces(len(rows)):
+            index, real, _, n = self._evidence(rows[piece])
+            parts.append(self._root(self._forward(index, real, kernels.SUM_MODE), n))
+        return np.concatenate(parts)
 
     @_serialised
     def conditional(self, x: Any, query: Any) -> np.ndarray:
@@ -217,21 +256,41 @@ class Circuit:
         probs * flow), ``gaussian`` (G, 3): flow, flow * (x - mean), flow * (x - mean)^2 (centred on
         the unit's mean; a missing value counts in expectation: 0 and std^2); and
         ``log_likelihood``, the batch's summed log-likelihood."""
-        index, real, _, n = self._evidence(x)
-        buf = self._forward(index, real, kernels.SUM_MODE)
-        flow = self._buffer("flows", index.shape[1], self.dtype)
-        chunks = self._chunks(buf)
-        wflow = np.zeros((chunks, len(self.weights)))
+        rows = np.array(x, dtype=np.float64, ndmin=2)
+        wflow = np.zeros((numba.get_num_threads(), len(self.weights)))
         counts = np.zeros(len(self.lp))
-        missing = np.zeros(len(self.cat))
+        missing = np.zeros(len(self.crows) - 1)
         g = np.zeros((len(self.gauss), 4))
-        kernels.flows(buf, flow, n, self.root, index, real, self.cat, self.gauss, self.gmean, self.ops, self.pindex,
-                      self.sindex, self.weights, self.logw, self.widest, self.most, wflow, counts, missing, g)
-        if missing.any():  # a missing value counts in expectation: probs * flow
-            for size in np.unique(self.cat[:, 3]):
-                units = np.flatnonzero((self.cat[:, 3] == size) & (missing != 0))
-                at = self.cat[units, 2][:, None] + np.arange(size)
-                counts[at] += missing[units, None] * np.exp(self.lp[at].astype(np.float64))
+        log_likelihood = 0.0
+        for piece in self._pieces(len(rows)):  # the kernel adds each piece's flows to the same arrays
+            index, real, _, n = self._evidence(rows[piece])
+            buf = self._forward(index, real, kernels.SUM_MODE)
+            flow = self._buffer("flows", index.shape[1], self.dtype)
+            chunks = self._chunks(buf)
+            kernels.flows(buf, flow, n, self.root, index, real, self.cat, self.corder, self.crows, self.gauss,
+                          self.gmean, self.ops, self.pindex, self.sindex, self.weights, self.logw, self.widest,
+                          self.most, wflow[:chunks], counts, missing, g)
+            log_likelihood += float(self._root(buf, n).sum())
+        if missing.any():  # a missing value counts in expectation: probs * flow (one row of lp each)
+            first = self.cat[self.corder[self.crows[:-1]]]
+            for size in np.unique(first[:, 3]):
+                hit = np.flatnonzero((first[:, 3] == size) & (missing != 0))
+                at = first[hit, 2][:, None] + np.arange(size)
+                counts[at] += missing[hit, None] * np.exp(self.lp[at].astype(np.float64))
         gaussian = np.stack([g[:, 0] + g[:, 3], g[:, 1], g[:, 2] + g[:, 3] * self.gstd**2], axis=1)
-        return {"log_likelihood": float(self._root(buf, n).sum()), "weights": wflow.sum(axis=0),
+        return {"log_likelihood": log_likelihood, "weights": wflow.sum(axis=0),
                 "counts": counts, "gaussian": gaussian}
+
+
+def _rows_of(cat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rows of lp that categorical units read (tied units read one row): (order, starts,
+    row): the units sorted by row, where each row's units start in that order (R + 1,), and
+    each unit's row (U,)."""
+    order = np.argsort(cat[:, 2], kind="stable")
+    offsets = cat[order, 2]
+    new = np.ones(len(order), dtype=bool)
+    new[1:] = offsets[1:] != offsets[:-1]
+    starts = np.append(np.flatnonzero(new), len(order)).astype(np.int64)
+    row = np.empty(len(order), dtype=np.int64)
+    row[order] = np.cumsum(new) - 1
+    return order.astype(np.int64), starts, row

@@ -7,6 +7,7 @@ forward (sum- or max-product), flows (top-down expected counts) and down
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -16,33 +17,45 @@ from pcdsl.backends import PlanModel, add_weight_flows, split_input_flows
 from pcdsl.plan import ONE, ZERO, LayeredPlan
 from pcdsl.reference import Flows
 
-from .layers import RULES, Batch, InputRule, SumRule
+from .layers import RULES, Batch, InputRule, Scratch, SumRule
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 UNSUPPORTED: dict[str, str] = {}  # every construct of pcdsl.backends.CONSTRUCTS is lowered
 
 
-def lower(plan: LayeredPlan, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32") -> TorchModel:
-    return TorchModel(plan, torch.device(device), _DTYPES[dtype] if isinstance(dtype, str) else dtype)
+# log_prob, conditional and flows run a large batch in pieces whose value buffer (slots x samples)
+# holds at most this many values, so memory stays bounded on circuits of a million slots; results are
+# per sample (log_prob) or summed over the pieces (flows). Twice numba's bound: every piece costs
+# torch one batched matrix product per sum layer, whose per-matrix overhead grows with the pieces.
+BUFFER_VALUES = 1 << 28
+
+
+def lower(plan: LayeredPlan, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32",
+          buffer_values: int = BUFFER_VALUES) -> TorchModel:
+    return TorchModel(plan, torch.device(device), _DTYPES[dtype] if isinstance(dtype, str) else dtype,
+                      buffer_values)
 
 
 class TorchModel(PlanModel):
     """A compiled circuit. Data: (batch, variables) numpy arrays or tensors; -1 or NaN marks a
     missing value (NaN for real variables). Results come back in the type they were given."""
 
-    def __init__(self, plan: LayeredPlan, device: torch.device, dtype: torch.dtype):
+    def __init__(self, plan: LayeredPlan, device: torch.device, dtype: torch.dtype,
+                 buffer_values: int = BUFFER_VALUES):
         self.plan = plan
         self.device, self.dtype = device, dtype
-        self.rules = [RULES[type(layer)](layer, device, dtype) for layer in plan.layers]
+        self.piece = max(1, buffer_values // plan.num_slots)  # samples per piece of a batch
+        self.scratch = Scratch()  # temporaries the rules share, kept between calls
+        self.rules = [RULES[type(layer)](layer, device, dtype, self.scratch) for layer in plan.layers]
         self._buffers: dict[str, torch.Tensor] = {}
         self.discrete = torch.tensor([c is not None for c in plan.cardinalities], device=device)
         big = torch.iinfo(torch.long).max  # real variables: no bound on the (unused) index
         self.limits = torch.tensor([c if c is not None else big for c in plan.cardinalities], device=device)
 
-    def _load(self) -> None:
-        for rule, layer in zip(self.rules, self.plan.layers, strict=True):
-            rule.load(layer)  # type: ignore[arg-type]
+    def _load(self, layers: list[int] | None) -> None:
+        for i in range(len(self.rules)) if layers is None else layers:
+            self.rules[i].load(self.plan.layers[i])  # type: ignore[arg-type]
 
     # ---- evidence ------------------------------------------------------------------------
     def _batch(self, x: Any) -> tuple[Batch, torch.Tensor]:
@@ -71,13 +84,24 @@ class TorchModel(PlanModel):
 
     # ---- passes ------------------------------------------------------------------------------
     def _scratch(self, name: str, batch_size: int) -> torch.Tensor:
-        """A (slots, batch) buffer kept between calls: fresh buffers this size cost page faults.
-        Results handed to callers are copies, never views of a scratch buffer."""
-        buf = self._buffers.get(name)
-        if buf is None or buf.shape[1] != batch_size:
-            buf = torch.empty(self.plan.num_slots, batch_size, device=self.device, dtype=self.dtype)
-            self._buffers[name] = buf
-        return buf
+        """A (slots, batch) buffer kept between calls: fresh buffers this size cost page faults
+        (the front of the largest one asked for). Results handed to callers are copies, never
+        views of a scratch buffer."""
+        size = self.plan.num_slots * batch_size
+        flat = self._buffers.get(name)
+        if flat is None or flat.numel() < size:
+            flat = self._buffers[name] = torch.empty(size, device=self.device, dtype=self.dtype)
+        return flat[:size].view(self.plan.num_slots, batch_size)
+
+    def _pieces(self, x: Any) -> list[Any]:
+        """The rows of a batch in pieces of near-equal sizes, at most `piece` rows each (a small
+        last piece would cost as many small matrix products as a large one)."""
+        rows = x if isinstance(x, torch.Tensor) else np.asarray(x)
+        if rows.ndim != 2 or len(rows) <= self.piece:
+            return [x]
+        count = -(-len(rows) // self.piece)
+        bounds = [len(rows) * i // count for i in range(count + 1)]
+        return [rows[lo:hi] for lo, hi in itertools.pairwise(bounds)]
 
     @torch.no_grad()
     def _forward(self, batch: Batch, mode: str = "sum") -> torch.Tensor:
@@ -88,10 +112,13 @@ class TorchModel(PlanModel):
         return buf
 
     # ---- queries --------------------------------------------------------------------------------
+    def _log_prob(self, x: Any) -> torch.Tensor:
+        parts = [self._forward(self._batch(piece)[0])[self.plan.root].clone() for piece in self._pieces(x)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
     def log_prob(self, x: Any) -> Any:
         """log p(x) per row; missing entries are marginalised."""
-        batch, _ = self._batch(x)
-        return self._out(self._forward(batch)[self.plan.root].clone(), x)
+        return self._out(self._log_prob(x), x)
 
     def conditional(self, x: Any, query: Any) -> Any:
         """log p(x_Q | x_E): Q the query variables (indices, names or a mask), E the other observed ones.
@@ -101,11 +128,7 @@ class TorchModel(PlanModel):
         full = torch.as_tensor(x, device=self.device, dtype=torch.float64).clone()
         evidence = full.clone()
         evidence[..., columns] = torch.where(self.discrete[columns], -1.0, torch.nan).to(evidence.dtype)
-        joint, _ = self._batch(full)
-        marginal, _ = self._batch(evidence)
-        joint_lp = self._forward(joint)[self.plan.root].clone()
-        result = joint_lp - self._forward(marginal)[self.plan.root]
-        return self._out(result, x)
+        return self._out(self._log_prob(full) - self._log_prob(evidence), x)
 
     def _columns(self, query: Any) -> torch.Tensor:
         q = np.asarray(query)
@@ -141,7 +164,7 @@ class TorchModel(PlanModel):
         evidence has probability zero get NaN in their missing entries and log p = -inf."""
         batch, real = self._batch(x)
         completed = self._down(batch, real, "map", None)
-        lp = self._forward(self._batch(completed)[0])[self.plan.root].clone()
+        lp = self._log_prob(completed)
         return self._out(completed, x), self._out(lp, x)
 
     def sample(self, n: int, evidence: Any = None, seed: int = 0) -> Any:
@@ -160,15 +183,22 @@ class TorchModel(PlanModel):
     @torch.no_grad()
     def flows(self, x: Any) -> Flows:
         """Expected sufficient statistics of every parameter, summed over the batch."""
-        batch, _ = self._batch(x)
-        buf = self._forward(batch)
-        flow = self._scratch("flows", buf.shape[1]).zero_()
-        flow[self.plan.root] = 1.0
-        result = Flows(log_likelihood=float(buf[self.plan.root].sum()))
-        for rule in reversed(self.rules):
-            stats = rule.flows(buf, flow, batch)
+        totals: list[dict[str, torch.Tensor]] = [{} for _ in self.rules]  # each layer's, over the pieces
+        log_likelihood = 0.0
+        for piece in self._pieces(x):
+            batch, _ = self._batch(piece)
+            buf = self._forward(batch)
+            flow = self._scratch("flows", buf.shape[1]).zero_()
+            flow[self.plan.root] = 1.0
+            log_likelihood += float(buf[self.plan.root].sum())
+            for i in range(len(self.rules) - 1, -1, -1):
+                for key, value in self.rules[i].flows(buf, flow, batch).items():
+                    totals[i][key] = totals[i][key] + value if key in totals[i] else value
+        result = Flows(log_likelihood=log_likelihood)
+        for i in range(len(self.rules) - 1, -1, -1):
+            rule = self.rules[i]
             if isinstance(rule, SumRule):
-                add_weight_flows(rule.layer, stats["weights"], result, self.weight_rows)
+                add_weight_flows(rule.layer, totals[i]["weights"], result, self.weight_rows)
             elif isinstance(rule, InputRule):
-                split_input_flows(rule.layer, stats, self.plan, result)
+                split_input_flows(rule.layer, totals[i], self.plan, result)
         return result

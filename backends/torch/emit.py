@@ -91,14 +91,14 @@ buf[:, ZERO] = -math.inf
 _CATEGORICAL = """
 var = VAR
 table = LOG_PROBS
-observed = table.reshape(-1)[torch.arange(table.shape[0], device=buf.device) * table.shape[1] + category[:, var]]
+observed = table.reshape(-1)[ROWS * table.shape[1] + category[:, var]]
 buf[:, START:STOP] = torch.where(missing[:, var], torch.zeros_like(observed), observed)
 """
 
 _GAUSSIAN = """
 var = VAR
-std = STD.to(torch.float64)
-z = (real[:, var] - MEAN.to(torch.float64)) / std
+std = STD[ROWS].to(torch.float64)
+z = (real[:, var] - MEAN[ROWS].to(torch.float64)) / std
 observed = -0.5 * z * z - torch.log(std) - LOG_SQRT_2PI
 buf[:, START:STOP] = torch.where(missing[:, var], torch.zeros_like(observed), observed).to(buf.dtype)
 """
@@ -149,7 +149,7 @@ def plan_tensors(plan: LayeredPlan) -> dict[str, np.ndarray]:
     tensors: dict[str, np.ndarray] = {}
     for i, layer in enumerate(plan.layers):
         if isinstance(layer, InputLayer):
-            fields = {"var": layer.var, **layer.params}
+            fields = {"var": layer.var, "rows": layer.rows, **layer.params}
         elif isinstance(layer, ProductLayer):
             fields = {"index": layer.index}
         else:
@@ -194,7 +194,7 @@ def _layer_method(i: int, layer: Layer, description: str) -> ast.FunctionDef:
     """One method per layer: a few tensor ops over all its units, no loop over nodes."""
     where = {"START": layer.start, "STOP": layer.stop}
     if isinstance(layer, InputLayer):
-        fields = {name.upper(): _self(f"layer{i}_{name}") for name in ["var", *layer.params]}
+        fields = {name.upper(): _self(f"layer{i}_{name}") for name in ["var", "rows", *layer.params]}
         template = _CATEGORICAL if layer.family == "categorical" else _GAUSSIAN
         body = _fill(template, **where, **fields)
         args = [("buf", "torch.Tensor"), ("category", "torch.Tensor"), ("real", "torch.Tensor"),

@@ -32,71 +32,129 @@ class Batch:
 # Buffers are slot-major, (slots, batch): gathering a slot copies one contiguous row.
 
 
+class Scratch:
+    """Temporaries kept between layers and calls, one flat buffer per name grown as needed: on
+    the CPU a fresh tensor of hundreds of MB costs more in page faults than the op that fills it.
+    A name's contents live until the next `get` of that name."""
+
+    def __init__(self) -> None:
+        self._flat: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], like: torch.Tensor,
+            dtype: torch.dtype | None = None) -> torch.Tensor:
+        dtype = like.dtype if dtype is None else dtype
+        size = math.prod(shape)
+        flat = self._flat.get(name)
+        if flat is None or flat.numel() < size or flat.dtype != dtype or flat.device != like.device:
+            flat = self._flat[name] = torch.empty(size, dtype=dtype, device=like.device)
+        return flat[:size].view(shape)
+
+
 class InputRule:
-    def __init__(self, layer: InputLayer, device: torch.device, dtype: torch.dtype):
+    """Leaves of one family and width. Parameters are one table with a row per unit of each
+    parameter group; tied leaves read the same rows. Without ties the table is unit by unit
+    (one gather over a (nodes, width, K) grid); with them, the nodes that share a table are
+    gathered as extra batch columns of it (:class:`_Readers`), so no table is copied per node."""
+
+    def __init__(self, layer: InputLayer, device: torch.device, dtype: torch.dtype, scratch: Scratch | None = None):
         self.layer = layer
+        self.scratch = scratch if scratch is not None else Scratch()
         self.start, self.stop = layer.start, layer.stop
         self.var = torch.as_tensor(layer.var, device=device)
         # Gaussian parameters stay float64: x - mean must not cancel (docs/numerics.md)
         precise = torch.float64 if layer.family == "gaussian" else dtype
         self.params = {k: torch.as_tensor(v, device=device, dtype=precise) for k, v in layer.params.items()}
-        # every group of the layer has the same width (see the plan), so units form a grid
-        self.width = layer.node_units[0]
-        self.group_var = self.var[:: self.width].contiguous()  # (G,)
+        # every node of the layer has the same width (see the plan), so units form a grid
+        self.width = layer.width
+        self.group_var = self.var[:: self.width].contiguous()  # (N,): one variable per node
+        self.rows = torch.as_tensor(layer.rows, device=device)  # (U,) table row of each unit
+        self.readers = _readers(layer, device) if len(layer.tables) < len(layer.groups) else None
         if layer.family == "categorical":
             lp = self.params["log_probs"]
-            self.grid = lp.view(-1, self.width, lp.shape[1])  # (G, width, K)
+            self.grid = lp.view(-1, self.width, lp.shape[1])  # (tables, width, K)
+        self._per_unit()
+
+    def _per_unit(self) -> None:
+        """Gaussian parameters unit by unit (U,): a view of the table without ties."""
+        if self.layer.family == "gaussian":
+            self.mean, self.std = (self.params[k] if self.readers is None else self.params[k][self.rows]
+                                   for k in ("mean", "std"))
 
     def load(self, layer: InputLayer) -> None:
         """Take new parameter values (same layout), in place."""
         for k, v in layer.params.items():
             self.params[k].copy_(torch.as_tensor(v))
+        self._per_unit()
 
-    def values(self, batch: Batch, mode: str, out: torch.Tensor | None = None) -> torch.Tensor:
-        """(U, B) log-values of the layer's units (written into `out` when given)."""
-        missing = batch.missing[self.group_var]  # (G, B): one variable per group
+    def _unit_missing(self, batch: Batch) -> torch.Tensor | None:
+        """(U, B) missing mask of the units, or None when nothing they read is missing."""
+        missing = batch.missing[self.group_var]  # (N, B): one variable per node
+        return missing.repeat_interleave(self.width, dim=0) if bool(missing.any()) else None
+
+    def values(self, batch: Batch, mode: str, out: torch.Tensor) -> torch.Tensor:
+        """(U, B) log-values of the layer's units, written into `out`."""
         if self.layer.family == "categorical":
-            lp = self.params["log_probs"]  # (U, K)
-            index = batch.index[self.group_var][:, None, :].expand(-1, self.width, -1)  # (G, width, B)
-            grid_out = out.view(-1, self.width, out.shape[1]) if out is not None else None
-            observed = torch.gather(self.grid, 2, index, out=grid_out).view(lp.shape[0], -1)
+            lp = self.params["log_probs"]  # (R, K)
+            if self.readers is None:
+                index = batch.index[self.group_var][:, None, :].expand(-1, self.width, -1)  # (N, width, B)
+                torch.gather(self.grid, 2, index, out=out.view(-1, self.width, out.shape[1]))
+            else:
+                for readers in self.readers:
+                    values = readers.gather(self.grid, batch, self.scratch)
+                    out.index_copy_(0, readers.units, values.view(-1, out.shape[1]))
             free = lp.amax(dim=1) if mode == "max" else torch.zeros_like(lp[:, 0])
+            if self.readers is not None:
+                free = free[self.rows]
+            observed = out
         else:
-            mean, std = self.params["mean"][:, None], self.params["std"][:, None]
+            mean, std = self.mean[:, None], self.std[:, None]
             z = (batch.real[self.var] - mean) / std
             observed = -0.5 * z * z - torch.log(std) - LOG_SQRT_2PI
             free = (-torch.log(std) - LOG_SQRT_2PI)[:, 0] if mode == "max" else torch.zeros_like(mean[:, 0])
-        if bool(missing.any()):
-            unit_missing = missing.repeat_interleave(self.width, dim=0)
+        unit_missing = self._unit_missing(batch)
+        if unit_missing is not None:
             observed = torch.where(unit_missing, free[:, None].expand_as(observed), observed)
-        if out is not None and observed.data_ptr() != out.data_ptr():
+        if observed.data_ptr() != out.data_ptr():
             out.copy_(observed)
-        return observed
+        return out
 
     def forward(self, buf: torch.Tensor, batch: Batch, mode: str) -> None:
         self.values(batch, mode, out=buf[self.start:self.stop])
 
     def flows(self, buf: torch.Tensor, flow: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
+        """Statistics per table row (tied leaves' summed): categorical counts (R, K); gaussian
+        n, dx, dxx (R,)."""
         f = flow[self.start:self.stop]  # (U, B)
-        missing = batch.missing[self.var]
+        unit_missing = self._unit_missing(batch)
         if self.layer.family == "categorical":
             lp = self.params["log_probs"]
-            units, k = lp.shape
-            any_missing = bool(missing.any())
-            observed = f * ~missing if any_missing else f  # missing entries add to no category
-            index = batch.index[self.group_var][:, None, :].expand(-1, self.width, -1)  # (G, width, B)
-            counts = torch.zeros(units // self.width, self.width, k, dtype=f.dtype, device=f.device)
-            counts.scatter_add_(2, index, observed.reshape(-1, self.width, f.shape[1]))
-            counts = counts.view(units, k)
-            if any_missing:  # a missing value counts in expectation: probs * flow
-                counts += (f * missing).sum(dim=1)[:, None] * torch.exp(lp)
+            observed = f if unit_missing is None else f * ~unit_missing  # missing entries add to no category
+            counts = torch.zeros(self.grid.shape, dtype=f.dtype, device=f.device)  # (tables, width, K)
+            if self.readers is None:
+                index = batch.index[self.group_var][:, None, :].expand(-1, self.width, -1)  # (N, width, B)
+                counts.scatter_add_(2, index, observed.view(-1, self.width, f.shape[1]))
+            else:
+                for readers in self.readers:
+                    readers.count(counts, observed, batch, self.scratch)
+            counts = counts.view(lp.shape)
+            if unit_missing is not None:  # a missing value counts in expectation: probs * flow
+                counts += self._to_rows((f * unit_missing).sum(dim=1))[:, None] * torch.exp(lp)
             return {"counts": counts}
         # centred on the current mean, in float64: E[x^2] - mean^2 would cancel (docs/numerics.md)
-        mean, std = self.params["mean"][:, None], self.params["std"][:, None]
+        mean, std = self.mean[:, None], self.std[:, None]
         f = f.to(torch.float64)
+        missing = batch.missing[self.var]
         d = torch.where(missing, torch.zeros_like(f), batch.real[self.var] - mean)
         dd = torch.where(missing, (std * std).expand_as(f), d * d)  # a missing value: in expectation
-        return {"n": f.sum(dim=1), "dx": (f * d).sum(dim=1), "dxx": (f * dd).sum(dim=1)}
+        return {"n": self._to_rows(f.sum(dim=1)), "dx": self._to_rows((f * d).sum(dim=1)),
+                "dxx": self._to_rows((f * dd).sum(dim=1))}
+
+    def _to_rows(self, per_unit: torch.Tensor) -> torch.Tensor:
+        """Per-unit sums (U,) added up per table row (R,)."""
+        if self.readers is None:
+            return per_unit
+        rows = len(self.layer.tables) * self.width
+        return torch.zeros(rows, dtype=per_unit.dtype, device=per_unit.device).index_add_(0, self.rows, per_unit)
 
     def down(self, active: torch.Tensor, buf: torch.Tensor, batch: Batch, out: torch.Tensor, mode: str,
              gen: torch.Generator | None) -> None:
@@ -106,23 +164,73 @@ class InputRule:
         if rows.numel() == 0:
             return
         if self.layer.family == "categorical":
-            lp = self.params["log_probs"][units]  # (P, K)
+            lp = self.params["log_probs"][self.rows[units]]  # (P, K)
             if mode == "sample":
                 lp = lp + _gumbel(lp.shape, lp, gen)
             values = lp.argmax(dim=1).to(out.dtype)
         else:
-            values = self.params["mean"][units]
+            values = self.mean[units]
             if mode == "sample":
                 noise = torch.randn(values.shape, generator=gen, device=values.device, dtype=values.dtype)
-                values = values + self.params["std"][units] * noise
+                values = values + self.std[units] * noise
         out[rows, self.var[units]] = values.to(out.dtype)
 
 
+@dataclass
+class _Readers:
+    """Tables read by the same number P of nodes: gathered with those nodes' columns side by
+    side as (T, width, P * B), then put at the nodes' units."""
+
+    tables: torch.Tensor | None  # (T,) table indices; None: every table, in order
+    var: torch.Tensor  # (T, P) variable of each reading node
+    units: torch.Tensor  # (T * width * P,) the layer's unit of (table, unit, reader), in that order
+
+    def _index(self, batch: Batch, width: int) -> torch.Tensor:
+        t = self.var.shape[0]
+        return batch.index[self.var.reshape(-1)].view(t, 1, -1).expand(-1, width, -1)  # (T, width, P * B)
+
+    def gather(self, grid: torch.Tensor, batch: Batch, scratch: Scratch) -> torch.Tensor:
+        """(T, width, P * B) log-values of the readers' units (in `scratch`)."""
+        mine = grid if self.tables is None else grid[self.tables]
+        index = self._index(batch, grid.shape[1])
+        return torch.gather(mine, 2, index, out=scratch.get("readers", tuple(index.shape), grid))
+
+    def count(self, counts: torch.Tensor, observed: torch.Tensor, batch: Batch, scratch: Scratch) -> None:
+        """Add the readers' observed flows (U, B) to their tables' counts (tables, width, K)."""
+        t, width, k = len(self.var), counts.shape[1], counts.shape[2]
+        out = scratch.get("readers", (len(self.units), observed.shape[1]), observed)
+        flows = torch.index_select(observed, 0, self.units, out=out).view(t, width, -1)
+        index = self._index(batch, width)
+        if self.tables is None:
+            counts.scatter_add_(2, index, flows)
+        else:
+            mine = torch.zeros((t, width, k), dtype=counts.dtype, device=counts.device)
+            counts.index_add_(0, self.tables, mine.scatter_add_(2, index, flows))
+
+
+def _readers(layer: InputLayer, device: torch.device) -> list[_Readers]:
+    """The layer's tables bucketed by how many nodes read them."""
+    table_of = {g: i for i, g in enumerate(layer.tables)}
+    readers: list[list[int]] = [[] for _ in layer.tables]
+    for node, group in enumerate(layer.groups):
+        readers[table_of[group]].append(node)
+    width = layer.width
+    out = []
+    for count in sorted({len(r) for r in readers}):
+        tables = [i for i, r in enumerate(readers) if len(r) == count]
+        nodes = np.array([readers[i] for i in tables], dtype=np.int64)  # (T, P)
+        units = nodes[:, None, :] * width + np.arange(width)[None, :, None]  # (T, width, P)
+        every = tables == list(range(len(layer.tables)))
+        out.append(_Readers(None if every else torch.as_tensor(tables, device=device),
+                            torch.as_tensor(layer.var[nodes * width], device=device),
+                            torch.as_tensor(units.reshape(-1), device=device)))
+    return out
+
+
 class ProductRule:
-    def __init__(self, layer: ProductLayer, device: torch.device, dtype: torch.dtype):
+    def __init__(self, layer: ProductLayer, device: torch.device, dtype: torch.dtype, scratch: Scratch | None = None):
         self.start, self.stop = layer.start, layer.stop
         self.columns = [_Gather(layer.index[:, k], device) for k in range(layer.index.shape[1])]
-        self.flat = torch.as_tensor(layer.index.reshape(-1), device=device)
         self.fan_in = layer.index.shape[1]
 
     def forward(self, buf: torch.Tensor, batch: Batch, mode: str) -> None:
@@ -139,7 +247,9 @@ class ProductRule:
         """Products have no parameters."""
 
     def _spread(self, target: torch.Tensor, parent: torch.Tensor) -> None:
-        target.index_add_(0, self.flat, parent.repeat_interleave(self.fan_in, dim=0))
+        """Add each unit's `parent` row to every child it reads, column by column."""
+        for column in self.columns:
+            column.add_to(target, parent)
 
     def flows(self, buf: torch.Tensor, flow: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
         self._spread(flow, flow[self.start:self.stop])
@@ -151,8 +261,9 @@ class ProductRule:
 
 
 class SumRule:
-    def __init__(self, layer: SumLayer, device: torch.device, dtype: torch.dtype):
+    def __init__(self, layer: SumLayer, device: torch.device, dtype: torch.dtype, scratch: Scratch | None = None):
         self.layer = layer
+        self.scratch = scratch if scratch is not None else Scratch()
         self.start, self.stop = layer.start, layer.stop
         self.index = torch.as_tensor(layer.index, device=device)
         self.flat = self.index.reshape(-1)
@@ -178,14 +289,14 @@ class SumRule:
     def _inputs(self, buf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs (F, C, B) (a view of `buf` where possible: do not write) and the shift of each
         column (F, 1, B): the largest input with a non-zero weight in the fold, finite."""
-        x = self.gather.read(buf).view(self.fold, self.inputs, -1)
+        x = self.gather.read(buf, self.scratch).view(self.fold, self.inputs, -1)
         live = x if self.dead is None else x.masked_fill(self.dead, -torch.inf)
         m = live.amax(dim=1, keepdim=True).clamp_min_(torch.finfo(x.dtype).min)  # all -inf: stays -inf, no NaN
         return x, m
 
     def _shifted(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        """exp(x - m), at most 1 (an input of a dead column may lie above the shift)."""
-        t = x - m
+        """exp(x - m), at most 1 (an input of a dead column may lie above the shift), in scratch."""
+        t = torch.sub(x, m, out=self.scratch.get("shifted", tuple(x.shape), x))
         return (t.clamp_max_(0.0) if self.dead is not None else t).exp_()
 
     def forward(self, buf: torch.Tensor, batch: Batch, mode: str) -> None:
@@ -220,18 +331,21 @@ class SumRule:
         value = buf[self.start:self.stop].view(self.fold, self.units, -1)
         f = flow[self.start:self.stop].view(self.fold, self.units, -1)
         # units far below their column's shift (the ones forward recomputed) go edge by edge
-        gap = m - value
-        far = gap > -self.log_guard  # also every unit of value -inf
-        # r: the parent's flow per unit of its value, scaled by exp(m)
-        r = torch.where(far, torch.zeros_like(f), f * gap.exp_())  # (F, M, B)
+        gap = torch.sub(m, value, out=self.scratch.get("ratio", tuple(value.shape), value))
+        far = torch.gt(gap, -self.log_guard, out=self.scratch.get("far", tuple(value.shape), value, torch.bool))
+        any_far = bool(far.any())  # also every unit of value -inf
+        # r: the parent's flow per unit of its value, scaled by exp(m); 0 for the far units
+        r = gap.exp_().mul_(f)  # (F, M, B)
+        if any_far:
+            r.masked_fill_(far, 0.0)
         e = self._shifted(x, m)  # (F, C, B)
-        child = e * torch.bmm(self.weights.transpose(1, 2), r)  # (F, C, B)
+        child = torch.bmm(self.weights.transpose(1, 2), r, out=self.scratch.get("child", tuple(e.shape), e)).mul_(e)
         weights = self.weights * torch.bmm(r, e.transpose(1, 2))  # (F, M, C)
-        if bool(far.any()):
+        if any_far:  # units far below their column's shift (the ones forward recomputed) go edge by edge
             at = (far & torch.isfinite(value) & (f != 0)).nonzero(as_tuple=True)
             if at[0].numel():
                 self._exact_flows(x, value, f, at, child, weights)
-        flow.index_add_(0, self.flat, child.view(self.fold * self.inputs, -1))
+        self.gather.add_to(flow, child.view(self.fold * self.inputs, -1))
         return {"weights": weights}
 
     def _exact_flows(self, x: torch.Tensor, value: torch.Tensor, f: torch.Tensor,
@@ -272,11 +386,24 @@ class _Gather:
         self.start = contiguous_start(index)
         self.count = index.size
         self.index = torch.as_tensor(index.reshape(-1), device=device)
+        self.limit = int(index.max()) + 1 if index.size else 0  # the rows lie below this one
 
-    def read(self, buf: torch.Tensor) -> torch.Tensor:
+    def read(self, buf: torch.Tensor, scratch: Scratch | None = None) -> torch.Tensor:
+        """The rows (a view, or a copy: into `scratch` when given)."""
         if self.start is not None:
             return buf[self.start:self.start + self.count]
-        return buf.index_select(0, self.index)
+        if scratch is None:
+            return buf.index_select(0, self.index)
+        out = scratch.get("gathered", (self.count, *buf.shape[1:]), buf)
+        return torch.index_select(buf, 0, self.index, out=out)
+
+    def add_to(self, target: torch.Tensor, rows: torch.Tensor) -> None:
+        """target[index] += rows, each repeated row adding its share (`rows` may be rows of
+        `target` above the indexed ones: a layer's flows going to the layers below it)."""
+        if self.start is not None:  # consecutive rows: no row repeats
+            target[self.start:self.start + self.count].add_(rows)
+        else:
+            target[:self.limit].index_add_(0, self.index, rows)
 
 
 def _gumbel(shape: torch.Size | tuple[int, ...], like: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
