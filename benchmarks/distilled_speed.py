@@ -88,7 +88,8 @@ def _perturbed(params, groups, seed: int):  # type: ignore[no-untyped-def]
         return b / b.sum(axis=-1, keepdims=True)
 
     weights = {g: fresh(w) if g in groups else w for g, w in params.weights.items()}
-    inputs = {g: ({"probs": fresh(p["probs"])} if g in groups and "probs" in p else p) for g, p in params.inputs.items()}
+    inputs = {g: ({"probs": fresh(p["probs"])} if g in groups and "probs" in p else p)
+              for g, p in params.inputs.items()}
     return Parameters(inputs, weights, params.fixed)
 
 
@@ -113,6 +114,7 @@ def measure(backend: str, clusters: int, hidden: int, top_hidden: int, batch: in
             dtype: str) -> dict:
     """One backend's figures (run in a process of its own)."""
     from pcdsl.backends import lower
+
     from pcdsl.distill.compose import top_parameter_groups
     from pcdsl.learn.em import em_update
     from pcdsl.plan import compile_plan

@@ -270,7 +270,8 @@ def categorical_probs(family: str, p: dict[str, np.ndarray], size: int) -> np.nd
     return np.eye(size)[p["value"]]
 
 
-def with_parameters(plan: LayeredPlan, params: Parameters, layers_to_change: Collection[int] | None = None) -> LayeredPlan:
+def with_parameters(plan: LayeredPlan, params: Parameters,
+                    layers_to_change: Collection[int] | None = None) -> LayeredPlan:
     """The same plan with every parameter block (of the layers `layers_to_change`, by index, when
     given) taken from `params` (e.g. after an EM step)."""
     layers: list[Layer] = []

@@ -92,8 +92,8 @@ def test_set_parameters_reloads_what_changed_and_answers_as_a_fresh_compile(back
     key = "probs" if "probs" in partial.inputs[leaf] else "p" if "p" in partial.inputs[leaf] else "mean"
     partial.inputs[leaf][key] = np.flip(partial.inputs[leaf][key], axis=-1).copy()
     _, changed = model._changes(partial)  # type: ignore[attr-defined]
-    readers = [i for i, la in enumerate(model.plan.layers)
-               if (isinstance(la, SumLayer) and group in la.groups) or (isinstance(la, InputLayer) and leaf in la.tables)]
+    readers = [i for i, la in enumerate(model.plan.layers) if (isinstance(la, SumLayer) and group in la.groups)
+               or (isinstance(la, InputLayer) and leaf in la.tables)]
     assert changed == readers and len(changed) < len(model.layer_groups)  # type: ignore[attr-defined]
     model.set_parameters(partial)
     np.testing.assert_allclose(_np(model.log_prob(x)), _np(_fresh(graph, partial, backend).log_prob(x)),

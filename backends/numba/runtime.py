@@ -257,14 +257,14 @@ class Circuit:
         probs * flow), ``gaussian`` (G, 3): flow, flow * (x - mean), flow * (x - mean)^2 (centred on
         the unit's mean; a missing value counts in expectation: 0 and std^2); and
         ``log_likelihood``, the batch's summed log-likelihood."""
-        rows = np.array(x, dtype=np.float64, ndmin=2)
+        data = np.array(x, dtype=np.float64, ndmin=2)
         wflow = np.zeros((numba.get_num_threads(), len(self.weights)))
         counts = np.zeros(len(self.lp))
         missing = np.zeros(len(self.crows) - 1)
         g = np.zeros((len(self.gauss), 4))
         log_likelihood = 0.0
-        for piece in self._pieces(len(rows)):  # the kernel adds each piece's flows to the same arrays
-            index, real, _, n = self._evidence(rows[piece])
+        for piece in self._pieces(len(data)):  # the kernel adds each piece's flows to the same arrays
+            index, real, _, n = self._evidence(data[piece])
             buf = self._forward(index, real, kernels.SUM_MODE)
             flow = self._buffer("flows", index.shape[1], self.dtype, zeros=True)  # `kernels.flows` keeps it so
             chunks = self._chunks(buf)

@@ -7,6 +7,7 @@ forward (sum- or max-product), flows (top-down expected counts) and down
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -100,7 +101,7 @@ class TorchModel(PlanModel):
             return [x]
         count = -(-len(rows) // self.piece)
         bounds = [len(rows) * i // count for i in range(count + 1)]
-        return [rows[lo:hi] for lo, hi in zip(bounds, bounds[1:])]
+        return [rows[lo:hi] for lo, hi in itertools.pairwise(bounds)]
 
     @torch.no_grad()
     def _forward(self, batch: Batch, mode: str = "sum") -> torch.Tensor:

@@ -40,7 +40,8 @@ class Scratch:
     def __init__(self) -> None:
         self._flat: dict[str, torch.Tensor] = {}
 
-    def get(self, name: str, shape: tuple[int, ...], like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    def get(self, name: str, shape: tuple[int, ...], like: torch.Tensor,
+            dtype: torch.dtype | None = None) -> torch.Tensor:
         dtype = like.dtype if dtype is None else dtype
         size = math.prod(shape)
         flat = self._flat.get(name)
@@ -185,8 +186,7 @@ class _Readers:
     units: torch.Tensor  # (T * width * P,) the layer's unit of (table, unit, reader), in that order
 
     def _index(self, batch: Batch, width: int) -> torch.Tensor:
-        t, p = self.var.shape
-        return batch.index[self.var.reshape(-1)].view(t, 1, -1).expand(-1, width, -1)  # (T, width, P * B)
+        return batch.index[self.var.reshape(-1)].view(len(self.var), 1, -1).expand(-1, width, -1)  # (T, width, P * B)
 
     def gather(self, grid: torch.Tensor, batch: Batch, scratch: Scratch) -> torch.Tensor:
         """(T, width, P * B) log-values of the readers' units (in `scratch`)."""
