@@ -62,6 +62,9 @@ def test_a_batch_in_pieces_answers_as_in_one(backend: str, seed: int) -> None:
     for group, stats in theirs.inputs.items():
         for key, value in stats.items():
             np.testing.assert_allclose(_np(ours.inputs[group][key]), _np(value), rtol=1e-12, atol=ATOL)
+    again = pieces.flows(x)  # the buffers a pass leaves behind do not leak into the next
+    for group, w in ours.weights.items():
+        np.testing.assert_array_equal(_np(again.weights[group]), _np(w))
     # a second, smaller batch reuses the buffers of the first
     np.testing.assert_allclose(_np(pieces.log_prob(x[:5])), _np(whole.log_prob(x[:5])), rtol=0, atol=ATOL)
 
@@ -89,8 +92,7 @@ def test_set_parameters_reloads_what_changed_and_answers_as_a_fresh_compile(back
     key = "probs" if "probs" in partial.inputs[leaf] else "p" if "p" in partial.inputs[leaf] else "mean"
     partial.inputs[leaf][key] = np.flip(partial.inputs[leaf][key], axis=-1).copy()
     _, changed = model._changes(partial)  # type: ignore[attr-defined]
-    readers = [i for i, la in enumerate(model.plan.layers)
-               if (isinstance(la, SumLayer) and group in la.groups)
+    readers = [i for i, la in enumerate(model.plan.layers) if (isinstance(la, SumLayer) and group in la.groups)
                or (isinstance(la, InputLayer) and leaf in la.tables)]
     assert changed == readers and len(changed) < len(model.layer_groups)  # type: ignore[attr-defined]
     model.set_parameters(partial)

@@ -368,10 +368,14 @@ def forward(buf, idx, real, cat, lp, lpmax, gauss, gmean, gstd, ops, pindex, sin
 
 
 @njit(error_model="numpy", cache=True)
-def _seed(rows, root, col, n):  # type: ignore[no-untyped-def]
-    """Start a top-down pass over one tile: 0 everywhere, 1 at the root for the tile's real
-    samples (columns col + t < n; the rest pad the last tile)."""
-    rows[:, :] = 0
+def _seed(rows, root, col, n, clear):  # type: ignore[no-untyped-def]
+    """Start a top-down pass over one tile: 1 at the root for the tile's real samples (columns
+    col + t < n; the rest pad the last tile), 0 everywhere else when `clear` (else the rows are
+    0 already, but for the constant slots, which no layer empties)."""
+    if clear:
+        rows[:, :] = 0
+    rows[0, :] = 0
+    rows[1, :] = 0
     for t in range(rows.shape[1]):
         rows[root, t] = 1 if col + t < n else 0
 
@@ -400,6 +404,9 @@ def _sum_flows(b, fl, op, sindex, weights, logw, wflow, e, mx, r, z):  # type: i
         w = op[WEIGHT] + f * units * inputs
         if far:
             _exact_flows(b, fl, sindex, logw, wflow, row, first, w, units, inputs, mx, low)
+        for m in range(units):  # consumed: leave the rows empty for the next pass (see `flows`)
+            for t in range(t_size):
+                fl[first + m, t] = 0.0
         c = 0
         while c + 4 <= inputs:
             z[:, :] = 0.0
@@ -464,6 +471,10 @@ def flows(buf, flow, n, root, idx, real, cat, corder, crows, gauss, gmean, ops, 
     """Top-down expected counts from a buffer filled by `forward` in SUM_MODE (`widest`, `most`:
     the largest fan-in and unit count of a sum layer).
 
+    `flow` (like `buf`) must hold zeros (but in the constant slots 0 and 1) and is left so: each
+    layer empties the rows it read once it has passed their flow down, the inputs theirs once
+    counted. Zeroing the whole buffer per pass would cost a pass over memory of its own.
+
     Categorical units reading one row of lp (tied leaves) are listed together: row r's units are
     corder[crows[r]:crows[r + 1]], so each row of counts has one writer.
 
@@ -482,7 +493,7 @@ def flows(buf, flow, n, root, idx, real, cat, corder, crows, gauss, gmean, ops, 
         z = np.empty((4, t_size), dtype=buf.dtype)
         for tile in range(chunk, tiles, chunks):
             b, fl = buf[tile], flow[tile]
-            _seed(fl, root, tile * t_size, n)
+            _seed(fl, root, tile * t_size, n, False)
             for layer in range(ops.shape[0] - 1, -1, -1):
                 op = ops[layer]
                 if op[KIND] == SUM:
@@ -494,6 +505,8 @@ def flows(buf, flow, n, root, idx, real, cat, corder, crows, gauss, gmean, ops, 
                         child = pindex[off + u * fan_in + k]
                         for t in range(t_size):
                             fl[child, t] += fl[start + u, t]
+                    for t in range(t_size):
+                        fl[start + u, t] = 0.0
     # Inputs row by row of lp: each row's units add to it in turn (no two threads write one row).
     for r in prange(crows.shape[0] - 1):
         for j in range(crows[r], crows[r + 1]):
@@ -508,12 +521,14 @@ def flows(buf, flow, n, root, idx, real, cat, corder, crows, gauss, gmean, ops, 
                         row[x] += f[t]
                     else:
                         cat_missing[r] += f[t]
+                    f[t] = 0.0
     for u in prange(gauss.shape[0]):
         slot, var = gauss[u, 0], gauss[u, 1]
         for tile in range(tiles):
             col = tile * t_size
             for t in range(t_size):
                 x, f_t = real[var, col + t], flow[tile, slot, t]
+                flow[tile, slot, t] = 0.0
                 if np.isnan(x):
                     gstats[u, 3] += f_t
                 else:
@@ -535,7 +550,7 @@ def down(buf, active, n, root, idx, real, out, cat, lp, lpbest, gauss, gmean, gs
         for tile in range(chunk, tiles, chunks):
             b, act = buf[tile], active[tile]
             col = tile * t_size
-            _seed(act, root, col, n)
+            _seed(act, root, col, n, True)
             for layer in range(ops.shape[0] - 1, -1, -1):
                 op = ops[layer]
                 start = op[START]

@@ -143,13 +143,14 @@ class Circuit:
         real[:, :n] = np.where(missing, np.nan, rows).T
         return index, real, rows, n
 
-    def _buffer(self, name: str, columns: int, dtype: np.dtype) -> np.ndarray:
+    def _buffer(self, name: str, columns: int, dtype: np.dtype, zeros: bool = False) -> np.ndarray:
         """A (tiles, slots, T) buffer kept between calls (fresh ones this size cost page faults):
-        the first tiles of the largest one asked for so far."""
+        the first tiles of the largest one asked for so far; a new one holds zeros if `zeros`."""
         tiles = columns // self.tile
         buf = self._buffers.get(name)
         if buf is None or len(buf) < tiles or buf.dtype != dtype:
-            buf = self._buffers[name] = np.empty((tiles, self.num_slots, self.tile), dtype=dtype)
+            make = np.zeros if zeros else np.empty
+            buf = self._buffers[name] = make((tiles, self.num_slots, self.tile), dtype=dtype)
         return buf[:tiles]
 
     def _forward(self, index: np.ndarray, real: np.ndarray, mode: int) -> np.ndarray:
@@ -256,16 +257,16 @@ class Circuit:
         probs * flow), ``gaussian`` (G, 3): flow, flow * (x - mean), flow * (x - mean)^2 (centred on
         the unit's mean; a missing value counts in expectation: 0 and std^2); and
         ``log_likelihood``, the batch's summed log-likelihood."""
-        rows = np.array(x, dtype=np.float64, ndmin=2)
+        data = np.array(x, dtype=np.float64, ndmin=2)
         wflow = np.zeros((numba.get_num_threads(), len(self.weights)))
         counts = np.zeros(len(self.lp))
         missing = np.zeros(len(self.crows) - 1)
         g = np.zeros((len(self.gauss), 4))
         log_likelihood = 0.0
-        for piece in self._pieces(len(rows)):  # the kernel adds each piece's flows to the same arrays
-            index, real, _, n = self._evidence(rows[piece])
+        for piece in self._pieces(len(data)):  # the kernel adds each piece's flows to the same arrays
+            index, real, _, n = self._evidence(data[piece])
             buf = self._forward(index, real, kernels.SUM_MODE)
-            flow = self._buffer("flows", index.shape[1], self.dtype)
+            flow = self._buffer("flows", index.shape[1], self.dtype, zeros=True)  # `kernels.flows` keeps it so
             chunks = self._chunks(buf)
             kernels.flows(buf, flow, n, self.root, index, real, self.cat, self.corder, self.crows, self.gauss,
                           self.gmean, self.ops, self.pindex, self.sindex, self.weights, self.logw, self.widest,

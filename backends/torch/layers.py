@@ -186,8 +186,7 @@ class _Readers:
     units: torch.Tensor  # (T * width * P,) the layer's unit of (table, unit, reader), in that order
 
     def _index(self, batch: Batch, width: int) -> torch.Tensor:
-        t = self.var.shape[0]
-        return batch.index[self.var.reshape(-1)].view(t, 1, -1).expand(-1, width, -1)  # (T, width, P * B)
+        return batch.index[self.var.reshape(-1)].view(len(self.var), 1, -1).expand(-1, width, -1)  # (T, width, P * B)
 
     def gather(self, grid: torch.Tensor, batch: Batch, scratch: Scratch) -> torch.Tensor:
         """(T, width, P * B) log-values of the readers' units (in `scratch`)."""
