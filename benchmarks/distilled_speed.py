@@ -111,8 +111,8 @@ def _best(fn, repeat: int) -> float:  # type: ignore[no-untyped-def]
 
 
 def measure(backend: str, clusters: int, hidden: int, top_hidden: int, batch: int, repeat: int,
-            dtype: str) -> dict:
-    """One backend's figures (run in a process of its own)."""
+            dtype: str, threads: int) -> dict:
+    """One backend's figures (run in a process of its own, on `threads` threads)."""
     from pcdsl.backends import lower
 
     from pcdsl.distill.compose import top_parameter_groups
@@ -120,6 +120,8 @@ def measure(backend: str, clusters: int, hidden: int, top_hidden: int, batch: in
     from pcdsl.plan import compile_plan
 
     importlib.import_module(f"pcdsl.backends.{backend}")  # importing torch or numba is not compiling
+    runtime = importlib.import_module("torch" if backend == "torch" else "numba")
+    runtime.set_num_threads(threads)
     started = time.perf_counter()
     graph, params = build(clusters, hidden, top_hidden)
     built = time.perf_counter() - started
@@ -141,8 +143,8 @@ def measure(backend: str, clusters: int, hidden: int, top_hidden: int, batch: in
     flows_x = model.flows(x)
     update = _best(lambda: em_update(params, flows_x, step=0.1, pseudocount=0.1), repeat)
     ll = float(np.mean(model.log_prob(x[:64])))
-    return {"backend": backend, "clusters": clusters, "hidden": hidden, "top_hidden": top_hidden, "batch": batch,
-            "dtype": dtype, "node_groups": len(graph), "edges": graph.num_edges(),
+    return {"backend": backend, "threads": threads, "clusters": clusters, "hidden": hidden, "top_hidden": top_hidden,
+            "batch": batch, "dtype": dtype, "node_groups": len(graph), "edges": graph.num_edges(),
             "build_s": built, "compile_s": compiled, "forward_s": forward, "flows_s": flows,
             "set_parameters_s": set_all, "set_top_s": set_top, "em_update_s": update, "peak_rss_mib": peak_rss_mib(),
             "mean_ll_64": ll, "load_1min": os.getloadavg()[0]}
@@ -157,17 +159,19 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        record = measure(args.child, args.clusters, args.hidden, args.top_hidden, args.batch, args.repeat, args.dtype)
+        record = measure(args.child, args.clusters, args.hidden, args.top_hidden, args.batch, args.repeat, args.dtype,
+                         args.threads)
         print(json.dumps(record))
         return
     records = []
     for backend in args.backends:
         command = [sys.executable, __file__, "--child", backend, "--clusters", str(args.clusters),
                    "--hidden", str(args.hidden), "--top-hidden", str(args.top_hidden), "--batch", str(args.batch),
-                   "--repeat", str(args.repeat), "--dtype", args.dtype]
+                   "--repeat", str(args.repeat), "--dtype", args.dtype, "--threads", str(args.threads)]
         done = subprocess.run(command, capture_output=True, text=True, check=False,
                               cwd=Path(__file__).resolve().parent.parent)
         if done.returncode != 0:
@@ -179,7 +183,7 @@ def main() -> None:
     first = records[0]
     print(f"distilled circuit: K = {first['clusters']}, hidden = {first['hidden']}, top hidden = "
           f"{first['top_hidden']}, {first['node_groups']} node groups, {first['edges']:,} edges; "
-          f"batch {first['batch']}, {first['dtype']}, {os.cpu_count()} cores")
+          f"batch {first['batch']}, {first['dtype']}, {first['threads']} threads on {os.cpu_count()} cores")
     rows = [("build graph (s)", "build_s"), ("compile (s)", "compile_s"), ("forward (s)", "forward_s"),
             ("flows (s)", "flows_s"), ("set_parameters, all (s)", "set_parameters_s"),
             ("set_parameters, top only (s)", "set_top_s"), ("em_update of those flows (s)", "em_update_s"),

@@ -7,7 +7,9 @@ no padding); node groups follow, layer by layer, each group's units
 contiguous. Layers run in order:
 
 - an input layer per family and group width: categorical (Bernoulli and
-  indicator leaves are categorical leaves over their domain), gaussian;
+  indicator leaves are categorical leaves over their domain), gaussian; its
+  parameters are one table with a row per unit of each parameter group, and
+  each unit names its row, so tied leaves share rows instead of copies;
 - a product layer per fan-in: ``out[u] = sum_k buf[index[u, k]]``;
 - a sum layer per fold of same-shape sums (F nodes of M units over C child
   units): ``out[f, m] = log sum_c W[f, m, c] exp(buf[index[f, c]])``, one

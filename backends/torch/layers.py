@@ -100,8 +100,7 @@ class InputRule:
                 torch.gather(self.grid, 2, index, out=out.view(-1, self.width, out.shape[1]))
             else:
                 for readers in self.readers:
-                    values = readers.gather(self.grid, batch, self.scratch)
-                    out.index_copy_(0, readers.units, values.view(-1, out.shape[1]))
+                    readers.write(self.grid, batch, out, self.scratch)
             free = lp.amax(dim=1) if mode == "max" else torch.zeros_like(lp[:, 0])
             if self.readers is not None:
                 free = free[self.rows]
@@ -178,21 +177,31 @@ class InputRule:
 
 @dataclass
 class _Readers:
-    """Tables read by the same number P of nodes: gathered with those nodes' columns side by
-    side as (T, width, P * B), then put at the nodes' units."""
+    """Tables read by the same number P of nodes. Where those nodes lie side by side, table by
+    table (as the plan orders the leaves of tied patch circuits), one gather from the tables
+    broadcast over the readers writes them in place; else they are gathered with the readers'
+    columns side by side as (T, width, P * B), then put at the readers' units."""
 
     tables: torch.Tensor | None  # (T,) table indices; None: every table, in order
     var: torch.Tensor  # (T, P) variable of each reading node
     units: torch.Tensor  # (T * width * P,) the layer's unit of (table, unit, reader), in that order
+    first: int | None  # the first reading node when node (t, p) is first + t * P + p, else None
 
     def _index(self, batch: Batch, width: int) -> torch.Tensor:
         return batch.index[self.var.reshape(-1)].view(len(self.var), 1, -1).expand(-1, width, -1)  # (T, width, P * B)
 
-    def gather(self, grid: torch.Tensor, batch: Batch, scratch: Scratch) -> torch.Tensor:
-        """(T, width, P * B) log-values of the readers' units (in `scratch`)."""
+    def write(self, grid: torch.Tensor, batch: Batch, out: torch.Tensor, scratch: Scratch) -> None:
+        """Write the log-values of the readers' units into the layer's `out` (U, B)."""
         mine = grid if self.tables is None else grid[self.tables]
-        index = self._index(batch, grid.shape[1])
-        return torch.gather(mine, 2, index, out=scratch.get("readers", tuple(index.shape), grid))
+        (t, p), width, b = self.var.shape, grid.shape[1], out.shape[1]
+        if self.first is not None:
+            index = batch.index[self.var.reshape(-1)].view(t, p, 1, b).expand(-1, -1, width, -1)
+            rows = out[self.first * width:(self.first + t * p) * width].view(t, p, width, b)
+            torch.gather(mine.unsqueeze(1).expand(-1, p, -1, -1), 3, index, out=rows)
+            return
+        index = self._index(batch, width)
+        values = torch.gather(mine, 2, index, out=scratch.get("readers", tuple(index.shape), grid))
+        out.index_copy_(0, self.units, values.view(-1, b))
 
     def count(self, counts: torch.Tensor, observed: torch.Tensor, batch: Batch, scratch: Scratch) -> None:
         """Add the readers' observed flows (U, B) to their tables' counts (tables, width, K)."""
@@ -220,9 +229,11 @@ def _readers(layer: InputLayer, device: torch.device) -> list[_Readers]:
         nodes = np.array([readers[i] for i in tables], dtype=np.int64)  # (T, P)
         units = nodes[:, None, :] * width + np.arange(width)[None, :, None]  # (T, width, P)
         every = tables == list(range(len(layer.tables)))
+        side_by_side = np.array_equal(nodes.reshape(-1), nodes[0, 0] + np.arange(nodes.size))
         out.append(_Readers(None if every else torch.as_tensor(tables, device=device),
                             torch.as_tensor(layer.var[nodes * width], device=device),
-                            torch.as_tensor(units.reshape(-1), device=device)))
+                            torch.as_tensor(units.reshape(-1), device=device),
+                            int(nodes[0, 0]) if side_by_side else None))
     return out
 
 
