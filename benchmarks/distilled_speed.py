@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_speed import hwm_rss_mib  # this folder is on sys.path when a script here runs
 
 SIDE, PATCH, LEVELS = 28, 4, 256
 
@@ -93,12 +94,6 @@ def _perturbed(params, groups, seed: int):  # type: ignore[no-untyped-def]
     return Parameters(inputs, weights, params.fixed)
 
 
-def peak_rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _best(fn, repeat: int) -> float:  # type: ignore[no-untyped-def]
@@ -146,7 +141,7 @@ def measure(backend: str, clusters: int, hidden: int, top_hidden: int, batch: in
     return {"backend": backend, "threads": threads, "clusters": clusters, "hidden": hidden, "top_hidden": top_hidden,
             "batch": batch, "dtype": dtype, "node_groups": len(graph), "edges": graph.num_edges(),
             "build_s": built, "compile_s": compiled, "forward_s": forward, "flows_s": flows,
-            "set_parameters_s": set_all, "set_top_s": set_top, "em_update_s": update, "peak_rss_mib": peak_rss_mib(),
+            "set_parameters_s": set_all, "set_top_s": set_top, "em_update_s": update, "peak_rss_mib": hwm_rss_mib(),
             "mean_ll_64": ll, "load_1min": os.getloadavg()[0]}
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from pcdsl.data import DataError, load_values
 from pcdsl.data.images import IMAGE_SOURCES
 from pcdsl.frontend import Checked
-from pcdsl.io.atomic import write_atomic
+from pcdsl.io.atomic import write_json as _write_json
 from pcdsl.ir.graph import BOOL, CircuitGraph, Domain, Variable
 from pcdsl.learn.train import Epoch, Stage, Trainer, mean_ll
 from pcdsl.params import Parameters, initialise
@@ -45,10 +45,6 @@ class Splits:
     valid: np.ndarray | None
     test: np.ndarray | None
     image_shape: tuple[int, int, int] | None = None  # image sources: (H, W, C), 256 levels a value
-
-
-def _write_json(path: Path, value: Any) -> None:
-    write_atomic(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
 
 
 def load_splits(checked: Checked, spec: RecipeSpec) -> Splits:

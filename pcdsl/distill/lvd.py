@@ -97,9 +97,10 @@ def fit_patches(shape: PatchShape, levels: Sequence[int], rows: np.ndarray, vali
                 pseudocount: float, fit: Fit, resume: Resume = Resume()) -> tuple[CircuitGraph, Parameters]:
     """Counting initialisation and cluster-conditioned EM of the patch circuits on rows from
     :func:`patch_rows`."""
-    graph = training_circuit(block_family(shape, levels))
+    family = block_family(shape, levels)
+    graph = training_circuit(family)
     params = counting_init(graph, shape, rows[:, :-1], rows[:, -1], levels, pseudocount, fit.seed)
-    return graph, train(graph, params, rows, valid, fit, resume)
+    return graph, fit_family(family, params, rows, valid, fit, resume)
 
 
 def fit_family(family: PatchFamily, start: Parameters, rows: np.ndarray, valid: np.ndarray | None, fit: Fit,

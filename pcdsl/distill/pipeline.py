@@ -47,6 +47,7 @@ from pcdsl.distill.compose import (
 )
 from pcdsl.distill.recipe import Distillation, cropped
 from pcdsl.io.atomic import write_atomic
+from pcdsl.io.atomic import write_json as _write_json
 from pcdsl.io.model import load_model, save_model
 from pcdsl.ir.graph import CircuitGraph, Domain, Variable
 from pcdsl.learn.train import Epoch
@@ -57,10 +58,6 @@ Log = Callable[[str], object]
 
 def _key(*parts: Any) -> str:
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
-
-
-def _write_json(path: Path, value: Any) -> None:
-    write_atomic(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
 
 
 @dataclass

@@ -32,3 +32,10 @@ def write_atomic(path: Path | str, data: bytes) -> None:
     """Write `data` to `path` atomically (see :func:`atomic_file`)."""
     with atomic_file(path) as f:
         f.write(data)
+
+
+def write_json(path: Path | str, value: object) -> None:
+    """`value` as indented, key-sorted JSON, written atomically."""
+    import json
+
+    write_atomic(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
