@@ -308,7 +308,7 @@ def _latents(run: RunDir, recipe: Distillation, data: Data, grid: Any, teacher: 
              teacher_key: str) -> tuple[dict[str, np.ndarray], str]:
     from pcdsl.distill.latents import assign, kmeans
 
-    key = _key(teacher_key, sorted(recipe.kmeans.items()), sorted((recipe.grow or {}).items()))
+    key = _key(teacher_key, sorted(recipe.kmeans.items()))  # growing has a stage (and key) of its own
     if run.fresh("latents", key, "latents.npz"):
         with np.load(run.path / "latents.npz", allow_pickle=False) as saved:
             return {k: saved[k] for k in saved.files}, key
