@@ -116,6 +116,7 @@ class LayeredPlan:
     layers: tuple[Layer, ...]
     root: int  # the root's slot
     slot_of: dict[str, int]  # first slot of each node group
+    fixed: frozenset[str] = frozenset()  # parameter groups learning keeps (Parameters.fixed)
 
     def input_layers(self) -> list[InputLayer]:
         return [layer for layer in self.layers if isinstance(layer, InputLayer)]
@@ -148,7 +149,8 @@ def compile_plan(graph: CircuitGraph, params: Parameters) -> LayeredPlan:
         layers.append(layer)
     cards = tuple(v.domain.size if v.domain.is_discrete else None for v in graph.variables)
     return LayeredPlan(graph.name, next_slot, len(graph.variables), cards,
-                       tuple(v.name for v in graph.variables), tuple(layers), slots[graph.root.name], slots)
+                       tuple(v.name for v in graph.variables), tuple(layers), slots[graph.root.name], slots,
+                       params.fixed)
 
 
 _KIND_ORDER = {"input": 0, "product": 1, "sum": 2}
@@ -285,7 +287,46 @@ def with_parameters(plan: LayeredPlan, params: Parameters,
         elif isinstance(layer, SumLayer):
             layer = replace(layer, weights=fold_weights(layer, params))
         layers.append(layer)
-    return replace(plan, layers=tuple(layers))
+    return replace(plan, layers=tuple(layers), fixed=params.fixed)
+
+
+def plan_parameters(plan: LayeredPlan) -> Parameters:
+    """The parameters a plan holds, by group (the inverse of :func:`with_parameters`): each sum
+    group's rows gathered from its folds, each leaf table's rows cut to its variable's categories
+    (Bernoulli ``p`` and indicator ``value`` recovered from their two or k log-probabilities)."""
+    params = Parameters(fixed=plan.fixed)
+    for layer in plan.layers:
+        if isinstance(layer, SumLayer):
+            _sum_groups(layer, params)
+        elif isinstance(layer, InputLayer):
+            _input_groups(layer, plan, params)
+    return params
+
+
+def _sum_groups(layer: SumLayer, params: Parameters) -> None:
+    m = layer.shape[1]
+    for fold, (group, row) in enumerate(zip(layer.groups, layer.rows or (0,) * len(layer.groups), strict=True)):
+        block = params.weights.get(group)
+        if block is None or len(block) < row + m:  # grown to the rows this fold needs
+            grown = np.zeros((row + m, layer.shape[2]))
+            if block is not None:
+                grown[:len(block)] = block
+            block = params.weights[group] = grown
+        block[row:row + m] = layer.weights[fold]
+
+
+def _input_groups(layer: InputLayer, plan: LayeredPlan, params: Parameters) -> None:
+    width, first = layer.width, layer.table_nodes()
+    sizes = layer.table_cardinalities(plan.cardinalities)
+    for i, group in enumerate(layer.tables):
+        rows = slice(i * width, (i + 1) * width)
+        if layer.family == "gaussian":
+            params.inputs[group] = {k: np.array(layer.params[k][rows], dtype=np.float64) for k in ("mean", "std")}
+            continue
+        probs = np.exp(layer.params["log_probs"][rows, :sizes[i]])
+        family = layer.families[first[i]]
+        params.inputs[group] = ({"probs": probs} if family == "categorical" else {"p": probs[:, 1].copy()}
+                                if family == "bernoulli" else {"value": probs.argmax(axis=1)})
 
 
 def dump_plan(plan: LayeredPlan) -> str:

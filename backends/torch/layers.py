@@ -120,9 +120,11 @@ class InputRule:
     def forward(self, buf: torch.Tensor, batch: Batch, mode: str) -> None:
         self.values(batch, mode, out=buf[self.start:self.stop])
 
-    def flows(self, buf: torch.Tensor, flow: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
+    def flows(self, buf: torch.Tensor, flow: torch.Tensor, batch: Batch,
+              expected_missing: bool = True) -> dict[str, torch.Tensor]:
         """Statistics per table row (tied leaves' summed): categorical counts (R, K); gaussian
-        n, dx, dxx (R,)."""
+        n, dx, dxx (R,). A missing value counts in expectation (EM's statistics), or, without
+        `expected_missing`, not at all (the gradient: its leaf's value is a constant 0)."""
         f = flow[self.start:self.stop]  # (U, B)
         unit_missing = self._unit_missing(batch)
         if self.layer.family == "categorical":
@@ -136,7 +138,7 @@ class InputRule:
                 for readers in self.readers:
                     readers.count(counts, observed, batch, self.scratch)
             counts = counts.view(lp.shape)
-            if unit_missing is not None:  # a missing value counts in expectation: probs * flow
+            if unit_missing is not None and expected_missing:  # a missing value counts in expectation
                 counts += self._to_rows((f * unit_missing).sum(dim=1))[:, None] * torch.exp(lp)
             return {"counts": counts}
         # centred on the current mean, in float64: E[x^2] - mean^2 would cancel (docs/numerics.md)
@@ -145,6 +147,8 @@ class InputRule:
         missing = batch.missing[self.var]
         d = torch.where(missing, torch.zeros_like(f), batch.real[self.var] - mean)
         dd = torch.where(missing, (std * std).expand_as(f), d * d)  # a missing value: in expectation
+        if not expected_missing:
+            f = f.masked_fill(missing, 0.0)
         return {"n": self._to_rows(f.sum(dim=1)), "dx": self._to_rows((f * d).sum(dim=1)),
                 "dxx": self._to_rows((f * dd).sum(dim=1))}
 
