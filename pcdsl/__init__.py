@@ -5,13 +5,15 @@ The front end is importable without torch or numba::
     import pcdsl
     checked = pcdsl.check("examples/tiny.pc")     # raises pcdsl.PcdslError on bad input
     graph = checked.circuit("tiny")                # a pcdsl.ir.CircuitGraph
+    pcdsl.render(graph)                            # its picture (Jupyter shows it)
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pcdsl.diagnostics import Diagnostic, InternalError, PcdslError, render, render_all
+from pcdsl import render  # a module that is also a function: pcdsl.render(graph) -> its picture
+from pcdsl.diagnostics import Diagnostic, InternalError, PcdslError, render_all
 from pcdsl.frontend import Checked, check_file, check_text
 from pcdsl.ir.graph import CircuitGraph, Node, NodeKind, Variable
 

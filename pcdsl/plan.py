@@ -121,6 +121,26 @@ class LayeredPlan:
     def input_layers(self) -> list[InputLayer]:
         return [layer for layer in self.layers if isinstance(layer, InputLayer)]
 
+    def summary(self) -> str:
+        """Sizes in one line: variables, layers by kind, units, edges, parameters."""
+        kinds = [type(layer).__name__.removesuffix("Layer").lower() for layer in self.layers]
+        counts = ", ".join(f"{kinds.count(k)} {k}" for k in ("input", "product", "sum") if k in kinds)
+        edges = sum(layer.index.size if isinstance(layer, ProductLayer) else
+                    int(np.prod(layer.shape)) if isinstance(layer, SumLayer) else 0 for layer in self.layers)
+        stored = sum(p.size for layer in self.input_layers() for p in layer.params.values())
+        stored += sum(layer.weights.size for layer in self.layers if isinstance(layer, SumLayer))
+        return (f"'{self.name}': {self.num_vars} variables, {len(self.layers)} layers ({counts}), "
+                f"{self.num_slots - FIRST_SLOT} units, {edges} edges, {stored} parameter entries")
+
+    def __repr__(self) -> str:
+        return f"LayeredPlan({self.summary()})"
+
+    def _repr_svg_(self) -> str | None:
+        """Jupyter's picture of the layers (needs graphviz; None falls back to the text)."""
+        from pcdsl.render import picture
+
+        return picture(self)._repr_svg_()
+
 
 def heights(graph: CircuitGraph) -> dict[str, int]:
     h: dict[str, int] = {}

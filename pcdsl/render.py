@@ -1,18 +1,29 @@
-"""Graphviz pictures of circuits, at the level of node groups or of regions.
+"""Graphviz pictures of circuits (at the level of node groups or of regions), of single node
+groups, and of layered plans (what a compiled model runs).
 
 The DOT text is deterministic (ids follow the graph's insertion order), so it
 can be golden-tested; SVG, PNG and PDF come from the `dot` program.
+:func:`picture` wraps any of them in a :class:`Picture`, which Jupyter shows.
 """
 
 from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
+import types
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+
+from pcdsl.diagnostics import Diagnostic
+from pcdsl.diagnostics import render as render_diagnostic
 from pcdsl.io.atomic import write_atomic
 from pcdsl.ir.graph import CircuitGraph, Node, NodeKind
 from pcdsl.ir.validate import scope_text
+from pcdsl.plan import InputLayer, LayeredPlan, ProductLayer, SumLayer
 
 FORMATS = ("dot", "svg", "png", "pdf")
 AUTO_REGION_LIMIT = 300  # above this many node groups, the region level reads better
@@ -57,8 +68,6 @@ def _input_label(graph: CircuitGraph, node: Node) -> str:
 
 
 def _fmt(value: object) -> str:
-    import numpy as np
-
     array = np.asarray(value).reshape(-1)
     items = [f"{x:.3g}" if isinstance(x, (float, np.floating)) else str(x) for x in array[:6]]
     text = ", ".join(items) + (", ..." if array.size > 6 else "")
@@ -131,17 +140,118 @@ def to_dot(graph: CircuitGraph, level: str = "auto") -> str:
     return region_dot(graph) if level == "region" else circuit_dot(graph)
 
 
+def node_dot(node: Node) -> str:
+    """One node group and the names of its children (a node alone does not know their kinds)."""
+    lines = [f"digraph {_quote(node.name)} {{", '  rankdir="TB";', _FONTS]
+    lines.append(f"  n0 {_attrs(label=node_label(node), shape='box' if node.kind is NodeKind.INPUT else 'ellipse')};")
+    for i, child in enumerate(node.children):
+        label = ""
+        if node.weights is not None and node.weights.shape == (1, len(node.children)):
+            label = f"{node.weights[0, i]:.3g}"
+        lines.append(f"  c{i} {_attrs(label=child, shape='plain')};")
+        lines.append(f"  n0 -> c{i}{' ' + _attrs(label=label) if label else ''};")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def node_label(node: Node) -> str:
+    """A node group in a few words: kind, name, units and what is special about it."""
+    if node.kind is NodeKind.INPUT:
+        kind = f"{node.family} leaf"
+    elif node.kind is NodeKind.PRODUCT:
+        kind = f"{node.pattern} product"
+    else:
+        kind = "sum"
+    extras = [_count(node.num_units, "unit")]
+    if node.children:
+        extras.append(f"{len(node.children)} child{'ren' * (len(node.children) != 1)}")
+    if node.blocks > 1:
+        extras.append(f"{node.blocks} blocks")
+    if node.tie:
+        extras.append(f"tied to '{node.tie}'")
+    if node.fixed:
+        extras.append("fixed")
+    return f"{kind} '{node.name}': {', '.join(extras)}"
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'s' * (n != 1)}"
+
+
+def _layer_label(i: int, layer: InputLayer | ProductLayer | SumLayer) -> str:
+    if isinstance(layer, InputLayer):
+        families = ", ".join(sorted(set(layer.families)))
+        return f"layer {i}: input ({families})\n{_count(len(layer.nodes), 'group')} of {_count(layer.width, 'unit')}"
+    if isinstance(layer, ProductLayer):
+        return f"layer {i}: product\n{_count(layer.index.shape[0], 'unit')}, fan-in {layer.index.shape[1]}"
+    f, m, c = layer.shape
+    return f"layer {i}: sum\n{_count(f, 'fold')} of {_count(m, 'unit')} over {_count(c, 'input')}\n" \
+           f"{_count(f * m * c, 'edge')}"
+
+
+def plan_dot(plan: LayeredPlan) -> str:
+    """One DOT node per layer of a plan, with an edge to each layer it reads."""
+    lines = [f"digraph {_quote(plan.name + ' (plan)')} {{", '  rankdir="BT";', _FONTS]
+    starts = np.array([layer.start for layer in plan.layers])
+    for i, layer in enumerate(plan.layers):
+        fill = {"InputLayer": "#f3f3f3", "ProductLayer": "#ffffff", "SumLayer": "#dde8f7"}[type(layer).__name__]
+        lines.append(f"  l{i} {_attrs(label=_layer_label(i, layer), shape='box', style='filled', fillcolor=fill)};")
+        if isinstance(layer, InputLayer):
+            continue
+        slots = np.unique(layer.index)
+        for j in np.unique(np.searchsorted(starts, slots[slots >= 2], side="right") - 1):
+            lines.append(f"  l{int(j)} -> l{i};")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class Picture:
+    """A rendered circuit, node group or plan: its DOT text, and SVG, PNG or PDF from graphviz's
+    ``dot``. Jupyter shows it (``_repr_svg_``); without ``dot`` it shows this text instead."""
+
+    dot: str
+
+    def svg(self) -> str:
+        """The picture as SVG text (needs graphviz's ``dot``)."""
+        return _run_dot(self.dot.encode("utf-8"), "svg").decode("utf-8")
+
+    def save(self, out: str | Path, fmt: str | None = None) -> Path:
+        """Write the picture to `out` (format from the suffix unless `fmt`), atomically."""
+        out = Path(out)
+        fmt = fmt or out.suffix.lstrip(".").lower()
+        if fmt not in FORMATS:
+            raise RenderError(f"unknown picture format '{fmt}' (known: {', '.join(FORMATS)})")
+        data = self.dot.encode("utf-8")
+        _atomic_write(out, data if fmt == "dot" else _run_dot(data, fmt))
+        return out
+
+    def _repr_svg_(self) -> str | None:
+        try:
+            return self.svg()
+        except RenderError:
+            return None  # Jupyter falls back to the text form
+
+    def __repr__(self) -> str:
+        return f"Picture({self.dot.count(chr(10))} lines of DOT; .svg() or .save(path) to draw it)"
+
+
+def picture(thing: Any, level: str = "auto") -> Picture:
+    """The picture of a circuit graph (node groups or regions, see :func:`to_dot`), a node group,
+    a layered plan, or anything that runs one (a compiled model, a circuit module)."""
+    if isinstance(thing, CircuitGraph):
+        return Picture(to_dot(thing, level))
+    if isinstance(thing, Node):
+        return Picture(node_dot(thing))
+    plan = thing if isinstance(thing, LayeredPlan) else getattr(thing, "plan", None)
+    if isinstance(plan, LayeredPlan):
+        return Picture(plan_dot(plan))
+    raise TypeError(f"cannot draw a {type(thing).__name__}: give a circuit graph, a node group, a plan or a model")
+
+
 def render_file(graph: CircuitGraph, out: str | Path, level: str = "auto", fmt: str | None = None) -> Path:
     """Write the picture to `out` (format from the suffix unless `fmt`), atomically."""
-    out = Path(out)
-    fmt = fmt or out.suffix.lstrip(".").lower()
-    if fmt not in FORMATS:
-        raise RenderError(f"unknown picture format '{fmt}' (known: {', '.join(FORMATS)})")
-    data = to_dot(graph, level).encode("utf-8")
-    if fmt != "dot":
-        data = _run_dot(data, fmt)
-    _atomic_write(out, data)
-    return out
+    return Picture(to_dot(graph, level)).save(out, fmt)
 
 
 def _run_dot(dot: bytes, fmt: str) -> bytes:
@@ -160,3 +270,23 @@ def _atomic_write(path: Path, data: bytes) -> None:
         write_atomic(path, data)
     except OSError as exc:
         raise RenderError(f"cannot write '{path}': {exc.strerror}") from None
+
+
+def render(thing: Any, level: str = "auto") -> Any:
+    """``pcdsl.render(x)``: the :class:`Picture` of a circuit graph, node group, plan or compiled
+    model; a :class:`~pcdsl.diagnostics.Diagnostic` renders as its text (file:line:col, the
+    source line, a caret)."""
+    if isinstance(thing, Diagnostic):
+        return render_diagnostic(thing)
+    return picture(thing, level)
+
+
+class _CallableModule(types.ModuleType):
+    """This module is also the façade's function, so that ``pcdsl.render(graph)`` works
+    whichever of the two the name ``pcdsl.render`` was last bound to by an import."""
+
+    def __call__(self, thing: Any, level: str = "auto") -> Any:
+        return render(thing, level)
+
+
+sys.modules[__name__].__class__ = _CallableModule

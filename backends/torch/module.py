@@ -289,6 +289,12 @@ class CircuitModule(nn.Module):
                 f"{self.plan.num_slots - 2} units, {learned} of {total} parameters learned{leaves}, "
                 f"{str(self._anchor.dtype).removeprefix('torch.')} on {self._anchor.device})")
 
+    def _repr_svg_(self) -> str | None:
+        """Jupyter's picture of the layers the module runs (needs graphviz)."""
+        from pcdsl.render import picture
+
+        return picture(self.plan)._repr_svg_()
+
 
 # ---- the autograd function -----------------------------------------------------------------------
 @dataclass

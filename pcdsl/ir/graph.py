@@ -79,6 +79,17 @@ class Node:
     blocks: int = 1
     fixed: bool = False  # `with fixed = true`: learning keeps this node's (or its tie group's) parameters
 
+    def __repr__(self) -> str:
+        from pcdsl.render import node_label
+
+        return f"Node({node_label(self)})"
+
+    def _repr_svg_(self) -> str | None:
+        """Jupyter's picture of the node group (needs graphviz; None falls back to the text)."""
+        from pcdsl.render import picture
+
+        return picture(self)._repr_svg_()
+
 
 class CircuitGraph:
     """Nodes are added children first, so the graph is acyclic by construction."""
@@ -88,6 +99,28 @@ class CircuitGraph:
         self.variables = variables
         self.span = span
         self._g = nx.DiGraph()
+
+    def __repr__(self) -> str:
+        """One line: sizes and structural properties (checked afresh: the graph may have changed)."""
+        from pcdsl.ir.validate import analyse
+
+        if not len(self):
+            return f"CircuitGraph('{self.name}': {len(self.variables)} variables, empty)"
+        p = analyse(self)
+        properties = [name for name, holds in (("smooth", p.smooth), ("decomposable", p.decomposable),
+                                               ("deterministic", p.deterministic),
+                                               ("structured-decomposable", p.structured)) if holds]
+        roots = self.roots()
+        top = f"root '{roots[0].name}'" if len(roots) == 1 else f"{len(roots)} roots"
+        return (f"CircuitGraph('{self.name}': {len(self.variables)} variables, {len(self)} node groups "
+                f"({self.num_units()} units), {self.num_edges()} edges, {self.num_parameters()} parameters, "
+                f"{top}; {', '.join(properties) or 'neither smooth nor decomposable'})")
+
+    def _repr_svg_(self) -> str | None:
+        """Jupyter's picture of the circuit (needs graphviz; None falls back to the text)."""
+        from pcdsl.render import picture
+
+        return picture(self)._repr_svg_()
 
     # ---- construction -------------------------------------------------------------
     def add_input(self, name: str, var: int, family: str, num_units: int,
