@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pcdsl import __version__
+from pcdsl import plot as plot_command
 from pcdsl.codes import CODES
 from pcdsl.diagnostics import PcdslError, render, render_all
 from pcdsl.ir.graph import CircuitGraph
@@ -146,6 +147,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
+    plot_command.add_command(sub)  # pcdsl plot RUN_DIR... -o curves.png
     explain = sub.add_parser("explain", help="explain a diagnostic code, e.g. E0203")
     explain.add_argument("code", metavar="CODE")
     return p
@@ -523,6 +525,7 @@ def _explain(args: argparse.Namespace) -> int:
 
 _COMMANDS = {"check": _check, "render": _render, "demo": _demo, "compile": _compile, "eval": _eval,
              "sample": _sample, "train": _train, "run": _run, "explain": _explain}
+_COMMANDS["plot"] = plot_command.command
 
 if __name__ == "__main__":
     sys.exit(main())
