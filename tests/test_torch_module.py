@@ -341,3 +341,20 @@ def test_runs_under_torch_compile_with_inductor() -> None:
     out.sum().backward()
     assert torch.allclose(out, expected, atol=ATOL)
     assert all(torch.allclose(p.grad, g, atol=ATOL) for p, g in zip(module.parameters(), grads, strict=True))
+
+
+def test_rows_of_probability_zero_get_gradient_zero() -> None:
+    graph, params = _tied_blocks()
+    params.inputs["ld"]["probs"][:, 2] = 0.0  # d = 2 is impossible
+    params.inputs["ld"]["probs"] /= params.inputs["ld"]["probs"].sum(axis=1, keepdims=True)
+    x = _data(graph, params, 20, seed=8)
+    impossible = np.vstack([x, [[0, 1, 2, 2]]])
+    module = _module(graph, params)
+    lp = module(torch.as_tensor(impossible))
+    assert lp[-1] == -np.inf and torch.isfinite(lp[:-1]).all()
+    lp.sum().backward()
+    with_zero = {name: p.grad.clone() for name, p in module.named_parameters()}
+    module.zero_grad()
+    module(torch.as_tensor(x)).sum().backward()
+    for name, p in module.named_parameters():
+        assert torch.isfinite(with_zero[name]).all() and torch.allclose(with_zero[name], p.grad, atol=ATOL), name

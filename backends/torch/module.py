@@ -203,7 +203,8 @@ class CircuitModule(nn.Module):
         parts = []
         for size, groups in self.layout.categories.items():
             rows = self._normalised([self.logits[key(g)] for g in groups], f"_categorical_zeros_{size}")
-            parts.append(nn.functional.pad(rows, (0, self.layout.width - size), value=-math.inf))
+            parts.append(rows if size == self.layout.width else
+                         nn.functional.pad(rows, (0, self.layout.width - size), value=-math.inf))
         parts.append(self._indicator_rows)
         return torch.cat(parts)
 
@@ -388,13 +389,13 @@ def _layout(plan: LayeredPlan, params: Parameters) -> _Layout:
                 _place(layout.sums.setdefault(layer.shape[2], []), g, len(params.weights[g]), ("sum", layer.shape[2]),
                        rows, layout)
         elif isinstance(layer, InputLayer):
-            first = layer.table_nodes()
+            first, sizes = layer.table_nodes(), layer.table_cardinalities(plan.cardinalities)
             for i, g in enumerate(layer.tables):
                 family = layer.families[first[i]]
                 if family == "gaussian":
                     _place(layout.gaussians, g, layer.width, ("gaussian", 0), rows, layout)
                 elif family != "indicator":
-                    size = layer.table_cardinalities(plan.cardinalities)[i]
+                    size = sizes[i]
                     assert size is not None
                     _place(layout.categories.setdefault(size, []), g, layer.width, ("categorical", size), rows, layout)
                     layout.width = max(layout.width, size)
