@@ -56,7 +56,7 @@ def _sections() -> dict[tuple[str, ...], Section]:
         heading = re.match(r"^(#{2,4}) (.+)$", line)
         if heading:
             level = len(heading.group(1)) - 1
-            path = path[:level - 1] + [heading.group(2).strip()]
+            path = [*path[:level - 1], heading.group(2).strip()]
             current = sections.setdefault(tuple(path), Section(tuple(path)))
         else:
             current.text.append(line)

@@ -40,7 +40,7 @@ from torch import nn
 from pcdsl.params import Parameters
 from pcdsl.plan import InputLayer, LayeredPlan, SumLayer, plan_parameters
 
-from . import Leaves, TorchModel, add_stats, lower
+from . import TorchModel, add_stats, lower
 from .layers import InputRule, SumRule
 from .module_params import TINY, em_step, leaf_piece, load_module_parameters, module_parameters
 
@@ -81,6 +81,10 @@ class CircuitModule(nn.Module):
     missing entries (-1, or NaN for real variables) marginalised; ``em_step`` runs EM on the same
     parameters; ``sample``, ``map`` and ``conditional`` answer with the current parameters."""
 
+    leaf_slots: torch.Tensor  # buffers, declared for the type checker
+    _anchor: torch.Tensor
+    _indicator_rows: torch.Tensor
+
     def __init__(self, plan: LayeredPlan, params: Parameters | None = None, leaves: Sequence[str] = (),
                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
         super().__init__()
@@ -89,7 +93,8 @@ class CircuitModule(nn.Module):
         self.leaf_names = tuple(leaves)
         self.leaf_units = _leaf_units(plan, self.leaf_names)
         self.register_buffer("leaf_slots", torch.as_tensor(_leaf_slots(plan, self.leaf_names)), persistent=False)
-        self.register_buffer("_anchor", torch.zeros(0, dtype=torch.float64), persistent=False)  # follows .to(device, dtype)
+        # an empty buffer that follows .to(device, dtype): where and in what the backend runs
+        self.register_buffer("_anchor", torch.zeros(0, dtype=torch.float64), persistent=False)
         frozen = set(params.fixed) | _external_only(plan, set(self.leaf_names))
         self.layout = _layout(plan, params)
         self.weights, self.logits = nn.ParameterDict(), nn.ParameterDict()
@@ -222,7 +227,8 @@ class CircuitModule(nn.Module):
             unknown = sorted(set(leaves) - set(self.leaf_names))
             missing = [n for n in self.leaf_names if n not in leaves]
             if unknown or missing:
-                raise ValueError(f"neural leaves: unknown {unknown}, missing {missing} (expected {list(self.leaf_names)})")
+                raise ValueError(f"neural leaves: unknown {unknown}, missing {missing} "
+                                 f"(expected {list(self.leaf_names)})")
             for name, units in zip(self.leaf_names, self.leaf_units, strict=True):
                 if leaves[name].ndim != 2 or leaves[name].shape[1] != units:
                     raise ValueError(f"neural leaf '{name}' has {units} units: give a (batch, {units}) tensor, "

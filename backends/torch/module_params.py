@@ -125,7 +125,7 @@ def _frozen(module: CircuitModule) -> frozenset[str]:
     """The groups whose parameters do not require gradients: EM keeps them too."""
     from .module import group_name
 
-    out = set()
+    out: set[str] = set()
     for container in (module.weights, module.logits, module.means):
         out.update(group_name(k) for k, p in container.items() if not p.requires_grad)
     return frozenset(out)
