@@ -136,7 +136,7 @@ class TorchModel(PlanModel):
         groups whose log-likelihoods the caller supplies (neural leaves). See :mod:`.module`."""
         from .module import CircuitModule
 
-        return CircuitModule(self.plan, leaves=leaves).to(device=self.device, dtype=self.dtype)
+        return CircuitModule(self.plan, leaves=leaves, device=self.device, dtype=self.dtype)
 
     @functools.cached_property
     def input_rules(self) -> int:

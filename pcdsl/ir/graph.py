@@ -91,6 +91,9 @@ class Node:
         return picture(self)._repr_svg_()
 
 
+REPR_ANALYSE_LIMIT = 5000  # node groups; larger graphs' reprs give sizes only
+
+
 class CircuitGraph:
     """Nodes are added children first, so the graph is acyclic by construction."""
 
@@ -106,15 +109,17 @@ class CircuitGraph:
 
         if not len(self):
             return f"CircuitGraph('{self.name}': {len(self.variables)} variables, empty)"
+        roots = self.roots()
+        top = f"root '{roots[0].name}'" if len(roots) == 1 else f"{len(roots)} roots"
+        sizes = (f"CircuitGraph('{self.name}': {len(self.variables)} variables, {len(self)} node groups "
+                 f"({self.num_units()} units), {self.num_edges()} edges, {self.num_parameters()} parameters, {top}")
+        if len(self) > REPR_ANALYSE_LIMIT:  # a repr must stay quick (debuggers and test reports call it)
+            return f"{sizes}; properties: see pcdsl.ir.validate.analyse)"
         p = analyse(self)
         properties = [name for name, holds in (("smooth", p.smooth), ("decomposable", p.decomposable),
                                                ("deterministic", p.deterministic),
                                                ("structured-decomposable", p.structured)) if holds]
-        roots = self.roots()
-        top = f"root '{roots[0].name}'" if len(roots) == 1 else f"{len(roots)} roots"
-        return (f"CircuitGraph('{self.name}': {len(self.variables)} variables, {len(self)} node groups "
-                f"({self.num_units()} units), {self.num_edges()} edges, {self.num_parameters()} parameters, "
-                f"{top}; {', '.join(properties) or 'neither smooth nor decomposable'})")
+        return f"{sizes}; {', '.join(properties) or 'neither smooth nor decomposable'})"
 
     def _repr_svg_(self) -> str | None:
         """Jupyter's picture of the circuit (needs graphviz; None falls back to the text)."""
