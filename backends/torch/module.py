@@ -156,7 +156,7 @@ class CircuitModule(nn.Module):
 
     @torch.compiler.disable
     def _call(self, x: Any, values: torch.Tensor | None, *tables: torch.Tensor) -> torch.Tensor:
-        model = self.model_()
+        model = self.backend()
         out: torch.Tensor = _LogLikelihood.apply(_Run(model, self.leaf_slots), self.evidence(x, values),
                                                  values, *tables)
         return out
@@ -241,7 +241,7 @@ class CircuitModule(nn.Module):
         return leaves
 
     # ---- the compiled model behind the module --------------------------------------------------
-    def model_(self) -> TorchModel:
+    def backend(self) -> TorchModel:
         """The backend model this module runs on (made afresh after ``.to(device or dtype)``)."""
         device, dtype = self._anchor.device, self._anchor.dtype
         if dtype not in (torch.float32, torch.float64):
@@ -253,7 +253,7 @@ class CircuitModule(nn.Module):
     def synced(self) -> TorchModel:
         """The backend model holding this module's current parameters, for any query of
         :class:`pcdsl.backends.torch.TorchModel` (``sample``, ``map``, ``conditional``, ...)."""
-        model = self.model_()
+        model = self.backend()
         with torch.no_grad():
             _install(model, [t.detach() for t in self._tables()])
         return model
