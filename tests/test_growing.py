@@ -241,6 +241,36 @@ def test_growing_is_seeded_and_independent_of_workers() -> None:
     assert not _same(first, _grow(seed=4))
 
 
+def test_a_stopped_growing_resumes_from_its_finished_clusters(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed after its first global cluster, growing with a cache grows only the others again,
+    and ends where an uninterrupted run ends, bit for bit."""
+    import pcdsl.distill.growing as growing
+
+    whole = _grow(seed=3)
+    original, calls = growing.grow_cluster, {"n": 0}
+
+    def dies(task: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(task)  # type: ignore[arg-type]
+
+    patches, z, features = _problem()
+    shape = PatchShape(3, SHAPES["hclt"].edges, 2, 2)
+    settings = Growing(heads=5, rounds=2, margin=0.0, threshold=0.05, seed=3)
+    monkeypatch.setattr(growing, "grow_cluster", dies)
+    with pytest.raises(KeyboardInterrupt):
+        progressive_growing(patches, z, features, shape, LEVELS, QUICK, settings, tmp_path)
+    assert len(list(tmp_path.glob("g*.json"))) == 1
+    calls["n"] = -100  # the resumed run grows the one cluster left
+    resumed = progressive_growing(patches, z, features, shape, LEVELS, QUICK, settings, tmp_path)
+    assert calls["n"] == -99
+    assert _same(whole, resumed)
+    assert whole.clusters == resumed.clusters and [c.hidden for c in whole.circuits] == [c.hidden for c in
+                                                                                        resumed.circuits]
+
+
 def test_bad_inputs_name_the_argument() -> None:
     patches, z, features = _problem(50)
     shape = PatchShape(3, SHAPES["hclt"].edges, 2, 2)

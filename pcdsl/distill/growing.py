@@ -16,18 +16,21 @@ heads share every region below). Starting from one head, each global cluster loo
 
 until it has its share of the `heads` target (and at least `rounds` rounds). The structure is
 validated after every prune and grow. Global clusters are independent: with ``workers > 1`` they
-run in parallel processes, with the same results as inline.
+run in parallel processes, with the same results as inline; with a cache folder each finished
+cluster is written there at once, so a stopped run grows only the clusters it had not finished.
 """
 
 from __future__ import annotations
 
 import heapq
+import json
 import math
 import multiprocessing
 import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,6 +53,8 @@ from pcdsl.distill.grown import (
 )
 from pcdsl.distill.latents import LatentError, assign, kmeans
 from pcdsl.distill.lvd import Fit
+from pcdsl.io.atomic import write_atomic, write_json
+from pcdsl.io.model import load_model, save_model
 from pcdsl.ir.graph import CircuitGraph
 from pcdsl.learn.em import full_batch_flows
 from pcdsl.learn.train import Trainer
@@ -320,12 +325,13 @@ def _check_inputs(patches: np.ndarray, z: np.ndarray, features: np.ndarray, shap
 
 
 def progressive_growing(patches: np.ndarray, z: np.ndarray, features: np.ndarray, shape: PatchShape,
-                        levels: Sequence[int], fit: Fit, settings: Growing) -> Grown:
+                        levels: Sequence[int], fit: Fit, settings: Growing, cache: Path | None = None) -> Grown:
     """Grow the patch circuits of `shape.clusters` global clusters (`z`: each patch's global
     cluster; `features`: what k-means clustered) to `settings.heads` heads in all; each starts as
     one HCLT of `shape.hidden` states per latent, fit by counting and then the growing loop.
     With ``workers > 1`` the clusters run in spawned processes, so a script that calls this
-    must do so under ``if __name__ == "__main__":``."""
+    must do so under ``if __name__ == "__main__":``. With `cache`, finished clusters are kept in
+    (and taken from) that folder, which must belong to these arguments alone."""
     patches, z = np.asarray(patches, dtype=np.int64), np.asarray(z, dtype=np.int64)
     features = np.asarray(features, dtype=np.float64)
     _check_inputs(patches, z, features, shape, levels, settings)
@@ -334,7 +340,7 @@ def progressive_growing(patches: np.ndarray, z: np.ndarray, features: np.ndarray
     tree = LatentTree.of(shape)
     tasks = [_Task(g, patches[z == g], features[z == g], tree, shape.hidden, tuple(int(v) for v in levels),
                    targets[g], fit, settings) for g in range(shape.clusters)]
-    results = _run(tasks, settings.workers, fit.progress)
+    results = _run(tasks, settings.workers, fit.progress, cache)
     circuits = tuple(r.circuit for r in results)
     family = grown_family(circuits, levels)
     params = Parameters({k: v for r in results for k, v in r.params.inputs.items()},
@@ -344,6 +350,41 @@ def progressive_growing(patches: np.ndarray, z: np.ndarray, features: np.ndarray
     for g, r in enumerate(results):
         grown.z[z == g] = grown.offsets[g] + r.sub
     return grown
+
+
+# --- finished clusters, one file each -------------------------------------------------------------
+
+def _cache_files(cache: Path, cluster: int) -> tuple[Path, Path, Path]:
+    return cache / f"g{cluster}.safetensors", cache / f"g{cluster}.npy", cache / f"g{cluster}.json"
+
+
+def save_result(cache: Path, task: _Task, result: _Result) -> None:
+    """Write one finished cluster (its training circuit's model file, each patch's head, the
+    circuit's sizes and round statistics); the JSON, written last, marks it complete."""
+    import io
+
+    model, heads, meta = _cache_files(cache, task.cluster)
+    circuit = result.circuit
+    save_model(model, training_circuit(circuit.family(task.levels)), training_parameters(circuit, result.params))
+    buffer = io.BytesIO()
+    np.save(buffer, result.sub, allow_pickle=False)
+    write_atomic(heads, buffer.getvalue())
+    write_json(meta, {"hidden": list(circuit.hidden), "heads": circuit.heads, "patches": len(task.patches),
+                      "stats": [asdict(r) for r in result.stats]})
+
+
+def load_result(cache: Path, task: _Task) -> _Result | None:
+    """A finished cluster from `cache`, or None when it is not there (or not for this task)."""
+    model, heads, meta = _cache_files(cache, task.cluster)
+    if not meta.exists():
+        return None
+    saved = json.loads(meta.read_text())
+    if saved["patches"] != len(task.patches):
+        return None
+    circuit = ClusterCircuit(task.tree, tuple(saved["hidden"]), int(saved["heads"]), f"g{task.cluster}")
+    params = own_parameters(load_model(model)[1], circuit.prefix)
+    sub = np.load(heads, allow_pickle=False)
+    return _Result(circuit, params, sub, tuple(RoundStats(**r) for r in saved["stats"]))
 
 
 def _total(results: Sequence[_Result], sizes: np.ndarray) -> tuple[RoundStats, ...]:
@@ -365,24 +406,36 @@ def _limit_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _run(tasks: list[_Task], workers: int, progress: bool) -> list[_Result]:
+def _run(tasks: list[_Task], workers: int, progress: bool, cache: Path | None = None) -> list[_Result]:
     """Every task, inline or in `workers` processes (spawned: forking a process that already runs
-    torch's thread pool can hang); larger clusters start first."""
+    torch's thread pool can hang); larger clusters start first; finished ones go to `cache`."""
+    results: dict[int, _Result] = {}
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        results = {i: r for i, t in enumerate(tasks) if (r := load_result(cache, t)) is not None}
+
+    def finished(i: int, result: _Result) -> None:
+        results[i] = result
+        if cache is not None:
+            save_result(cache, tasks[i], result)
+
+    todo = sorted((i for i in range(len(tasks)) if i not in results), key=lambda i: -len(tasks[i].patches))
     if workers == 1:
-        return [grow_cluster(t) for t in tasks]
+        for i in todo:
+            finished(i, grow_cluster(tasks[i]))
+        return [results[i] for i in range(len(tasks))]
     quiet = [replace(t, fit=replace(t.fit, progress=False)) for t in tasks]
-    order = sorted(range(len(tasks)), key=lambda i: -len(tasks[i].patches))
     threads = max(1, (os.cpu_count() or 1) // workers)
     with ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"), _limit_threads, (threads,)) as pool:
-        futures = {i: pool.submit(grow_cluster, quiet[i]) for i in order}
-        finished: Iterable[Any] = as_completed(futures.values())
+        futures = {pool.submit(grow_cluster, quiet[i]): i for i in todo}
+        done: Iterable[Any] = as_completed(futures)
         if progress:
             from tqdm import tqdm
 
-            finished = tqdm(finished, total=len(tasks), desc="growing", leave=False)
-        for _ in finished:
-            pass
-        return [futures[i].result() for i in range(len(tasks))]
+            done = tqdm(done, total=len(tasks), initial=len(tasks) - len(todo), desc="growing", leave=False)
+        for future in done:
+            finished(futures[future], future.result())
+    return [results[i] for i in range(len(tasks))]
 
 
 def assign_heads(grown: Grown, patches: np.ndarray, z: np.ndarray, fit: Fit) -> np.ndarray:
