@@ -480,6 +480,7 @@ def _distilled(run: RunDir, recipe: Distillation, data: Data, grid: Any, family:
     positions = [grid.pixel_columns(i) for i in range(grid.count)]
     graph, params = compose(top, top_params, family, patch_params,
                             image_variables(data.shape, data.levels), positions, recipe.patch_pc["shared"], recipe.name)
+    graph.colour = recipe.transform  # the model file says which colour space its pictures are in
     if run.fresh("distilled", key, "model.safetensors"):
         return graph, load_model(run.path / "model.safetensors")[1]
     train, valid = _flat(data.train), _flat(data.valid)
