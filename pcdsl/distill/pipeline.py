@@ -375,7 +375,7 @@ def _growing(run: RunDir, recipe: Distillation, data: Data, grid: Any, teacher: 
         patches = grid.to_patches(data.train)
         n, p, d = patches.shape
         features = teacher.features(data.train)
-        settings = Growing(heads=grow["to"], rounds=grow["rounds"], noise=grow["noise"],
+        settings = Growing(heads=grow["to"], rounds=grow["rounds"], noise=grow["noise"], sample=grow["sample"] or None,
                            pseudocount=recipe.counting, seed=fit.seed, workers=grow["workers"] or (os.cpu_count() or 1))
         grow_fit = lvd.Fit(recipe.patch_em, fit.backend, fit.dtype, fit.device, fit.seed, fit.progress)
         run.log(f"growing: {shape().clusters} global clusters to {grow['to']} heads")
