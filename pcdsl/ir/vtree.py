@@ -8,6 +8,11 @@ that every product respects.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
 from pcdsl.ir.graph import CircuitGraph, NodeKind
 
 MAX_TEXT = 240
@@ -73,3 +78,176 @@ def _text(graph: CircuitGraph, s: Scope, children: dict[Scope, list[Scope]], bud
     for t in reversed(texts[:-1]):
         out = f"({t} {out})"
     return out
+
+
+@dataclass(frozen=True, eq=False)
+class Vtree:
+    """A full binary tree whose leaves are variables (0-based data columns).
+
+    Nodes are stored children first, so the last one is the root: node ``i`` is a leaf of
+    variable ``var[i]`` when ``var[i] >= 0``, else it has children ``left[i]`` and ``right[i]``.
+    ``ids`` are the node ids of the file the vtree came from (in-order positions, the SDD
+    package's convention, for vtrees made here). Nothing here recurses, so a vtree as deep as
+    it is wide costs no stack.
+    """
+
+    left: np.ndarray
+    right: np.ndarray
+    var: np.ndarray
+    ids: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.var)
+
+    @property
+    def root(self) -> int:
+        return len(self.var) - 1
+
+    def is_leaf(self, node: int) -> bool:
+        return bool(self.var[node] >= 0)
+
+    @cached_property
+    def parent(self) -> np.ndarray:
+        """Each node's parent (-1 for the root)."""
+        parent = np.full(len(self), -1, dtype=np.int64)
+        inner = np.flatnonzero(self.var < 0)
+        parent[self.left[inner]] = inner
+        parent[self.right[inner]] = inner
+        return parent
+
+    @cached_property
+    def _intervals(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(leaf variables left to right, lo, hi): node v's variables are order[lo[v]:hi[v]]."""
+        lo = np.zeros(len(self), dtype=np.int64)
+        hi = np.zeros(len(self), dtype=np.int64)
+        order: list[int] = []
+        stack = [(self.root, False)]
+        while stack:
+            node, done = stack.pop()
+            if self.var[node] >= 0:
+                lo[node], hi[node] = len(order), len(order) + 1
+                order.append(int(self.var[node]))
+            elif done:
+                lo[node], hi[node] = lo[self.left[node]], hi[self.right[node]]
+            else:
+                stack += [(node, True), (int(self.right[node]), False), (int(self.left[node]), False)]
+        return np.array(order, dtype=np.int64), lo, hi
+
+    @property
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(lo, hi) of every node: its variables are ``order[lo:hi]``."""
+        return self._intervals[1], self._intervals[2]
+
+    @property
+    def order(self) -> np.ndarray:
+        """The variables of the leaves, left to right."""
+        return self._intervals[0]
+
+    def variables(self, node: int) -> np.ndarray:
+        _, lo, hi = self._intervals
+        return self.order[lo[node]:hi[node]]
+
+    def size(self, node: int) -> int:
+        """How many variables lie under `node`."""
+        _, lo, hi = self._intervals
+        return int(hi[node] - lo[node])
+
+    def is_under(self, node: int, ancestor: int) -> bool:
+        """Whether `node` is `ancestor` or lies in its subtree."""
+        _, lo, hi = self._intervals
+        return bool(lo[ancestor] <= lo[node] and hi[node] <= hi[ancestor])
+
+    @cached_property
+    def leaf_of(self) -> dict[int, int]:
+        """The leaf node of each variable."""
+        return {int(v): int(i) for i, v in enumerate(self.var) if v >= 0}
+
+    def text(self, names: list[str] | None = None) -> str:
+        """Nested parentheses of variable names, ``((a b) c)``, cut to MAX_TEXT characters."""
+        parts: list[str] = []
+        for i in range(len(self)):  # children first, so both parts exist; lengths capped as we go
+            if self.var[i] >= 0:
+                v = int(self.var[i])
+                parts.append(names[v] if names is not None and v < len(names) else f"x{v + 1}")
+            else:
+                part = f"({parts[self.left[i]]} {parts[self.right[i]]})"
+                parts.append(part if len(part) <= MAX_TEXT else part[: MAX_TEXT - 3] + "...")
+        return parts[-1]
+
+    @staticmethod
+    def build(left: list[int], right: list[int], var: list[int], ids: list[int] | None = None) -> Vtree:
+        """A vtree from children-first lists (ids default to in-order positions)."""
+        tree = Vtree(np.array(left, dtype=np.int64), np.array(right, dtype=np.int64),
+                     np.array(var, dtype=np.int64), np.zeros(len(var), dtype=np.int64))
+        if ids is None:
+            return Vtree(tree.left, tree.right, tree.var, tree.in_order_ids())
+        return Vtree(tree.left, tree.right, tree.var, np.array(ids, dtype=np.int64))
+
+    def in_order_ids(self) -> np.ndarray:
+        """Each node's position in an in-order walk (left subtree, node, right subtree)."""
+        _, lo, hi = self._intervals
+        # a leaf at leaf position k has k leaves and k inner nodes before it in order
+        ids = 2 * lo
+        inner = self.var < 0
+        ids[inner] = 2 * hi[self.left[inner]] - 1  # just after the last leaf of the left subtree
+        return ids
+
+    @staticmethod
+    def balanced(variables: list[int]) -> Vtree:
+        """A balanced vtree over `variables`, in that order."""
+        left: list[int] = []
+        right: list[int] = []
+        var: list[int] = []
+        level = []
+        for v in variables:
+            left.append(-1), right.append(-1), var.append(v)
+            level.append(len(var) - 1)
+        while len(level) > 1:
+            nxt = []
+            for a, b in zip(level[::2], level[1::2], strict=False):
+                left.append(a), right.append(b), var.append(-1)
+                nxt.append(len(var) - 1)
+            if len(level) % 2:
+                nxt.append(level[-1])
+            level = nxt
+        return Vtree.build(left, right, var)
+
+    @staticmethod
+    def right_linear(variables: list[int]) -> Vtree:
+        """A right-linear vtree ``(a (b (c d)))`` over `variables`, in that order."""
+        left, right, var = [-1] * len(variables), [-1] * len(variables), list(variables)
+        top = len(variables) - 1
+        for leaf in range(len(variables) - 2, -1, -1):
+            left.append(leaf), right.append(top), var.append(-1)
+            top = len(var) - 1
+        return Vtree.build(left, right, var)
+
+
+def vtree_of_scopes(family: set[Scope], root: Scope) -> Vtree | None:
+    """The vtree of a laminar family of variable sets (with `root` and every singleton of it
+    added), children ordered by their smallest variable and binarised right-linearly; None when
+    the family is not laminar."""
+    family = set(family) | {root} | {frozenset([v]) for v in root}
+    parent = _inclusion_tree(family)
+    if parent is None:
+        return None
+    children: dict[Scope, list[Scope]] = {}
+    for s, p in parent.items():
+        children.setdefault(p, []).append(s)
+    left: list[int] = []
+    right: list[int] = []
+    var: list[int] = []
+    index: dict[Scope, int] = {}
+    for s in sorted(family, key=len):  # a set's children are smaller, so they come first
+        if len(s) == 1:
+            left.append(-1), right.append(-1), var.append(next(iter(s)))
+            index[s] = len(var) - 1
+            continue
+        parts = [index[c] for c in sorted(children[s], key=min)]
+        top = parts[-1]
+        for part in reversed(parts[:-1]):
+            left.append(part), right.append(top), var.append(-1)
+            top = len(var) - 1
+        index[s] = top
+    # the root must come last: it is the one largest set
+    return Vtree.build(left, right, var)
