@@ -92,8 +92,11 @@ class Builder:
         self.sizes: list[int] = []
         self.params: list[float] = []
         self.names: list[str] = []
+        self.lines: list[int] = []  # source line of each node (0: none), for spans
+        self.line = 0  # the line of the nodes being added now
 
     def _node(self, kind: int, family: int, var: int, name: str | None) -> int:
+        self.lines.append(self.line)
         self.kind.append(kind)
         self.family.append(family)
         self.var.append(var)
@@ -119,14 +122,15 @@ class Builder:
         self.sizes.append(0)
         return self._node(kind, -1, -1, name)
 
-    def build(self) -> Flat:
+    def build(self, source: Source | None = None) -> Flat:
         def offsets(sizes: list[int]) -> np.ndarray:
             return np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
 
         return Flat(self.variables, np.array(self.kind, dtype=np.int8), offsets(self.degree),
                     np.array(self.children, dtype=np.int64), np.array(self.weights, dtype=np.float64),
                     np.array(self.family, dtype=np.int8), np.array(self.var, dtype=np.int64),
-                    offsets(self.sizes), np.array(self.params, dtype=np.float64), self.name, self.names)
+                    offsets(self.sizes), np.array(self.params, dtype=np.float64), self.name, self.names, source,
+                    np.array(self.lines, dtype=np.int64) if source is not None else None)
 
 
 # ---- Flat -> CircuitGraph -----------------------------------------------------------------------
@@ -155,8 +159,9 @@ def to_graph(flat: Flat) -> tuple[CircuitGraph, list[Diagnostic]]:
     warnings = []
     dropped = np.flatnonzero(~keep)
     if len(dropped):
-        warnings.append(warning("W0701", f"{len(dropped)} node{'s' if len(dropped) != 1 else ''} "
-                                "the root (the last node) does not reach are left out", flat.span(int(dropped[0])),
+        many = len(dropped) != 1
+        warnings.append(warning("W0701", f"{len(dropped)} node{'s' if many else ''} that the root (the last node) "
+                                f"does not reach {'are' if many else 'is'} left out", flat.span(int(dropped[0])),
                                 help="a circuit file describes one circuit, rooted at its last node"))
     root_span = flat.span(len(flat) - 1) if len(flat) else NO_SPAN
     graph = CircuitGraph(flat.name, flat.variables, root_span)
@@ -170,7 +175,7 @@ def to_graph(flat: Flat) -> tuple[CircuitGraph, list[Diagnostic]]:
         elif kinds[i] == PRODUCT:
             graph.add_product(names[i], tuple(names[c] for c in children[offsets[i]:offsets[i + 1]]), span=span)
         else:
-            kids, w = _merged(children[offsets[i]:offsets[i + 1]], weights[offsets[i]:offsets[i + 1]])
+            kids, w = merge_children(children[offsets[i]:offsets[i + 1]], weights[offsets[i]:offsets[i + 1]])
             graph.add_sum(names[i], tuple(names[c] for c in kids), 1, w[None, :], span=span)
     return graph, warnings
 
@@ -185,7 +190,7 @@ def _leaf_params(family: str, values: np.ndarray) -> dict[str, np.ndarray]:
     return {"mean": values[:1].copy(), "std": values[1:2].copy()}
 
 
-def _merged(children: list[int], weights: np.ndarray) -> tuple[list[int], np.ndarray]:
+def merge_children(children: list[int], weights: np.ndarray) -> tuple[list[int], np.ndarray]:
     if len(set(children)) == len(children):
         return children, np.asarray(weights, dtype=np.float64)
     total: dict[int, float] = {}

@@ -261,7 +261,7 @@ def jpc_text(flat: Flat, vtree: Vtree | None = None) -> str:
     out = [HEADER, *metadata_lines(flat.name, flat.variables), f"jpc {len(flat)}"]
     kinds, families, variables = flat.kind.tolist(), flat.family.tolist(), flat.var.tolist()
     offsets, children = flat.offsets.tolist(), flat.children.tolist()
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):  # log 0 = -inf; Gaussian params are not logged
         log_weights = np.log(flat.weights).tolist()
         log_params = np.log(flat.params).tolist()
     for i in range(len(flat)):

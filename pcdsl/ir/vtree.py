@@ -168,7 +168,7 @@ class Vtree:
         for i in range(len(self)):  # children first, so both parts exist; lengths capped as we go
             if self.var[i] >= 0:
                 v = int(self.var[i])
-                parts.append(names[v] if names is not None and v < len(names) else f"x{v + 1}")
+                parts.append(names[v] if names is not None and v < len(names) else f"x[{v}]")
             else:
                 part = f"({parts[self.left[i]]} {parts[self.right[i]]})"
                 parts.append(part if len(part) <= MAX_TEXT else part[: MAX_TEXT - 3] + "...")
@@ -238,7 +238,7 @@ def vtree_of_scopes(family: set[Scope], root: Scope) -> Vtree | None:
     right: list[int] = []
     var: list[int] = []
     index: dict[Scope, int] = {}
-    for s in sorted(family, key=len):  # a set's children are smaller, so they come first
+    for s in sorted(family, key=lambda s: (len(s), sorted(s))):  # a set's children are smaller: they come first
         if len(s) == 1:
             left.append(-1), right.append(-1), var.append(next(iter(s)))
             index[s] = len(var) - 1
