@@ -27,7 +27,7 @@ _REAL = re.compile(r"^-?(\d+\.?\d*([eE][-+]?\d+)?|inf)$")
 # v = variable (from 1), l = literal (+-variable), c = count of the repeated group,
 # r = real, p = log-probability (<= 0); the repeat group follows the fixed fields
 FORMS = {
-    "jpc": {"L": ("invl", ""), "I": ("invn", ""), "C": ("inv", "p"), "G": ("invrr", ""),
+    "jpc": {"L": ("inl", ""), "I": ("invn", ""), "C": ("inv", "p"), "G": ("invrr", ""),
             "P": ("inc", "n"), "S": ("inc", "np")},
     "psdd": {"L": ("inl", ""), "T": ("invp", ""), "D": ("inc", "nnp")},
     "vtree": {"L": ("iv", ""), "I": ("inn", "")},
@@ -44,12 +44,18 @@ class DocumentedReader:
         header = lines[0].split(" ")
         assert header == [magic, header[1]] and _INT.match(header[1]), lines[0]
         self.count = int(header[1])
+        seen: set[int] = set()
         for number, line in enumerate(lines[1:]):
             assert line == " ".join(line.split()) and "  " not in line, f"not single-spaced: {line!r}"
             letter, *fields = line.split(" ")
             fixed, repeat = FORMS[magic][letter]
             assert len(fields) >= len(fixed), line
-            self._check(fields, fixed, repeat, number, line)
+            # circuits number nodes in line order; vtrees in order (left, node, right), children first
+            self._check(fields, fixed, repeat, number if magic != "vtree" else int(fields[0]), line)
+            if magic == "vtree":
+                assert 0 <= int(fields[0]) < self.count and int(fields[0]) not in seen, line
+                assert letter == "L" or {int(fields[1]), int(fields[2])} <= seen, f"children first: {line}"
+            seen.add(int(fields[0]))
             self.nodes.append((letter, fields))
         assert len(self.nodes) == self.count, "header count"
 
@@ -217,7 +223,7 @@ def random_psdd(seed: int, num_vars: int = 5, width: int = 3) -> tuple[CircuitGr
     return graph, initialise(graph, seed)
 
 
-def vtree_text(nodes: list[tuple[int, int, int]]) -> str:
+def vtree_file_text(nodes: list[tuple[int, int, int]]) -> str:
     """A vtree's file text: node i has id i (children first), variables from 1."""
     lines = [f"vtree {len(nodes)}"]
     for i, (left, right, var) in enumerate(nodes):

@@ -90,10 +90,13 @@ def _says(size: int) -> str:
 
 def _check_given(lines: Lines, found: dict[int, Domain], given: dict[int, tuple[Domain, str, int]],
                  problems: list[Diagnostic]) -> None:
+    """Domains the file's pcdsl comments give agree with its leaves, and are used."""
     for v, (domain, _, number) in given.items():
         if v in found and found[v].size != domain.size:
             problems.append(error("E0709", f"the comment says variable {v + 1} is {domain}, but its leaves make it "
                                   f"{found[v]}", token_span(lines.source, number, 3)))
+        else:
+            found[v] = domain  # the comment tells bool from categorical(2)
 
 
 def check_rows(lines: Lines, owners: np.ndarray, values: np.ndarray, n: int, what: str, problems: list[Diagnostic],
