@@ -329,10 +329,10 @@ def test_unreachable_nodes_are_left_out_with_a_warning(tmp_path: Path) -> None:
 def test_flat_circuits_round_trip_through_graphs() -> None:
     graph, params = random_circuit(4, num_vars=4)
     flat = from_graph(graph, params)
-    back, warnings = to_graph(flat)
+    back, back_params, warnings = to_graph(flat)
     assert not warnings and len(back) == len(flat) == graph.num_units()
     x = data(graph, 4)
-    same_ll(ll(graph, params, x), ll(back, pcdsl.params.initialise(back), x))
+    same_ll(ll(graph, params, x), ll(back, back_params, x))
 
 
 def test_psdd_text_reads_back_to_the_same_text(tmp_path: Path) -> None:

@@ -21,7 +21,8 @@ import numpy as np
 
 from pcdsl.diagnostics import NO_SPAN, Diagnostic, Source, Span, warning
 from pcdsl.io.textformat import token_span
-from pcdsl.ir.graph import CircuitGraph, NodeKind, Variable
+from pcdsl.ir.graph import CircuitGraph, Node, NodeKind, Variable
+from pcdsl.ir.validate import validate
 from pcdsl.params import Parameters, block_inputs
 from pcdsl.reference import product_children_units
 
@@ -151,33 +152,63 @@ def reachable(flat: Flat) -> np.ndarray:
     return seen
 
 
-def to_graph(flat: Flat) -> tuple[CircuitGraph, list[Diagnostic]]:
+def to_graph(flat: Flat) -> tuple[CircuitGraph, Parameters, list[Diagnostic]]:
     """A pcdsl circuit graph of one-unit node groups that carry their parameters (so
-    ``pcdsl.compile(graph)`` runs the file's model); nodes the root does not reach are left out,
-    with a warning. Duplicate children of a sum are merged (their weights added)."""
+    ``pcdsl.compile(graph)`` runs the file's model), those parameters, and diagnostics: errors when
+    the circuit is not smooth and decomposable (pcdsl's own validation, located in the file) and
+    warnings (nodes the root does not reach are left out). Duplicate children of a sum are merged
+    (their weights added). Built in bulk, without recursion."""
     keep = reachable(flat)
-    warnings = []
+    found = []
     dropped = np.flatnonzero(~keep)
     if len(dropped):
         many = len(dropped) != 1
-        warnings.append(warning("W0701", f"{len(dropped)} node{'s' if many else ''} that the root (the last node) "
-                                f"does not reach {'are' if many else 'is'} left out", flat.span(int(dropped[0])),
-                                help="a circuit file describes one circuit, rooted at its last node"))
-    root_span = flat.span(len(flat) - 1) if len(flat) else NO_SPAN
-    graph = CircuitGraph(flat.name, flat.variables, root_span)
+        found.append(warning("W0701", f"{len(dropped)} node{'s' if many else ''} that the root (the last node) "
+                             f"does not reach {'are' if many else 'is'} left out", flat.span(int(dropped[0])),
+                             help="a circuit file describes one circuit, rooted at its last node"))
+    graph = CircuitGraph(flat.name, flat.variables, flat.span(len(flat) - 1) if len(flat) else NO_SPAN)
+    nodes, params, suspect = _nodes(flat, keep)
+    graph.add_nodes(nodes)
+    full = (1 << len(flat.variables)) - 1
+    if suspect or (nodes and nodes[-1].scope != full):  # pcdsl's validation says what and where
+        found += validate(graph)
+    return graph, params, found
+
+
+def _nodes(flat: Flat, keep: np.ndarray) -> tuple[list[Node], Parameters, bool]:
+    """The graph's nodes and parameters, and whether some sum or product may be invalid."""
     names = flat.names if flat.names is not None else [f"n{i}" for i in range(len(flat))]
-    kinds, offsets, children, weights = flat.kind.tolist(), flat.offsets.tolist(), flat.children.tolist(), flat.weights
+    kinds, offsets, children = flat.kind.tolist(), flat.offsets.tolist(), flat.children.tolist()
+    variables, weights = flat.var.tolist(), flat.weights
+    scope = [0] * len(flat)
+    nodes: list[Node] = []
+    params = Parameters()
+    suspect = False
     for i in np.flatnonzero(keep).tolist():
         span = flat.span(i)
+        kids = children[offsets[i]:offsets[i + 1]]
         if kinds[i] == LEAF:
             family = FAMILIES[flat.family[i]]
-            graph.add_input(names[i], int(flat.var[i]), family, 1, _leaf_params(family, flat.leaf_params(i)), span)
-        elif kinds[i] == PRODUCT:
-            graph.add_product(names[i], tuple(names[c] for c in children[offsets[i]:offsets[i + 1]]), span=span)
+            leaf = params.inputs[names[i]] = _leaf_params(family, flat.leaf_params(i))
+            scope[i] = 1 << variables[i]
+            nodes.append(Node(names[i], NodeKind.INPUT, 1, (), scope[i], family=family, var=variables[i],
+                              params=leaf, span=span))
+            continue
+        mask = 0
+        for c in kids:
+            suspect = suspect or (kinds[i] == PRODUCT and bool(mask & scope[c])) or \
+                (kinds[i] == SUM and scope[c] != scope[kids[0]])
+            mask |= scope[c]
+        scope[i] = mask
+        if kinds[i] == PRODUCT:
+            nodes.append(Node(names[i], NodeKind.PRODUCT, 1, tuple(names[c] for c in kids), mask, pattern="hadamard",
+                              span=span))
         else:
-            kids, w = merge_children(children[offsets[i]:offsets[i + 1]], weights[offsets[i]:offsets[i + 1]])
-            graph.add_sum(names[i], tuple(names[c] for c in kids), 1, w[None, :], span=span)
-    return graph, warnings
+            merged, w = merge_children(kids, weights[offsets[i]:offsets[i + 1]])
+            params.weights[names[i]] = w[None, :]
+            nodes.append(Node(names[i], NodeKind.SUM, 1, tuple(names[c] for c in merged), mask, weights=w[None, :],
+                              span=span))
+    return nodes, params, suspect
 
 
 def _leaf_params(family: str, values: np.ndarray) -> dict[str, np.ndarray]:

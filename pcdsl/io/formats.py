@@ -33,7 +33,7 @@ from pcdsl.io.psdd import derive_vtree, read_psdd, vtree_path, write_psdd
 from pcdsl.io.sdd import read_sdd
 from pcdsl.io.vtree_file import VtreeFile, read_vtree, write_vtree
 from pcdsl.ir.graph import CircuitGraph
-from pcdsl.ir.validate import analyse, validate
+from pcdsl.ir.validate import analyse
 from pcdsl.ir.vtree import Vtree
 from pcdsl.params import Parameters, initialise
 
@@ -98,13 +98,11 @@ def read_circuit(path: str | Path, *, vtree: str | Path | None = None, weights: 
                                     Span(None, 0, 0, 0, 0), help="put its vtree beside it, or name one (--vtree; vtree= in Python)")])
         sdd = read_sdd(path, vtree_file, weights)
         flat, model_count, log_weight = sdd.flat, sdd.model_count, sdd.log_weight
-    graph, warnings = to_graph(flat)
-    found = validate(graph)
+    graph, params, found = to_graph(flat)
     errors = [d for d in found if d.is_error]
     if errors:
         raise PcdslError(sorted_diagnostics(errors))
-    return Imported(graph, initialise(graph), vtree_file.vtree if vtree_file else None,
-                    warnings + [d for d in found if not d.is_error], model_count, log_weight)
+    return Imported(graph, params, vtree_file.vtree if vtree_file else None, found, model_count, log_weight)
 
 
 def _beside(path: str | Path) -> VtreeFile | None:

@@ -60,8 +60,9 @@ def infer_domains(lines: Lines, claims: Claims, count: int, given: dict[int, tup
     clash = order[claims.size[order] != size[claims.var[order]]]
     for j in clash[:MAX_SHOWN]:
         f = int(first[claims.var[j]])
-        problems.append(error("E0709", f"variable {claims.var[j] + 1} {_says(int(claims.size[j]))} here, but "
-                              f"{_says(int(size[claims.var[j]]))} on an earlier line",
+        problems.append(error("E0709", f"leaves disagree on variable {claims.var[j] + 1}: it "
+                              f"{_says(int(claims.size[j]))} here, but {_says(int(size[claims.var[j]]))} on an "
+                              "earlier line",
                               lines.span(int(claims.line[j]), int(claims.token[j])),
                               Note("the earlier leaf", lines.span(int(claims.line[f]), int(claims.token[f]))),
                               help="every leaf of a variable must agree on its number of values"))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import gzip
 import re
 import warnings
+import weakref
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pcdsl.diagnostics import Diagnostic, Note, PcdslError, Source, Span, error
+from pcdsl.diagnostics import Diagnostic, Note, PcdslError, Source, Span, error, sorted_diagnostics
 
 MAX_BYTES = 1 << 35  # 32 GiB of text, compressed or not
 MAX_SHOWN = 20  # diagnostics reported per file; the rest are counted
@@ -130,10 +131,21 @@ class Lines:
         return token_span(self.source, self.header_line, token)
 
 
+_LINES: weakref.WeakKeyDictionary[Source, list[str]] = weakref.WeakKeyDictionary()
+
+
+def _line(source: Source, number: int) -> str:
+    """Line `number` of `source` (split once per source: spans are made for every node)."""
+    lines = _LINES.get(source)
+    if lines is None:
+        lines = _LINES[source] = source.text.split("\n")
+    return lines[number - 1].removesuffix("\r") if 0 < number <= len(lines) else ""
+
+
 def token_span(source: Source, number: int, token: int | None = None) -> Span:
     """A span over line `number` of `source`, or over its `token`-th whitespace-separated token
     (the end of the line when it has fewer tokens)."""
-    text = source.line(number)
+    text = _line(source, number)
     if token is None:
         return Span(source, number, 1, number, max(2, len(text.rstrip()) + 1))
     for i, match in enumerate(_TOKEN.finditer(text)):
@@ -200,6 +212,7 @@ def scan(source: Source, schema: Schema) -> Lines:
     if header == 0:
         raise PcdslError(problems or [error("E0701", f"the file has no '{schema.magic} COUNT' header line",
                                             Span.at_start(source), help=_header_help(schema))])
+    line_problems = len(problems)  # a bad header or unknown line kinds: the count means nothing then
     values = _parse(source, schema, rests, counts, numbers, problems)
     lines = Lines(source, schema, count, header, np.array(letters, dtype=np.uint8), np.array(numbers, dtype=np.int64),
                   np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]), values, meta)
@@ -207,8 +220,22 @@ def scan(source: Source, schema: Schema) -> Lines:
         _check_shapes(lines, problems)
     if not problems:
         _check_integers(lines, problems)
+    if not line_problems:
+        _check_count(lines, problems)
     raise_all(problems)
     return lines
+
+
+def _check_count(lines: Lines, problems: list[Diagnostic]) -> None:
+    """The header's count is the number of node lines (a shorter file was cut off)."""
+    if len(lines) == lines.count:
+        return
+    what = "node" if lines.schema.magic != "vtree" else "vtree node"
+    problems.append(error("E0707", f"the header promises {lines.count} {what}{'s' if lines.count != 1 else ''}, but the "
+                          f"file has {len(lines)}{' (is it truncated?)' if len(lines) < lines.count else ''}",
+                          lines.header_span(1),
+                          *([Note("the last line", lines.span(len(lines) - 1))] if len(lines) else []),
+                          help=f"the number after '{lines.schema.magic}' counts the {what} lines"))
 
 
 def _header_help(schema: Schema) -> str:
@@ -364,7 +391,7 @@ def _check_integers(lines: Lines, problems: list[Diagnostic]) -> None:
 
 def _text(span: Span) -> str:
     assert span.source is not None
-    return span.source.line(span.line)[span.column - 1:span.end_column - 1][:30]
+    return _line(span.source, span.line)[span.column - 1:span.end_column - 1][:30]
 
 
 def raise_all(problems: Iterable[Diagnostic]) -> None:
@@ -372,7 +399,7 @@ def raise_all(problems: Iterable[Diagnostic]) -> None:
     found = list(problems)
     if not found:
         return
-    shown = found[:MAX_SHOWN]
+    shown = sorted_diagnostics(found)[:MAX_SHOWN]
     if len(found) > MAX_SHOWN:
         last = shown[-1]
         shown[-1] = Diagnostic(last.code, last.severity, last.message, last.span,
@@ -382,15 +409,8 @@ def raise_all(problems: Iterable[Diagnostic]) -> None:
 
 # ---- checks every format shares ------------------------------------------------------------------
 def check_ids(lines: Lines, problems: list[Diagnostic], what: str = "node") -> np.ndarray:
-    """Each line's id is in 0..count-1 and unique, and there are `count` lines; returns the line
-    index of each id (-1 where no line defines it)."""
-    if len(lines) != lines.count:
-        shown = lines.count
-        problems.append(error("E0707", f"the header promises {shown} {what}{'s' if shown != 1 else ''}, but the file "
-                              f"has {len(lines)}{' (is it truncated?)' if len(lines) < shown else ''}",
-                              lines.header_span(1),
-                              *([Note("the last line", lines.span(len(lines) - 1))] if len(lines) else []),
-                              help=f"the count after '{lines.schema.magic}' is the number of {what} lines"))
+    """Each line's id is in 0..count-1 and unique; returns the line index of each id (-1 where no
+    line defines it)."""
     ids = lines.values[lines.offsets[:-1]].astype(np.int64)  # the id is every kind's first field
     by_id = np.full(max(lines.count, 0), -1, dtype=np.int64)
     outside = np.flatnonzero((ids < 0) | (ids >= lines.count))
