@@ -197,7 +197,8 @@ def random_psdd(seed: int, num_vars: int = 5, width: int = 3) -> tuple[CircuitGr
             for _ in range(width if i + 1 < len(tree) else 1):
                 products = []
                 for _ in range(int(rng.integers(1, 4))):
-                    spec.append((f"p{len(spec)}", "product", (int(rng.choice(pools[left])), int(rng.choice(pools[right])))))
+                    pair = (int(rng.choice(pools[left])), int(rng.choice(pools[right])))
+                    spec.append((f"p{len(spec)}", "product", pair))
                     products.append(len(spec) - 1)
                 spec.append((f"d{len(spec)}", "sum", (products, rng.dirichlet(np.ones(len(products))))))
                 pool.append(len(spec) - 1)

@@ -44,4 +44,4 @@ def test_broken_file_renders_expected_diagnostics(name: str, in_root: Path) -> N
     assert expected.exists(), f"missing {expected}; run with PCDSL_UPDATE_GOLDEN=1"
     assert got == expected.read_text(encoding="utf-8")
     for d in info.value.diagnostics:  # located in the file (a gzip stream that ends early has no line)
-        assert d.span.source is not None and d.span.line >= 1 or d.code == "E0004"
+        assert (d.span.source is not None and d.span.line >= 1) or d.code == "E0004"

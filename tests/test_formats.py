@@ -12,18 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-import pcdsl
-from pcdsl import reference
-from pcdsl.diagnostics import PcdslError
-from pcdsl.io.flat import FormatError, from_graph, to_graph
-from pcdsl.io.formats import convert, format_of, read_circuit, write_circuit
-from pcdsl.io.jpc import jpc_text, read_jpc
-from pcdsl.io.psdd import psdd_text, read_psdd
-from pcdsl.io.vtree_file import read_vtree, vtree_text
-from pcdsl.ir.graph import CircuitGraph
-from pcdsl.params import Parameters
-
 from circuits import random_circuit
 from format_helpers import (
     DocumentedReader,
@@ -37,6 +25,16 @@ from format_helpers import (
     vtree_file_text,
 )
 
+import pcdsl
+from pcdsl import reference
+from pcdsl.diagnostics import PcdslError
+from pcdsl.io.flat import FormatError, from_graph, to_graph
+from pcdsl.io.formats import convert, format_of, read_circuit, write_circuit
+from pcdsl.io.jpc import jpc_text, read_jpc
+from pcdsl.io.psdd import psdd_text, read_psdd
+from pcdsl.io.vtree_file import read_vtree, vtree_text
+from pcdsl.ir.graph import CircuitGraph
+from pcdsl.params import Parameters
 
 TOL = 1e-12  # float64 round trips
 RUNNING_EXAMPLE = """c the PSDD running example: P(A) = 0.7, P(B | A) = 0.9, P(B | not A) = 0.2
@@ -291,7 +289,8 @@ def read_vtree_roundtrip(tree, tmp_path: Path) -> bool:  # type: ignore[no-untyp
 
 
 def test_loose_whitespace_reads_like_single_spaces(tmp_path: Path) -> None:
-    (tmp_path / "a.jpc").write_text("c x\njpc 3\nL 0 0 1\nL  1\t0 -1 \r\nS 2 0 2 0 -0.6931471805599453  1 -0.6931471805599453\n")
+    half = "-0.6931471805599453"
+    (tmp_path / "a.jpc").write_text(f"c x\njpc 3\nL 0 0 1\nL  1\t0 -1 \r\nS 2 0 2 0 {half}  1 {half}\n")
     flat = read_jpc(tmp_path / "a.jpc")
     assert flat.children.tolist() == [0, 1] and np.allclose(flat.weights, 0.5)
 
@@ -314,7 +313,7 @@ def test_what_a_psdd_cannot_hold_is_refused(tmp_path: Path) -> None:
     graph, params = random_circuit(2, num_vars=3, real=True)
     with pytest.raises(FormatError):
         write_circuit(tmp_path / "x.psdd", graph, params)
-    with pytest.raises(FormatError, match="does not write .sdd"):
+    with pytest.raises(FormatError, match=r"does not write \.sdd"):
         write_circuit(tmp_path / "x.sdd", graph, params)
     assert not (tmp_path / "x.psdd").exists()
 
@@ -409,7 +408,7 @@ def test_api_loads_by_extension(example_files: Path) -> None:
     graph = pcdsl.load(example_files / "ab.psdd")
     model = pcdsl.compile(graph, "torch", dtype="float64")  # the file's parameters are on the nodes
     assert np.allclose(np.exp(np.asarray(model.log_prob(np.array([[1.0, 1.0]])))), 0.63)
-    g, params = pcdsl.load_model(example_files / "or.sdd")
+    g, _ = pcdsl.load_model(example_files / "or.sdd")
     assert len(g.variables) == 2
     assert pcdsl.convert(example_files / "ab.psdd", example_files / "z.jpc") == [example_files / "z.jpc",
                                                                                  example_files / "z.vtree"]

@@ -95,7 +95,8 @@ def read_circuit(path: str | Path, *, vtree: str | Path | None = None, weights: 
     else:
         if vtree_file is None:
             raise PcdslError([error("E0712", f"'{path}' needs its vtree: no {vtree_path(Path(path)).name} beside it",
-                                    Span(None, 0, 0, 0, 0), help="put its vtree beside it, or name one (--vtree; vtree= in Python)")])
+                                    Span(None, 0, 0, 0, 0),
+                                    help="put its vtree beside it, or name one (vtree= in Python)")])
         sdd = read_sdd(path, vtree_file, weights)
         flat, model_count, log_weight = sdd.flat, sdd.model_count, sdd.log_weight
     graph, params, found = to_graph(flat)
@@ -114,7 +115,8 @@ def _no_circuit(path: str | Path, kind: str | None) -> Diagnostic:
     if kind == "vtree":
         return error("E0712", f"'{path}' is a vtree alone and holds no circuit", Span(None, 0, 0, 0, 0),
                      help="give the .psdd, .sdd or .jpc file that goes with it")
-    return error("E0712", f"'{path}' is not a circuit file (.jpc, .psdd or .sdd, optionally .gz)", Span(None, 0, 0, 0, 0))
+    return error("E0712", f"'{path}' is not a circuit file (.jpc, .psdd or .sdd, optionally .gz)",
+                 Span(None, 0, 0, 0, 0))
 
 
 def load_any(path: str | Path, circuit: str | None = None, seed: int = 0

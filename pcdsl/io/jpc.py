@@ -29,8 +29,18 @@ from pcdsl.diagnostics import Diagnostic, error
 from pcdsl.io.atomic import write_atomic
 from pcdsl.io.flat import BERNOULLI, CATEGORICAL, GAUSSIAN, INDICATOR, LEAF, PRODUCT, SUM, Flat
 from pcdsl.io.leaves import REAL_SIZE, Claims, check_rows, infer_domains
-from pcdsl.io.textformat import MAX_SHOWN, Kind, Lines, Schema, check_children, check_ids, compress_if_gz, raise_all, \
-    read_source, scan
+from pcdsl.io.textformat import (
+    MAX_SHOWN,
+    Kind,
+    Lines,
+    Schema,
+    check_children,
+    check_ids,
+    compress_if_gz,
+    raise_all,
+    read_source,
+    scan,
+)
 from pcdsl.io.variables import MAX_VARIABLES, make_variables, metadata_lines, read_metadata
 from pcdsl.io.vtree_file import VtreeFile, place
 from pcdsl.ir.vtree import Vtree
@@ -97,19 +107,19 @@ def _structure(lines: Lines, by_id: np.ndarray, problems: list[Diagnostic], reno
     for letter, code in (("P", PRODUCT), ("S", SUM)):
         idx = lines.of_kind(letter)
         kind[idx] = code
-        degree[idx] = lines.repeats(idx, letter)
+        degree[idx] = lines.repeats(letter)
     offsets = np.concatenate([[0], np.cumsum(degree)]).astype(np.int64)
     children = np.zeros(int(offsets[-1]), dtype=np.int64)
     weights = np.ones(int(offsets[-1]), dtype=np.float64)
     for letter in ("P", "S"):
         idx = lines.of_kind(letter)
-        owners, ids = lines.items(idx, letter, "child")
-        k = lines.item_index(idx, letter)
+        owners, ids = lines.items(letter, "child")
+        k = lines.item_index(letter)
         tokens = JPC.kind(letter).token("child") + k * len(JPC.kind(letter).repeat)
         dest = offsets[owners] + k
         children[dest] = check_children(lines, by_id, owners, ids.astype(np.int64), tokens, problems)
         if letter == "S":
-            _, logw = lines.items(idx, letter, "log-weight")
+            _, logw = lines.items(letter, "log-weight")
             with np.errstate(over="ignore"):
                 weights[dest] = check_rows(lines, owners, np.exp(logw), n, "weights of this sum node", problems,
                                            renormalise)
@@ -148,8 +158,8 @@ def _leaves(lines: Lines, problems: list[Diagnostic], renormalise: bool):  # typ
     claims.append(Claims.of(var[ind], np.clip(value, 0, None) + 1, ind, 4, False))
 
     cat = lines.of_kind("C")
-    owners, logp = lines.items(cat, "C", "log-probability")
-    k = lines.repeats(cat, "C")
+    owners, logp = lines.items("C", "log-probability")
+    k = lines.repeats("C")
     family[cat], size[cat] = CATEGORICAL, k
     with np.errstate(over="ignore"):
         probs = check_rows(lines, owners, np.exp(logp), n, "probabilities of this categorical node", problems,
@@ -175,7 +185,7 @@ def _leaves(lines: Lines, problems: list[Diagnostic], renormalise: bool):  # typ
     for idx, values in parts.values():  # fixed-width rows
         dest = param_offsets[idx][:, None] + np.arange(values.shape[1])[None, :]
         params[dest.ravel()] = values.ravel()
-    params[param_offsets[owners] + lines.item_index(cat, "C")] = probs
+    params[param_offsets[owners] + lines.item_index("C")] = probs
     for i, row in zip(binomial.tolist(), rows, strict=True):
         params[param_offsets[i]:param_offsets[i] + len(row)] = row
     return family, var, param_offsets, params, Claims.join(claims)
@@ -238,7 +248,8 @@ def check_vtree(lines: Lines, vtree_file: VtreeFile, kind: np.ndarray, offsets: 
         problems.append(_mismatch(lines, vtree_file, int(owner[e]), int(children[e]), at,
                                   "a sum's children sit at the sum's own vtree node"))
     prod = ~is_sum
-    outside = prod & ((lo[at[children]] < lo[at[owner]]) | (hi[at[children]] > hi[at[owner]]) | (at[children] == at[owner]))
+    below, above = at[children], at[owner]
+    outside = prod & ((lo[below] < lo[above]) | (hi[below] > hi[above]) | (below == above))
     for e in np.flatnonzero(outside)[:MAX_SHOWN - len(problems)]:
         problems.append(_mismatch(lines, vtree_file, int(owner[e]), int(children[e]), at,
                                   "a product's children sit below the product's vtree node"))
@@ -250,7 +261,8 @@ def check_vtree(lines: Lines, vtree_file: VtreeFile, kind: np.ndarray, offsets: 
 
 
 def _mismatch(lines: Lines, vtree_file: VtreeFile, node: int, child: int, at: np.ndarray, rule: str) -> Diagnostic:
-    return error("E0708", f"child {lines.values[lines.offsets[child]]:.0f} sits at {vtree_file.describe(int(at[child]))}, "
+    return error("E0708", f"child {lines.values[lines.offsets[child]]:.0f} sits at "
+                 f"{vtree_file.describe(int(at[child]))}, "
                  f"which does not fit this node's {vtree_file.describe(int(at[node]))}", lines.span(node, 2),
                  vtree_file.note(int(at[child]), "the child's vtree node"), help=rule)
 

@@ -37,7 +37,8 @@ class Claims:
         if not parts:
             empty = np.zeros(0, dtype=np.int64)
             return Claims(empty, empty, empty, empty, np.zeros(0, dtype=bool))
-        return Claims(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("var", "size", "line", "token", "exact")))
+        fields = ("var", "size", "line", "token", "exact")
+        return Claims(*(np.concatenate([getattr(p, f) for p in parts]) for f in fields))
 
     @staticmethod
     def of(var: np.ndarray, size: np.ndarray | int, line: np.ndarray, token: int, exact: bool) -> Claims:

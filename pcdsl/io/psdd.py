@@ -33,8 +33,19 @@ from pcdsl.diagnostics import Diagnostic, error
 from pcdsl.io.atomic import write_atomic
 from pcdsl.io.flat import BERNOULLI, CATEGORICAL, INDICATOR, LEAF, PRODUCT, SUM, Flat, FormatError, scopes
 from pcdsl.io.leaves import check_rows
-from pcdsl.io.textformat import MAX_SHOWN, Kind, Lines, Schema, check_children, check_ids, compress_if_gz, raise_all, \
-    read_source, scan, token_span
+from pcdsl.io.textformat import (
+    MAX_SHOWN,
+    Kind,
+    Lines,
+    Schema,
+    check_children,
+    check_ids,
+    compress_if_gz,
+    raise_all,
+    read_source,
+    scan,
+    token_span,
+)
 from pcdsl.io.variables import MAX_VARIABLES, make_variables, metadata_lines, read_metadata
 from pcdsl.io.vtree_file import VtreeFile, place, write_vtree
 from pcdsl.ir.graph import BOOL
@@ -70,22 +81,21 @@ def read_psdd(path: str | Path, vtree: VtreeFile | None = None, renormalise: boo
     by_id = check_ids(lines, problems)
     raise_all(problems)
     var, theta = _leaves(lines, problems, renormalise)
-    dec = lines.of_kind("D")
-    owners, k = lines.items(dec, "D", "prime")[0], lines.item_index(dec, "D")
+    owners, k = lines.items("D", "prime")[0], lines.item_index("D")
     width = len(PSDD.kind("D").repeat)
     parts = {}
     for name in ("prime", "sub"):
-        ids = lines.items(dec, "D", name)[1].astype(np.int64)
+        ids = lines.items("D", name)[1].astype(np.int64)
         tokens = PSDD.kind("D").token(name) + k * width
         parts[name] = check_children(lines, by_id, owners, ids, tokens, problems)
     with np.errstate(over="ignore"):
-        weights = check_rows(lines, owners, np.exp(lines.items(dec, "D", "log-weight")[1]), len(lines),
+        weights = check_rows(lines, owners, np.exp(lines.items("D", "log-weight")[1]), len(lines),
                              "weights of this decision node", problems, renormalise)
     raise_all(problems)
     if vtree is not None:
         _check_vtree(lines, vtree, var, owners, k, parts["prime"], parts["sub"], problems)
         raise_all(problems)
-    name, given = read_metadata(source, lines.meta, problems)
+    title, given = read_metadata(source, lines.meta, problems)
     count = max([int(var.max()) + 1 if len(var) else 0, *(v + 1 for v in given),
                  *([int(vtree.vtree.var.max()) + 1] if vtree is not None else [])])
     for v, (domain, _, number) in given.items():
@@ -95,7 +105,7 @@ def read_psdd(path: str | Path, vtree: VtreeFile | None = None, renormalise: boo
     raise_all(problems)
     flat = _layout(lines, var, theta, owners, k, parts["prime"], parts["sub"], weights)
     flat.variables = make_variables(count, dict.fromkeys(range(count), BOOL), given)
-    flat.name = name or Path(path).name.split(".")[0] or "psdd"
+    flat.name = title or Path(path).name.split(".")[0] or "psdd"
     return flat
 
 
@@ -111,8 +121,8 @@ def _leaves(lines: Lines, problems: list[Diagnostic], renormalise: bool) -> tupl
     leafy = np.concatenate([lit_lines, tru])
     for i in leafy[(var[leafy] < 0) | (var[leafy] >= MAX_VARIABLES)][:MAX_SHOWN]:
         problems.append(error("E0709", f"variables run from 1 to {MAX_VARIABLES}", lines.span(int(i), 3)))
-    owners, logs = lines.items(tru, "T", "log-probability")
-    twice = lines.repeats(tru, "T") == 2
+    owners, logs = lines.items("T", "log-probability")
+    twice = lines.repeats("T") == 2
     with np.errstate(over="ignore"):
         probs = np.exp(logs)
     single = tru[~twice]
@@ -170,7 +180,7 @@ def _layout(lines: Lines, var: np.ndarray, theta: np.ndarray, owners: np.ndarray
     n = len(lines)
     elements = np.zeros(n, dtype=np.int64)
     dec = lines.of_kind("D")
-    elements[dec] = lines.repeats(dec, "D")
+    elements[dec] = lines.repeats("D")
     position = np.cumsum(1 + elements) - 1  # each line's own node comes after its elements
     total = int(position[-1]) + 1 if n else 0
     element_pos = position[owners] - elements[owners] + k
@@ -303,7 +313,8 @@ def _emit(flat: Flat, vtree: Vtree, where: np.ndarray, theta: dict[int, float],
             key = (v if t == 1 else -v, 1.0) if t in (0.0, 1.0) else (v, t)
             if key not in shared:
                 shared[key] = len(out)
-                out.append(f"L {len(out)} {vt[u]} {key[0]}" if t in (0.0, 1.0) else f"T {len(out)} {vt[u]} {v} {math.log(t)!r}")
+                out.append(f"L {len(out)} {vt[u]} {key[0]}" if t in (0.0, 1.0)
+                           else f"T {len(out)} {vt[u]} {v} {math.log(t)!r}")
             ids[i] = shared[key]
         else:
             kept = [(p, s, w) for p, s, w in elements[i] if w > 0]

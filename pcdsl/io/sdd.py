@@ -25,17 +25,18 @@ one pass over the lines, children first; nothing recurses.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from pcdsl.diagnostics import Diagnostic, error
+from pcdsl.diagnostics import Diagnostic, PcdslError, error
 from pcdsl.io.flat import BERNOULLI, INDICATOR, Builder, Flat
 from pcdsl.io.textformat import MAX_SHOWN, Kind, Lines, Schema, check_children, check_ids, raise_all, read_source, scan
 from pcdsl.io.variables import make_variables
 from pcdsl.io.vtree_file import VtreeFile
-from pcdsl.ir.graph import BOOL
+from pcdsl.ir.graph import BOOL, Variable
 from pcdsl.ir.vtree import Vtree
 
 SDD = Schema("sdd", (
@@ -46,6 +47,9 @@ SDD = Schema("sdd", (
 ), frozenset())
 
 TRUE = "true"  # the state of a true node: no vtree node of its own
+Placed = tuple[int, int, float, int]  # (position, vtree node, log weight, models) of a node with models
+State = Placed | str | None  # ... or TRUE, or None for false
+Lifted = tuple[int, float, int]  # (position, log weight, models) over a chosen vtree node
 
 
 @dataclass
@@ -66,11 +70,10 @@ def read_sdd(path: str | Path, vtree: VtreeFile, weights: np.ndarray | None = No
     problems: list[Diagnostic] = []
     by_id = check_ids(lines, problems)
     raise_all(problems)
-    dec = lines.of_kind("D")
-    owners, k = lines.items(dec, "D", "prime")[0], lines.item_index(dec, "D")
+    owners, k = lines.items("D", "prime")[0], lines.item_index("D")
     children = {}
     for name in ("prime", "sub"):
-        ids = lines.items(dec, "D", name)[1].astype(np.int64)
+        ids = lines.items("D", name)[1].astype(np.int64)
         children[name] = check_children(lines, by_id, owners, ids, SDD.kind("D").token(name) + 2 * k, problems)
     raise_all(problems)
     at = _check_vtree(lines, vtree, owners, k, children["prime"], children["sub"], problems)
@@ -82,8 +85,9 @@ def read_sdd(path: str | Path, vtree: VtreeFile, weights: np.ndarray | None = No
     root = smoother.run(lines, at, owners, children["prime"], children["sub"])
     if root is None:
         what = "weighted model count is 0" if weights is not None else "constraint has no models"
-        raise_all([error("E0710", f"the {what}: there is no distribution over its models", lines.span(len(lines) - 1),
-                         help="an unsatisfiable SDD (false) cannot become a probabilistic circuit")])
+        raise PcdslError([error("E0710", f"the {what}: there is no distribution over its models",
+                                lines.span(len(lines) - 1),
+                                help="an unsatisfiable SDD (false) cannot become a probabilistic circuit")])
     flat = smoother.b.build(source)
     flat.name = Path(path).name.split(".")[0] or "sdd"
     _, log_weight, models = root
@@ -142,7 +146,7 @@ def _weights(weights: np.ndarray | None, count: int, lines: Lines, problems: lis
 class _Smoother:
     """Builds the smooth circuit of an SDD, line by line (module doc)."""
 
-    def __init__(self, vtree: Vtree, weights: np.ndarray, variables: tuple) -> None:  # type: ignore[type-arg]
+    def __init__(self, vtree: Vtree, weights: np.ndarray, variables: tuple[Variable, ...]) -> None:
         self.vtree, self.weights = vtree, weights
         self.b = Builder(variables, "sdd")
         with np.errstate(divide="ignore"):
@@ -153,7 +157,7 @@ class _Smoother:
                 self.true_log[vtree.left[u]] + self.true_log[vtree.right[u]]
         self.true_at: dict[int, int] = {}
         self.literals: dict[int, int] = {}
-        self.lifted: dict[tuple[int, int], tuple[int, float, int]] = {}
+        self.lifted: dict[tuple[int, int], Lifted] = {}
 
     def true(self, u: int) -> int:
         """The circuit of "true" over vtree node u's variables (made once, without recursion)."""
@@ -179,10 +183,10 @@ class _Smoother:
         return self.true_at[u]
 
     def run(self, lines: Lines, at: np.ndarray, owners: np.ndarray, primes: np.ndarray, subs: np.ndarray
-            ) -> tuple[int, float, int] | None:
+            ) -> Lifted | None:
         """The root's (position, log weight, models) over the whole vtree, or None without models."""
         starts = np.searchsorted(owners, np.arange(len(lines) + 1))
-        states: list[object] = []
+        states: list[State] = []
         ids = lines.values[lines.offsets[:-1]].astype(np.int64).tolist()
         for i in range(len(lines)):
             self.b.line = int(lines.numbers[i])
@@ -194,11 +198,12 @@ class _Smoother:
             elif letter == "L":
                 states.append(self._literal(int(lines.values[lines.offsets[i] + 2]), int(at[i])))
             else:
-                pairs = zip(primes[starts[i]:starts[i + 1]].tolist(), subs[starts[i]:starts[i + 1]].tolist(), strict=True)
+                a, b = starts[i], starts[i + 1]
+                pairs = zip(primes[a:b].tolist(), subs[a:b].tolist(), strict=True)
                 states.append(self._decision(ids[i], int(at[i]), pairs, states))
         return self._lift(len(lines) - 1, states[-1], self.vtree.root)
 
-    def _literal(self, literal: int, u: int) -> tuple[int, int, float, int] | None:
+    def _literal(self, literal: int, u: int) -> Placed | None:
         v = abs(literal) - 1
         w = self.weights[v, int(literal > 0)]
         if w == 0:
@@ -207,10 +212,9 @@ class _Smoother:
             self.literals[literal] = self.b.leaf(INDICATOR, v, [float(literal > 0)], f"lit{literal}")
         return self.literals[literal], u, math.log(w), 1
 
-    def _decision(self, node_id: int, v: int, pairs, states: list[object]  # type: ignore[no-untyped-def]
-                  ) -> tuple[int, int, float, int] | None:
+    def _decision(self, node_id: int, v: int, pairs: Iterable[tuple[int, int]], states: list[State]) -> Placed | None:
         left, right = int(self.vtree.left[v]), int(self.vtree.right[v])
-        elements = []
+        elements: list[Lifted] = []
         for p, s in pairs:
             a, b = self._lift(p, states[p], left), self._lift(s, states[s], right)
             if a is None or b is None:
@@ -227,13 +231,13 @@ class _Smoother:
         pos = self.b.sum([e[0] for e in elements], np.exp(logs - total).tolist(), f"sdd{node_id}")
         return pos, v, total, sum(e[2] for e in elements)
 
-    def _lift(self, line: int, state: object, target: int) -> tuple[int, float, int] | None:
+    def _lift(self, line: int, state: State, target: int) -> Lifted | None:
         """A node's circuit over `target`'s variables: itself times "true" over what it lacks."""
         if state is None:
             return None
-        if state is TRUE:
+        if isinstance(state, str):  # TRUE
             return self.true(target), float(self.true_log[target]), 1 << self.vtree.size(target)
-        pos, u, log_w, models = state  # type: ignore[misc]
+        pos, u, log_w, models = state
         if not np.isfinite(log_w):
             return None
         parent = self.vtree.parent

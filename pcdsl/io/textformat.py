@@ -80,6 +80,7 @@ class Lines:
     offsets: np.ndarray  # (lines + 1,) int64: line i's fields are values[offsets[i]:offsets[i + 1]]
     values: np.ndarray  # float64
     meta: list[tuple[int, str]] = field(default_factory=list)  # (line, text) of "c pcdsl-..." comments
+    _cache: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return len(self.letters)
@@ -94,29 +95,28 @@ class Lines:
     def ints(self, lines: np.ndarray, letter: str, name: str) -> np.ndarray:
         return self.field(lines, letter, name).astype(np.int64)
 
-    def repeats(self, lines: np.ndarray, letter: str) -> np.ndarray:
-        """How many repeat groups each of `lines` has."""
+    def repeats(self, letter: str) -> np.ndarray:
+        """How many repeat groups each line of kind `letter` has."""
         kind = self.schema.kind(letter)
-        return (np.diff(self.offsets)[lines] - len(kind.fields)) // max(1, len(kind.repeat))
+        return (np.diff(self.offsets)[self.of_kind(letter)] - len(kind.fields)) // max(1, len(kind.repeat))
 
-    def items(self, lines: np.ndarray, letter: str, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """(owner line, value) of repeated field `name` over `lines`, groups in file order."""
-        positions, owners, _ = self._item_positions(lines, letter, name)
-        return owners, self.values[positions]
-
-    def item_index(self, lines: np.ndarray, letter: str) -> np.ndarray:
-        """For each repeat group of `lines`, its index k within its line."""
-        counts = self.repeats(lines, letter)
-        starts = np.repeat(np.cumsum(counts) - counts, counts)
-        return np.arange(int(counts.sum()), dtype=np.int64) - starts
-
-    def _item_positions(self, lines: np.ndarray, letter: str, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def items(self, letter: str, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(owner line, value) of repeated field `name` over the lines of kind `letter`, in order."""
+        owners, k = self._groups(letter)
         kind = self.schema.kind(letter)
-        counts = self.repeats(lines, letter)
-        owners = np.repeat(lines, counts)
-        k = self.item_index(lines, letter)
-        positions = self.offsets[owners] + kind.token(name) - 1 + k * len(kind.repeat)
-        return positions, owners, k
+        return owners, self.values[self.offsets[owners] + kind.token(name) - 1 + k * len(kind.repeat)]
+
+    def item_index(self, letter: str) -> np.ndarray:
+        """For each repeat group of the lines of kind `letter`, its index k within its line."""
+        return self._groups(letter)[1]
+
+    def _groups(self, letter: str) -> tuple[np.ndarray, np.ndarray]:
+        if letter not in self._cache:  # computed once: files have millions of groups
+            lines = self.of_kind(letter)
+            counts = self.repeats(letter)
+            starts = np.repeat(np.cumsum(counts) - counts, counts)
+            self._cache[letter] = (np.repeat(lines, counts), np.arange(int(counts.sum()), dtype=np.int64) - starts)
+        return self._cache[letter]
 
     # ---- locations ----------------------------------------------------------------------
     def span(self, line: int, token: int | None = None) -> Span:
@@ -231,7 +231,8 @@ def _check_count(lines: Lines, problems: list[Diagnostic]) -> None:
     if len(lines) == lines.count:
         return
     what = "node" if lines.schema.magic != "vtree" else "vtree node"
-    problems.append(error("E0707", f"the header promises {lines.count} {what}{'s' if lines.count != 1 else ''}, but the "
+    plural = "s" if lines.count != 1 else ""
+    problems.append(error("E0707", f"the header promises {lines.count} {what}{plural}, but the "
                           f"file has {len(lines)}{' (is it truncated?)' if len(lines) < lines.count else ''}",
                           lines.header_span(1),
                           *([Note("the last line", lines.span(len(lines) - 1))] if len(lines) else []),
@@ -251,7 +252,9 @@ def _split(source: Source, schema: Schema, problems: list[Diagnostic]):  # type:
     rests: list[str] = []
     counts: list[int] = []
     meta: list[tuple[int, str]] = []
-    for number, line in enumerate(source.text.split("\n"), 1):
+    text = source.text
+    loose = "  " in text or "\t" in text or "\r" in text  # checked once, not per line, for speed
+    for number, line in enumerate(text.split("\n"), 1):
         if not line or line[0] == "c" or line.isspace():  # blank lines and comments
             if line.startswith("c pcdsl-"):
                 meta.append((number, line.rstrip("\r")))
@@ -265,7 +268,7 @@ def _split(source: Source, schema: Schema, problems: list[Diagnostic]):  # type:
                 problems.append(_unknown_kind(source, schema, number, line))
             continue
         rest = line[2:]
-        if "  " in rest or "\t" in rest or "\r" in rest or rest[:1] == " " or rest[-1:] == " ":
+        if rest[:1] == " " or rest[-1:] == " " or (loose and ("  " in rest or "\t" in rest or "\r" in rest)):
             rest = " ".join(rest.split())
         letters.append(ord(letter))
         numbers.append(number)
@@ -316,7 +319,8 @@ def _parse_carefully(source: Source, rests: list[str], numbers: list[int], probl
                 out.append(float(token) if "_" not in token else float("x"))
             except ValueError:
                 if len(problems) < MAX_SHOWN:
-                    problems.append(error("E0703", f"'{token[:30]}' is not a number", token_span(source, number, i + 1)))
+                    problems.append(error("E0703", f"'{token[:30]}' is not a number",
+                                          token_span(source, number, i + 1)))
                 out.append(float("nan"))
     return np.array(out, dtype=np.float64)
 
@@ -372,8 +376,8 @@ def _check_integers(lines: Lines, problems: list[Diagnostic]) -> None:
             continue
         for name in (*kind.fields, *kind.repeat):
             if name in kind.repeat:
-                owners, values = lines.items(idx, kind.letter, name)
-                ks = lines.item_index(idx, kind.letter)
+                owners, values = lines.items(kind.letter, name)
+                ks = lines.item_index(kind.letter)
             else:
                 owners, values, ks = idx, lines.field(idx, kind.letter, name), np.zeros(len(idx), dtype=np.int64)
             if name in lines.schema.reals:

@@ -67,7 +67,8 @@ def read_metadata(source: Source, meta: list[tuple[int, str]], problems: list[Di
     return name, found
 
 
-def make_variables(count: int, domains: dict[int, Domain], meta: dict[int, tuple[Domain, str, int]]) -> tuple[Variable, ...]:
+def make_variables(count: int, domains: dict[int, Domain], meta: dict[int, tuple[Domain, str, int]]
+                   ) -> tuple[Variable, ...]:
     """Variables 0..count-1: domains as the leaves imply (bool where nothing is said), names from
     the file's comments where it has them."""
     out = []

@@ -21,8 +21,18 @@ import numpy as np
 from pcdsl.diagnostics import Diagnostic, Note, error
 from pcdsl.io.atomic import write_atomic
 from pcdsl.io.flat import LEAF, PRODUCT, Flat, FormatError
-from pcdsl.io.textformat import MAX_SHOWN, Kind, Lines, Schema, check_children, check_ids, compress_if_gz, raise_all, \
-    read_source, scan
+from pcdsl.io.textformat import (
+    MAX_SHOWN,
+    Kind,
+    Lines,
+    Schema,
+    check_children,
+    check_ids,
+    compress_if_gz,
+    raise_all,
+    read_source,
+    scan,
+)
 from pcdsl.ir.vtree import Vtree
 
 VTREE = Schema("vtree", (Kind("L", "vtree leaf", ("id", "variable")),
@@ -119,7 +129,8 @@ def _check_tree(lines: Lines, left: np.ndarray, right: np.ndarray, var: np.ndarr
             parent[child] = i
     for i in np.flatnonzero(parent[:-1] < 0)[:MAX_SHOWN - len(problems)]:
         problems.append(error("E0711", f"vtree node {lines.values[lines.offsets[i]]:.0f} has no parent and is not "
-                              "the root", lines.span(int(i), 1), Note("the root is the last line", lines.span(len(lines) - 1)),
+                              "the root", lines.span(int(i), 1),
+                              Note("the root is the last line", lines.span(len(lines) - 1)),
                               help="a vtree is one tree: every node but the last is a child of a later one"))
 
 

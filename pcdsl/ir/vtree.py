@@ -193,34 +193,33 @@ class Vtree:
         return ids
 
     @staticmethod
+    def from_triples(nodes: list[tuple[int, int, int]]) -> Vtree:
+        """A vtree from (left, right, var) triples, children first (-1 where a field is absent)."""
+        left, right, var = zip(*nodes, strict=True) if nodes else ((), (), ())
+        return Vtree.build(list(left), list(right), list(var))
+
+    @staticmethod
     def balanced(variables: list[int]) -> Vtree:
         """A balanced vtree over `variables`, in that order."""
-        left: list[int] = []
-        right: list[int] = []
-        var: list[int] = []
-        level = []
-        for v in variables:
-            left.append(-1), right.append(-1), var.append(v)
-            level.append(len(var) - 1)
+        nodes = [(-1, -1, v) for v in variables]
+        level = list(range(len(nodes)))
         while len(level) > 1:
             nxt = []
             for a, b in zip(level[::2], level[1::2], strict=False):
-                left.append(a), right.append(b), var.append(-1)
-                nxt.append(len(var) - 1)
-            if len(level) % 2:
-                nxt.append(level[-1])
-            level = nxt
-        return Vtree.build(left, right, var)
+                nodes.append((a, b, -1))
+                nxt.append(len(nodes) - 1)
+            level = nxt + level[len(nxt) * 2:]  # an odd one out moves up a level
+        return Vtree.from_triples(nodes)
 
     @staticmethod
     def right_linear(variables: list[int]) -> Vtree:
         """A right-linear vtree ``(a (b (c d)))`` over `variables`, in that order."""
-        left, right, var = [-1] * len(variables), [-1] * len(variables), list(variables)
+        nodes = [(-1, -1, v) for v in variables]
         top = len(variables) - 1
         for leaf in range(len(variables) - 2, -1, -1):
-            left.append(leaf), right.append(top), var.append(-1)
-            top = len(var) - 1
-        return Vtree.build(left, right, var)
+            nodes.append((leaf, top, -1))
+            top = len(nodes) - 1
+        return Vtree.from_triples(nodes)
 
 
 def vtree_of_scopes(family: set[Scope], root: Scope) -> Vtree | None:
@@ -234,20 +233,17 @@ def vtree_of_scopes(family: set[Scope], root: Scope) -> Vtree | None:
     children: dict[Scope, list[Scope]] = {}
     for s, p in parent.items():
         children.setdefault(p, []).append(s)
-    left: list[int] = []
-    right: list[int] = []
-    var: list[int] = []
+    nodes: list[tuple[int, int, int]] = []
     index: dict[Scope, int] = {}
     for s in sorted(family, key=lambda s: (len(s), sorted(s))):  # a set's children are smaller: they come first
         if len(s) == 1:
-            left.append(-1), right.append(-1), var.append(next(iter(s)))
-            index[s] = len(var) - 1
+            nodes.append((-1, -1, next(iter(s))))
+            index[s] = len(nodes) - 1
             continue
         parts = [index[c] for c in sorted(children[s], key=min)]
         top = parts[-1]
         for part in reversed(parts[:-1]):
-            left.append(part), right.append(top), var.append(-1)
-            top = len(var) - 1
+            nodes.append((part, top, -1))
+            top = len(nodes) - 1
         index[s] = top
-    # the root must come last: it is the one largest set
-    return Vtree.build(left, right, var)
+    return Vtree.from_triples(nodes)  # the root, the one largest set, comes last
