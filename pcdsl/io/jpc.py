@@ -42,7 +42,7 @@ from pcdsl.io.textformat import (
     scan,
 )
 from pcdsl.io.variables import MAX_VARIABLES, make_variables, metadata_lines, read_metadata
-from pcdsl.io.vtree_file import VtreeFile, place
+from pcdsl.io.vtree_file import VtreeFile, check_places, locate, place
 from pcdsl.ir.vtree import Vtree
 from pcdsl.numerics import MAX_MAGNITUDE, ROW_TOLERANCE
 
@@ -230,17 +230,11 @@ def check_vtree(lines: Lines, vtree_file: VtreeFile, kind: np.ndarray, offsets: 
     """Every node sits at the vtree node of exactly its variables: a leaf at its variable's leaf,
     a sum where its children are, a product above children that split its vtree node's variables."""
     vtree = vtree_file.vtree
-    at = vtree_file.nodes(lines.values[lines.offsets[:-1] + 1].astype(np.int64))
-    for i in np.flatnonzero(at < 0)[:MAX_SHOWN]:
-        problems.append(error("E0708", f"vtree id {lines.values[lines.offsets[i] + 1]:.0f} is not a node of "
-                              f"{vtree_file.lines.source.name}", lines.span(int(i), 2)))
+    at = locate(lines, vtree_file, np.arange(len(lines)), problems)
     if problems:
         return
     leaves = np.flatnonzero(kind == LEAF)
-    for i in leaves[vtree.var[at[leaves]] != var[leaves]][:MAX_SHOWN]:
-        problems.append(error("E0708", f"a leaf of variable {var[i] + 1} must sit at that variable's vtree leaf",
-                              lines.span(int(i), 2), vtree_file.note(int(at[i]), "its vtree id names"),
-                              help="the vtree id of a leaf is the id of its variable's leaf in the vtree"))
+    check_places(lines, vtree_file, at, leaves, var[leaves], np.zeros(0, dtype=np.int64), problems)
     owner = np.repeat(np.arange(len(kind)), np.diff(offsets))
     lo, hi = vtree.bounds
     is_sum = kind[owner] == SUM

@@ -47,7 +47,7 @@ from pcdsl.io.textformat import (
     token_span,
 )
 from pcdsl.io.variables import MAX_VARIABLES, make_variables, metadata_lines, read_metadata
-from pcdsl.io.vtree_file import VtreeFile, place, write_vtree
+from pcdsl.io.vtree_file import VtreeFile, check_places, locate, place, write_vtree
 from pcdsl.ir.graph import BOOL
 from pcdsl.ir.vtree import Vtree, vtree_of_scopes
 from pcdsl.numerics import ROW_TOLERANCE
@@ -142,21 +142,11 @@ def _check_vtree(lines: Lines, vtree_file: VtreeFile, var: np.ndarray, owners: n
                  primes: np.ndarray, subs: np.ndarray, problems: list[Diagnostic]) -> None:
     """The PSDD is normalised for the vtree (module doc)."""
     vtree = vtree_file.vtree
-    at = vtree_file.nodes(lines.values[lines.offsets[:-1] + 1].astype(np.int64))
-    for i in np.flatnonzero(at < 0)[:MAX_SHOWN]:
-        problems.append(error("E0708", f"vtree id {lines.values[lines.offsets[i] + 1]:.0f} is not a node of "
-                              f"{vtree_file.lines.source.name}", lines.span(int(i), 2)))
+    at = locate(lines, vtree_file, np.arange(len(lines)), problems)
     if problems:
         return
     leaves = np.flatnonzero(var >= 0)
-    for i in leaves[vtree.var[at[leaves]] != var[leaves]][:MAX_SHOWN]:
-        problems.append(error("E0708", f"a {PSDD.kind(chr(lines.letters[i])).name} of variable {var[i] + 1} must sit "
-                              "at that variable's vtree leaf", lines.span(int(i), 2),
-                              vtree_file.note(int(at[i]), "its vtree id names")))
-    decisions = lines.of_kind("D")
-    for i in decisions[vtree.var[at[decisions]] >= 0][:MAX_SHOWN - len(problems)]:
-        problems.append(error("E0708", "a decision node must sit at an inner vtree node", lines.span(int(i), 2),
-                              vtree_file.note(int(at[i]), "its vtree id names a leaf")))
+    check_places(lines, vtree_file, at, leaves, var[leaves], lines.of_kind("D"), problems)
     if problems:
         return
     width = len(PSDD.kind("D").repeat)

@@ -35,7 +35,7 @@ from pcdsl.diagnostics import Diagnostic, PcdslError, error
 from pcdsl.io.flat import BERNOULLI, INDICATOR, Builder, Flat
 from pcdsl.io.textformat import MAX_SHOWN, Kind, Lines, Schema, check_children, check_ids, raise_all, read_source, scan
 from pcdsl.io.variables import make_variables
-from pcdsl.io.vtree_file import VtreeFile
+from pcdsl.io.vtree_file import VtreeFile, check_places, locate
 from pcdsl.ir.graph import BOOL, Variable
 from pcdsl.ir.vtree import Vtree
 
@@ -99,23 +99,12 @@ def _check_vtree(lines: Lines, vtree_file: VtreeFile, owners: np.ndarray, k: np.
     """Each line's vtree node (-1 for true and false); literals at their variable's leaf, decision
     nodes at inner nodes with primes below the left child and subs below the right child."""
     vtree = vtree_file.vtree
-    at = np.full(len(lines), -1, dtype=np.int64)
-    placed = np.concatenate([lines.of_kind("L"), lines.of_kind("D")])
-    at[placed] = vtree_file.nodes(lines.values[lines.offsets[placed] + 1].astype(np.int64))
-    for i in placed[at[placed] < 0][:MAX_SHOWN]:
-        problems.append(error("E0708", f"vtree id {lines.values[lines.offsets[i] + 1]:.0f} is not a node of "
-                              f"{vtree_file.lines.source.name}", lines.span(int(i), 2)))
+    lits = lines.of_kind("L")
+    at = locate(lines, vtree_file, np.concatenate([lits, lines.of_kind("D")]), problems)
     if problems:
         return at
-    lits = lines.of_kind("L")
-    var = np.abs(lines.ints(lits, "L", "literal")) - 1
-    for i in lits[(var < 0) | (vtree.var[at[lits]] != var)][:MAX_SHOWN]:
-        problems.append(error("E0708", "a literal must sit at its variable's vtree leaf", lines.span(int(i), 2),
-                              vtree_file.note(int(at[i]), "its vtree id names")))
-    dec = lines.of_kind("D")
-    for i in dec[vtree.var[at[dec]] >= 0][:MAX_SHOWN - len(problems)]:
-        problems.append(error("E0708", "a decision node must sit at an inner vtree node", lines.span(int(i), 2),
-                              vtree_file.note(int(at[i]), "its vtree id names a leaf")))
+    check_places(lines, vtree_file, at, lits, np.abs(lines.ints(lits, "L", "literal")) - 1, lines.of_kind("D"),
+                 problems)
     if problems:
         return at
     lo, hi = vtree.bounds

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from pcdsl.diagnostics import Diagnostic, Note, PcdslError, Source, Span, error, sorted_diagnostics
+from pcdsl.syntax.parser import not_utf8
 
 MAX_BYTES = 1 << 35  # 32 GiB of text, compressed or not
 MAX_SHOWN = 20  # diagnostics reported per file; the rest are counted
@@ -176,13 +177,7 @@ def read_source(path: str | Path) -> Source:
     try:
         return Source(name, data.decode("utf-8"))
     except UnicodeDecodeError as exc:
-        prefix = data[:exc.start].decode("utf-8", errors="replace")
-        src = Source(name, data.decode("utf-8", errors="replace"))
-        line = prefix.count("\n") + 1
-        col = len(prefix) - (prefix.rfind("\n") + 1) + 1
-        raise PcdslError([error("E0005", f"file is not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset "
-                                f"{exc.start})", Span(src, line, col, line, col + 1),
-                                help="circuit files are plain ASCII text")]) from None
+        raise PcdslError([not_utf8(name, data, exc, "circuit files are plain ASCII text")]) from None
 
 
 def _gunzip(name: str, data: bytes) -> bytes:

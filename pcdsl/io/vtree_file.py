@@ -134,6 +134,33 @@ def _check_tree(lines: Lines, left: np.ndarray, right: np.ndarray, var: np.ndarr
                               help="a vtree is one tree: every node but the last is a child of a later one"))
 
 
+def locate(lines: Lines, vtree_file: VtreeFile, rows: np.ndarray, problems: list[Diagnostic]) -> np.ndarray:
+    """The vtree node named by each line's vtree id (its second field; -1 for other lines), the
+    ids of `rows` checked to name nodes of the vtree."""
+    at = np.full(len(lines), -1, dtype=np.int64)
+    at[rows] = vtree_file.nodes(lines.values[lines.offsets[rows] + 1].astype(np.int64))
+    for i in rows[at[rows] < 0][:MAX_SHOWN]:
+        problems.append(error("E0708", f"vtree id {lines.values[lines.offsets[i] + 1]:.0f} is not a node of "
+                              f"{vtree_file.lines.source.name}", lines.span(int(i), 2)))
+    return at
+
+
+def check_places(lines: Lines, vtree_file: VtreeFile, at: np.ndarray, leaves: np.ndarray, var: np.ndarray,
+                 inner: np.ndarray, problems: list[Diagnostic]) -> None:
+    """Leaves (lines `leaves`, of variables `var`) sit at their variable's vtree leaf; the lines
+    `inner` (decision nodes) sit at inner vtree nodes."""
+    vtree = vtree_file.vtree
+    for j in np.flatnonzero(vtree.var[at[leaves]] != var)[:MAX_SHOWN]:
+        i = int(leaves[j])
+        what = lines.schema.kind(chr(lines.letters[i])).name
+        problems.append(error("E0708", f"a {what} of variable {var[j] + 1} must sit at that variable's vtree leaf",
+                              lines.span(i, 2), vtree_file.note(int(at[i]), "its vtree id names"),
+                              help="the vtree id of a leaf is the id of its variable's leaf in the vtree"))
+    for i in inner[vtree.var[at[inner]] >= 0][:MAX_SHOWN - len(problems)]:
+        problems.append(error("E0708", "a decision node must sit at an inner vtree node", lines.span(int(i), 2),
+                              vtree_file.note(int(at[i]), "its vtree id names a leaf")))
+
+
 def vtree_text(vtree: Vtree) -> str:
     """A vtree as the text of a .vtree file."""
     out = [HEADER + f"vtree {len(vtree)}"]

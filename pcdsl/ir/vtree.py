@@ -39,14 +39,22 @@ def implied_vtree(graph: CircuitGraph) -> str | None:
             family.add(_bits(node.scope))
             family.update(_bits(graph.node(c).scope) for c in node.children)
     family.update(frozenset([v]) for v in _bits(root.scope))
+    children = _laminar_children(family)
+    if children is None:
+        return None
+    text = _text(graph, _bits(root.scope), children)
+    return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 3] + "..."
+
+
+def _laminar_children(family: set[Scope]) -> dict[Scope, list[Scope]] | None:
+    """The children of each set in a laminar family's inclusion tree; None if it is not laminar."""
     parent = _inclusion_tree(family)
     if parent is None:
         return None
     children: dict[Scope, list[Scope]] = {}
     for s, p in parent.items():
         children.setdefault(p, []).append(s)
-    text = _text(graph, _bits(root.scope), children)
-    return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 3] + "..."
+    return children
 
 
 def _inclusion_tree(family: set[Scope]) -> dict[Scope, Scope] | None:
@@ -227,12 +235,9 @@ def vtree_of_scopes(family: set[Scope], root: Scope) -> Vtree | None:
     added), children ordered by their smallest variable and binarised right-linearly; None when
     the family is not laminar."""
     family = set(family) | {root} | {frozenset([v]) for v in root}
-    parent = _inclusion_tree(family)
-    if parent is None:
+    children = _laminar_children(family)
+    if children is None:
         return None
-    children: dict[Scope, list[Scope]] = {}
-    for s, p in parent.items():
-        children.setdefault(p, []).append(s)
     nodes: list[tuple[int, int, int]] = []
     index: dict[Scope, int] = {}
     for s in sorted(family, key=lambda s: (len(s), sorted(s))):  # a set's children are smaller: they come first
