@@ -31,7 +31,7 @@ import numpy as np
 def write_region_tree(path: Path, target_edges: int, hidden: int, seed: int = 0) -> tuple[int, int, int]:
     """Write the benchmark circuit; returns (variables, lines, edges)."""
     rng = np.random.default_rng(seed)
-    inner = max(1, math.ceil(target_edges / (hidden * hidden + 2 * hidden)))
+    inner = max(1, math.ceil(target_edges / (hidden * hidden + 2 * hidden)) + 1)
     variables = inner + 1
     next_id = 0
     lines: list[str] = []
