@@ -26,6 +26,7 @@ from format_helpers import (
 )
 
 import pcdsl
+import pcdsl.codes
 from pcdsl import reference
 from pcdsl.diagnostics import PcdslError
 from pcdsl.io.flat import FormatError, from_graph, to_graph
@@ -387,9 +388,17 @@ def test_convert_command_between_formats(example_files: Path, capsys: pytest.Cap
     imported = read_circuit(d / "or.psdd")
     p = np.exp(ll(imported.graph, imported.params, np.array([[1, 1], [1, 0], [0, 1], [0, 0]], dtype=float)))
     assert np.allclose(p, [1 / 3, 1 / 3, 1 / 3, 0], atol=1e-15)
+    assert main(["convert", str(d / "ab.psdd"), "-o", str(d / "only.vtree")]) == 0  # a circuit's vtree alone
+    assert read_vtree(d / "only.vtree").vtree.text() == "(x[0] x[1])"
     capsys.readouterr()
     assert main(["convert", str(d / "ab.psdd"), "-o", str(d / "ab.sdd")]) == 1
     assert "does not write .sdd" in capsys.readouterr().err
+    (d / "or.vtree").unlink()
+    assert main(["check", str(d / "or.sdd")]) == 1
+    assert "error[E0712]: " in capsys.readouterr().err
+    (d / "empty.jpc").write_text("jpc 0\n")
+    assert main(["check", str(d / "empty.jpc")]) == 1
+    assert "empty.jpc:1:1: error[E0201]" in capsys.readouterr().err
 
 
 def test_a_broken_file_is_a_located_diagnostic_not_a_traceback(tmp_path: Path,
@@ -412,3 +421,56 @@ def test_api_loads_by_extension(example_files: Path) -> None:
     assert len(g.variables) == 2
     assert pcdsl.convert(example_files / "ab.psdd", example_files / "z.jpc") == [example_files / "z.jpc",
                                                                                  example_files / "z.vtree"]
+
+
+# ---- random damage: a diagnostic or a circuit, never a traceback ----------------------------------
+def _damaged(text: str, rng: np.random.Generator) -> str:
+    lines = text.split("\n")
+    i = int(rng.integers(len(lines)))
+    words = lines[i].split(" ")
+    j = int(rng.integers(len(words)))
+    choice = int(rng.integers(7))
+    if choice == 0:
+        words[j] = str(int(rng.integers(-3, 12)))  # another id, count, variable or literal
+    elif choice == 1:
+        words[j] = rng.choice(["x", "1.5", "-inf", "nan", "1e400", "", "0x1", "1_0", "--1"])
+    elif choice == 2:
+        del words[j]
+    elif choice == 3:
+        words.insert(j, str(int(rng.integers(0, 9))))
+    elif choice == 4:
+        k = int(rng.integers(len(lines)))
+        lines[i], lines[k] = lines[k], lines[i]
+    elif choice == 5:
+        return text[: int(rng.integers(max(1, len(text))))]  # cut anywhere
+    else:
+        words[0] = rng.choice(["L", "I", "C", "B", "G", "P", "S", "T", "D", "F", "c", "Q"])
+    if choice != 4:
+        lines[i] = " ".join(words)
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("kind", ["jpc", "psdd", "sdd", "vtree"])
+def test_damaged_files_give_diagnostics_not_tracebacks(kind: str, tmp_path: Path) -> None:
+    from pcdsl.io.formats import check_path
+
+    graph, params = random_psdd(1, num_vars=3)
+    write_circuit(tmp_path / "good.psdd", graph, params)
+    texts = {"jpc": jpc_text(from_graph(graph, params)), "psdd": (tmp_path / "good.psdd").read_text(),
+             "vtree": (tmp_path / "good.vtree").read_text(),
+             "sdd": "sdd 5\nL 0 0 1\nL 1 2 2\nL 2 0 -1\nT 3\nD 4 1 2 0 3 2 1\n"}
+    vtree = texts["vtree"] if kind != "sdd" else AB_VTREE
+    rng = np.random.default_rng(7)
+    outcomes = {"read": 0, "refused": 0}
+    for n in range(150):
+        path = tmp_path / f"d{n}.{kind}"
+        path.write_text(_damaged(texts[kind], rng))
+        if kind != "vtree":
+            (tmp_path / f"d{n}.vtree").write_text(vtree)
+        try:
+            check_path(path)
+            outcomes["read"] += 1
+        except PcdslError as exc:
+            assert exc.diagnostics and all(d.code in pcdsl.codes.CODES for d in exc.diagnostics)
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 50  # most damage is caught

@@ -166,11 +166,12 @@ def to_graph(flat: Flat) -> tuple[CircuitGraph, Parameters, list[Diagnostic]]:
         found.append(warning("W0701", f"{len(dropped)} node{'s' if many else ''} that the root (the last node) "
                              f"does not reach {'are' if many else 'is'} left out", flat.span(int(dropped[0])),
                              help="a circuit file describes one circuit, rooted at its last node"))
-    graph = CircuitGraph(flat.name, flat.variables, flat.span(len(flat) - 1) if len(flat) else NO_SPAN)
+    empty = Span.at_start(flat.source) if flat.source is not None else NO_SPAN
+    graph = CircuitGraph(flat.name, flat.variables, flat.span(len(flat) - 1) if len(flat) else empty)
     nodes, params, suspect = _nodes(flat, keep)
     graph.add_nodes(nodes)
     full = (1 << len(flat.variables)) - 1
-    if suspect or (nodes and nodes[-1].scope != full):  # pcdsl's validation says what and where
+    if suspect or not nodes or nodes[-1].scope != full:  # pcdsl's validation says what and where
         found += validate(graph)
     return graph, params, found
 

@@ -68,11 +68,11 @@ def _node_names(flat: Flat) -> list[str]:
     taken: set[str] = set()
     out = []
     for i in range(len(flat)):
-        name = flat.node_name(i)
-        if not _NAME.match(name) or name in KEYWORDS or name in taken:
+        name = re.sub(r"\W+", "_", flat.node_name(i)).strip("_")  # s[3] -> s_3, n4.0 -> n4_0
+        if not _NAME.match(name) or name in KEYWORDS:
             name = f"n{i}"
-            while name in taken:
-                name += "_"
+        while name in taken:
+            name += "_"
         taken.add(name)
         out.append(name)
     return out

@@ -352,7 +352,7 @@ def _shape_error(lines: Lines, kind: Kind, i: int, have: int) -> Diagnostic:
     if kind.counted and have >= fixed:
         n = lines.values[lines.offsets[i] + fixed - 1]
         what = f"its count says {n:g} {'group' if n == 1 else 'groups'} of {{{' '.join(kind.repeat)}}}"
-        if n >= kind.min_repeat and n == int(n):
+        if n >= kind.min_repeat and np.isfinite(n) and n == int(n):
             what += f" ({fixed + int(n) * len(kind.repeat)} numbers), but it has {have}"
         else:
             what += f", and a {kind.name} needs at least {kind.min_repeat}"
