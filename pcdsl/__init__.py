@@ -21,8 +21,11 @@ __version__ = "0.1.0"
 
 
 def check(path: str | Path) -> Checked:
-    """Parse, resolve, elaborate and validate a .pc file (and its imports)."""
-    return check_file(path)
+    """Parse, resolve, elaborate and validate a .pc file (and its imports); a .jpc, .psdd, .sdd or
+    .vtree file (by extension, .gz too) is read and validated instead."""
+    from pcdsl.io.formats import check_path
+
+    return check_path(path)
 
 
 __all__ = [
@@ -39,6 +42,7 @@ __all__ = [
     "check_file",
     "check_text",
     "compile",
+    "convert",
     "load",
     "load_model",
     "render",
@@ -47,7 +51,12 @@ __all__ = [
 
 
 def load(path: str | Path, circuit: str | None = None) -> CircuitGraph:
-    """The named circuit of a .pc file (or its first), checked and validated."""
+    """The named circuit of a .pc file (or its first), checked and validated. A .jpc, .psdd or
+    .sdd file (by extension) gives its circuit with the file's parameters on its nodes."""
+    from pcdsl.io.formats import is_circuit_file, read_circuit
+
+    if is_circuit_file(path):
+        return read_circuit(path).graph
     return check_file(path).circuit(circuit)
 
 
@@ -66,7 +75,20 @@ def compile(graph: CircuitGraph, backend: str = "torch", *, params: object = Non
 
 
 def load_model(path: str | Path) -> tuple[CircuitGraph, object]:
-    """A trained model file: its circuit graph and parameters (`compile(graph, params=...)`)."""
+    """A trained model file (.safetensors), or a .jpc, .psdd or .sdd file: its circuit graph and
+    parameters (`compile(graph, params=...)`)."""
+    from pcdsl.io.formats import is_circuit_file, read_circuit
     from pcdsl.io.model import load_model as _load
 
+    if is_circuit_file(path):
+        imported = read_circuit(path)
+        return imported.graph, imported.params
     return _load(path)
+
+
+def convert(source: str | Path, target: str | Path, circuit: str | None = None) -> list[Path]:
+    """Convert a circuit between .pc, .safetensors, .jpc, .psdd (+ .vtree), .sdd and .vtree files,
+    chosen by extension (docs/formats.md); returns the files written."""
+    from pcdsl.io.formats import convert as _convert
+
+    return _convert(source, target, circuit)

@@ -149,6 +149,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
     plot_command.add_command(sub)  # pcdsl plot RUN_DIR... -o curves.png
+    convert = sub.add_parser("convert", help="convert a circuit between .pc, .safetensors, .jpc, .psdd, .sdd, .vtree",
+                             description="Read any circuit file and write it in the format of OUT's extension "
+                             "(.pc, .safetensors, .jpc, .psdd + .vtree, .vtree; .gz for the line formats). "
+                             "A .psdd/.sdd/.jpc input uses the .vtree beside it. See docs/formats.md.")
+    convert.add_argument("file", metavar="IN")
+    convert.add_argument("-o", "--output", required=True, metavar="OUT")
+    convert.add_argument("--circuit", metavar="NAME", help="which circuit of a .pc file (default: its first)")
+    convert.add_argument("--seed", type=int, default=0, help="for parameters a .pc file leaves out (default 0)")
+
     explain = sub.add_parser("explain", help="explain a diagnostic code, e.g. E0203")
     explain.add_argument("code", metavar="CODE")
     return p
@@ -178,13 +187,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from pcdsl.frontend import check_file
+    from pcdsl.io.formats import check_path
     from pcdsl.ir.dump import dump
 
     status = EXIT_OK
     for file in args.files:
         try:
-            checked = check_file(file)
+            checked = check_path(file)  # .pc source, or a circuit/vtree file by its extension
         except PcdslError as exc:
             print(render_all(exc.diagnostics) + "\n", file=sys.stderr)
             errors = sum(d.is_error for d in exc.diagnostics)
@@ -202,6 +211,8 @@ def _check(args: argparse.Namespace) -> int:
                     print(dump(graph), end="")
         for name in checked.recipes:
             print(f"{file}: recipe {name}: ok")
+        for note in getattr(checked, "notes", ()):
+            print(f"{file}: {note}")
     return status
 
 
@@ -231,6 +242,9 @@ def _load_circuit(args: argparse.Namespace) -> CircuitGraph:
     if str(args.file).endswith(".safetensors"):
         graph, args.trained = _read_model(args, args.file)
         return graph
+    graph = _read_circuit_file(args)
+    if graph is not None:
+        return graph
 
     try:
         checked = check_file(args.file)
@@ -244,6 +258,43 @@ def _load_circuit(args: argparse.Namespace) -> CircuitGraph:
     for w in checked.warnings:
         print(render(w) + "\n", file=sys.stderr)
     return graph
+
+
+def _read_circuit_file(args: argparse.Namespace) -> CircuitGraph | None:
+    """A .jpc/.psdd/.sdd file (or .gz) by its extension: its graph, with `args.trained` set to the
+    file's parameters; None for other files. Diagnostics are printed (exit 1)."""
+    from pcdsl.io.formats import is_circuit_file, read_circuit
+
+    if not is_circuit_file(args.file):
+        return None
+    try:
+        imported = read_circuit(args.file, renormalise=getattr(args, "renormalise", False))
+    except PcdslError as exc:
+        print(render_all(exc.diagnostics), file=sys.stderr)
+        raise _Exit(EXIT_DIAGNOSTICS) from None
+    for w in imported.warnings:
+        print(render(w) + "\n", file=sys.stderr)
+    args.trained = imported.params
+    return imported.graph
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from pcdsl.io.flat import FormatError
+    from pcdsl.io.formats import convert
+
+    try:
+        written = convert(args.file, args.output, args.circuit, args.seed)
+    except PcdslError as exc:
+        print(render_all(exc.diagnostics), file=sys.stderr)
+        return EXIT_DIAGNOSTICS
+    except (FormatError, KeyError) as exc:
+        print(f"pcdsl convert: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return EXIT_DIAGNOSTICS
+    except OSError as exc:
+        print(f"pcdsl convert: cannot write '{args.output}': {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"wrote {', '.join(str(p) for p in written)}")
+    return EXIT_OK
 
 
 def _read_model(args: argparse.Namespace, path: str):  # type: ignore[no-untyped-def]
@@ -525,7 +576,7 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"check": _check, "render": _render, "demo": _demo, "compile": _compile, "eval": _eval,
-             "sample": _sample, "train": _train, "run": _run, "explain": _explain}
+             "sample": _sample, "train": _train, "run": _run, "explain": _explain, "convert": _convert}
 _COMMANDS["plot"] = plot_command.command
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -26,7 +27,8 @@ DOC = ROOT / "docs" / "language.md"
 GRAMMAR = ROOT / "grammar" / "pc.lark"
 # codes that one file's text cannot produce (a missing, unreadable or huge file, an import chain,
 # sums built by the API): their examples are commands, not checked files
-NOT_FROM_ONE_TEXT = {"E0004", "E0005", "E0006", "E0007", "E0106", "E0107", "E0211"}
+NOT_FROM_ONE_TEXT = {"E0004", "E0005", "E0006", "E0007", "E0106", "E0107", "E0211", "E0712"}
+FORMAT_FILES = ("jpc", "psdd", "sdd", "vtree")  # examples of the E07xx codes are circuit and vtree files
 ENVIRONMENT_WARNINGS = {"W0601"}  # image data sets this machine may not have
 
 
@@ -138,10 +140,28 @@ def test_every_example_checks() -> None:
     assert failures == []
 
 
+def _check_files(blocks: list[tuple[str, str]], folder: Path) -> set[str]:
+    """The codes `pcdsl check` gives the first circuit file of `blocks`, written beside the others."""
+    from pcdsl.io.formats import check_path
+
+    for extension, text in blocks:
+        (folder / f"example.{extension}").write_text(text)
+    main = next((e for e, _ in blocks if e != "vtree"), "vtree")
+    try:
+        checked = check_path(folder / f"example.{main}")
+    except PcdslError as exc:
+        return {d.code for d in exc.diagnostics}
+    return {w.code for w in checked.warnings}
+
+
 @pytest.mark.parametrize("code", sorted(CODES))
-def test_every_diagnostic_code_has_an_example_that_produces_it(code: str) -> None:
+def test_every_diagnostic_code_has_an_example_that_produces_it(code: str, tmp_path: Path) -> None:
     section = _section("Diagnostic codes", code)
     assert CODES[code][0].upper() + CODES[code][1:] in "\n".join(section.text), "the catalogue's text"
+    files = [(lang, text) for lang, text in section.blocks if lang in FORMAT_FILES]
+    if files:
+        assert code in _check_files(files, tmp_path), f"{code}: the example files produce another code"
+        return
     examples = [text for lang, text in section.blocks if lang == "pc"]
     if code in NOT_FROM_ONE_TEXT:
         assert not examples and any(lang == "text" for lang, _ in section.blocks)

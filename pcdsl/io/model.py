@@ -41,7 +41,7 @@ def _structure(graph: CircuitGraph) -> dict[str, Any]:
         entry: dict[str, Any] = {"name": n.name, "kind": n.kind.value, "units": n.num_units,
                                  "children": list(n.children)}
         if n.kind is NodeKind.INPUT:
-            entry.update(family=n.family, var=n.var)
+            entry.update(family=n.family, var=int(n.var) if n.var is not None else None)  # numpy ints are not JSON
         elif n.kind is NodeKind.PRODUCT:
             entry["pattern"] = n.pattern
         elif n.blocks != 1:

@@ -151,6 +151,21 @@ class CircuitGraph:
                     weights=weights, tie=tie, span=span, blocks=blocks)
         return self._add(node)
 
+    def add_nodes(self, nodes: list[Node]) -> None:
+        """Add many nodes at once, children first, each with its scope and units already set as
+        the add_* methods set them: the bulk path for circuits read from large files (one
+        networkx call for all nodes and one for all edges)."""
+        names = set()
+        for node in nodes:
+            if node.name in names or node.name in self._g:
+                raise InternalError(f"node '{node.name}' added twice")
+            for c in node.children:
+                if c not in names and c not in self._g:
+                    raise InternalError(f"node '{node.name}': child '{c}' must be added first")
+            names.add(node.name)
+        self._g.add_nodes_from((n.name, {"node": n}) for n in nodes)
+        self._g.add_edges_from(_edges(nodes))
+
     def fix(self, name: str) -> Node:
         """Mark a node's parameters fixed: EM and SGD keep them (a tied sum: its whole group)."""
         node = replace(self.node(name), fixed=True)
@@ -255,3 +270,16 @@ def _input_param_count(family: str | None, domain: Domain) -> int:
     if family == "gaussian":
         return 2
     return 0  # indicators have no parameters
+
+
+def _edges(nodes: list[Node]) -> Iterator[tuple[str, str, dict[str, int]]]:
+    """(parent, child, position) of each child, at the first position of a repeated one."""
+    for n in nodes:
+        if len(set(n.children)) == len(n.children):
+            yield from ((n.name, c, {"position": k}) for k, c in enumerate(n.children))
+            continue
+        seen: set[str] = set()
+        for k, c in enumerate(n.children):
+            if c not in seen:
+                seen.add(c)
+                yield n.name, c, {"position": k}
