@@ -79,6 +79,7 @@ def main() -> None:
     a = ap.parse_args()
 
     from pcdsl.backends import lower
+
     from pcdsl.distill.grown import prune_to_fraction
     from pcdsl.plan import SumLayer, compile_plan
 

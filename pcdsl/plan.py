@@ -89,9 +89,9 @@ class ProductLayer:
 
 
 # A sum layer runs sparse when at most this share of its (F, M, C) weights is non-zero. Above it,
-# the dense batched matrix product costs less than the edge lists (a GEMM kernel does several
-# times the work per second of a gather-and-accumulate over irregular rows).
-SPARSE_DENSITY = 0.5
+# the dense batched matrix product costs less than the edge lists: on a 2-core CPU numba's sparse
+# kernel did about 2-3x less work per second per edge than its dense one (benchmarks/pruning.py).
+SPARSE_DENSITY = 0.35
 
 
 @dataclass(frozen=True, eq=False)
@@ -138,7 +138,7 @@ def sparse_pattern(weights: np.ndarray, density: float = SPARSE_DENSITY) -> Spar
 
 def same_pattern(a: SumLayer, b: SumLayer) -> bool:
     """Whether two versions of a sum layer run alike (both dense, or sparse with one edge set)."""
-    return a.sparse is None and b.sparse is None or a.sparse is not None and a.sparse.same(b.sparse)
+    return (a.sparse is None and b.sparse is None) or (a.sparse is not None and a.sparse.same(b.sparse))
 
 
 @dataclass(frozen=True)

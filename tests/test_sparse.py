@@ -6,14 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from circuits import pruned_circuit
+from pcdsl.backends import lower
 
 from pcdsl import reference
-from pcdsl.backends import lower
 from pcdsl.params import Parameters
 from pcdsl.plan import SparseSum, SumLayer, compile_plan, dump_plan, sparse_pattern
 
 TOL = 1e-9
 BACKENDS = ("numba", "torch")
+SPARSE = 0.5  # the plan's threshold here, whatever the default (the circuits keep about 30% of edges)
 
 
 @pytest.fixture(autouse=True)
@@ -31,7 +32,7 @@ def _data(graph, params: Parameters, n: int, seed: int) -> np.ndarray:  # type: 
 
 def _pair(seed: int, backend: str, keep: float = 0.3):  # type: ignore[no-untyped-def]
     graph, params = pruned_circuit(seed, keep, real=seed % 2 == 1)
-    plan = compile_plan(graph, params)
+    plan = compile_plan(graph, params, sparse_density=SPARSE)
     assert any(isinstance(layer, SumLayer) and layer.sparse is not None for layer in plan.layers)
     dense = compile_plan(graph, params, sparse_density=0.0)
     assert all(layer.sparse is None for layer in dense.layers if isinstance(layer, SumLayer))
@@ -47,7 +48,7 @@ def test_the_plan_keeps_mostly_zero_sum_layers_as_edge_lists() -> None:
     assert pattern.flat(4).tolist() == [1, 11, 16]  # positions in the flattened (F, M, C) block
     assert sparse_pattern(np.ones((2, 3, 4))) is None and sparse_pattern(w, density=0.0) is None
     graph, params = pruned_circuit(0)
-    plan = compile_plan(graph, params)
+    plan = compile_plan(graph, params, sparse_density=SPARSE)
     sparse = [layer for layer in plan.layers if isinstance(layer, SumLayer) and layer.sparse is not None]
     assert sparse and all(layer.edges == np.count_nonzero(layer.weights) for layer in sparse)
     assert f"sparse={sparse[0].edges}" in dump_plan(plan)
@@ -106,10 +107,44 @@ def test_the_torch_module_on_sparse_layers_gives_the_dense_gradients() -> None:
     graph, params = pruned_circuit(4)
     x = torch.as_tensor(_data(graph, params, 40, seed=6))
     grads = []
-    for density in (0.5, 0.0):
+    for density in (SPARSE, 0.0):
         module = CircuitModule(compile_plan(graph, params, sparse_density=density), dtype=torch.float64)
         module(x).sum().backward()
         grads.append({name: p.grad.clone() for name, p in module.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for name, g in grads[0].items():
         assert torch.allclose(g, grads[1][name], atol=TOL, rtol=0), name
+
+
+def test_prune_to_fraction_keeps_the_highest_flow_edges_and_every_units_best() -> None:
+    from pcdsl.distill.grown import prune_to_fraction
+    from pcdsl.reference import Flows
+
+    w = np.full((3, 4), 0.25)
+    f = np.array([[9.0, 8.0, 1.0, 0.0], [7.0, 6.0, 5.0, 0.5], [0.1, 0.3, 0.2, 0.0]])
+    flows = Flows(weights={"s": f})
+    out = prune_to_fraction(Parameters({}, {"s": w}), flows, ["s"], 0.5).weights["s"]
+    assert (out > 0).tolist() == [[True, True, True, False], [True, True, True, False],
+                                  [False, True, False, False]]  # the top 6 by flow, and row 2's best
+    assert np.allclose(out.sum(axis=1), 1.0)
+    with pytest.raises(ValueError, match="keep must lie in"):
+        prune_to_fraction(Parameters({}, {"s": w}), flows, ["s"], 0.0)
+
+
+def test_the_gpu_benchmark_runs_on_a_cpu_with_tiny_structures(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu.py"
+    spec = importlib.util.spec_from_file_location("gpu_bench", path)
+    assert spec is not None and spec.loader is not None
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+    out = tmp_path / "gpu.jsonl"
+    monkeypatch.setattr(sys, "argv", ["gpu.py", "--device", "cpu", "--tiny", "--no-pyjuice", "--out", str(out)])
+    gpu.main()
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["structure"] for r in records] == ["hclt", "pd"]
+    assert all(r["pcdsl"]["epoch_s"] > 0 and r["edges"] > 0 and r["device"].startswith("cpu") for r in records)

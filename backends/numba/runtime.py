@@ -161,8 +161,8 @@ class Circuit:
     def _forward(self, index: np.ndarray, real: np.ndarray, mode: int) -> np.ndarray:
         buf = self._buffer("values", index.shape[1], self.dtype)
         kernels.forward(buf, index, real, self.cat, self.lp, self.lpmax, self.gauss, self.gmean, self.gstd,
-                        self.ops, self.pindex, self.sindex, self.sptr, self.scol, self.weights, self.logw, self.widest, mode,
-                        self._chunks(buf))
+                        self.ops, self.pindex, self.sindex, self.sptr, self.scol, self.weights, self.logw, self.widest,
+                        mode, self._chunks(buf))
         return buf
 
     @staticmethod

@@ -168,9 +168,9 @@ def prune_to_fraction(params: Parameters, flows: Flows, groups: Iterable[str], k
     out = Parameters(params.inputs, dict(params.weights))
     for group in groups:
         f = np.asarray(flows.weights[group], dtype=np.float64)
-        mask = np.zeros(f.size, dtype=bool)
-        mask[np.argsort(-f, axis=None, kind="stable")[:max(1, round(keep * f.size))]] = True
-        mask = mask.reshape(f.shape)
+        flat = np.zeros(f.size, dtype=bool)
+        flat[np.argsort(-f, axis=None, kind="stable")[:max(1, round(keep * f.size))]] = True
+        mask = flat.reshape(f.shape)
         mask[np.arange(len(f)), f.argmax(axis=1)] = True
         w = np.where(mask, params.weights[group], 0.0)
         out.weights[group] = w / w.sum(axis=1, keepdims=True)
