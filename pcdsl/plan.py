@@ -15,6 +15,10 @@ contiguous. Layers run in order:
   units): ``out[f, m] = log sum_c W[f, m, c] exp(buf[index[f, c]])``, one
   batched matrix product. A block-diagonal sum of K blocks is K folds (one per
   block), so its cost is that of the edges it has, not of a dense block.
+  A fold set whose weights are mostly exact zeros (sums pruned by progressive
+  growing) also carries its edges as CSR (:class:`SparseSum`): backends then
+  run it in time proportional to the edges kept; the dense weights stay the
+  layer's parameters, so learning and model files see one layout.
 
 Nodes are layered by height (inputs 0, others 1 + the highest child), so
 everything a layer reads was written by an earlier layer.
@@ -84,6 +88,59 @@ class ProductLayer:
         return self.start + self.index.shape[0]
 
 
+# A sum layer runs sparse when at most this share of its (F, M, C) weights is non-zero. Above it,
+# the dense batched matrix product costs less than the edge lists: on a 2-core CPU numba's sparse
+# kernel did about 2-3x less work per second per edge than its dense one (benchmarks/pruning.py).
+SPARSE_DENSITY = 0.35
+
+
+@dataclass(frozen=True, eq=False)
+class SparseSum:
+    """The non-zero edges of a sum layer as CSR over its F * M output rows (row f * M + m):
+    edges ``indptr[r]:indptr[r + 1]`` of row r read the fold's inputs ``cols`` (0..C-1, ascending
+    within a row, the order the dense loop visits them)."""
+
+    indptr: np.ndarray  # (F * M + 1,) int64
+    cols: np.ndarray  # (E,) int64
+
+    @property
+    def edges(self) -> int:
+        return len(self.cols)
+
+    def rows(self) -> np.ndarray:
+        """(E,) the output row of each edge."""
+        return np.repeat(np.arange(len(self.indptr) - 1, dtype=np.int64), np.diff(self.indptr))
+
+    def flat(self, inputs: int) -> np.ndarray:
+        """(E,) each edge's position in the layer's flattened (F, M, C) weights."""
+        return self.rows() * inputs + self.cols
+
+    def same(self, other: SparseSum | None) -> bool:
+        """The same edges as `other`."""
+        return other is not None and np.array_equal(self.indptr, other.indptr) and \
+            np.array_equal(self.cols, other.cols)
+
+
+def sparse_pattern(weights: np.ndarray, density: float = SPARSE_DENSITY) -> SparseSum | None:
+    """The edges of (F, M, C) weights as CSR when at most `density` of them are non-zero, else
+    None (the layer runs dense; always for `density` <= 0). Rows without any edge are allowed
+    (their unit is log 0)."""
+    if weights.size == 0 or density <= 0:
+        return None
+    live = weights.reshape(-1, weights.shape[2]) != 0
+    if np.count_nonzero(live) > density * weights.size:
+        return None
+    rows, cols = np.nonzero(live)  # row-major: ascending columns within a row
+    indptr = np.zeros(live.shape[0] + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=live.shape[0]), out=indptr[1:])
+    return SparseSum(indptr, cols.astype(np.int64))
+
+
+def same_pattern(a: SumLayer, b: SumLayer) -> bool:
+    """Whether two versions of a sum layer run alike (both dense, or sparse with one edge set)."""
+    return (a.sparse is None and b.sparse is None) or (a.sparse is not None and a.sparse.same(b.sparse))
+
+
 @dataclass(frozen=True)
 class SumLayer:
     start: int  # output slots [start, start + F * M), node-major
@@ -92,6 +149,12 @@ class SumLayer:
     nodes: tuple[str, ...]  # the node of each fold (a block-diagonal sum has one fold per block)
     groups: tuple[str, ...]  # weight group of each fold (tied sums share one)
     rows: tuple[int, ...] = ()  # first row of each fold in its group's weights (0 without blocks)
+    sparse: SparseSum | None = None  # the non-zero edges, when the plan runs this layer sparse
+
+    @property
+    def edges(self) -> int:
+        """The edges the layer runs: all F * M * C dense, the non-zero ones sparse."""
+        return int(np.prod(self.shape)) if self.sparse is None else self.sparse.edges
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -117,6 +180,7 @@ class LayeredPlan:
     root: int  # the root's slot
     slot_of: dict[str, int]  # first slot of each node group
     fixed: frozenset[str] = frozenset()  # parameter groups learning keeps (Parameters.fixed)
+    sparse_density: float = SPARSE_DENSITY  # sum layers at most this dense run on their edges (0: never)
 
     def input_layers(self) -> list[InputLayer]:
         return [layer for layer in self.layers if isinstance(layer, InputLayer)]
@@ -126,7 +190,7 @@ class LayeredPlan:
         kinds = [type(layer).__name__.removesuffix("Layer").lower() for layer in self.layers]
         counts = ", ".join(f"{kinds.count(k)} {k}" for k in ("input", "product", "sum") if k in kinds)
         edges = sum(layer.index.size if isinstance(layer, ProductLayer) else
-                    int(np.prod(layer.shape)) if isinstance(layer, SumLayer) else 0 for layer in self.layers)
+                    layer.edges if isinstance(layer, SumLayer) else 0 for layer in self.layers)
         stored = sum(p.size for layer in self.input_layers() for p in layer.params.values())
         stored += sum(layer.weights.size for layer in self.layers if isinstance(layer, SumLayer))
         return (f"'{self.name}': {self.num_vars} variables, {len(self.layers)} layers ({counts}), "
@@ -149,8 +213,9 @@ def heights(graph: CircuitGraph) -> dict[str, int]:
     return h
 
 
-def compile_plan(graph: CircuitGraph, params: Parameters) -> LayeredPlan:
-    """Fold a validated circuit graph and its parameters into layers."""
+def compile_plan(graph: CircuitGraph, params: Parameters, sparse_density: float = SPARSE_DENSITY) -> LayeredPlan:
+    """Fold a validated circuit graph and its parameters into layers; sum layers whose weights
+    are at most `sparse_density` non-zero run on their edges (0: every layer dense)."""
     buckets: dict[tuple, list[Node]] = defaultdict(list)
     h = heights(graph)
     for node in graph.nodes():
@@ -162,7 +227,7 @@ def compile_plan(graph: CircuitGraph, params: Parameters) -> LayeredPlan:
     next_slot = FIRST_SLOT
     for key in keys:
         nodes = buckets[key]
-        layer = _layer(graph, params, key[1], nodes, slots, next_slot)
+        layer = _layer(graph, params, key[1], nodes, slots, next_slot, sparse_density)
         for node in nodes:  # node-major: each group's units contiguous, in fold order
             slots[node.name] = next_slot
             next_slot += node.num_units
@@ -170,7 +235,7 @@ def compile_plan(graph: CircuitGraph, params: Parameters) -> LayeredPlan:
     cards = tuple(v.domain.size if v.domain.is_discrete else None for v in graph.variables)
     return LayeredPlan(graph.name, next_slot, len(graph.variables), cards,
                        tuple(v.name for v in graph.variables), tuple(layers), slots[graph.root.name], slots,
-                       params.fixed)
+                       params.fixed, sparse_density)
 
 
 _KIND_ORDER = {"input": 0, "product": 1, "sum": 2}
@@ -210,7 +275,7 @@ def _order(key: tuple) -> tuple:
 
 
 def _layer(graph: CircuitGraph, params: Parameters, kind: str, nodes: list[Node],
-           slots: dict[str, int], start: int) -> Layer:
+           slots: dict[str, int], start: int, sparse_density: float) -> Layer:
     names = tuple(n.name for n in nodes)
     if kind == "input":
         return _input_layer(graph, params, nodes, start)
@@ -221,7 +286,8 @@ def _layer(graph: CircuitGraph, params: Parameters, kind: str, nodes: list[Node]
     first_rows = tuple(b * (n.num_units // n.blocks) for n, b in folds)
     layer = SumLayer(start, index, np.empty((0, 0, 0)), tuple(n.name for n, _ in folds),
                      tuple(weight_group(n) for n, _ in folds), first_rows)
-    return replace(layer, weights=fold_weights(layer, params, nodes[0].num_units // nodes[0].blocks))
+    weights = fold_weights(layer, params, nodes[0].num_units // nodes[0].blocks)
+    return replace(layer, weights=weights, sparse=sparse_pattern(weights, sparse_density))
 
 
 def fold_weights(layer: SumLayer, params: Parameters, units: int | None = None) -> np.ndarray:
@@ -305,7 +371,8 @@ def with_parameters(plan: LayeredPlan, params: Parameters,
         elif isinstance(layer, InputLayer):
             layer = replace(layer, params=input_block(layer, params, plan.cardinalities))
         elif isinstance(layer, SumLayer):
-            layer = replace(layer, weights=fold_weights(layer, params))
+            weights = fold_weights(layer, params)
+            layer = replace(layer, weights=weights, sparse=sparse_pattern(weights, plan.sparse_density))
         layers.append(layer)
     return replace(plan, layers=tuple(layers), fixed=params.fixed)
 
@@ -360,6 +427,8 @@ def dump_plan(plan: LayeredPlan) -> str:
         else:
             f, m, c = layer.shape
             desc = f"sum fold={f} units={m} inputs={c} edges={f * m * c}"
+            if layer.sparse is not None:
+                desc += f" sparse={layer.sparse.edges}"
         lines.append(f"  layer {i}: {desc} slots [{layer.start}, {layer.stop}) nodes {_names(layer.nodes)}")
     return "\n".join(lines) + "\n"
 

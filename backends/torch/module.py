@@ -359,7 +359,7 @@ def _install(model: TorchModel, tables: Sequence[torch.Tensor]) -> None:
         if isinstance(rule, SumRule):
             rule.log_weights.copy_(next(it))
             torch.exp(rule.log_weights, out=rule.weights)
-            rule._dead()
+            rule.refresh()
         elif isinstance(rule, InputRule) and rule.layer.family == "gaussian":
             rule.params["mean"].copy_(next(it))
             rule.params["std"].copy_(next(it))
