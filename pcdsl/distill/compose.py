@@ -196,6 +196,14 @@ def compose(top: CircuitGraph, top_params: Parameters, family: PatchFamily, patc
         heads.append(tuple(place(graph, family, pixels, f"pos{i}", owner, span)))
         if owner is None:
             copy_parameters(family, patch[0 if shared else i], graph, f"pos{i}", params)
+    add_top(graph, top, top_params, heads, params, span)
+    return graph, params
+
+
+def add_top(graph: CircuitGraph, top: CircuitGraph, top_params: Parameters, heads: Sequence[Sequence[str]],
+            params: Parameters, span: Span = NO_SPAN) -> None:
+    """Add the top level to `graph` under ``top/``, its leaf over Z_i a sum over `heads[i]`
+    (node groups already in `graph`), and its parameters to `params`."""
     renamed: dict[str, str] = {}
     for node in top.nodes():
         new = f"top/{node.name}"
@@ -203,7 +211,7 @@ def compose(top: CircuitGraph, top_params: Parameters, family: PatchFamily, patc
         if node.kind is NodeKind.INPUT:  # the leaf over Z_i: a sum over the heads at position i
             assert node.var is not None
             tie = f"top/{node.tie}" if node.tie else None
-            graph.add_sum(new, heads[node.var], node.num_units, tie=tie, span=span)
+            graph.add_sum(new, tuple(heads[node.var]), node.num_units, tie=tie, span=span)
             params.weights.setdefault(tie or new, np.array(top_params.leaf(node)["probs"], dtype=np.float64))
         elif node.kind is NodeKind.PRODUCT:
             graph.add_product(new, tuple(renamed[c] for c in node.children), node.pattern or "hadamard", span=span)
@@ -211,7 +219,6 @@ def compose(top: CircuitGraph, top_params: Parameters, family: PatchFamily, patc
             tie = f"top/{node.tie}" if node.tie else None
             graph.add_sum(new, tuple(renamed[c] for c in node.children), node.num_units, tie=tie, span=span)
             params.weights.setdefault(tie or new, np.array(top_params.sum_weights(node), dtype=np.float64))
-    return graph, params
 
 
 def decompose(graph: CircuitGraph, params: Parameters, top: CircuitGraph, family: PatchFamily,

@@ -80,11 +80,16 @@ def patch_shape(patches: np.ndarray, levels: Sequence[int], hidden: int, cluster
 
 
 def train(graph: CircuitGraph, params: Parameters, train: np.ndarray, valid: np.ndarray | None, fit: Fit,
-          resume: Resume = Resume(), learn: set[str] | None = None) -> Parameters:
+          resume: Resume = Resume(), learn: set[str] | None = None, model: Any = None) -> Parameters:
     """EM stages on a circuit (only the groups in `learn` when given), resumable at any epoch
-    boundary with the same result as an uninterrupted fit."""
+    boundary with the same result as an uninterrupted fit; `model`: what runs the circuit, when
+    not the circuit compiled by `fit` (e.g. :class:`pcdsl.distill.soft.EvidenceModel`)."""
     start = resume.params if resume.params is not None else params
-    trainer = Trainer(fit.compile(graph, start), start, train, valid, fit.seed, fit.progress)
+    if model is None:
+        model = fit.compile(graph, start)
+    else:
+        model.set_parameters(start)
+    trainer = Trainer(model, start, train, valid, fit.seed, fit.progress)
     trainer.per_epoch_rng, trainer.learn, trainer.best = True, learn, resume.best
     trainer.constrain = keep_zeros(params)  # pruned edges (progressive growing) stay pruned
     if resume.on_epoch is not None:
