@@ -50,7 +50,9 @@ from pcdsl.distill.recipe import Distillation, cropped
 from pcdsl.io.atomic import write_atomic
 from pcdsl.io.atomic import write_json as _write_json
 from pcdsl.io.model import load_model, save_model
+from pcdsl.io.rundir import LOCK, RunDirError, RunLock, check_files, read_state, record, remove_strays
 from pcdsl.ir.graph import CircuitGraph, Domain, Variable
+from pcdsl.learn.parallel import SOLO, Group
 from pcdsl.learn.train import Epoch
 from pcdsl.params import Parameters
 
@@ -63,26 +65,32 @@ def _key(*parts: Any) -> str:
 
 @dataclass
 class RunDir:
-    """The run directory: stage keys, cached outputs and per-epoch checkpoints."""
+    """The run directory: stage keys, cached outputs (with their sizes and checksums) and
+    per-epoch checkpoints. The caller holds its lock (:class:`pcdsl.io.rundir.RunLock`)."""
 
     path: Path
     log: Log = print
     keys: dict[str, str] = field(default_factory=dict)
     times: dict[str, float] = field(default_factory=dict)
     attempts: dict[str, dict[str, Any]] = field(default_factory=dict)  # stages started, not finished
+    files: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # stage -> file -> size, sha256
 
     def __post_init__(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        state = self.path / "stages.json"
-        if state.exists():
-            saved = json.loads(state.read_text())
+        saved = read_state(self.path / "stages.json")
+        if saved is not None:
             self.keys, self.times = saved.get("keys", {}), saved.get("seconds", {})
-            self.attempts = saved.get("attempts", {})
+            self.attempts, self.files = saved.get("attempts", {}), saved.get("files", {})
 
     def fresh(self, stage: str, key: str, *files: str) -> bool:
-        """Whether `stage` already ran with `key` and its files are all there."""
+        """Whether `stage` already ran with `key` and its files are all there, as written (a
+        file changed since is a :class:`pcdsl.io.rundir.RunDirError`, never used)."""
+        if self.keys.get(stage) is not None and self.keys[stage] != key:
+            self.log(f"{stage}: the recipe or options changed since it ran; running it again")
+            return False
         done = self.keys.get(stage) == key and all((self.path / f).exists() for f in files)
         if done:
+            check_files(self.path, {f: r for f, r in self.files.get(stage, {}).items() if f in files})
             self.log(f"{stage}: cached ({', '.join(files)})")
         return done
 
@@ -91,70 +99,48 @@ class RunDir:
         must never pass for the outputs of an earlier key); returns the seconds that earlier
         attempts at the same key spent on work they saved (up to their last file written)."""
         self.keys.pop(stage, None)
+        self.files.pop(stage, None)
         earlier = self.attempts.get(stage, {})
         seconds = 0.0
         if earlier.get("key") == key:
             saved_until = max((f.stat().st_mtime for f in self.path.rglob("*")
-                               if f.is_file() and f.name != "stages.json"), default=earlier["started"])
+                               if f.is_file() and f.name not in ("stages.json", LOCK)), default=earlier["started"])
             seconds = earlier["seconds"] + max(0.0, saved_until - earlier["started"])
         self.attempts[stage] = {"key": key, "started": time.time(), "seconds": seconds}
         self._save()
         return seconds
 
-    def finish(self, stage: str, key: str, seconds: float) -> None:
+    def finish(self, stage: str, key: str, seconds: float, files: tuple[str, ...] = ()) -> None:
         self.keys[stage] = key
         self.times[stage] = seconds
+        self.files[stage] = {f: record(self.path / f) for f in files}
         self.attempts.pop(stage, None)
         self._save()
 
     def _save(self) -> None:
-        _write_json(self.path / "stages.json", {"keys": self.keys, "seconds": self.times, "attempts": self.attempts})
+        _write_json(self.path / "stages.json", {"keys": self.keys, "seconds": self.times, "attempts": self.attempts,
+                                                "files": self.files})
 
     def fit(self, stage: str, key: str, graph: CircuitGraph,
             train: Callable[[lvd.Resume], Parameters]) -> Parameters:
-        """Run an EM fit that checkpoints after every epoch and resumes from its checkpoint to
-        the same result. Each epoch writes a new checkpoint file (and a best file when the valid
-        score rose), then the state file naming them in one atomic write: a kill at any moment
-        leaves the state and the files it names consistent."""
-        state_file, history = self.path / f"{stage}.json", self.path / f"{stage}.metrics.jsonl"
-        resume = lvd.Resume()
-        saved: dict[str, Any] = {}
-        if state_file.exists():
-            saved = json.loads(state_file.read_text())
-            if saved.get("key") == key:
-                best = (float(saved["best"]), load_model(self.path / saved["best_file"])[1]) \
-                    if saved.get("best_file") else None
-                resume = lvd.Resume(load_model(self.path / saved["ckpt"])[1], tuple(saved["position"]), best)
-                self.log(f"{stage}: resuming after {saved['epochs_done']} epochs")
-            else:
-                saved = {}
-        lines = history.read_text().splitlines(keepends=True)[:saved.get("epochs_done", 0)] if history.exists() else []
-        history.write_text("".join(lines))  # epochs a stopped attempt logged after its last state go
-        done = saved.get("epochs_done", 0)
+        """Run an EM fit that checkpoints (:mod:`pcdsl.learn.checkpoint`) after every epoch,
+        and inside epochs every ``PCDSL_CHECKPOINT_SECONDS``, and resumes from its last
+        checkpoint to the same result."""
+        from pcdsl.learn.checkpoint import Checkpointer, decode
 
-        def on_epoch(epoch: Epoch, current: Parameters, best: tuple[float, Parameters] | None,
-                     position: tuple[int, int, int]) -> None:
-            nonlocal done, saved
-            done += 1
-            with open(history, "a") as f:
-                f.write(json.dumps(epoch.as_dict(), sort_keys=True) + "\n")
-            ckpt = f"{stage}.ckpt-{done}.safetensors"
-            save_model(self.path / ckpt, graph, current)
-            best_file = saved.get("best_file")
-            if best is not None and best[1] is current:
-                best_file = f"{stage}.best-{done}.safetensors"
-                save_model(self.path / best_file, graph, current)
-            previous = saved
-            saved = {"key": key, "epochs_done": done, "position": list(position), "ckpt": ckpt,
-                     "best": None if best is None else best[0], "best_file": best_file}
-            _write_json(state_file, saved)
-            for old in ("ckpt", "best_file"):  # files the state no longer names
-                if previous.get(old) and previous[old] not in (ckpt, best_file):
-                    (self.path / previous[old]).unlink(missing_ok=True)
+        checkpoints = Checkpointer(self.path, stage, key, log=self.log)
+        data = checkpoints.load()
+        snapshot = decode(data, where=str(self.path / f"{stage}.json")) if data else None
+        if snapshot is not None:
+            inside = f" and {snapshot.batch} mini-batches of the next" if snapshot.batch else ""
+            self.log(f"{stage}: resuming after {checkpoints.epochs_done} epochs{inside}")
+
+        def after_epoch(epoch: Epoch, _current: Parameters) -> None:
             valid = f", valid {epoch.valid_ll:.4f}" if epoch.valid_ll is not None else ""
             self.log(f"{stage}: stage {epoch.stage + 1} epoch {epoch.epoch + 1}: train {epoch.train_ll:.4f}{valid}")
 
-        return train(lvd.Resume(resume.params, resume.position, resume.best, on_epoch))
+        result = train(lvd.Resume(snapshot, lambda trainer: checkpoints.attach(trainer, after_epoch)))
+        return result
 
 
 @dataclass
@@ -207,17 +193,23 @@ class DistillError(Exception):
 
 
 def run_distillation(recipe: Distillation, out_dir: Path, *, backend: str = "numba", device: str = "cpu",
-                     dtype: str = "float32", seed: int = 0, progress: bool = True, log: Log = print) -> dict[str, Any]:
-    """Run (or resume) a distillation recipe; returns the report."""
+                     dtype: str = "float32", seed: int = 0, progress: bool = True, log: Log = print,
+                     group: Group = SOLO) -> dict[str, Any]:
+    """Run (or resume) a distillation recipe; returns the report. The run directory is locked
+    while it runs; its files are checked before they are used."""
     from pcdsl.data import DataError
     from pcdsl.distill.images import PatchError
     from pcdsl.distill.latents import LatentError
     from pcdsl.distill.teachers import TeacherError
     from pcdsl.io.model import ModelFileError
 
+    if group.size > 1:
+        raise DistillError("distillation recipes run in one process so far; leave out --nproc (or torchrun)")
     try:
-        return _run(recipe, out_dir, backend, device, dtype, seed, progress, log)
-    except (DataError, PatchError, TeacherError, LatentError) as exc:  # what only the data can tell
+        with RunLock(out_dir):
+            remove_strays(out_dir)
+            return _run(recipe, out_dir, backend, device, dtype, seed, progress, log)
+    except (DataError, PatchError, TeacherError, LatentError, RunDirError) as exc:  # what only the data can tell
         raise DistillError(str(exc)) from None
     except (ModelFileError, json.JSONDecodeError) as exc:
         raise DistillError(f"the run directory '{out_dir}' holds a damaged file ({exc}); remove it, or the "
@@ -290,12 +282,13 @@ class Latents:
     report: dict[str, Any] = field(default_factory=dict)
 
 
-def _timed(run: RunDir, stage: str, key: str, work: Callable[[], None]) -> None:
-    """Run a stage's work; its seconds include what stopped attempts saved before they stopped."""
+def _timed(run: RunDir, stage: str, key: str, work: Callable[[], None], *files: str) -> None:
+    """Run a stage's work; its seconds include what stopped attempts saved before they stopped;
+    the stage vouches for `files` (sizes and checksums) once done."""
     earlier = run.start(stage, key)
     started = time.perf_counter()
     work()
-    run.finish(stage, key, earlier + time.perf_counter() - started)
+    run.finish(stage, key, earlier + time.perf_counter() - started, files)
 
 
 def _teacher(run: RunDir, recipe: Distillation, data: Data, grid: Any, base: str, progress: bool,
@@ -314,7 +307,7 @@ def _teacher(run: RunDir, recipe: Distillation, data: Data, grid: Any, base: str
         teacher.fit(data.train, data.valid, progress=progress, log=log)
         save_teacher(run.path / "teacher.safetensors", teacher)
 
-    _timed(run, "teacher", key, work)
+    _timed(run, "teacher", key, work, "teacher.safetensors")
     return teacher, key
 
 
@@ -343,7 +336,7 @@ def _latents(run: RunDir, recipe: Distillation, data: Data, grid: Any, teacher: 
                 out[split] = assign(f.reshape(-1, d), centroids).reshape(len(images), p)
         _save_npz(run.path / "latents.npz", out)
 
-    _timed(run, "latents", key, work)
+    _timed(run, "latents", key, work, "latents.npz")
     return out, key
 
 
@@ -399,7 +392,7 @@ def _growing(run: RunDir, recipe: Distillation, data: Data, grid: Any, teacher: 
         shutil.rmtree(cache, ignore_errors=True)
         out["latents"] = Latents(heads, grown.family, params, key, grown.report())
 
-    _timed(run, "growing", key, work)
+    _timed(run, "growing", key, work, "grown.safetensors", "grown.npz", "grown.json")
     return out["latents"]  # type: ignore[no-any-return]
 
 
@@ -437,7 +430,7 @@ def _patches(run: RunDir, recipe: Distillation, data: Data, grid: Any, latents: 
             save_model(run.path / name, graph, params)
             result.append(params)
 
-    _timed(run, "patches", key, work)
+    _timed(run, "patches", key, work, *files)
     return family, result, key
 
 
@@ -457,7 +450,7 @@ def _top(run: RunDir, recipe: Distillation, grid: Any, latents: Latents, family:
             graph, z["train"], z.get("valid"), top_fit, resume))
         save_model(run.path / "latent.safetensors", graph, out["params"])
 
-    _timed(run, "top", key, work)
+    _timed(run, "top", key, work, "latent.safetensors")
     return graph, out["params"], key
 
 
@@ -495,7 +488,7 @@ def _distilled(run: RunDir, recipe: Distillation, data: Data, grid: Any, family:
                 lvd.fit_distilled, graph, out["params"], train, valid, stage_fit, learn))
         save_model(run.path / "model.safetensors", graph, out["params"])
 
-    _timed(run, "distilled", key, work)
+    _timed(run, "distilled", key, work, "model.safetensors")
     return graph, out["params"]
 
 

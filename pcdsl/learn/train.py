@@ -168,7 +168,7 @@ class Trainer:
         if self.best is not None:
             best = (self.best[0], None if self.best[1] is self.params else self.best[1])
         optimizer = self.optimizer.state() if self.optimizer is not None else None
-        rng = self.rng.bit_generator.state
+        rng = dict(self.rng.bit_generator.state)
         now = self._in_epoch
         if now is None:
             return Snapshot(self.position, self.params, best, rng, optimizer=optimizer)
@@ -177,9 +177,12 @@ class Trainer:
 
     def restore(self, snapshot: Snapshot) -> None:
         """Take up a :meth:`snapshot` (parameters, best, generator; the rest when its stage starts)."""
+        snapshot.params.fixed = self.params.fixed  # what learning keeps is the circuit's, not the file's
         self.params = snapshot.params
         if snapshot.best is not None:
             score, best = snapshot.best
+            if best is not None:
+                best.fixed = self.params.fixed
             self.best = (score, self.params if best is None else best)
         if snapshot.rng is not None:
             self.rng.bit_generator.state = snapshot.rng
