@@ -63,10 +63,11 @@ def _describe(status: int) -> str:
 
 
 def launch(argv: Sequence[str], nproc: int, threads: int | None = None, *, command: str = "run",
-           err: TextIO | None = None) -> int:
+           err: TextIO | None = None, program: Sequence[str] | None = None) -> int:
     """Run ``pcdsl ARGV`` as `nproc` local workers; returns the exit status of the run (0 when
     every worker succeeded, else the first failure's). `threads`: torch/BLAS threads per worker
-    (default: the CPUs shared out among the workers)."""
+    (default: the CPUs shared out among the workers). `program`: what to start instead of
+    ``python -m pcdsl.cli`` (e.g. a script of one's own that calls :func:`pcdsl.run.run_recipe`)."""
     stream = err if err is not None else sys.stderr
     port = free_port()
     per_worker = threads or max(1, (os.cpu_count() or 1) // nproc)
@@ -75,7 +76,8 @@ def launch(argv: Sequence[str], nproc: int, threads: int | None = None, *, comma
         env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc),
                    LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
                    OMP_NUM_THREADS=str(per_worker), NUMBA_NUM_THREADS=str(per_worker))
-        workers.append(subprocess.Popen([sys.executable, "-m", "pcdsl.cli", *argv], env=env,
+        start = list(program) if program is not None else [sys.executable, "-m", "pcdsl.cli"]
+        workers.append(subprocess.Popen([*start, *argv], env=env,
                                         preexec_fn=_die_with_parent if sys.platform == "linux" else None))
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
