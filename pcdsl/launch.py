@@ -102,8 +102,9 @@ def _watch(workers: list[subprocess.Popen[bytes]], command: str, stream: TextIO)
         if failed:
             rank, status = failed[0]
             _stop(workers)
+            hint = "resume from the last checkpoint" if command == "run" else "start it afresh"
             print(f"pcdsl {command}: worker {rank} of {len(workers)} {_describe(status)}; stopped the other "
-                  f"workers. Run the same command again to resume from the last checkpoint.", file=stream)
+                  f"workers. Run the same command again to {hint}.", file=stream)
             return status if status > 0 else 128 - status
         if all(s == 0 for s in statuses):
             return 0

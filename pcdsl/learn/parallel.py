@@ -14,6 +14,7 @@ joins the group that ``torchrun`` (or ``pcdsl run --nproc``) describes in ``RANK
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -135,7 +136,13 @@ def from_environment(device: str = "cpu", timeout_s: float | None = None) -> Gro
             raise WorkerLost(f"worker {rank} of {size} could not join the others at "
                              f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')} "
                              f"({_first_line(exc)})") from None
+        atexit.register(_leave, dist)  # a group left to the interpreter's exit aborts the process
     return TorchGroup(rank, size, where, _dist=dist)
+
+
+def _leave(dist: Any) -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def local_device(group: Group, device: str) -> str:
