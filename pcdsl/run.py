@@ -178,11 +178,11 @@ def _checked(graph: CircuitGraph, splits: Splits) -> None:
                 raise RunError(str(exc)) from None
 
 
-def describe(spec: RecipeSpec, splits: Splits, graph: CircuitGraph, params: Parameters,
-             **options: Any) -> dict[str, str]:
+def describe(spec: RecipeSpec, splits: Splits, graph: CircuitGraph, **options: Any) -> dict[str, str]:
     """What a run directory is for, entry by entry, in words: the recipe's entries, the data it
-    read (rows and SHA-256 of each split), the model it built (SHA-256 of its structure and first
-    parameters) and the options that change results. A run resumes only where all are the same."""
+    read (rows and SHA-256 of each split), the model it built (SHA-256 of its structure) and the
+    options that change results. A run resumes only where all are the same. (The number of
+    workers is not among them: N workers take the same steps as one.)"""
     from pcdsl.io.model import _structure
 
     out = {kind: "; ".join(_entry(b) for b in bound) for kind, bound in spec.entries.items()}
@@ -193,10 +193,6 @@ def describe(spec: RecipeSpec, splits: Splits, graph: CircuitGraph, params: Para
             out[f"data ({name} split)"] = f"{len(values)} rows, sha256 {digest}"
     structure = json.dumps(_structure(graph), sort_keys=True).encode()
     out["model structure"] = "sha256 " + hashlib.sha256(structure).hexdigest()[:16]
-    from pcdsl.learn.checkpoint import encode
-    from pcdsl.learn.train import Snapshot
-
-    out["first parameters"] = "sha256 " + hashlib.sha256(encode(Snapshot((0, 0, 0), params))).hexdigest()[:16]
     out.update({f"--{k}": str(v) for k, v in options.items()})
     return out
 
@@ -323,7 +319,7 @@ def _train_and_report(checked: Checked, spec: RecipeSpec, out_dir: Path, backend
     graph = build_model(checked, spec, splits.train, splits.image_shape)
     _checked(graph, splits)
     params = from_data(graph, initialise(graph, seed), splits.train, seed)
-    description = describe(spec, splits, graph, params, seed=seed, backend=backend, dtype=dtype,
+    description = describe(spec, splits, graph, seed=seed, backend=backend, dtype=dtype,
                            device=device.split(":")[0])
     _same_everywhere(description, group)
     status, data, checkpoints = _shared_start(out_dir, description, group, log, checkpoint_seconds)
@@ -363,11 +359,11 @@ def _finish(out_dir: Path, graph: CircuitGraph, final: Parameters, report: dict[
 
     save_model(out_dir / "model.safetensors", graph, final)
     _write_json(out_dir / "report.json", report)
+    _render(graph, out_dir)
     faults.point("finish")
     _write_json(out_dir / STATE, {"format": "pcdsl-run", "recipe": description, "finished": True,
                                   "files": {f: record(out_dir / f) for f in OUTPUTS}})
     Checkpointer(out_dir, "train", _key(description), metrics="metrics.jsonl").clear()
-    _render(graph, out_dir)
 
 
 def _report(spec: RecipeSpec, model: Any, splits: Splits, graph: CircuitGraph, group: Group = SOLO) -> dict[str, Any]:

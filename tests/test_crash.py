@@ -127,9 +127,9 @@ def test_a_changed_recipe_or_option_is_not_resumed_and_says_what_changed(tmp_pat
 
 
 def _tiny_trainer(kind: str, seed: int = 3):  # type: ignore[no-untyped-def]
-    import pcdsl
     from circuits import random_circuit
 
+    import pcdsl
     from pcdsl import reference
     from pcdsl.learn.train import Stage, Trainer
 

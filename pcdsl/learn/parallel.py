@@ -126,6 +126,13 @@ def from_environment(device: str = "cpu", timeout_s: float | None = None) -> Gro
     rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     cuda = device.startswith("cuda")
     where: Any = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if cuda else "cpu"
+    if cuda:
+        import torch
+
+        local, gpus = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+        if local >= gpus:
+            raise WorkerLost(f"worker {rank} of {size} is local worker {local} and needs GPU cuda:{local}, but this "
+                             f"host has {gpus} GPU{'s' if gpus != 1 else ''}: start at most {gpus} workers per host")
     if timeout_s is None:
         timeout_s = float(os.environ.get("PCDSL_DIST_TIMEOUT", "600"))
     if not dist.is_initialized():
