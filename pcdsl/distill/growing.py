@@ -23,7 +23,6 @@ cluster is written there at once, so a stopped run grows only the clusters it ha
 from __future__ import annotations
 
 import heapq
-import json
 import math
 import multiprocessing
 import os
@@ -55,6 +54,7 @@ from pcdsl.distill.latents import LatentError, assign, kmeans
 from pcdsl.distill.lvd import Fit
 from pcdsl.io.atomic import write_atomic, write_json
 from pcdsl.io.model import load_model, save_model
+from pcdsl.io.rundir import check_files, read_state, record
 from pcdsl.ir.graph import CircuitGraph
 from pcdsl.learn.em import full_batch_flows
 from pcdsl.learn.train import Trainer
@@ -370,7 +370,8 @@ def save_result(cache: Path, task: _Task, result: _Result) -> None:
     np.save(buffer, result.sub, allow_pickle=False)
     write_atomic(heads, buffer.getvalue())
     write_json(meta, {"hidden": list(circuit.hidden), "heads": circuit.heads, "patches": len(task.patches),
-                      "stats": [asdict(r) for r in result.stats]})
+                      "stats": [asdict(r) for r in result.stats],
+                      "files": {f.name: record(f) for f in (model, heads)}})
 
 
 def load_result(cache: Path, task: _Task) -> _Result | None:
@@ -378,9 +379,10 @@ def load_result(cache: Path, task: _Task) -> _Result | None:
     model, heads, meta = _cache_files(cache, task.cluster)
     if not meta.exists():
         return None
-    saved = json.loads(meta.read_text())
-    if saved["patches"] != len(task.patches):
+    saved = read_state(meta)
+    if saved is None or saved["patches"] != len(task.patches):
         return None
+    check_files(cache, saved.get("files", {}))  # a finished cluster edited since is reported, never used
     circuit = ClusterCircuit(task.tree, tuple(saved["hidden"]), int(saved["heads"]), f"g{task.cluster}")
     params = own_parameters(load_model(model)[1], circuit.prefix)
     sub = np.load(heads, allow_pickle=False)
