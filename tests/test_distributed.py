@@ -146,3 +146,31 @@ def test_a_worker_that_loses_its_peer_says_so(tmp_path: Path) -> None:
     assert procs[0].returncode == 1
     err = outs[0][1]
     assert "worker 0 of 2 lost contact with the others" in err and "resume from the last checkpoint" in err
+
+
+@pytest.mark.parametrize("variant", ["grow", "unshared"])
+def test_a_distillation_shares_its_jobs_among_two_workers(tmp_path: Path, variant: str) -> None:
+    """Growing's global clusters and unshared patch positions are jobs shared out among the
+    workers (same files, bit for bit, as one process); the EM fits run data-parallel."""
+    from test_distill_run import _recipe
+
+    if variant == "grow":
+        path = _recipe(tmp_path, latents="clusters = 2) | grow(to = 5, rounds = 2, workers = 1")
+        same = ["grown.safetensors", "grown.npz"]  # the shared patch circuits then fit data-parallel
+    else:
+        path = _recipe(tmp_path)
+        path.write_text(path.read_text().replace("shared = true", "shared = false"))
+        same = [f"patches-{i}.safetensors" for i in range(4)]
+    one, two = tmp_path / "one", tmp_path / "two"
+    # one thread, as each of the two workers has: sums over threads add in another order
+    solo = pcdsl("run", str(path), "--out", str(one), "-q", "--dtype", "float64", OMP_NUM_THREADS="1",
+                 NUMBA_NUM_THREADS="1")
+    assert solo.returncode == 0, solo.stderr
+    both = pcdsl("run", str(path), "--out", str(two), "-q", "--dtype", "float64", "--nproc", "2")
+    assert both.returncode == 0, both.stderr
+    assert both.stdout.count("tiny: test bpd") == 1
+    for name in ("teacher.safetensors", "latents.npz", *same):
+        assert (one / name).read_bytes() == (two / name).read_bytes(), name
+    for name in ["latent.safetensors"] + (["patches.safetensors"] if variant == "grow" else []):
+        _params_close(one / name, two / name, 1e-10)
+    _params_close(one / "model.safetensors", two / "model.safetensors", 1e-10)

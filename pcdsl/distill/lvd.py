@@ -26,6 +26,7 @@ from pcdsl.distill.compose import PatchFamily, PatchShape, block_family, trainin
 from pcdsl.distill.counting import counting_init
 from pcdsl.distill.grown import keep_zeros
 from pcdsl.ir.graph import CircuitGraph, Domain, Variable
+from pcdsl.learn.parallel import SOLO, Group
 from pcdsl.learn.train import Snapshot, Stage, Trainer
 from pcdsl.params import Parameters, initialise
 from pcdsl.structures.chow_liu import chow_liu_edges
@@ -39,6 +40,7 @@ class Resume:
 
     snapshot: Snapshot | None = None
     attach: Callable[[Trainer], None] | None = None
+    group: Group = SOLO  # data-parallel workers of the fit
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,7 @@ def train(graph: CircuitGraph, params: Parameters, train: np.ndarray, valid: np.
           resume: Resume = Resume(), learn: set[str] | None = None) -> Parameters:
     """EM stages on a circuit (only the groups in `learn` when given), resumable from any
     snapshot with the same result as an uninterrupted fit."""
-    trainer = Trainer(fit.compile(graph, params), params, train, valid, fit.seed, fit.progress)
+    trainer = Trainer(fit.compile(graph, params), params, train, valid, fit.seed, fit.progress, group=resume.group)
     trainer.per_epoch_rng, trainer.learn = True, learn
     trainer.constrain = keep_zeros(params)  # pruned edges (progressive growing) stay pruned
     if resume.attach is not None:

@@ -21,12 +21,14 @@ a run killed mid-stage resumes at its last finished epoch.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import os
 import resource
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,7 +54,7 @@ from pcdsl.io.atomic import write_json as _write_json
 from pcdsl.io.model import load_model, save_model
 from pcdsl.io.rundir import LOCK, RunDirError, RunLock, check_files, read_state, record, remove_strays
 from pcdsl.ir.graph import CircuitGraph, Domain, Variable
-from pcdsl.learn.parallel import SOLO, Group
+from pcdsl.learn.parallel import SOLO, Group, all_gather_bytes, pack, unpack
 from pcdsl.learn.train import Epoch
 from pcdsl.params import Parameters
 
@@ -74,6 +76,13 @@ class RunDir:
     times: dict[str, float] = field(default_factory=dict)
     attempts: dict[str, dict[str, Any]] = field(default_factory=dict)  # stages started, not finished
     files: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # stage -> file -> size, sha256
+    # data-parallel workers: rank 0 decides, reads and writes the run directory; the others keep
+    # a private scratch folder as `path`, into which rank 0 hands them the files they need
+    group: Group = SOLO
+
+    @property
+    def leader(self) -> bool:
+        return self.group.rank == 0
 
     def __post_init__(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -84,7 +93,26 @@ class RunDir:
 
     def fresh(self, stage: str, key: str, *files: str) -> bool:
         """Whether `stage` already ran with `key` and its files are all there, as written (a
-        file changed since is a :class:`pcdsl.io.rundir.RunDirError`, never used)."""
+        file changed since is a :class:`pcdsl.io.rundir.RunDirError`, never used). Rank 0
+        decides for every worker and hands them the files."""
+        done = self._fresh(stage, key, files) if self.leader else False
+        if self.group.size > 1:
+            done = self.group.broadcast(b"1" if done else b"0" if self.leader else None) == b"1"
+            if done:
+                self.share(*files)
+        return done
+
+    def share(self, *files: str) -> None:
+        """Rank 0's copies of `files` into every worker's folder."""
+        if self.group.size == 1:
+            return
+        data = pack({f: (self.path / f).read_bytes() for f in files}) if self.leader else None
+        received = unpack(self.group.broadcast(data))
+        if not self.leader:
+            for name, content in received.items():
+                write_atomic(self.path / name, content)
+
+    def _fresh(self, stage: str, key: str, files: tuple[str, ...]) -> bool:
         if self.keys.get(stage) is not None and self.keys[stage] != key:
             self.log(f"{stage}: the recipe or options changed since it ran; running it again")
             return False
@@ -121,15 +149,18 @@ class RunDir:
         _write_json(self.path / "stages.json", {"keys": self.keys, "seconds": self.times, "attempts": self.attempts,
                                                 "files": self.files})
 
-    def fit(self, stage: str, key: str, graph: CircuitGraph,
-            train: Callable[[lvd.Resume], Parameters]) -> Parameters:
+    def fit(self, stage: str, key: str, graph: CircuitGraph, train: Callable[[lvd.Resume], Parameters],
+            alone: bool = False) -> Parameters:
         """Run an EM fit that checkpoints (:mod:`pcdsl.learn.checkpoint`) after every epoch,
         and inside epochs every ``PCDSL_CHECKPOINT_SECONDS``, and resumes from its last
-        checkpoint to the same result."""
+        checkpoint to the same result. The workers run it data-parallel from rank 0's
+        checkpoint (only rank 0 keeps checkpoints), unless `alone` (a job of this worker's own)."""
         from pcdsl.learn.checkpoint import Checkpointer, decode
 
+        group = SOLO if alone else self.group
         checkpoints = Checkpointer(self.path, stage, key, log=self.log)
-        data = checkpoints.load()
+        data = checkpoints.load() if group.rank == 0 else None
+        data = group.broadcast(data or b"") if group.size > 1 else data
         snapshot = decode(data, where=str(self.path / f"{stage}.json")) if data else None
         if snapshot is not None:
             inside = f" and {snapshot.batch} mini-batches of the next" if snapshot.batch else ""
@@ -139,8 +170,11 @@ class RunDir:
             valid = f", valid {epoch.valid_ll:.4f}" if epoch.valid_ll is not None else ""
             self.log(f"{stage}: stage {epoch.stage + 1} epoch {epoch.epoch + 1}: train {epoch.train_ll:.4f}{valid}")
 
-        result = train(lvd.Resume(snapshot, lambda trainer: checkpoints.attach(trainer, after_epoch)))
-        return result
+        def attach(trainer: Any) -> None:
+            if group.rank == 0:
+                checkpoints.attach(trainer, after_epoch)
+
+        return train(lvd.Resume(snapshot, attach, group))
 
 
 @dataclass
@@ -203,12 +237,15 @@ def run_distillation(recipe: Distillation, out_dir: Path, *, backend: str = "num
     from pcdsl.distill.teachers import TeacherError
     from pcdsl.io.model import ModelFileError
 
-    if group.size > 1:
-        raise DistillError("distillation recipes run in one process so far; leave out --nproc (or torchrun)")
     try:
-        with RunLock(out_dir):
-            remove_strays(out_dir)
-            return _run(recipe, out_dir, backend, device, dtype, seed, progress, log)
+        with contextlib.ExitStack() as stack:
+            if group.rank == 0:
+                stack.enter_context(RunLock(out_dir))
+                remove_strays(out_dir)
+            else:  # rank 0 alone writes the run directory; the others keep what it hands them here
+                out_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"pcdsl-rank{group.rank}-")))
+                log, progress = (lambda *_: None), False
+            return _run(recipe, out_dir, backend, device, dtype, seed, progress, log, group)
     except (DataError, PatchError, TeacherError, LatentError, RunDirError) as exc:  # what only the data can tell
         raise DistillError(str(exc)) from None
     except (ModelFileError, json.JSONDecodeError) as exc:
@@ -217,10 +254,10 @@ def run_distillation(recipe: Distillation, out_dir: Path, *, backend: str = "num
 
 
 def _run(recipe: Distillation, out_dir: Path, backend: str, device: str, dtype: str, seed: int, progress: bool,
-         log: Log) -> dict[str, Any]:
+         log: Log, group: Group = SOLO) -> dict[str, Any]:
     from pcdsl.distill.images import PatchGrid
 
-    run = RunDir(out_dir, log)
+    run = RunDir(out_dir, log, group=group)
     data = load_data(recipe)
     grid = PatchGrid(data.shape, recipe.patch)
     dim_levels = _dim_levels(data, grid)
@@ -243,7 +280,12 @@ def _run(recipe: Distillation, out_dir: Path, backend: str, device: str, dtype: 
     top, top_params, top_key = _top(run, recipe, grid, latents, family, fit)
     graph, params = _distilled(run, recipe, data, grid, family, patch_params, top, top_params,
                                _key(patch_key, top_key), fit)
-    return _report(run, recipe, data, grid, teacher, latents, family, top, graph, params, fit)
+    report = _report(run, recipe, data, grid, teacher, latents, family, top, graph, params, fit) if run.leader \
+        else None
+    if group.size > 1:  # every worker returns rank 0's report
+        report = json.loads(group.broadcast(json.dumps(report).encode() if report is not None else None))
+    assert report is not None
+    return report
 
 
 def _fingerprint(recipe: Distillation) -> list[tuple[str, int, int]]:
@@ -282,12 +324,16 @@ class Latents:
     report: dict[str, Any] = field(default_factory=dict)
 
 
-def _timed(run: RunDir, stage: str, key: str, work: Callable[[], None], *files: str) -> None:
+def _timed(run: RunDir, stage: str, key: str, work: Callable[[], None], *files: str, everyone: bool = False) -> None:
     """Run a stage's work; its seconds include what stopped attempts saved before they stopped;
-    the stage vouches for `files` (sizes and checksums) once done."""
+    the stage vouches for `files` (sizes and checksums) once done. Work that is not for
+    `everyone` runs on rank 0 alone, which then hands the other workers its files."""
     earlier = run.start(stage, key)
     started = time.perf_counter()
-    work()
+    if everyone or run.leader:
+        work()
+    if not everyone:
+        run.share(*files)
     run.finish(stage, key, earlier + time.perf_counter() - started, files)
 
 
@@ -300,15 +346,16 @@ def _teacher(run: RunDir, recipe: Distillation, data: Data, grid: Any, base: str
     args = (kind, options, data.shape, recipe.patch, data.levels)
     if run.fresh("teacher", key, "teacher.safetensors"):
         return load_teacher(run.path / "teacher.safetensors", *args), key
-    teacher = make_teacher(*args)
+    made: dict[str, Any] = {}
 
-    def work() -> None:
+    def work() -> None:  # rank 0 alone
         log(f"teacher: training {kind} on {len(data.train)} images")
-        teacher.fit(data.train, data.valid, progress=progress, log=log)
-        save_teacher(run.path / "teacher.safetensors", teacher)
+        made["teacher"] = make_teacher(*args)
+        made["teacher"].fit(data.train, data.valid, progress=progress, log=log)
+        save_teacher(run.path / "teacher.safetensors", made["teacher"])
 
     _timed(run, "teacher", key, work, "teacher.safetensors")
-    return teacher, key
+    return (made["teacher"] if run.leader else load_teacher(run.path / "teacher.safetensors", *args)), key
 
 
 def _latents(run: RunDir, recipe: Distillation, data: Data, grid: Any, teacher: Any,
@@ -316,9 +363,13 @@ def _latents(run: RunDir, recipe: Distillation, data: Data, grid: Any, teacher: 
     from pcdsl.distill.latents import assign, kmeans
 
     key = _key(teacher_key, sorted(recipe.kmeans.items()))  # growing has a stage (and key) of its own
+
+    def saved() -> dict[str, np.ndarray]:
+        with np.load(run.path / "latents.npz", allow_pickle=False) as arrays:
+            return {k: arrays[k] for k in arrays.files}
+
     if run.fresh("latents", key, "latents.npz"):
-        with np.load(run.path / "latents.npz", allow_pickle=False) as saved:
-            return {k: saved[k] for k in saved.files}, key
+        return saved(), key
     out: dict[str, np.ndarray] = {}
 
     def work() -> None:
@@ -337,7 +388,7 @@ def _latents(run: RunDir, recipe: Distillation, data: Data, grid: Any, teacher: 
         _save_npz(run.path / "latents.npz", out)
 
     _timed(run, "latents", key, work, "latents.npz")
-    return out, key
+    return (out if run.leader else saved()), key
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -377,7 +428,8 @@ def _growing(run: RunDir, recipe: Distillation, data: Data, grid: Any, teacher: 
             if old != cache:
                 shutil.rmtree(old, ignore_errors=True)
         grown = progressive_growing(patches.reshape(n * p, d), z["train"].reshape(-1),
-                                    features.reshape(n * p, -1), shape(), levels, grow_fit, settings, cache)
+                                    features.reshape(n * p, -1), shape(), levels, grow_fit, settings,
+                                    cache if run.leader else None, run.group)
         heads = {"centroids": z["centroids"], "train": grown.z.reshape(n, p)}
         for split in ("valid", "test"):
             images = getattr(data, split)
@@ -392,7 +444,7 @@ def _growing(run: RunDir, recipe: Distillation, data: Data, grid: Any, teacher: 
         shutil.rmtree(cache, ignore_errors=True)
         out["latents"] = Latents(heads, grown.family, params, key, grown.report())
 
-    _timed(run, "growing", key, work, "grown.safetensors", "grown.npz", "grown.json")
+    _timed(run, "growing", key, work, "grown.safetensors", "grown.npz", "grown.json", everyone=True)
     return out["latents"]  # type: ignore[no-any-return]
 
 
@@ -417,20 +469,37 @@ def _patches(run: RunDir, recipe: Distillation, data: Data, grid: Any, latents: 
     graph = training_circuit(family)
     result: list[Parameters] = []
 
-    def work() -> None:
-        for i, name in zip(positions, files, strict=True):
-            cut = slice(None) if i is None else slice(i, i + 1)
-            rows = lvd.patch_rows(patches[:, cut], z["train"][:, cut])
-            valid_rows = None if valid is None else lvd.patch_rows(valid[:, cut], z["valid"][:, cut])
-            start = latents.start if latents.start is not None else counting_init(
-                graph, shape(), rows[:, :-1], rows[:, -1], dim_levels, recipe.counting, fit.seed)
-            stage = name.removesuffix(".safetensors")
-            params = run.fit(stage, _key(key, stage), graph, functools.partial(
-                lvd.fit_family, family, start, rows, valid_rows, patch_fit))
-            save_model(run.path / name, graph, params)
-            result.append(params)
+    def one(i: int | None, name: str, alone: bool) -> Parameters:
+        cut = slice(None) if i is None else slice(i, i + 1)
+        rows = lvd.patch_rows(patches[:, cut], z["train"][:, cut])
+        valid_rows = None if valid is None else lvd.patch_rows(valid[:, cut], z["valid"][:, cut])
+        start = latents.start if latents.start is not None else counting_init(
+            graph, shape(), rows[:, :-1], rows[:, -1], dim_levels, recipe.counting, fit.seed)
+        stage = name.removesuffix(".safetensors")
+        params = run.fit(stage, _key(key, stage), graph, functools.partial(
+            lvd.fit_family, family, start, rows, valid_rows, patch_fit), alone)
+        save_model(run.path / name, graph, params)
+        return params
 
-    _timed(run, "patches", key, work, *files)
+    def work() -> None:
+        group = run.group
+        if pc["shared"] or group.size == 1:  # one fit (data-parallel over the workers), or each in turn
+            result.extend(one(i, name, False) for i, name in zip(positions, files, strict=True))
+            return  # positions are independent jobs: shared out among the workers, a round at a time
+        # positions are independent jobs: shared out among the workers, a round at a time
+        for start in range(0, len(files), group.size):
+            chunk = list(range(start, min(start + group.size, len(files))))
+            mine = files[chunk[group.rank]] if group.rank < len(chunk) else None
+            if mine is not None:
+                one(positions[chunk[group.rank]], mine, True)
+            sent = pack({mine: (run.path / mine).read_bytes()} if mine else {})
+            for theirs in all_gather_bytes(sent, group):
+                for name, content in unpack(theirs).items():
+                    if name != mine:
+                        write_atomic(run.path / name, content)
+        result.extend(load_model(run.path / name)[1] for name in files)
+
+    _timed(run, "patches", key, work, *files, everyone=True)
     return family, result, key
 
 
@@ -450,7 +519,7 @@ def _top(run: RunDir, recipe: Distillation, grid: Any, latents: Latents, family:
             graph, z["train"], z.get("valid"), top_fit, resume))
         save_model(run.path / "latent.safetensors", graph, out["params"])
 
-    _timed(run, "top", key, work, "latent.safetensors")
+    _timed(run, "top", key, work, "latent.safetensors", everyone=True)
     return graph, out["params"], key
 
 
@@ -488,7 +557,7 @@ def _distilled(run: RunDir, recipe: Distillation, data: Data, grid: Any, family:
                 lvd.fit_distilled, graph, out["params"], train, valid, stage_fit, learn))
         save_model(run.path / "model.safetensors", graph, out["params"])
 
-    _timed(run, "distilled", key, work, "model.safetensors")
+    _timed(run, "distilled", key, work, "model.safetensors", everyone=True)
     return graph, out["params"]
 
 

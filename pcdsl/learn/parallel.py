@@ -15,6 +15,7 @@ joins the group that ``torchrun`` (or ``pcdsl run --nproc``) describes in ``RANK
 from __future__ import annotations
 
 import atexit
+import json
 import os
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -32,20 +33,26 @@ class WorkerLost(RuntimeError):
 class Group(Protocol):
     """The workers of a run. Reductions are collective: every worker calls them, in the same order."""
 
-    rank: int
-    size: int
-    reduced_bytes: int  # bytes this worker passed to all-reduce, for the record
+    @property
+    def rank(self) -> int: ...
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def reduced_bytes(self) -> int:
+        """Bytes this worker passed to all-reduce, for the record."""
 
     def all_reduce(self, values: np.ndarray) -> np.ndarray:
         """The element-wise sum of `values` (float64) over the workers."""
 
-    def broadcast(self, data: bytes | None) -> bytes:
-        """Rank 0's `data` on every worker (others pass None)."""
+    def broadcast(self, data: bytes | None, src: int = 0) -> bytes:
+        """Rank `src`'s `data` on every worker (the others pass None)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Solo:
-    """One process: reductions return their input."""
+    """One process: reductions return their input (frozen: one instance serves everyone)."""
 
     rank: int = 0
     size: int = 1
@@ -54,7 +61,7 @@ class Solo:
     def all_reduce(self, values: np.ndarray) -> np.ndarray:
         return values
 
-    def broadcast(self, data: bytes | None) -> bytes:
+    def broadcast(self, data: bytes | None, src: int = 0) -> bytes:
         assert data is not None
         return data
 
@@ -81,19 +88,19 @@ class TorchGroup:
         self.reduced_bytes += tensor.numel() * 8
         return np.asarray(tensor.cpu().numpy(), dtype=np.float64)
 
-    def broadcast(self, data: bytes | None) -> bytes:
+    def broadcast(self, data: bytes | None, src: int = 0) -> bytes:
         import torch
 
         size = torch.tensor([len(data) if data is not None else 0], dtype=torch.int64, device=self.device)
-        self._collective(lambda: self._dist.broadcast(size, 0))
-        if self.rank == 0:
+        self._collective(lambda: self._dist.broadcast(size, src))
+        if self.rank == src:
             assert data is not None
             buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(self.device) if data else \
                 torch.empty(0, dtype=torch.uint8, device=self.device)
         else:
             buffer = torch.empty(int(size.item()), dtype=torch.uint8, device=self.device)
         if int(size.item()):
-            self._collective(lambda: self._dist.broadcast(buffer, 0))
+            self._collective(lambda: self._dist.broadcast(buffer, src))
         return bytes(buffer.cpu().numpy().tobytes())
 
     def _collective(self, call: Any) -> None:
@@ -207,6 +214,26 @@ def zero_flows(flows: Flows) -> Flows:
     """Flows of the same layout, all zero (a worker whose shard of a batch is empty)."""
     buffer, layout = flatten(flows)
     return unflatten(np.zeros_like(buffer), layout)
+
+
+def all_gather_bytes(data: bytes, group: Group) -> list[bytes]:
+    """Every worker's `data`, in rank order, on every worker."""
+    return [group.broadcast(data if r == group.rank else None, src=r) for r in range(group.size)]
+
+
+def pack(files: dict[str, bytes]) -> bytes:
+    """Several named byte strings as one (a JSON index, then the contents): files on the wire."""
+    index = json.dumps([[name, len(data)] for name, data in files.items()]).encode()
+    return len(index).to_bytes(8, "little") + index + b"".join(files.values())
+
+
+def unpack(data: bytes) -> dict[str, bytes]:
+    length = int.from_bytes(data[:8], "little")
+    out, at = {}, 8 + length
+    for name, size in json.loads(data[8:8 + length]):
+        out[name] = data[at:at + size]
+        at += size
+    return out
 
 
 def all_reduce_sum(value: float, group: Group) -> float:
