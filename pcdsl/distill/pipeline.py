@@ -15,8 +15,11 @@ recipe entry re-runs exactly the stages that depend on it):
 6. ``report``: ``report.json`` (teacher bpd, LVD bound, exact bpd, sizes, times, memory),
    ``samples.png``, ``inpaint.png``.
 
-EM stages checkpoint after every epoch (``{stage}.ckpt.safetensors`` + ``{stage}.json``), so
-a run killed mid-stage resumes at its last finished epoch.
+EM stages checkpoint (``{stage}.ckpt-K.safetensors`` + ``{stage}.json``,
+:mod:`pcdsl.learn.checkpoint`), so a run killed at any moment resumes to the same files; the run
+directory (:mod:`pcdsl.distill.rundir`) is locked and its files checked before they are used.
+With several workers, rank 0 writes the directory and the stages' independent jobs (global
+clusters, unshared patch positions) are shared out among the workers (docs/runs.md).
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ import os
 import resource
 import shutil
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,132 +51,18 @@ from pcdsl.distill.compose import (
     training_circuit,
 )
 from pcdsl.distill.recipe import Distillation, cropped
+from pcdsl.distill.rundir import Log, RunDir, timed
 from pcdsl.io.atomic import write_atomic
 from pcdsl.io.atomic import write_json as _write_json
 from pcdsl.io.model import load_model, save_model
-from pcdsl.io.rundir import LOCK, RunDirError, RunLock, check_files, read_state, record, remove_strays
+from pcdsl.io.rundir import RunDirError, RunLock, remove_strays
 from pcdsl.ir.graph import CircuitGraph, Domain, Variable
 from pcdsl.learn.parallel import SOLO, Group, all_gather_bytes, pack, unpack
-from pcdsl.learn.train import Epoch
 from pcdsl.params import Parameters
-
-Log = Callable[[str], object]
 
 
 def _key(*parts: Any) -> str:
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
-
-
-@dataclass
-class RunDir:
-    """The run directory: stage keys, cached outputs (with their sizes and checksums) and
-    per-epoch checkpoints. The caller holds its lock (:class:`pcdsl.io.rundir.RunLock`)."""
-
-    path: Path
-    log: Log = print
-    keys: dict[str, str] = field(default_factory=dict)
-    times: dict[str, float] = field(default_factory=dict)
-    attempts: dict[str, dict[str, Any]] = field(default_factory=dict)  # stages started, not finished
-    files: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # stage -> file -> size, sha256
-    # data-parallel workers: rank 0 decides, reads and writes the run directory; the others keep
-    # a private scratch folder as `path`, into which rank 0 hands them the files they need
-    group: Group = SOLO
-
-    @property
-    def leader(self) -> bool:
-        return self.group.rank == 0
-
-    def __post_init__(self) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        saved = read_state(self.path / "stages.json")
-        if saved is not None:
-            self.keys, self.times = saved.get("keys", {}), saved.get("seconds", {})
-            self.attempts, self.files = saved.get("attempts", {}), saved.get("files", {})
-
-    def fresh(self, stage: str, key: str, *files: str) -> bool:
-        """Whether `stage` already ran with `key` and its files are all there, as written (a
-        file changed since is a :class:`pcdsl.io.rundir.RunDirError`, never used). Rank 0
-        decides for every worker and hands them the files."""
-        done = self._fresh(stage, key, files) if self.leader else False
-        if self.group.size > 1:
-            done = self.group.broadcast(b"1" if done else b"0" if self.leader else None) == b"1"
-            if done:
-                self.share(*files)
-        return done
-
-    def share(self, *files: str) -> None:
-        """Rank 0's copies of `files` into every worker's folder."""
-        if self.group.size == 1:
-            return
-        data = pack({f: (self.path / f).read_bytes() for f in files}) if self.leader else None
-        received = unpack(self.group.broadcast(data))
-        if not self.leader:
-            for name, content in received.items():
-                write_atomic(self.path / name, content)
-
-    def _fresh(self, stage: str, key: str, files: tuple[str, ...]) -> bool:
-        if self.keys.get(stage) is not None and self.keys[stage] != key:
-            self.log(f"{stage}: the recipe or options changed since it ran; running it again")
-            return False
-        done = self.keys.get(stage) == key and all((self.path / f).exists() for f in files)
-        if done:
-            check_files(self.path, {f: r for f, r in self.files.get(stage, {}).items() if f in files})
-            self.log(f"{stage}: cached ({', '.join(files)})")
-        return done
-
-    def start(self, stage: str, key: str) -> float:
-        """Forget the stage's key before it writes anything (files a stopped attempt overwrote
-        must never pass for the outputs of an earlier key); returns the seconds that earlier
-        attempts at the same key spent on work they saved (up to their last file written)."""
-        self.keys.pop(stage, None)
-        self.files.pop(stage, None)
-        earlier = self.attempts.get(stage, {})
-        seconds = 0.0
-        if earlier.get("key") == key:
-            saved_until = max((f.stat().st_mtime for f in self.path.rglob("*")
-                               if f.is_file() and f.name not in ("stages.json", LOCK)), default=earlier["started"])
-            seconds = earlier["seconds"] + max(0.0, saved_until - earlier["started"])
-        self.attempts[stage] = {"key": key, "started": time.time(), "seconds": seconds}
-        self._save()
-        return seconds
-
-    def finish(self, stage: str, key: str, seconds: float, files: tuple[str, ...] = ()) -> None:
-        self.keys[stage] = key
-        self.times[stage] = seconds
-        self.files[stage] = {f: record(self.path / f) for f in files}
-        self.attempts.pop(stage, None)
-        self._save()
-
-    def _save(self) -> None:
-        _write_json(self.path / "stages.json", {"keys": self.keys, "seconds": self.times, "attempts": self.attempts,
-                                                "files": self.files})
-
-    def fit(self, stage: str, key: str, graph: CircuitGraph, train: Callable[[lvd.Resume], Parameters],
-            alone: bool = False) -> Parameters:
-        """Run an EM fit that checkpoints (:mod:`pcdsl.learn.checkpoint`) after every epoch,
-        and inside epochs every ``PCDSL_CHECKPOINT_SECONDS``, and resumes from its last
-        checkpoint to the same result. The workers run it data-parallel from rank 0's
-        checkpoint (only rank 0 keeps checkpoints), unless `alone` (a job of this worker's own)."""
-        from pcdsl.learn.checkpoint import Checkpointer, decode
-
-        group = SOLO if alone else self.group
-        checkpoints = Checkpointer(self.path, stage, key, log=self.log)
-        data = checkpoints.load() if group.rank == 0 else None
-        data = group.broadcast(data or b"") if group.size > 1 else data
-        snapshot = decode(data, where=str(self.path / f"{stage}.json")) if data else None
-        if snapshot is not None:
-            inside = f" and {snapshot.batch} mini-batches of the next" if snapshot.batch else ""
-            self.log(f"{stage}: resuming after {checkpoints.epochs_done} epochs{inside}")
-
-        def after_epoch(epoch: Epoch, _current: Parameters) -> None:
-            valid = f", valid {epoch.valid_ll:.4f}" if epoch.valid_ll is not None else ""
-            self.log(f"{stage}: stage {epoch.stage + 1} epoch {epoch.epoch + 1}: train {epoch.train_ll:.4f}{valid}")
-
-        def attach(trainer: Any) -> None:
-            if group.rank == 0:
-                checkpoints.attach(trainer, after_epoch)
-
-        return train(lvd.Resume(snapshot, attach, group))
 
 
 @dataclass
@@ -324,19 +212,6 @@ class Latents:
     report: dict[str, Any] = field(default_factory=dict)
 
 
-def _timed(run: RunDir, stage: str, key: str, work: Callable[[], None], *files: str, everyone: bool = False) -> None:
-    """Run a stage's work; its seconds include what stopped attempts saved before they stopped;
-    the stage vouches for `files` (sizes and checksums) once done. Work that is not for
-    `everyone` runs on rank 0 alone, which then hands the other workers its files."""
-    earlier = run.start(stage, key)
-    started = time.perf_counter()
-    if everyone or run.leader:
-        work()
-    if not everyone:
-        run.share(*files)
-    run.finish(stage, key, earlier + time.perf_counter() - started, files)
-
-
 def _teacher(run: RunDir, recipe: Distillation, data: Data, grid: Any, base: str, progress: bool,
              log: Log) -> tuple[Any, str]:
     from pcdsl.distill.teachers import load_teacher, make_teacher, save_teacher
@@ -354,7 +229,7 @@ def _teacher(run: RunDir, recipe: Distillation, data: Data, grid: Any, base: str
         made["teacher"].fit(data.train, data.valid, progress=progress, log=log)
         save_teacher(run.path / "teacher.safetensors", made["teacher"])
 
-    _timed(run, "teacher", key, work, "teacher.safetensors")
+    timed(run, "teacher", key, work, "teacher.safetensors")
     return (made["teacher"] if run.leader else load_teacher(run.path / "teacher.safetensors", *args)), key
 
 
@@ -387,7 +262,7 @@ def _latents(run: RunDir, recipe: Distillation, data: Data, grid: Any, teacher: 
                 out[split] = assign(f.reshape(-1, d), centroids).reshape(len(images), p)
         _save_npz(run.path / "latents.npz", out)
 
-    _timed(run, "latents", key, work, "latents.npz")
+    timed(run, "latents", key, work, "latents.npz")
     return (out if run.leader else saved()), key
 
 
@@ -444,7 +319,7 @@ def _growing(run: RunDir, recipe: Distillation, data: Data, grid: Any, teacher: 
         shutil.rmtree(cache, ignore_errors=True)
         out["latents"] = Latents(heads, grown.family, params, key, grown.report())
 
-    _timed(run, "growing", key, work, "grown.safetensors", "grown.npz", "grown.json", everyone=True)
+    timed(run, "growing", key, work, "grown.safetensors", "grown.npz", "grown.json", everyone=True)
     return out["latents"]  # type: ignore[no-any-return]
 
 
@@ -499,7 +374,7 @@ def _patches(run: RunDir, recipe: Distillation, data: Data, grid: Any, latents: 
                         write_atomic(run.path / name, content)
         result.extend(load_model(run.path / name)[1] for name in files)
 
-    _timed(run, "patches", key, work, *files, everyone=True)
+    timed(run, "patches", key, work, *files, everyone=True)
     return family, result, key
 
 
@@ -519,7 +394,7 @@ def _top(run: RunDir, recipe: Distillation, grid: Any, latents: Latents, family:
             graph, z["train"], z.get("valid"), top_fit, resume))
         save_model(run.path / "latent.safetensors", graph, out["params"])
 
-    _timed(run, "top", key, work, "latent.safetensors", everyone=True)
+    timed(run, "top", key, work, "latent.safetensors", everyone=True)
     return graph, out["params"], key
 
 
@@ -557,7 +432,7 @@ def _distilled(run: RunDir, recipe: Distillation, data: Data, grid: Any, family:
                 lvd.fit_distilled, graph, out["params"], train, valid, stage_fit, learn))
         save_model(run.path / "model.safetensors", graph, out["params"])
 
-    _timed(run, "distilled", key, work, "model.safetensors", everyone=True)
+    timed(run, "distilled", key, work, "model.safetensors", everyone=True)
     return graph, out["params"]
 
 
