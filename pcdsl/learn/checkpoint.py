@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from pcdsl.io.atomic import append_durably, write_atomic, write_json
+from pcdsl.io.model import parameter_tensors, parameters_from_tensors
 from pcdsl.io.rundir import RunDirError, check_files, read_state, record
 from pcdsl.learn.train import Epoch, Snapshot, Trainer
 from pcdsl.params import Parameters
@@ -52,25 +53,13 @@ def default_interval() -> float:
 # --- snapshots as bytes -----------------------------------------------------------------------------
 
 def _put(tensors: dict[str, np.ndarray], prefix: str, params: Parameters) -> None:
-    for group, w in params.weights.items():
-        tensors[f"{prefix}/weights/{group}"] = np.ascontiguousarray(w)
-    for node, p in params.inputs.items():
-        for key, value in p.items():
-            tensors[f"{prefix}/input/{node}/{key}"] = np.ascontiguousarray(value)
+    tensors.update({f"{prefix}/{k}": v for k, v in parameter_tensors(params).items()})
 
 
 def _take(tensors: dict[str, np.ndarray], prefix: str, fixed: frozenset[str]) -> Parameters:
-    params = Parameters(fixed=fixed)
-    for key, value in tensors.items():
-        head, _, rest = key.partition("/")
-        if head != prefix:
-            continue
-        kind, _, rest = rest.partition("/")
-        if kind == "weights":
-            params.weights[rest] = value
-        else:
-            node, _, name = rest.rpartition("/")
-            params.inputs.setdefault(node, {})[name] = value
+    params = parameters_from_tensors({k.partition("/")[2]: v for k, v in tensors.items()
+                                      if k.partition("/")[0] == prefix})
+    params.fixed = fixed
     return params
 
 
