@@ -31,6 +31,8 @@ KILLS = (
     "write=model.safetensors:1",  # while the final model file is written
     "finish:1",  # outputs written, state not yet marked finished
 )
+# the numba backend shares every line of the resume logic: five of the points, one of each kind
+NUMBA_KILLS = ("batch:3", "write=train.ckpt:5", "epoch=stopped:1", "full-batch:1", "batch:2")
 
 
 def _files(out: Path) -> tuple[bytes, bytes]:
@@ -47,7 +49,7 @@ def test_sigkill_at_any_point_then_restart_gives_identical_files(tmp_path: Path,
     path = recipe(tmp_path)
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     assert pcdsl("run", str(path), "--out", str(whole), "-q", "--backend", backend).returncode == 0
-    for point in KILLS:
+    for point in KILLS if backend == "torch" else NUMBA_KILLS:
         attempt = pcdsl("run", str(path), "--out", str(killed), "-q", "--backend", backend, fault=point)
         assert attempt.returncode == -signal.SIGKILL, (point, attempt.stderr)  # the point was reached
     last = pcdsl("run", str(path), "--out", str(killed), "-q", "--backend", backend)
@@ -56,6 +58,31 @@ def test_sigkill_at_any_point_then_restart_gives_identical_files(tmp_path: Path,
     # the epochs really run, early stop included, each once; valid scores the same to the bit
     assert _metrics(killed) == _metrics(whole) and len(_metrics(whole)) == EPOCHS
     assert not list(killed.glob(".*.*")) and not list(killed.glob("train.ckpt-*"))  # no temporaries left
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_sigkill_at_random_moments_then_restart_gives_identical_files(tmp_path: Path, backend: str) -> None:
+    """Killed by a timer (random delays that grow, so that the run gets on) until it finishes:
+    wherever the kills land, the files are those of the uninterrupted run."""
+    path = recipe(tmp_path)
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert pcdsl("run", str(path), "--out", str(whole), "-q", "--backend", backend).returncode == 0
+    rng = np.random.default_rng(2026)
+    env = {**os.environ, "PCDSL_CHECKPOINT_SECONDS": "0"}
+    env.pop("PCDSL_FAULT", None)
+    kills = 0
+    for attempt in range(60):
+        proc = subprocess.Popen([sys.executable, "-m", "pcdsl.cli", "run", str(path), "--out", str(killed), "-q",
+                                 "--backend", backend], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            assert proc.wait(timeout=rng.uniform(2.0, 4.0) + 0.5 * attempt) == 0
+            break
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+    assert kills >= 5 and _files(killed) == _files(whole)
 
 
 def test_the_run_lock_refuses_a_second_run_and_dies_with_its_holder(tmp_path: Path,
@@ -80,31 +107,36 @@ def _interrupted(tmp_path: Path) -> tuple[Path, Path]:
     return path, out
 
 
-def test_edited_or_truncated_files_are_reported_not_used(tmp_path: Path) -> None:
+def _refused(path: Path, out: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    capsys.readouterr()
+    assert main(["run", str(path), "--out", str(out), "-q"]) == 1
+    return capsys.readouterr().err
+
+
+def test_edited_or_truncated_files_are_reported_not_used(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path, out = _interrupted(tmp_path)
     state = json.loads((out / "train.json").read_text())
     checkpoint = out / state["checkpoint"]
     original = checkpoint.read_bytes()
     checkpoint.write_bytes(original[:-10])
-    attempt = pcdsl("run", str(path), "--out", str(out), "-q")
-    assert attempt.returncode == 1
+    err = _refused(path, out, capsys)
     assert f"{checkpoint.name} has {len(original) - 10} bytes where {len(original)} were written (truncated)" in \
-        attempt.stderr and "changed outside pcdsl" in attempt.stderr
+        err and "changed outside pcdsl" in err
     checkpoint.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
-    assert "was changed after it was written" in pcdsl("run", str(path), "--out", str(out), "-q").stderr
+    assert "was changed after it was written" in _refused(path, out, capsys)
     checkpoint.write_bytes(original)
     metrics = out / "metrics.jsonl"
-    metrics.write_text(metrics.read_text().replace('"epoch": 0', '"epoch": 7'))
-    assert "metrics.jsonl no longer begins with the lines its state counts" in \
-        pcdsl("run", str(path), "--out", str(out), "-q").stderr
-    # a finished run vouches for its outputs
-    done = tmp_path / "done"
-    assert pcdsl("run", str(path), "--out", str(done), "-q").returncode == 0
-    again = pcdsl("run", str(path), "--out", str(done), "-q")
-    assert again.returncode == 0 and "had finished; its files are intact" in again.stdout
-    report = done / "report.json"
+    intact = metrics.read_text()
+    metrics.write_text(intact.replace('"epoch": 0', '"epoch": 7'))
+    assert "metrics.jsonl no longer begins with the lines its state counts" in _refused(path, out, capsys)
+    # restored, the run goes on; finished, it vouches for its outputs
+    metrics.write_text(intact)
+    assert main(["run", str(path), "--out", str(out), "-q"]) == 0
+    assert main(["run", str(path), "--out", str(out), "-q"]) == 0
+    assert "had finished; its files are intact" in capsys.readouterr().out
+    report = out / "report.json"
     report.write_text(report.read_text().replace("-", "+", 1))
-    assert "report.json was changed after it was written" in pcdsl("run", str(path), "--out", str(done), "-q").stderr
+    assert "report.json was changed after it was written" in _refused(path, out, capsys)
 
 
 def test_a_changed_recipe_or_option_is_not_resumed_and_says_what_changed(tmp_path: Path) -> None:
