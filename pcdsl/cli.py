@@ -104,8 +104,9 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("-n", type=int, default=10, help="how many (default: 10)")
     sample.add_argument("-o", "--output", metavar="OUT", help="write to a .csv, .npy or .png file")
     sample.add_argument("--scale", type=int, default=1, help="PNG: enlarge each pixel this many times")
-    sample.add_argument("--colour", default="identity", choices=("identity", "ycocg_r", "ycbcr"),
-                        help="PNG: the colour space the model's values are in (default: identity)")
+    sample.add_argument("--colour", default=None, choices=("identity", "ycocg_r", "ycbcr"),
+                        help="PNG: the colour space the model's values are in (default: the one its model file "
+                             "records, identity for others)")
 
     train = sub.add_parser("train", help="fit the circuit's parameters with EM",
                            description="Mini-batch EM (step size annealed from --step to --final-step), then "
@@ -462,7 +463,7 @@ def _sample(args: argparse.Namespace) -> int:
         if Path(args.output).suffix.lower() == ".png":
             from pcdsl.data.layout import write_sample_grid
 
-            write_sample_grid(args.output, samples, graph, args.colour, args.scale)
+            write_sample_grid(args.output, samples, graph, args.colour or graph.colour, args.scale)
         else:
             save_values(Path(args.output), samples, discrete)
     except (OSError, ValueError) as exc:

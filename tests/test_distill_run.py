@@ -216,6 +216,11 @@ def test_the_imagenet32_example_runs_on_a_tiny_synthetic_npz(tmp_path: Path) -> 
     assert 0 < report["test_bpd"] <= report["lvd_bound_test_bpd"] + 1e-9
     graph, _ = load_model(tmp_path / "run" / "model.safetensors")
     assert len(graph.variables) == 16 * 16 * 3  # bits per dimension count the crop's values
+    assert graph.colour == "ycocg_r"  # so that pictures of its samples come out in RGB by default
+    model = str(tmp_path / "run" / "model.safetensors")
+    for name, extra in (("default.png", []), ("explicit.png", ["--colour", "ycocg_r"])):
+        assert main(["sample", model, "-n", "4", "--seed", "1", "-o", str(tmp_path / name), *extra]) == 0
+    assert (tmp_path / "default.png").read_bytes() == (tmp_path / "explicit.png").read_bytes()
 
 
 def test_bad_recipes_are_diagnosed_at_check_time(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -14,7 +14,11 @@ heads share every region below). Starting from one head, each global cluster loo
 5. grow: duplicate the highest-flow states of every latent variable, each copy's rows times
    ``1 - noise + 2 noise U(0, 1)``; with noise = 0 the distribution is exactly unchanged;
 
-until it has its share of the `heads` target (and at least `rounds` rounds). The structure is
+until it has its share of the `heads` target (and at least `rounds` rounds). The target is shared
+out in proportion to each global cluster's bits (the negative log-likelihood of its patches under
+its own per-pixel histograms), not its patch count: a cluster of blank background patches, often
+the largest, has little to model. A global cluster larger than `sample` patches runs the loop on
+a seeded sample of that size, and its other patches take their best head at the end. The structure is
 validated after every prune and grow. Global clusters are independent: with ``workers > 1`` they
 run in parallel processes, with the same results as inline; with a cache folder each finished
 cluster is written there at once, so a stopped run grows only the clusters it had not finished.
@@ -35,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from pcdsl.distill.compose import PatchFamily, PatchShape, training_circuit
-from pcdsl.distill.counting import counting_init
+from pcdsl.distill.counting import cluster_bits, counting_init
 from pcdsl.distill.grown import (
     ClusterCircuit,
     LatentTree,
@@ -74,6 +78,8 @@ class Growing:
     threshold: float = 0.01  # prune edges with less than this share of their unit's flow
     margin: float = 1.0  # nats a patch must gain to move to another head
     cover: float = 0.4  # split the worst sub-clusters holding more than this share of the patches
+    sample: int | None = 100_000  # patches of a global cluster the loop runs on (None: all); the rest take
+    # their best head at the end
     pseudocount: float = 0.1  # counting initialisation of each cluster's circuit
     iterations: int = 50  # of each 2-means split
     seed: int = 0
@@ -218,8 +224,13 @@ def _checked(circuit: ClusterCircuit, params: Parameters, levels: Sequence[int])
 
 def grow_cluster(task: _Task) -> _Result:
     """Progressive growing of one global cluster (the module docstring's loop)."""
-    s, levels, patches = task.settings, task.levels, task.patches
+    s, levels, patches, features = task.settings, task.levels, task.patches, task.features
     rng = np.random.default_rng([s.seed, task.cluster])
+    rest = np.zeros(len(patches), dtype=bool)  # patches outside the loop's sample
+    if s.sample is not None and len(patches) > s.sample:
+        rest[:] = True
+        rest[np.random.default_rng([s.seed, task.cluster, 1]).choice(len(patches), s.sample, replace=False)] = False
+        patches, features = patches[~rest], features[~rest]
     circuit = ClusterCircuit(task.tree, (task.hidden,) * len(task.tree.order), 1, f"g{task.cluster}")
     params = _initial(task, circuit, int(rng.integers(2**31)))
     sub = np.zeros(len(patches), dtype=np.int64)
@@ -237,7 +248,7 @@ def grow_cluster(task: _Task) -> _Result:
         if chosen:  # grow where the split patches flow: the flows of the circuit before the split
             where = np.isin(sub, chosen)
             flows = full_batch_flows(model, _rows(patches[where], sub[where]))  # model holds `params`
-            circuit, params, sub = split(circuit, params, sub, task.features, chosen, s.noise, rng, s.iterations)
+            circuit, params, sub = split(circuit, params, sub, features, chosen, s.noise, rng, s.iterations)
             circuit, params = duplicate_states(circuit, params, states_to_grow(circuit, flows, s.grow, s.max_hidden),
                                                s.noise, rng)
             _checked(circuit, params, levels)
@@ -245,6 +256,11 @@ def grow_cluster(task: _Task) -> _Result:
         stats.append(RoundStats(circuit.heads, moved, float(own.mean()), len(chosen), size))
         if done or (not chosen and circuit.heads < task.target):  # finished, or nothing left that can split
             break
+    if rest.any():  # the model holds the final structure: the last round grew nothing
+        heads = np.empty(len(rest), dtype=np.int64)
+        heads[~rest] = sub
+        heads[rest] = head_log_likelihoods(model, circuit, params, task.patches[rest]).argmax(axis=1)
+        sub = heads
     return _Result(circuit, params, sub, tuple(stats))
 
 
@@ -287,20 +303,21 @@ class Grown:
         return graph, params
 
 
-def allocate(sizes: Sequence[int], heads: int) -> list[int]:
-    """Heads per global cluster: one each, then one at a time to the cluster with the most patches
-    per head (ties: the lower index), never more heads than patches."""
+def allocate(sizes: Sequence[int], heads: int, weights: Sequence[float] | None = None) -> list[int]:
+    """Heads per global cluster: one each, then one at a time to the cluster with the most
+    `weights` (default: patches) per head (ties: the lower index), never more heads than patches."""
     if not len(sizes) <= heads <= sum(max(1, int(n)) for n in sizes):
         raise ValueError(f"grow: heads = {heads} must lie between the number of global clusters ({len(sizes)}) "
                          f"and the number of patches they hold ({sum(max(1, int(n)) for n in sizes)})")
+    weight = [float(w) for w in (sizes if weights is None else weights)]
     out = [1] * len(sizes)
-    queue = [(-float(n), g) for g, n in enumerate(sizes) if n > 1]
+    queue = [(-weight[g], g) for g, n in enumerate(sizes) if n > 1]
     heapq.heapify(queue)
     for _ in range(heads - len(sizes)):
         _, g = heapq.heappop(queue)
         out[g] += 1
         if out[g] < sizes[g]:
-            heapq.heappush(queue, (-sizes[g] / out[g], g))
+            heapq.heappush(queue, (-weight[g] / out[g], g))
     return out
 
 
@@ -317,8 +334,8 @@ def _check_inputs(patches: np.ndarray, z: np.ndarray, features: np.ndarray, shap
     if features.ndim != 2 or len(features) != n or not np.isfinite(features).all():
         raise ValueError(f"grow: features must be ({n}, d) finite values, got {features.shape}")
     s = settings
-    if s.rounds < 1 or s.workers < 1 or s.iterations < 1:
-        raise ValueError("grow: rounds, workers and iterations must be at least 1")
+    if s.rounds < 1 or s.workers < 1 or s.iterations < 1 or (s.sample is not None and s.sample < 2):
+        raise ValueError("grow: rounds, workers and iterations must be at least 1, sample at least 2")
     if not (0 <= s.noise <= 1 and 0 <= s.threshold < 1 and 0 <= s.grow <= 1 and 0 < s.cover <= 1 and s.margin >= 0
             and s.pseudocount >= 0 and (s.max_hidden is None or s.max_hidden >= shape.hidden)):
         raise ValueError("grow: noise and grow must lie in [0, 1], threshold in [0, 1), cover in (0, 1], margin and "
@@ -341,7 +358,8 @@ def progressive_growing(patches: np.ndarray, z: np.ndarray, features: np.ndarray
     features = np.asarray(features, dtype=np.float64)
     _check_inputs(patches, z, features, shape, levels, settings)
     sizes = np.bincount(z, minlength=shape.clusters)
-    targets = allocate(sizes.tolist(), settings.heads)
+    bits = cluster_bits(patches, z, shape.clusters, levels, settings.pseudocount)
+    targets = allocate(sizes.tolist(), settings.heads, bits.tolist())
     tree = LatentTree.of(shape)
     tasks = [_Task(g, patches[z == g], features[z == g], tree, shape.hidden, tuple(int(v) for v in levels),
                    targets[g], fit, settings) for g in range(shape.clusters)]

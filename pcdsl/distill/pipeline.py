@@ -294,7 +294,7 @@ def _growing(run: RunDir, recipe: Distillation, data: Data, grid: Any, teacher: 
         patches = grid.to_patches(data.train)
         n, p, d = patches.shape
         features = teacher.features(data.train)
-        settings = Growing(heads=grow["to"], rounds=grow["rounds"], noise=grow["noise"],
+        settings = Growing(heads=grow["to"], rounds=grow["rounds"], noise=grow["noise"], sample=grow["sample"] or None,
                            pseudocount=recipe.counting, seed=fit.seed, workers=grow["workers"] or (os.cpu_count() or 1))
         grow_fit = lvd.Fit(recipe.patch_em, fit.backend, fit.dtype, fit.device, fit.seed, fit.progress)
         run.log(f"growing: {shape().clusters} global clusters to {grow['to']} heads")
@@ -417,6 +417,7 @@ def _distilled(run: RunDir, recipe: Distillation, data: Data, grid: Any, family:
     positions = [grid.pixel_columns(i) for i in range(grid.count)]
     graph, params = compose(top, top_params, family, patch_params,
                             image_variables(data.shape, data.levels), positions, recipe.patch_pc["shared"], recipe.name)
+    graph.colour = recipe.transform  # the model file says which colour space its pictures are in
     if run.fresh("distilled", key, "model.safetensors"):
         return graph, load_model(run.path / "model.safetensors")[1]
     train, valid = _flat(data.train), _flat(data.valid)

@@ -52,7 +52,10 @@ def _structure(graph: CircuitGraph) -> dict[str, Any]:
             entry["fixed"] = True
         nodes.append(entry)
     variables = [{"name": v.name, "domain": v.domain.kind, "size": v.domain.size} for v in graph.variables]
-    return {"format": FORMAT, "version": VERSION, "circuit": graph.name, "variables": variables, "nodes": nodes}
+    out = {"format": FORMAT, "version": VERSION, "circuit": graph.name, "variables": variables, "nodes": nodes}
+    if graph.colour != "identity":
+        out["colour"] = graph.colour
+    return out
 
 
 def parameter_tensors(params: Parameters) -> dict[str, np.ndarray]:
@@ -104,6 +107,7 @@ def load_model(path: str | Path, renormalise: bool = False) -> tuple[CircuitGrap
 def _graph(meta: dict[str, Any]) -> CircuitGraph:
     variables = tuple(Variable(v["name"], i, Domain(v["domain"], v["size"])) for i, v in enumerate(meta["variables"]))
     graph = CircuitGraph(meta["circuit"], variables)
+    graph.colour = meta.get("colour", "identity")
     for n in meta["nodes"]:
         if n["kind"] == "input":
             graph.add_input(n["name"], n["var"], n["family"], n["units"], tie=n.get("tie"))

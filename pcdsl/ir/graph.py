@@ -87,6 +87,7 @@ class CircuitGraph:
         self.name = name
         self.variables = variables
         self.span = span
+        self.colour = "identity"  # an image model's colour space (pcdsl.distill.colour), for its pictures
         self._g = nx.DiGraph()
 
     # ---- construction -------------------------------------------------------------
