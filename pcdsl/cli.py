@@ -96,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     runnable(eval_)
     eval_.add_argument("--data", required=True, metavar="PATH")
     eval_.add_argument("--batch", type=int, default=1024, help="rows per batch (default: 1024)")
+    _nproc(eval_)
 
     sample = sub.add_parser("sample", help="draw samples from a circuit",
                             description="Draw samples; print them as CSV or write them (-o x.csv, x.npy, or "
@@ -147,6 +148,7 @@ def _parser() -> argparse.ArgumentParser:
         run.add_argument(flag, default=default, help=f"default: {default}")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _nproc(run)
 
     plot_command.add_command(sub)  # pcdsl plot RUN_DIR... -o curves.png
     convert = sub.add_parser("convert", help="convert a circuit between .pc, .safetensors, .jpc, .psdd, .sdd, .vtree",
@@ -163,9 +165,21 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _nproc(parser: argparse.ArgumentParser) -> None:
+    def count(text: str) -> int:
+        if not text.isdigit() or int(text) < 1:
+            raise argparse.ArgumentTypeError(f"must be a whole number of workers, at least 1, found {text}")
+        return int(text)
+
+    parser.add_argument("--nproc", type=count, default=1, metavar="N",
+                        help="data-parallel local workers (torch.distributed: gloo on the CPU, NCCL on CUDA); "
+                             "for several hosts start the same command under torchrun instead (default: 1)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv if argv is not None else sys.argv[1:])  # --nproc starts workers with these
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
@@ -382,7 +396,7 @@ def _demo(args: argparse.Namespace) -> int:
     if status == EXIT_OK and recipe.exists():  # the main job: learn a real model, score it on test
         print(f"\ntraining: pcdsl run {recipe}")
         run_args = argparse.Namespace(file=str(recipe), recipe=None, out=str(out / "nltcs"), backend="torch",
-                                      device="cpu", dtype="float32", seed=0, quiet=True)
+                                      device="cpu", dtype="float32", seed=0, quiet=True, nproc=1, command="run")
         status = _run(run_args)
     return status
 
@@ -443,18 +457,46 @@ def _model(args: argparse.Namespace, graph: CircuitGraph):  # type: ignore[no-un
         raise _Exit(EXIT_USAGE) from None
 
 
+def _workers(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The worker group of a distributed command (None: launch `--nproc` workers here instead)."""
+    from pcdsl.learn.parallel import from_environment, in_distributed_environment, local_device
+
+    if args.nproc > 1 and not in_distributed_environment():
+        return None
+    if args.nproc > 1:
+        print(f"pcdsl {args.command}: --nproc starts local workers; under torchrun leave it out", file=sys.stderr)
+        raise _Exit(EXIT_USAGE)
+    group = from_environment(args.device)
+    args.device = local_device(group, args.device)
+    return group
+
+
+def _launch(args: argparse.Namespace) -> int:
+    from pcdsl.launch import launch, strip_option
+
+    return launch(strip_option(args.argv, "--nproc"), args.nproc, command=args.command)
+
+
 def _eval(args: argparse.Namespace) -> int:
     from pcdsl.evaluate import evaluate
+    from pcdsl.learn.parallel import WorkerLost
 
+    group = _workers(args)
+    if group is None:
+        return _launch(args)
     graph = _load_circuit(args)
     data = _data(args, args.data, graph)
     model = _model(args, graph)
     try:
-        score = evaluate(model, data, args.batch)
+        score = evaluate(model, data, args.batch, group=group)
     except ValueError as exc:
         print(f"pcdsl eval: {args.data}: {exc}", file=sys.stderr)
         return EXIT_DIAGNOSTICS
-    print(f"{args.file}: circuit {graph.name} on {args.data}: {score}")
+    except WorkerLost as exc:
+        print(f"pcdsl eval: {exc}", file=sys.stderr)
+        return EXIT_DIAGNOSTICS
+    if group.rank == 0:
+        print(f"{args.file}: circuit {graph.name} on {args.data}: {score}")
     return EXIT_OK
 
 
@@ -539,8 +581,12 @@ def _train(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from pcdsl.frontend import check_file
+    from pcdsl.learn.parallel import WorkerLost
     from pcdsl.run import RunError, run_recipe
 
+    group = _workers(args)
+    if group is None:
+        return _launch(args)
     try:
         checked = check_file(args.file)
     except PcdslError as exc:
@@ -554,10 +600,16 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out or Path("runs") / name)
     try:
         report = run_recipe(checked, name, out, backend=args.backend, device=args.device, dtype=args.dtype,
-                            seed=args.seed, progress=not args.quiet)
+                            seed=args.seed, progress=not args.quiet, group=group)
     except RunError as exc:
-        print(f"pcdsl run: {exc}", file=sys.stderr)
+        if not exc.from_rank0:  # rank 0 says it once for every worker
+            print(f"pcdsl run: {exc}", file=sys.stderr)
         return EXIT_DIAGNOSTICS
+    except WorkerLost as exc:
+        print(f"pcdsl run: {exc}; run the same command again to resume from the last checkpoint", file=sys.stderr)
+        return EXIT_DIAGNOSTICS
+    if group.rank != 0:
+        return EXIT_OK
     for key in sorted(k for k in report if k.endswith(("_loglik", "_bpd"))):
         print(f"{name}: {key.replace('_', ' ')} = {report[key]:.4f}")
     made = [f for f in ("model.safetensors", "metrics.jsonl", "report.json", "samples.png", "inpaint.png")

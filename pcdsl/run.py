@@ -2,11 +2,18 @@
 
 The run directory holds everything a run produces, each file written atomically:
 
+- ``state.json``: what the directory is for (:func:`describe`: the recipe's entries, the data's
+  and model's checksums, the options) and, once finished, the size and SHA-256 of its outputs;
+  a run of anything else here is refused with what changed;
+- ``train.json`` + ``train.ckpt-K.safetensors``: how far training got, down to the mini-batch
+  (:mod:`pcdsl.learn.checkpoint`); a restarted run resumes from them, to the same files;
 - ``metrics.jsonl``: one JSON line per epoch (stage, epoch, step, train/valid log-likelihood);
-- ``checkpoint.safetensors`` + ``state.json``: the parameters after the last epoch and how far
-  training got; a restarted run resumes from them;
 - ``model.safetensors``: the best parameters (by validation score), a native model file;
-- ``report.json``: the report's figures; ``circuit.svg``: a picture of the model.
+- ``report.json``: the report's figures; ``circuit.svg``: a picture of the model;
+- ``.lock``: held by the run in progress (:class:`pcdsl.io.rundir.RunLock`).
+
+With several workers (:mod:`pcdsl.learn.parallel`) every worker trains and scores its shards;
+rank 0 alone reads and writes the directory and hands the others what it read.
 
 Recipes with a teacher, patches or latents run the distillation pipeline instead
 (:mod:`pcdsl.distill.pipeline`, which documents its run directory).
@@ -14,10 +21,11 @@ Recipes with a teacher, patches or latents run the distillation pipeline instead
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -27,8 +35,11 @@ import numpy as np
 from pcdsl.data import DataError, load_values
 from pcdsl.data.images import IMAGE_SOURCES
 from pcdsl.frontend import Checked
+from pcdsl.io import faults
 from pcdsl.io.atomic import write_json as _write_json
 from pcdsl.ir.graph import BOOL, CircuitGraph, Domain, Variable
+from pcdsl.learn.checkpoint import Checkpointer
+from pcdsl.learn.parallel import SOLO, Group, local_device
 from pcdsl.learn.train import Epoch, Stage, Trainer, mean_ll
 from pcdsl.params import Parameters, initialise
 from pcdsl.syntax.recipes import RecipeSpec
@@ -36,7 +47,12 @@ from pcdsl.syntax.sources import DataSource
 
 
 class RunError(Exception):
-    """A recipe that cannot run here; the message says why."""
+    """A recipe that cannot run here; the message says why. `from_rank0`: a worker stopping
+    because rank 0 refused (rank 0 prints the message; the others need not repeat it)."""
+
+    def __init__(self, message: str, from_rank0: bool = False):
+        super().__init__(message)
+        self.from_rank0 = from_rank0
 
 
 @dataclass
@@ -162,14 +178,109 @@ def _checked(graph: CircuitGraph, splits: Splits) -> None:
                 raise RunError(str(exc)) from None
 
 
+def describe(spec: RecipeSpec, splits: Splits, graph: CircuitGraph, **options: Any) -> dict[str, str]:
+    """What a run directory is for, entry by entry, in words: the recipe's entries, the data it
+    read (rows and SHA-256 of each split), the model it built (SHA-256 of its structure) and the
+    options that change results. A run resumes only where all are the same. (The number of
+    workers is not among them: N workers take the same steps as one.)"""
+    from pcdsl.io.model import _structure
+
+    out = {kind: "; ".join(_entry(b) for b in bound) for kind, bound in spec.entries.items()}
+    for name in ("train", "valid", "test"):
+        values = getattr(splits, name)
+        if values is not None:
+            digest = hashlib.sha256(np.ascontiguousarray(values, dtype=np.float64).tobytes()).hexdigest()[:16]
+            out[f"data ({name} split)"] = f"{len(values)} rows, sha256 {digest}"
+    structure = json.dumps(_structure(graph), sort_keys=True).encode()
+    out["model structure"] = "sha256 " + hashlib.sha256(structure).hexdigest()[:16]
+    out.update({f"--{k}": str(v) for k, v in options.items()})
+    return out
+
+
+def _entry(bound: Any) -> str:
+    values = ", ".join(f"{k} = {_ref_name(v) if hasattr(v, 'parts') else v!r}" for k, v in bound.values.items())
+    return f"{bound.call.func.text}({values})"
+
+
+STATE = "state.json"
+OUTPUTS = ("model.safetensors", "report.json")
+
+
+def _start(out_dir: Path, description: dict[str, str], log: Any,
+           every: float | None) -> tuple[dict[str, Any], bytes, Checkpointer | None]:
+    """Rank 0's look at the run directory (locked by the caller): ("finished", report) when the
+    run is done and its outputs intact, else ("train", the last checkpoint or b"") and the
+    checkpointer that read it."""
+    from pcdsl.io.rundir import check_files, read_state, refuse_changed, remove_strays
+
+    remove_strays(out_dir)
+    state = read_state(out_dir / STATE)
+    if state is not None and state.get("format") == "pcdsl-run":
+        refuse_changed(out_dir, state["recipe"], description)
+        if state.get("finished"):
+            check_files(out_dir, state["files"])
+            return {"status": "finished"}, (out_dir / "report.json").read_bytes(), None
+    elif state is not None:  # a run directory of an older pcdsl: its files cannot be vouched for
+        raise RunError(f"the run directory '{out_dir}' was made by an older pcdsl and cannot be resumed; remove it "
+                       "(or choose another --out) to start afresh")
+    else:
+        _write_json(out_dir / STATE, {"format": "pcdsl-run", "recipe": description, "finished": False})
+    checkpoints = Checkpointer(out_dir, "train", _key(description), metrics="metrics.jsonl", every=every, log=log)
+    data = checkpoints.load()
+    return {"status": "train"}, data or b"", checkpoints
+
+
+def _key(description: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _shared_start(out_dir: Path, description: dict[str, str], group: Group, log: Any,
+                  every: float | None) -> tuple[str, bytes, Checkpointer | None]:
+    """Rank 0 reads the run directory; every worker gets its verdict and checkpoint (a refusal
+    stops them all, with rank 0's message); rank 0 keeps the checkpointer."""
+    from pcdsl.io.rundir import RunDirError
+
+    header: dict[str, Any] = {}
+    data, checkpoints = b"", None
+    if group.rank == 0:
+        try:
+            header, data, checkpoints = _start(out_dir, description, log, every)
+        except (RunDirError, RunError) as exc:
+            header = {"status": "error", "message": str(exc)}
+    header = json.loads(group.broadcast(json.dumps(header).encode() if group.rank == 0 else None))
+    if header["status"] == "error":
+        raise RunError(header["message"], from_rank0=group.rank != 0)
+    return header["status"], group.broadcast(data if group.rank == 0 else None), checkpoints
+
+
+def _same_everywhere(description: dict[str, str], group: Group) -> None:
+    """Every worker read the same data and built the same model (hosts with other files stop)."""
+    if group.size == 1:
+        return
+    from pcdsl.learn.parallel import all_reduce_sum
+
+    mine = json.dumps(description, sort_keys=True).encode()
+    differs = group.broadcast(mine if group.rank == 0 else None) != mine
+    if all_reduce_sum(float(differs), group):
+        raise RunError("the workers do not agree on the data or the model (each must read the same recipe and data "
+                       "files; on several hosts, copy them to each)" +
+                       (f": worker {group.rank} differs from worker 0" if differs else ""), from_rank0=not differs)
+
+
 def run_recipe(checked: Checked, name: str, out_dir: Path, *, backend: str | None = None, device: str = "cpu",
-               dtype: str = "float32", seed: int = 0, progress: bool = True, log: Any = print) -> dict[str, Any]:
-    """Run (or resume) a recipe; returns the report."""
-    import pcdsl
-    from pcdsl.io.model import ModelFileError, load_model, save_model
-    from pcdsl.learn.gaussian import from_data
+               dtype: str = "float32", seed: int = 0, progress: bool = True, log: Any = print,
+               group: Group | None = None, on_epoch: Callable[[Epoch, Parameters], None] | None = None,
+               checkpoint_seconds: float | None = None) -> dict[str, Any]:
+    """Run (or resume) a recipe; returns the report.
+
+    `group`: the data-parallel workers (:mod:`pcdsl.learn.parallel`; None: this process alone);
+    only rank 0 writes `out_dir`. `on_epoch` is called on every worker after every epoch.
+    `checkpoint_seconds`: how often a mini-batch epoch checkpoints (default
+    ``PCDSL_CHECKPOINT_SECONDS`` or 60). A run killed at any moment resumes to the same files."""
+    from pcdsl.io.rundir import RunDirError, RunLock
 
     spec = checked.recipes[name]
+    group = group or SOLO
     from pcdsl.distill.recipe import is_distillation, read_distillation
 
     if is_distillation(spec):
@@ -178,59 +289,84 @@ def run_recipe(checked: Checked, name: str, out_dir: Path, *, backend: str | Non
         chosen = backend or ("numba" if device == "cpu" else "torch")  # numba is the faster CPU backend here
         try:
             return run_distillation(read_distillation(spec, checked.data), out_dir, backend=chosen, device=device,
-                                    dtype=dtype, seed=seed, progress=progress, log=log)
+                                    dtype=dtype, seed=seed, progress=progress, log=log, group=group)
         except DistillError as exc:
             raise RunError(str(exc)) from None
+    if group.rank != 0:
+        log, progress = (lambda *_: None), False
     backend = backend or "torch"
+    with contextlib.ExitStack() as stack:
+        if group.rank == 0:
+            try:
+                stack.enter_context(RunLock(out_dir))
+            except RunDirError as exc:
+                raise RunError(str(exc)) from None
+        return _train_and_report(checked, spec, out_dir, backend, device, dtype, seed, progress, log, group,
+                                 on_epoch, checkpoint_seconds)
+
+
+def _train_and_report(checked: Checked, spec: RecipeSpec, out_dir: Path, backend: str, device: str, dtype: str,
+                      seed: int, progress: bool, log: Any, group: Group,
+                      on_epoch: Callable[[Epoch, Parameters], None] | None,
+                      checkpoint_seconds: float | None) -> dict[str, Any]:
+    import pcdsl
+    from pcdsl.io.model import save_model
+    from pcdsl.learn.checkpoint import decode
+    from pcdsl.learn.gaussian import from_data
+
     splits = load_splits(checked, spec)
     plan = stages(spec)
     graph = build_model(checked, spec, splits.train, splits.image_shape)
     _checked(graph, splits)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    key = hashlib.sha256(repr((spec.entries, seed)).encode()).hexdigest()[:16]
-    state_file, checkpoint = out_dir / "state.json", out_dir / "checkpoint.safetensors"
-    best_file = out_dir / "model.safetensors"
-    done, params, best = 0, from_data(graph, initialise(graph, seed), splits.train, seed), None
-    if state_file.exists() and checkpoint.exists():
-        state = json.loads(state_file.read_text())
-        if state.get("recipe") == key:
-            try:
-                done, params = state["epochs_done"], load_model(checkpoint)[1]
-                if state.get("best_score") is not None and best_file.exists():
-                    best = (state["best_score"], load_model(best_file)[1])
-            except ModelFileError as exc:
-                raise RunError(f"cannot resume from {out_dir}: {exc} (delete the run directory to start afresh)") \
-                    from None
-            log(f"resuming {name} after {done} epochs")
-    model = pcdsl.compile(graph, backend, params=params, device=device, dtype=dtype)
-    metrics = out_dir / "metrics.jsonl"
-    if done == 0 and metrics.exists():
-        metrics.unlink()
+    params = from_data(graph, initialise(graph, seed), splits.train, seed)
+    description = describe(spec, splits, graph, seed=seed, backend=backend, dtype=dtype,
+                           device=device.split(":")[0])
+    _same_everywhere(description, group)
+    status, data, checkpoints = _shared_start(out_dir, description, group, log, checkpoint_seconds)
+    if status == "finished":
+        log(f"{spec.name}: the run in {out_dir} had finished; its files are intact")
+        return json.loads(data)  # type: ignore[no-any-return]
+    model = pcdsl.compile(graph, backend, params=params, device=local_device(group, device), dtype=dtype)
+    trainer = Trainer(model, params, splits.train, splits.valid, seed, progress, on_epoch, group)
+    snapshot = decode(data, params.fixed, str(out_dir / "train.json")) if data else None
+    if checkpoints is not None:  # rank 0
+        if snapshot is not None:
+            inside = f" and {snapshot.batch} mini-batches of the next" if snapshot.batch else ""
+            log(f"resuming {spec.name} after {checkpoints.epochs_done} epochs{inside}")
 
-    def on_epoch(epoch: Epoch, current: Parameters) -> None:
-        nonlocal done
-        done += 1
-        with open(metrics, "a") as f:
-            f.write(json.dumps(epoch.as_dict(), sort_keys=True) + "\n")
-        save_model(checkpoint, graph, current)
-        assert trainer.best is not None
-        if trainer.best[1] is current:  # a new best: the model file follows it
-            save_model(best_file, graph, current)
-        _write_json(state_file, {"recipe": key, "epochs_done": done, "best_score": trainer.best[0]})
-        valid = f", valid {epoch.valid_ll:.4f}" if epoch.valid_ll is not None else ""
-        log(f"{plan[epoch.stage].kind} epoch {epoch.epoch + 1}: train {epoch.train_ll:.4f}{valid}")
+        def after_epoch(epoch: Epoch, current: Parameters) -> None:
+            assert trainer.best is not None
+            if trainer.best[1] is current:  # a new best: the model file follows it
+                save_model(out_dir / "model.safetensors", graph, current)
+            valid = f", valid {epoch.valid_ll:.4f}" if epoch.valid_ll is not None else ""
+            log(f"{plan[epoch.stage].kind} epoch {epoch.epoch + 1}: train {epoch.train_ll:.4f}{valid}")
+            if on_epoch is not None:
+                on_epoch(epoch, current)
 
-    trainer = Trainer(model, params, splits.train, splits.valid, seed, progress, on_epoch)
-    trainer.best = best
-    final = trainer.run(plan, start_epoch=done)
-    save_model(best_file, graph, final)
-    report = _report(spec, model, splits, graph)
-    _write_json(out_dir / "report.json", report)
-    _render(graph, out_dir)
+        checkpoints.attach(trainer, after_epoch)
+    final = trainer.run(plan, resume=snapshot)
+    report = _report(spec, model, splits, graph, group)
+    if group.rank == 0:
+        _finish(out_dir, graph, final, report, description)
     return report
 
 
-def _report(spec: RecipeSpec, model: Any, splits: Splits, graph: CircuitGraph) -> dict[str, Any]:
+def _finish(out_dir: Path, graph: CircuitGraph, final: Parameters, report: dict[str, Any],
+            description: dict[str, str]) -> None:
+    """The outputs, then the state vouching for them; the checkpoints are of no more use."""
+    from pcdsl.io.model import save_model
+    from pcdsl.io.rundir import record
+
+    save_model(out_dir / "model.safetensors", graph, final)
+    _write_json(out_dir / "report.json", report)
+    _render(graph, out_dir)
+    faults.point("finish")
+    _write_json(out_dir / STATE, {"format": "pcdsl-run", "recipe": description, "finished": True,
+                                  "files": {f: record(out_dir / f) for f in OUTPUTS}})
+    Checkpointer(out_dir, "train", _key(description), metrics="metrics.jsonl").clear()
+
+
+def _report(spec: RecipeSpec, model: Any, splits: Splits, graph: CircuitGraph, group: Group = SOLO) -> dict[str, Any]:
     report: dict[str, Any] = {"recipe": spec.name, "nodes": len(graph), "edges": graph.num_edges(),
                               "parameters": graph.num_parameters()}
     for bound in spec.entries.get("report", []):
@@ -239,7 +375,7 @@ def _report(spec: RecipeSpec, model: Any, splits: Splits, graph: CircuitGraph) -
             data = getattr(splits, bound.values["split"])
             if data is None:
                 raise RunError(f"no {bound.values['split']} split to report on")
-            ll = mean_ll(model, data)
+            ll = mean_ll(model, data, group=group)
             report[f"{bound.values['split']}_loglik"] = ll
             report[f"{bound.values['split']}_bpd"] = -ll / (data.shape[1] * np.log(2))
         elif kind == "samples":

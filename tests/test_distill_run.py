@@ -175,27 +175,19 @@ def test_a_run_killed_while_growing_keeps_its_finished_clusters_and_time(tmp_pat
     assert "attempts" not in report and json.loads((tmp_path / "killed" / "stages.json").read_text())["attempts"] == {}
 
 
-def test_a_kill_between_checkpoint_and_state_resumes_to_the_same_model(tmp_path: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    import pcdsl.distill.pipeline as pipeline
+@pytest.mark.parametrize("fault", ["write=em.json:3", "batch:20", "write=teacher.safetensors:1"])
+def test_a_sigkilled_distillation_resumes_to_the_same_files(tmp_path: Path, fault: str) -> None:
+    """SIGKILL while a fit's state is written (its new checkpoint is on disk), inside a
+    mini-batch epoch (checkpoints after every mini-batch), and while a stage's output is written."""
+    from tiny_debd import pcdsl
 
     path = _recipe(tmp_path, train=PATIENT)
     _run(path, tmp_path / "whole")
-    original = pipeline._write_json
-    calls = {"n": 0}
-
-    def dies(target: Path, value: object) -> None:
-        if target.name == "em.json":
-            calls["n"] += 1
-            if calls["n"] == 2:  # the second epoch's checkpoint is written, its state is not
-                raise KeyboardInterrupt
-        original(target, value)
-
-    monkeypatch.setattr(pipeline, "_write_json", dies)
-    assert main(["run", str(path), "--out", str(tmp_path / "killed"), "-q"]) != 0
-    monkeypatch.setattr(pipeline, "_write_json", original)
-    _run(path, tmp_path / "killed")
-    _same_model(tmp_path / "whole", tmp_path / "killed")
+    killed = tmp_path / "killed"
+    assert pcdsl("run", str(path), "--out", str(killed), "-q", fault=fault).returncode == -9
+    assert pcdsl("run", str(path), "--out", str(killed), "-q").returncode == 0
+    _same_model(tmp_path / "whole", killed)
+    assert (killed / "model.safetensors").read_bytes() == (tmp_path / "whole" / "model.safetensors").read_bytes()
 
 
 def test_the_imagenet32_example_runs_on_a_tiny_synthetic_npz(tmp_path: Path) -> None:

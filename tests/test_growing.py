@@ -273,6 +273,13 @@ def test_a_stopped_growing_resumes_from_its_finished_clusters(tmp_path: Path,
     assert _same(whole, resumed)
     assert whole.clusters == resumed.clusters and [c.hidden for c in whole.circuits] == [c.hidden for c in
                                                                                         resumed.circuits]
+    # a finished cluster edited since it was written is reported, not used
+    from pcdsl.io.rundir import RunDirError
+
+    heads = next(tmp_path.glob("g*.npy"))
+    heads.write_bytes(heads.read_bytes()[:-8])
+    with pytest.raises(RunDirError, match=f"{heads.name} has .* bytes where .* were written"):
+        progressive_growing(patches, z, features, shape, LEVELS, QUICK, settings, tmp_path)
 
 
 def test_cluster_bits_are_the_histogram_negative_log_likelihood() -> None:

@@ -27,7 +27,6 @@ cluster is written there at once, so a stopped run grows only the clusters it ha
 from __future__ import annotations
 
 import heapq
-import json
 import math
 import multiprocessing
 import os
@@ -59,8 +58,10 @@ from pcdsl.distill.latents import LatentError, assign, kmeans
 from pcdsl.distill.lvd import Fit
 from pcdsl.io.atomic import write_atomic, write_json
 from pcdsl.io.model import load_model, save_model
+from pcdsl.io.rundir import check_files, read_state, record
 from pcdsl.ir.graph import CircuitGraph
 from pcdsl.learn.em import full_batch_flows
+from pcdsl.learn.parallel import SOLO, Group, all_gather_bytes, pack, unpack
 from pcdsl.learn.train import Trainer
 from pcdsl.params import Parameters, initialise
 
@@ -342,13 +343,17 @@ def _check_inputs(patches: np.ndarray, z: np.ndarray, features: np.ndarray, shap
 
 
 def progressive_growing(patches: np.ndarray, z: np.ndarray, features: np.ndarray, shape: PatchShape,
-                        levels: Sequence[int], fit: Fit, settings: Growing, cache: Path | None = None) -> Grown:
+                        levels: Sequence[int], fit: Fit, settings: Growing, cache: Path | None = None,
+                        group: Group = SOLO) -> Grown:
     """Grow the patch circuits of `shape.clusters` global clusters (`z`: each patch's global
     cluster; `features`: what k-means clustered) to `settings.heads` heads in all; each starts as
     one HCLT of `shape.hidden` states per latent, fit by counting and then the growing loop.
     With ``workers > 1`` the clusters run in spawned processes, so a script that calls this
     must do so under ``if __name__ == "__main__":``. With `cache`, finished clusters are kept in
-    (and taken from) that folder, which must belong to these arguments alone."""
+    (and taken from) that folder, which must belong to these arguments alone. With a worker
+    `group` of several (:mod:`pcdsl.learn.parallel`), the clusters are shared out among the
+    workers, and every worker ends with every cluster (the result does not depend on who grew
+    what); only rank 0 passes a `cache`."""
     patches, z = np.asarray(patches, dtype=np.int64), np.asarray(z, dtype=np.int64)
     features = np.asarray(features, dtype=np.float64)
     _check_inputs(patches, z, features, shape, levels, settings)
@@ -358,7 +363,8 @@ def progressive_growing(patches: np.ndarray, z: np.ndarray, features: np.ndarray
     tree = LatentTree.of(shape)
     tasks = [_Task(g, patches[z == g], features[z == g], tree, shape.hidden, tuple(int(v) for v in levels),
                    targets[g], fit, settings) for g in range(shape.clusters)]
-    results = _run(tasks, settings.workers, fit.progress, cache)
+    results = _run(tasks, settings.workers, fit.progress, cache) if group.size == 1 else \
+        _run_shared(tasks, cache, group)
     circuits = tuple(r.circuit for r in results)
     family = grown_family(circuits, levels)
     params = Parameters({k: v for r in results for k, v in r.params.inputs.items()},
@@ -388,7 +394,8 @@ def save_result(cache: Path, task: _Task, result: _Result) -> None:
     np.save(buffer, result.sub, allow_pickle=False)
     write_atomic(heads, buffer.getvalue())
     write_json(meta, {"hidden": list(circuit.hidden), "heads": circuit.heads, "patches": len(task.patches),
-                      "stats": [asdict(r) for r in result.stats]})
+                      "stats": [asdict(r) for r in result.stats],
+                      "files": {f.name: record(f) for f in (model, heads)}})
 
 
 def load_result(cache: Path, task: _Task) -> _Result | None:
@@ -396,9 +403,10 @@ def load_result(cache: Path, task: _Task) -> _Result | None:
     model, heads, meta = _cache_files(cache, task.cluster)
     if not meta.exists():
         return None
-    saved = json.loads(meta.read_text())
-    if saved["patches"] != len(task.patches):
+    saved = read_state(meta)
+    if saved is None or saved["patches"] != len(task.patches):
         return None
+    check_files(cache, saved.get("files", {}))  # a finished cluster edited since is reported, never used
     circuit = ClusterCircuit(task.tree, tuple(saved["hidden"]), int(saved["heads"]), f"g{task.cluster}")
     params = own_parameters(load_model(model)[1], circuit.prefix)
     sub = np.load(heads, allow_pickle=False)
@@ -453,6 +461,49 @@ def _run(tasks: list[_Task], workers: int, progress: bool, cache: Path | None = 
             done = tqdm(done, total=len(tasks), initial=len(tasks) - len(todo), desc="growing", leave=False)
         for future in done:
             finished(futures[future], future.result())
+    return [results[i] for i in range(len(tasks))]
+
+
+def _encode(task: _Task, result: _Result) -> bytes:
+    """A finished cluster as bytes: the files :func:`save_result` writes, packed."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="pcdsl-cluster-") as folder:
+        save_result(Path(folder), task, result)
+        return pack({f.name: f.read_bytes() for f in _cache_files(Path(folder), task.cluster)})
+
+
+def _decode(task: _Task, data: bytes) -> _Result:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="pcdsl-cluster-") as folder:
+        for name, content in unpack(data).items():
+            (Path(folder) / name).write_bytes(content)
+        result = load_result(Path(folder), task)
+    assert result is not None
+    return result
+
+
+def _run_shared(tasks: list[_Task], cache: Path | None, group: Group) -> list[_Result]:
+    """Every task, shared out among the workers in rounds (one cluster each, largest first); after
+    each round every worker has the round's results and rank 0 keeps them in `cache`. Rank 0
+    tells the others which clusters its cache already holds."""
+    results: dict[int, _Result] = {}
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        results = {i: r for i, t in enumerate(tasks) if (r := load_result(cache, t)) is not None}
+    cached = pack({str(i): _encode(tasks[i], r) for i, r in results.items()}) if group.rank == 0 else None
+    for name, data in unpack(group.broadcast(cached)).items():
+        results[int(name)] = _decode(tasks[int(name)], data)
+    todo = sorted((i for i in range(len(tasks)) if i not in results), key=lambda i: -len(tasks[i].patches))
+    for start in range(0, len(todo), group.size):
+        chunk = todo[start:start + group.size]
+        mine = chunk[group.rank] if group.rank < len(chunk) else None
+        data = _encode(tasks[mine], grow_cluster(tasks[mine])) if mine is not None else b""
+        for i, theirs in zip(chunk, all_gather_bytes(data, group), strict=False):
+            results[i] = _decode(tasks[i], theirs)
+            if cache is not None:
+                save_result(cache, tasks[i], results[i])
     return [results[i] for i in range(len(tasks))]
 
 

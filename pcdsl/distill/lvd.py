@@ -26,23 +26,21 @@ from pcdsl.distill.compose import PatchFamily, PatchShape, block_family, trainin
 from pcdsl.distill.counting import counting_init
 from pcdsl.distill.grown import keep_zeros
 from pcdsl.ir.graph import CircuitGraph, Domain, Variable
-from pcdsl.learn.train import Epoch, Stage, Trainer
+from pcdsl.learn.parallel import SOLO, Group
+from pcdsl.learn.train import Snapshot, Stage, Trainer
 from pcdsl.params import Parameters, initialise
 from pcdsl.structures.chow_liu import chow_liu_edges
-
-OnEpoch = Callable[[Epoch, Parameters, "tuple[float, Parameters] | None", "tuple[int, int, int]"], None]
 
 
 @dataclass(frozen=True)
 class Resume:
-    """Where an interrupted fit continues: its parameters, the position of its next epoch
-    (:attr:`pcdsl.learn.train.Trainer.position`), the best (valid score, parameters) so far,
-    and what to call after each epoch (with the trainer's position after it)."""
+    """Where an interrupted fit continues (a :class:`pcdsl.learn.train.Snapshot` of it; None:
+    from the start), and what to do with the trainer before it runs (e.g. attach a
+    :class:`pcdsl.learn.checkpoint.Checkpointer`)."""
 
-    params: Parameters | None = None
-    position: tuple[int, int, int] | None = None
-    best: tuple[float, Parameters] | None = None
-    on_epoch: OnEpoch | None = None
+    snapshot: Snapshot | None = None
+    attach: Callable[[Trainer], None] | None = None
+    group: Group = SOLO  # data-parallel workers of the fit
 
 
 @dataclass(frozen=True)
@@ -81,21 +79,17 @@ def patch_shape(patches: np.ndarray, levels: Sequence[int], hidden: int, cluster
 
 def train(graph: CircuitGraph, params: Parameters, train: np.ndarray, valid: np.ndarray | None, fit: Fit,
           resume: Resume = Resume(), learn: set[str] | None = None, model: Any = None) -> Parameters:
-    """EM stages on a circuit (only the groups in `learn` when given), resumable at any epoch
-    boundary with the same result as an uninterrupted fit; `model`: what runs the circuit, when
+    """EM stages on a circuit (only the groups in `learn` when given), resumable from any
+    snapshot with the same result as an uninterrupted fit; `model`: what runs the circuit, when
     not the circuit compiled by `fit` (e.g. :class:`pcdsl.distill.soft.EvidenceModel`)."""
-    start = resume.params if resume.params is not None else params
     if model is None:
-        model = fit.compile(graph, start)
-    else:
-        model.set_parameters(start)
-    trainer = Trainer(model, start, train, valid, fit.seed, fit.progress)
-    trainer.per_epoch_rng, trainer.learn, trainer.best = True, learn, resume.best
+        model = fit.compile(graph, params)
+    trainer = Trainer(model, params, train, valid, fit.seed, fit.progress, group=resume.group)
+    trainer.per_epoch_rng, trainer.learn = True, learn
     trainer.constrain = keep_zeros(params)  # pruned edges (progressive growing) stay pruned
-    if resume.on_epoch is not None:
-        hook = resume.on_epoch
-        trainer.on_epoch = lambda epoch, current: hook(epoch, current, trainer.best, trainer.position)
-    return trainer.run(list(fit.stages), position=resume.position)
+    if resume.attach is not None:
+        resume.attach(trainer)
+    return trainer.run(list(fit.stages), resume=resume.snapshot)
 
 
 def fit_patches(shape: PatchShape, levels: Sequence[int], rows: np.ndarray, valid: np.ndarray | None,

@@ -15,19 +15,23 @@ recipe entry re-runs exactly the stages that depend on it):
 6. ``report``: ``report.json`` (teacher bpd, LVD bound, exact bpd, sizes, times, memory),
    ``samples.png``, ``inpaint.png``.
 
-EM stages checkpoint after every epoch (``{stage}.ckpt.safetensors`` + ``{stage}.json``), so
-a run killed mid-stage resumes at its last finished epoch.
+EM stages checkpoint (``{stage}.ckpt-K.safetensors`` + ``{stage}.json``,
+:mod:`pcdsl.learn.checkpoint`), so a run killed at any moment resumes to the same files; the run
+directory (:mod:`pcdsl.distill.rundir`) is locked and its files checked before they are used.
+With several workers, rank 0 writes the directory and the stages' independent jobs (global
+clusters, unshared patch positions) are shared out among the workers (docs/runs.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import os
 import resource
 import shutil
-import time
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,114 +51,18 @@ from pcdsl.distill.compose import (
     training_circuit,
 )
 from pcdsl.distill.recipe import Distillation, cropped
+from pcdsl.distill.rundir import Log, RunDir, timed
 from pcdsl.io.atomic import write_atomic
 from pcdsl.io.atomic import write_json as _write_json
 from pcdsl.io.model import load_model, save_model
+from pcdsl.io.rundir import RunDirError, RunLock, remove_strays
 from pcdsl.ir.graph import CircuitGraph, Domain, Variable
-from pcdsl.learn.train import Epoch
+from pcdsl.learn.parallel import SOLO, Group, all_gather_bytes, pack, unpack
 from pcdsl.params import Parameters
-
-Log = Callable[[str], object]
 
 
 def _key(*parts: Any) -> str:
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
-
-
-@dataclass
-class RunDir:
-    """The run directory: stage keys, cached outputs and per-epoch checkpoints."""
-
-    path: Path
-    log: Log = print
-    keys: dict[str, str] = field(default_factory=dict)
-    times: dict[str, float] = field(default_factory=dict)
-    attempts: dict[str, dict[str, Any]] = field(default_factory=dict)  # stages started, not finished
-
-    def __post_init__(self) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        state = self.path / "stages.json"
-        if state.exists():
-            saved = json.loads(state.read_text())
-            self.keys, self.times = saved.get("keys", {}), saved.get("seconds", {})
-            self.attempts = saved.get("attempts", {})
-
-    def fresh(self, stage: str, key: str, *files: str) -> bool:
-        """Whether `stage` already ran with `key` and its files are all there."""
-        done = self.keys.get(stage) == key and all((self.path / f).exists() for f in files)
-        if done:
-            self.log(f"{stage}: cached ({', '.join(files)})")
-        return done
-
-    def start(self, stage: str, key: str) -> float:
-        """Forget the stage's key before it writes anything (files a stopped attempt overwrote
-        must never pass for the outputs of an earlier key); returns the seconds that earlier
-        attempts at the same key spent on work they saved (up to their last file written)."""
-        self.keys.pop(stage, None)
-        earlier = self.attempts.get(stage, {})
-        seconds = 0.0
-        if earlier.get("key") == key:
-            saved_until = max((f.stat().st_mtime for f in self.path.rglob("*")
-                               if f.is_file() and f.name != "stages.json"), default=earlier["started"])
-            seconds = earlier["seconds"] + max(0.0, saved_until - earlier["started"])
-        self.attempts[stage] = {"key": key, "started": time.time(), "seconds": seconds}
-        self._save()
-        return seconds
-
-    def finish(self, stage: str, key: str, seconds: float) -> None:
-        self.keys[stage] = key
-        self.times[stage] = seconds
-        self.attempts.pop(stage, None)
-        self._save()
-
-    def _save(self) -> None:
-        _write_json(self.path / "stages.json", {"keys": self.keys, "seconds": self.times, "attempts": self.attempts})
-
-    def fit(self, stage: str, key: str, graph: CircuitGraph,
-            train: Callable[[lvd.Resume], Parameters]) -> Parameters:
-        """Run an EM fit that checkpoints after every epoch and resumes from its checkpoint to
-        the same result. Each epoch writes a new checkpoint file (and a best file when the valid
-        score rose), then the state file naming them in one atomic write: a kill at any moment
-        leaves the state and the files it names consistent."""
-        state_file, history = self.path / f"{stage}.json", self.path / f"{stage}.metrics.jsonl"
-        resume = lvd.Resume()
-        saved: dict[str, Any] = {}
-        if state_file.exists():
-            saved = json.loads(state_file.read_text())
-            if saved.get("key") == key:
-                best = (float(saved["best"]), load_model(self.path / saved["best_file"])[1]) \
-                    if saved.get("best_file") else None
-                resume = lvd.Resume(load_model(self.path / saved["ckpt"])[1], tuple(saved["position"]), best)
-                self.log(f"{stage}: resuming after {saved['epochs_done']} epochs")
-            else:
-                saved = {}
-        lines = history.read_text().splitlines(keepends=True)[:saved.get("epochs_done", 0)] if history.exists() else []
-        history.write_text("".join(lines))  # epochs a stopped attempt logged after its last state go
-        done = saved.get("epochs_done", 0)
-
-        def on_epoch(epoch: Epoch, current: Parameters, best: tuple[float, Parameters] | None,
-                     position: tuple[int, int, int]) -> None:
-            nonlocal done, saved
-            done += 1
-            with open(history, "a") as f:
-                f.write(json.dumps(epoch.as_dict(), sort_keys=True) + "\n")
-            ckpt = f"{stage}.ckpt-{done}.safetensors"
-            save_model(self.path / ckpt, graph, current)
-            best_file = saved.get("best_file")
-            if best is not None and best[1] is current:
-                best_file = f"{stage}.best-{done}.safetensors"
-                save_model(self.path / best_file, graph, current)
-            previous = saved
-            saved = {"key": key, "epochs_done": done, "position": list(position), "ckpt": ckpt,
-                     "best": None if best is None else best[0], "best_file": best_file}
-            _write_json(state_file, saved)
-            for old in ("ckpt", "best_file"):  # files the state no longer names
-                if previous.get(old) and previous[old] not in (ckpt, best_file):
-                    (self.path / previous[old]).unlink(missing_ok=True)
-            valid = f", valid {epoch.valid_ll:.4f}" if epoch.valid_ll is not None else ""
-            self.log(f"{stage}: stage {epoch.stage + 1} epoch {epoch.epoch + 1}: train {epoch.train_ll:.4f}{valid}")
-
-        return train(lvd.Resume(resume.params, resume.position, resume.best, on_epoch))
 
 
 @dataclass
@@ -207,8 +115,10 @@ class DistillError(Exception):
 
 
 def run_distillation(recipe: Distillation, out_dir: Path, *, backend: str = "numba", device: str = "cpu",
-                     dtype: str = "float32", seed: int = 0, progress: bool = True, log: Log = print) -> dict[str, Any]:
-    """Run (or resume) a distillation recipe; returns the report."""
+                     dtype: str = "float32", seed: int = 0, progress: bool = True, log: Log = print,
+                     group: Group = SOLO) -> dict[str, Any]:
+    """Run (or resume) a distillation recipe; returns the report. The run directory is locked
+    while it runs; its files are checked before they are used."""
     from pcdsl.data import DataError
     from pcdsl.distill.images import PatchError
     from pcdsl.distill.latents import LatentError
@@ -216,8 +126,15 @@ def run_distillation(recipe: Distillation, out_dir: Path, *, backend: str = "num
     from pcdsl.io.model import ModelFileError
 
     try:
-        return _run(recipe, out_dir, backend, device, dtype, seed, progress, log)
-    except (DataError, PatchError, TeacherError, LatentError) as exc:  # what only the data can tell
+        with contextlib.ExitStack() as stack:
+            if group.rank == 0:
+                stack.enter_context(RunLock(out_dir))
+                remove_strays(out_dir)
+            else:  # rank 0 alone writes the run directory; the others keep what it hands them here
+                out_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"pcdsl-rank{group.rank}-")))
+                log, progress = (lambda *_: None), False
+            return _run(recipe, out_dir, backend, device, dtype, seed, progress, log, group)
+    except (DataError, PatchError, TeacherError, LatentError, RunDirError) as exc:  # what only the data can tell
         raise DistillError(str(exc)) from None
     except (ModelFileError, json.JSONDecodeError) as exc:
         raise DistillError(f"the run directory '{out_dir}' holds a damaged file ({exc}); remove it, or the "
@@ -225,10 +142,10 @@ def run_distillation(recipe: Distillation, out_dir: Path, *, backend: str = "num
 
 
 def _run(recipe: Distillation, out_dir: Path, backend: str, device: str, dtype: str, seed: int, progress: bool,
-         log: Log) -> dict[str, Any]:
+         log: Log, group: Group = SOLO) -> dict[str, Any]:
     from pcdsl.distill.images import PatchGrid
 
-    run = RunDir(out_dir, log)
+    run = RunDir(out_dir, log, group=group)
     data = load_data(recipe)
     grid = PatchGrid(data.shape, recipe.patch)
     dim_levels = _dim_levels(data, grid)
@@ -251,7 +168,12 @@ def _run(recipe: Distillation, out_dir: Path, backend: str, device: str, dtype: 
     top, top_params, top_key = _top(run, recipe, grid, latents, family, fit)
     graph, params = _distilled(run, recipe, data, grid, family, patch_params, top, top_params,
                                _key(patch_key, top_key), fit)
-    return _report(run, recipe, data, grid, teacher, latents, family, top, graph, params, fit)
+    report = _report(run, recipe, data, grid, teacher, latents, family, top, graph, params, fit) if run.leader \
+        else None
+    if group.size > 1:  # every worker returns rank 0's report
+        report = json.loads(group.broadcast(json.dumps(report).encode() if report is not None else None))
+    assert report is not None
+    return report
 
 
 def _fingerprint(recipe: Distillation) -> list[tuple[str, int, int]]:
@@ -290,14 +212,6 @@ class Latents:
     report: dict[str, Any] = field(default_factory=dict)
 
 
-def _timed(run: RunDir, stage: str, key: str, work: Callable[[], None]) -> None:
-    """Run a stage's work; its seconds include what stopped attempts saved before they stopped."""
-    earlier = run.start(stage, key)
-    started = time.perf_counter()
-    work()
-    run.finish(stage, key, earlier + time.perf_counter() - started)
-
-
 def _teacher(run: RunDir, recipe: Distillation, data: Data, grid: Any, base: str, progress: bool,
              log: Log) -> tuple[Any, str]:
     from pcdsl.distill.teachers import load_teacher, make_teacher, save_teacher
@@ -307,15 +221,16 @@ def _teacher(run: RunDir, recipe: Distillation, data: Data, grid: Any, base: str
     args = (kind, options, data.shape, recipe.patch, data.levels)
     if run.fresh("teacher", key, "teacher.safetensors"):
         return load_teacher(run.path / "teacher.safetensors", *args), key
-    teacher = make_teacher(*args)
+    made: dict[str, Any] = {}
 
-    def work() -> None:
+    def work() -> None:  # rank 0 alone
         log(f"teacher: training {kind} on {len(data.train)} images")
-        teacher.fit(data.train, data.valid, progress=progress, log=log)
-        save_teacher(run.path / "teacher.safetensors", teacher)
+        made["teacher"] = make_teacher(*args)
+        made["teacher"].fit(data.train, data.valid, progress=progress, log=log)
+        save_teacher(run.path / "teacher.safetensors", made["teacher"])
 
-    _timed(run, "teacher", key, work)
-    return teacher, key
+    timed(run, "teacher", key, work, "teacher.safetensors")
+    return (made["teacher"] if run.leader else load_teacher(run.path / "teacher.safetensors", *args)), key
 
 
 def _latents(run: RunDir, recipe: Distillation, data: Data, grid: Any, teacher: Any,
@@ -323,9 +238,13 @@ def _latents(run: RunDir, recipe: Distillation, data: Data, grid: Any, teacher: 
     from pcdsl.distill.latents import assign, kmeans
 
     key = _key(teacher_key, sorted(recipe.kmeans.items()))  # growing has a stage (and key) of its own
+
+    def saved() -> dict[str, np.ndarray]:
+        with np.load(run.path / "latents.npz", allow_pickle=False) as arrays:
+            return {k: arrays[k] for k in arrays.files}
+
     if run.fresh("latents", key, "latents.npz"):
-        with np.load(run.path / "latents.npz", allow_pickle=False) as saved:
-            return {k: saved[k] for k in saved.files}, key
+        return saved(), key
     out: dict[str, np.ndarray] = {}
 
     def work() -> None:
@@ -343,8 +262,8 @@ def _latents(run: RunDir, recipe: Distillation, data: Data, grid: Any, teacher: 
                 out[split] = assign(f.reshape(-1, d), centroids).reshape(len(images), p)
         _save_npz(run.path / "latents.npz", out)
 
-    _timed(run, "latents", key, work)
-    return out, key
+    timed(run, "latents", key, work, "latents.npz")
+    return (out if run.leader else saved()), key
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -384,7 +303,8 @@ def _growing(run: RunDir, recipe: Distillation, data: Data, grid: Any, teacher: 
             if old != cache:
                 shutil.rmtree(old, ignore_errors=True)
         grown = progressive_growing(patches.reshape(n * p, d), z["train"].reshape(-1),
-                                    features.reshape(n * p, -1), shape(), levels, grow_fit, settings, cache)
+                                    features.reshape(n * p, -1), shape(), levels, grow_fit, settings,
+                                    cache if run.leader else None, run.group)
         heads = {"centroids": z["centroids"], "train": grown.z.reshape(n, p)}
         for split in ("valid", "test"):
             images = getattr(data, split)
@@ -399,7 +319,7 @@ def _growing(run: RunDir, recipe: Distillation, data: Data, grid: Any, teacher: 
         shutil.rmtree(cache, ignore_errors=True)
         out["latents"] = Latents(heads, grown.family, params, key, grown.report())
 
-    _timed(run, "growing", key, work)
+    timed(run, "growing", key, work, "grown.safetensors", "grown.npz", "grown.json", everyone=True)
     return out["latents"]  # type: ignore[no-any-return]
 
 
@@ -424,20 +344,37 @@ def _patches(run: RunDir, recipe: Distillation, data: Data, grid: Any, latents: 
     graph = training_circuit(family)
     result: list[Parameters] = []
 
-    def work() -> None:
-        for i, name in zip(positions, files, strict=True):
-            cut = slice(None) if i is None else slice(i, i + 1)
-            rows = lvd.patch_rows(patches[:, cut], z["train"][:, cut])
-            valid_rows = None if valid is None else lvd.patch_rows(valid[:, cut], z["valid"][:, cut])
-            start = latents.start if latents.start is not None else counting_init(
-                graph, shape(), rows[:, :-1], rows[:, -1], dim_levels, recipe.counting, fit.seed)
-            stage = name.removesuffix(".safetensors")
-            params = run.fit(stage, _key(key, stage), graph, functools.partial(
-                lvd.fit_family, family, start, rows, valid_rows, patch_fit))
-            save_model(run.path / name, graph, params)
-            result.append(params)
+    def one(i: int | None, name: str, alone: bool) -> Parameters:
+        cut = slice(None) if i is None else slice(i, i + 1)
+        rows = lvd.patch_rows(patches[:, cut], z["train"][:, cut])
+        valid_rows = None if valid is None else lvd.patch_rows(valid[:, cut], z["valid"][:, cut])
+        start = latents.start if latents.start is not None else counting_init(
+            graph, shape(), rows[:, :-1], rows[:, -1], dim_levels, recipe.counting, fit.seed)
+        stage = name.removesuffix(".safetensors")
+        params = run.fit(stage, _key(key, stage), graph, functools.partial(
+            lvd.fit_family, family, start, rows, valid_rows, patch_fit), alone)
+        save_model(run.path / name, graph, params)
+        return params
 
-    _timed(run, "patches", key, work)
+    def work() -> None:
+        group = run.group
+        if pc["shared"] or group.size == 1:  # one fit (data-parallel over the workers), or each in turn
+            result.extend(one(i, name, False) for i, name in zip(positions, files, strict=True))
+            return  # positions are independent jobs: shared out among the workers, a round at a time
+        # positions are independent jobs: shared out among the workers, a round at a time
+        for start in range(0, len(files), group.size):
+            chunk = list(range(start, min(start + group.size, len(files))))
+            mine = files[chunk[group.rank]] if group.rank < len(chunk) else None
+            if mine is not None:
+                one(positions[chunk[group.rank]], mine, True)
+            sent = pack({mine: (run.path / mine).read_bytes()} if mine else {})
+            for theirs in all_gather_bytes(sent, group):
+                for name, content in unpack(theirs).items():
+                    if name != mine:
+                        write_atomic(run.path / name, content)
+        result.extend(load_model(run.path / name)[1] for name in files)
+
+    timed(run, "patches", key, work, *files, everyone=True)
     return family, result, key
 
 
@@ -457,7 +394,7 @@ def _top(run: RunDir, recipe: Distillation, grid: Any, latents: Latents, family:
             graph, z["train"], z.get("valid"), top_fit, resume))
         save_model(run.path / "latent.safetensors", graph, out["params"])
 
-    _timed(run, "top", key, work)
+    timed(run, "top", key, work, "latent.safetensors", everyone=True)
     return graph, out["params"], key
 
 
@@ -496,7 +433,7 @@ def _distilled(run: RunDir, recipe: Distillation, data: Data, grid: Any, family:
                 lvd.fit_distilled, graph, out["params"], train, valid, stage_fit, learn))
         save_model(run.path / "model.safetensors", graph, out["params"])
 
-    _timed(run, "distilled", key, work)
+    timed(run, "distilled", key, work, "model.safetensors", everyone=True)
     return graph, out["params"]
 
 

@@ -55,8 +55,9 @@ class EvidenceModel:
     asks of a model on rows that are image numbers: row r's leaves are ``values[r]`` (m, K)."""
 
     def __init__(self, graph: CircuitGraph, params: Parameters, values: np.ndarray, dtype: str = "float64"):
-        import pcdsl
         import torch
+
+        import pcdsl
 
         self.model = pcdsl.compile(graph, "torch", params=params, dtype=dtype)
         self.plan = self.model.plan

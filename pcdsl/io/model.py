@@ -58,14 +58,20 @@ def _structure(graph: CircuitGraph) -> dict[str, Any]:
     return out
 
 
-def save_model(path: str | Path, graph: CircuitGraph, params: Parameters) -> Path:
-    from safetensors.numpy import save
-
+def parameter_tensors(params: Parameters) -> dict[str, np.ndarray]:
+    """The parameters as named tensors: ``weights/<group>``, ``input/<group>/<param>``."""
     tensors = {f"weights/{g}": np.ascontiguousarray(w, dtype=np.float64) for g, w in params.weights.items()}
     for node, p in params.inputs.items():
         for key, value in p.items():
             dtype = np.int64 if key == "value" else np.float64
             tensors[f"input/{node}/{key}"] = np.ascontiguousarray(value, dtype=dtype)
+    return tensors
+
+
+def save_model(path: str | Path, graph: CircuitGraph, params: Parameters) -> Path:
+    from safetensors.numpy import save
+
+    tensors = parameter_tensors(params)
     data = save(tensors, metadata={"pcdsl": json.dumps(_structure(graph), sort_keys=True)})
     path = Path(path)
     write_atomic(path, data)
@@ -93,7 +99,7 @@ def load_model(path: str | Path, renormalise: bool = False) -> tuple[CircuitGrap
         if n.get("fixed"):
             graph.fix(n["name"])
     checks.check_structure(graph, path)
-    params = _params(tensors)
+    params = parameters_from_tensors(tensors)
     params.fixed = fixed_keys(graph)
     return graph, params
 
@@ -112,7 +118,8 @@ def _graph(meta: dict[str, Any]) -> CircuitGraph:
     return graph
 
 
-def _params(tensors: dict[str, np.ndarray]) -> Parameters:
+def parameters_from_tensors(tensors: dict[str, np.ndarray]) -> Parameters:
+    """The inverse of :func:`parameter_tensors`."""
     params = Parameters()
     for key, value in tensors.items():
         kind, _, rest = key.partition("/")

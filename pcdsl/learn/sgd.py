@@ -45,6 +45,21 @@ class Optimizer:
         self.moments: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.t = 0
 
+    def state(self) -> tuple[dict[str, np.ndarray], int]:
+        """What a resumed run needs to take the same steps: theta (which the parameters do not
+        determine: softmax forgets shifts), Adam's moments (``m/KEY``, ``v/KEY``) and the step count."""
+        arrays = {f"theta/{k}": v for k, v in self.theta.items()}
+        for key, (m, v) in self.moments.items():
+            arrays[f"m/{key}"], arrays[f"v/{key}"] = m, v
+        return arrays, self.t
+
+    def load_state(self, arrays: dict[str, np.ndarray], t: int) -> None:
+        """Continue from :meth:`state`'s output."""
+        self.theta = {k.partition("/")[2]: v for k, v in arrays.items() if k.startswith("theta/")}
+        self.moments = {k.partition("/")[2]: (v, arrays["v/" + k.partition("/")[2]])
+                        for k, v in arrays.items() if k.startswith("m/")}
+        self.t = t
+
     @staticmethod
     def _to_theta(params: Parameters) -> dict[str, np.ndarray]:
         theta = {f"w/{g}": _logits(w) for g, w in params.weights.items()}

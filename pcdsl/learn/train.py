@@ -6,14 +6,16 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from pcdsl.evaluate import evaluate
-from pcdsl.learn.em import GaussianPrior, add_flows, batches, em_update, full_batch_flows
+from pcdsl.evaluate import evaluate, total_log_likelihood
+from pcdsl.io import faults
+from pcdsl.learn.em import GaussianPrior, add_flows, batches, em_update
 from pcdsl.learn.gaussian import gaussian_prior, project, std_floors
+from pcdsl.learn.parallel import SOLO, Group, all_reduce_flows, all_reduce_sum, shard, zero_flows
 from pcdsl.learn.regularise import entropy_weights, reach, softened, unsoften
 from pcdsl.learn.sgd import Optimizer
 from pcdsl.params import Parameters
@@ -66,17 +68,50 @@ def schedule(points: tuple[float, ...], progress: float) -> float:
     return points[i] + (points[i + 1] - points[i]) * (position - i)
 
 
-def mean_ll(model: Any, data: np.ndarray, batch_size: int = 2048) -> float:
-    """Average log-likelihood per sample (missing values marginalised)."""
-    return evaluate(model, data, batch_size, progress=False).mean_log_likelihood
+def mean_ll(model: Any, data: np.ndarray, batch_size: int = 2048, group: Group = SOLO) -> float:
+    """Average log-likelihood per sample (missing values marginalised); with several workers,
+    each scores its shard and the sums are all-reduced."""
+    if group.size == 1:
+        return evaluate(model, data, batch_size, progress=False).mean_log_likelihood
+    mine = data[shard(np.arange(len(data)), group)]
+    return all_reduce_sum(total_log_likelihood(model, mine, batch_size), group) / len(data)
+
+
+@dataclass
+class Snapshot:
+    """Everything a :class:`Trainer` needs to go on exactly as if it had never stopped: taken
+    after any mini-batch (:attr:`Trainer.on_batch`) or epoch, restored by :meth:`Trainer.run`.
+    A full-batch epoch has no inner position: a run stopped inside one repeats it whole."""
+
+    position: tuple[int, int, int]  # (stage, epoch, epochs without progress) of the epoch in progress or next
+    params: Parameters
+    best: tuple[float, Parameters | None] | None = None  # params None: the best are `params`
+    rng: dict[str, Any] | None = None  # the run generator's state (numpy bit_generator.state)
+    batch: int = 0  # mini-batches of the epoch in progress already done (0: none, at an epoch boundary)
+    order: tuple[np.ndarray, ...] = ()  # that epoch's mini-batches (row indices), when batch > 0
+    train_ll: float = 0.0  # log-likelihood summed over those batches
+    step: float = 0.0  # the step size of the last of them
+    optimizer: tuple[dict[str, np.ndarray], int] | None = None  # SGD stages: Optimizer.state()
+    extra: dict[str, Any] = field(default_factory=dict)  # what a caller keeps with it (e.g. epochs done)
+
+
+@dataclass(frozen=True)
+class _InEpoch:
+    epoch: int
+    order: tuple[np.ndarray, ...]
+    batch: int
+    train_ll: float
+    step: float
 
 
 class Trainer:
     """Runs stages on a compiled model; keeps the parameters with the best valid score."""
 
     def __init__(self, model: Any, params: Parameters, train: np.ndarray, valid: np.ndarray | None = None,
-                 seed: int = 0, progress: bool = True, on_epoch: Callable[[Epoch, Parameters], None] | None = None):
+                 seed: int = 0, progress: bool = True, on_epoch: Callable[[Epoch, Parameters], None] | None = None,
+                 group: Group = SOLO):
         self.model, self.params = model, params
+        self.group = group  # data-parallel workers: every flow is all-reduced over them
         self.train, self.valid = train, valid
         self.seed = seed
         self.rng = np.random.default_rng(seed)
@@ -94,14 +129,23 @@ class Trainer:
         self.constrain: Callable[[Parameters], Parameters] | None = None
         self.floors: dict[str, float] = {}
         self.prior: GaussianPrior | None = None
+        self.on_batch: Callable[[Trainer], None] | None = None  # after every mini-batch (checkpoints)
+        self._pending: Snapshot | None = None  # restored progress, until the stage it belongs to takes it
+        self._in_epoch: _InEpoch | None = None  # the mini-batch epoch in progress
+        self._stale = 0  # epochs without progress before the epoch in progress
 
-    def run(self, stages: list[Stage], start_epoch: int = 0,
-            position: tuple[int, int, int] | None = None) -> Parameters:
+    def run(self, stages: list[Stage], start_epoch: int = 0, position: tuple[int, int, int] | None = None,
+            resume: Snapshot | None = None) -> Parameters:
         """Train every stage; return the best parameters (by valid score, else the last).
 
-        A resumed run starts at `position` = (stage, epoch, epochs without progress), the
-        :attr:`position` saved after the last finished epoch: exact even where a stage stopped
-        early. (`start_epoch`, a count of finished epochs, assumes no stage stopped early.)"""
+        `resume`: a :meth:`snapshot` of a stopped run; this one goes on to the very same result.
+        A run resumed at an epoch boundary may instead give `position` = (stage, epoch, epochs
+        without progress), the :attr:`position` after its last finished epoch (exact even where
+        a stage stopped early), or `start_epoch`, a count of finished epochs (which assumes no
+        stage stopped early)."""
+        if resume is not None:
+            self.restore(resume)
+            position = resume.position
         if position is None:
             done = start_epoch
             for index, stage in enumerate(stages):
@@ -113,24 +157,60 @@ class Trainer:
                 if index >= position[0]:
                     first, stale = (position[1], position[2]) if index == position[0] else (0, 0)
                     self._stage(index, stage, first, stale)
+        self._pending = None
         final = self.best[1] if self.best is not None else self.params
         self.model.set_parameters(final)
         return final
 
+    def snapshot(self) -> Snapshot:
+        """The trainer's whole state now (between mini-batches or epochs)."""
+        best: tuple[float, Parameters | None] | None = None
+        if self.best is not None:
+            best = (self.best[0], None if self.best[1] is self.params else self.best[1])
+        optimizer = self.optimizer.state() if self.optimizer is not None else None
+        rng = dict(self.rng.bit_generator.state)
+        now = self._in_epoch
+        if now is None:
+            return Snapshot(self.position, self.params, best, rng, optimizer=optimizer)
+        return Snapshot((self._stage_index, now.epoch, self._stale), self.params, best, rng, now.batch, now.order,
+                        now.train_ll, now.step, optimizer)
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Take up a :meth:`snapshot` (parameters, best, generator; the rest when its stage starts)."""
+        snapshot.params.fixed = self.params.fixed  # what learning keeps is the circuit's, not the file's
+        self.params = snapshot.params
+        if snapshot.best is not None:
+            score, best = snapshot.best
+            if best is not None:
+                best.fixed = self.params.fixed
+            self.best = (score, self.params if best is None else best)
+        if snapshot.rng is not None:
+            self.rng.bit_generator.state = snapshot.rng
+        self.position = snapshot.position
+        self._pending = snapshot
+        self.model.set_parameters(self.params)
+
     def _stage(self, index: int, stage: Stage, first_epoch: int, stale: int = 0) -> None:
         self._stage_index = index
+        pending = self._pending if self._pending is not None and self._pending.position[0] == index else None
         per_epoch = math.ceil(stage.epoch_rows(len(self.train)) / stage.batch_size) if stage.kind != "full_em" else 1
         self.floors = std_floors(self.model.plan, self.train, stage.min_std)
         self.prior = gaussian_prior(self.model.plan, self.train, stage.gaussian_pseudocount)
-        projected = project(self.params, self.floors)  # EM is monotone from a start above the floor
-        if projected is not self.params:
-            self.params = projected
-            self.model.set_parameters(self.params)
+        if pending is None or pending.batch == 0:  # not inside an epoch, where no update projects
+            projected = project(self.params, self.floors)  # EM is monotone from a start above the floor
+            if projected is not self.params:
+                self.params = projected
+                self.model.set_parameters(self.params)
         self.optimizer = Optimizer(self.params, stage.optimizer, min_std=self.floors) if stage.kind == "sgd" else None
+        if self.optimizer is not None and pending is not None and pending.optimizer is not None:
+            self.optimizer.load_state(*pending.optimizer)
+        if pending is None or pending.batch == 0:
+            self._pending = None
         for epoch in range(first_epoch, stage.epochs):
             started = time.perf_counter()
+            self._stale = stale
             step, train_ll = self._epoch(stage, epoch, per_epoch)
-            valid_ll = mean_ll(self.model, self.valid) if self.valid is not None else None
+            valid_ll = mean_ll(self.model, self.valid, group=self.group) if self.valid is not None else None
             record = Epoch(index, epoch, step, train_ll, valid_ll, time.perf_counter() - started)
             self.history.append(record)
             improved = self._select(record)
@@ -140,6 +220,7 @@ class Trainer:
             self.position = (index + 1, 0, 0) if stop or epoch + 1 == stage.epochs else (index, epoch + 1, stale)
             if self.on_epoch is not None:
                 self.on_epoch(record, self.params)
+            faults.point("epoch", "stopped" if stop else "")
             if stop:
                 break
 
@@ -147,32 +228,69 @@ class Trainer:
         total_steps = stage.epochs * per_epoch
         if stage.kind == "full_em":
             self._evidence(stage)
-            flows = full_batch_flows(self.model, self.train, max(stage.batch_size, 1024))
+            flows = self._full_batch_flows(max(stage.batch_size, 1024))
             self._update(flows, 1.0, stage, len(self.train))
             return 1.0, flows.log_likelihood / len(self.train)
-        ll, step = 0.0, stage.step[0]
         chosen = stage.epoch_rows(len(self.train))
-        rng = np.random.default_rng((self.seed, self._stage_index, epoch)) if self.per_epoch_rng else self.rng
-        rows_iter: Any = batches(len(self.train), stage.batch_size, rng) if chosen == len(self.train) else \
-            iter(np.array_split(rng.choice(len(self.train), chosen, replace=False), per_epoch))
+        pending, self._pending = self._pending, None
+        if pending is not None and pending.batch > 0:  # resumed inside this epoch
+            order, first, ll, step = pending.order, pending.batch, pending.train_ll, pending.step
+        else:
+            order, first, ll, step = self._order(stage, epoch, chosen, per_epoch), 0, 0.0, stage.step[0]
+        bar: Any = None
         if self.progress:
             from tqdm import tqdm
 
-            rows_iter = tqdm(rows_iter, total=per_epoch, desc=f"epoch {epoch + 1}/{stage.epochs}", leave=False)
-        for i, rows in enumerate(rows_iter):
+            bar = tqdm(total=len(order), initial=first, desc=f"epoch {epoch + 1}/{stage.epochs}", leave=False)
+        for i in range(first, len(order)):
+            rows = order[i]
             step = schedule(stage.step, (epoch * per_epoch + i) / max(1, total_steps - 1))
             if self.optimizer is not None:
-                flows = add_flows(None, self.model.flows(self.train[rows]))
+                flows = self._batch_flows(rows)
                 self.params = self._constrained(self.optimizer.step(self.params, flows, len(rows), step))
                 self.model.set_parameters(self.params)
             else:
                 self._evidence(stage)
-                flows = add_flows(None, self.model.flows(self.train[rows]))
+                flows = self._batch_flows(rows)
                 self._update(flows, step, stage, len(rows))
             ll += flows.log_likelihood
-            if self.progress:
-                rows_iter.set_postfix(ll=f"{flows.log_likelihood / len(rows):.3f}")
+            self._in_epoch = _InEpoch(epoch, order, i + 1, ll, step)
+            if bar is not None:
+                bar.update()
+                bar.set_postfix(ll=f"{flows.log_likelihood / len(rows):.3f}")
+            if self.on_batch is not None:
+                self.on_batch(self)
+            faults.point("batch")
+        if bar is not None:
+            bar.close()
+        self._in_epoch = None
         return step, ll / chosen
+
+    def _order(self, stage: Stage, epoch: int, chosen: int, per_epoch: int) -> tuple[np.ndarray, ...]:
+        """The epoch's mini-batches (row indices), drawn from the run's generator (or, with
+        :attr:`per_epoch_rng`, the epoch's own); every worker draws the same."""
+        rng = np.random.default_rng((self.seed, self._stage_index, epoch)) if self.per_epoch_rng else self.rng
+        if chosen == len(self.train):
+            return tuple(batches(len(self.train), stage.batch_size, rng))
+        return tuple(np.array_split(rng.choice(len(self.train), chosen, replace=False), per_epoch))
+
+    def _batch_flows(self, rows: np.ndarray) -> Any:
+        """The flows of a global mini-batch: this worker's shard, summed over the workers."""
+        mine = shard(rows, self.group)
+        if len(mine) == 0:  # more workers than rows: this one adds nothing, in the same layout
+            return all_reduce_flows(zero_flows(add_flows(None, self.model.flows(self.train[rows[:1]]))), self.group)
+        return all_reduce_flows(add_flows(None, self.model.flows(self.train[mine])), self.group)
+
+    def _full_batch_flows(self, chunk: int) -> Any:
+        """The flows of the whole training set, this worker's shard chunk by chunk, then summed."""
+        mine = shard(np.arange(len(self.train)), self.group)
+        total = None
+        for piece in batches(len(mine), chunk, None):
+            total = add_flows(total, self.model.flows(self.train[mine[piece]]))
+            faults.point("full-batch")
+        if total is None:
+            total = zero_flows(add_flows(None, self.model.flows(self.train[:1])))
+        return all_reduce_flows(total, self.group)
 
     def _evidence(self, stage: Stage) -> None:
         """With softening, flows come from the softened leaves (valid is scored on the plain ones)."""
