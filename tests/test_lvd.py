@@ -173,3 +173,37 @@ def test_soft_evidence_em_trains_only_the_top_level_and_never_lowers_the_likelih
     by_hand = em_update(f.params, flows, 1.0, 0.0)
     for group in learn:
         np.testing.assert_allclose(stepped.weights[group], by_hand.weights[group], atol=1e-9)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("kind", ["em", "full_em"])
+def test_soft_evidence_computed_once_trains_like_the_distilled_circuit(shared: bool, kind: str) -> None:
+    """EM of the evidence circuit (the top level fed log p_k(x_i), computed once) takes the same
+    steps as EM of the distilled circuit with only the top level learning: same batches, same
+    flows, the same parameters after every epoch."""
+    from pcdsl.distill import soft
+
+    f = _fitted(5, shared)
+    images = f.images.astype(np.float64)
+    family = block_family(f.shape, [LEVELS] * D)
+    fit = Fit((Stage(kind, epochs=3, batch_size=5, step=(0.5, 0.1), pseudocount=0.1),), dtype="float64",
+              progress=False)
+    learn = top_parameter_groups(f.graph)
+    whole = fit_distilled(f.graph, f.params, images, images[:6], fit, learn)
+    evidence, start = soft.evidence_circuit(f.top, f.top_params, K)
+    assert set(start.weights) == learn
+    cut = f.images.reshape(-1, M, D)
+    trained = soft.fit_top(evidence, start, family, f.patches, cut, cut[:6], fit)
+    combined = soft.with_top(f.params, trained)
+    for group, w in whole.weights.items():
+        np.testing.assert_allclose(combined.weights[group], w, atol=1e-9, err_msg=group)
+    # the values the evidence circuit reads are the patch circuits' heads, position by position
+    values = soft.position_values(family, f.patches, cut, "float64")
+    train = training_circuit(family)
+    for i in range(M):
+        rows = np.array([[*cut[0, i], k] for k in range(K)], dtype=np.float64)
+        prior = rows.copy()
+        prior[:, :-1] = -1
+        part = f.patches[i if not shared else 0]
+        expected = reference.log_prob(train, part, rows) - reference.log_prob(train, part, prior)
+        np.testing.assert_allclose(values[0, i], expected, atol=1e-6)

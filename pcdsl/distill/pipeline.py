@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from pcdsl.distill import lvd
+from pcdsl.distill import lvd, soft
 from pcdsl.distill.compose import (
     PatchFamily,
     PatchShape,
@@ -47,7 +47,6 @@ from pcdsl.distill.compose import (
     compose,
     decompose,
     family_of_training,
-    top_parameter_groups,
     training_circuit,
 )
 from pcdsl.distill.recipe import Distillation, cropped
@@ -413,7 +412,7 @@ def image_variables(shape: tuple[int, int, int], levels: tuple[int, ...]) -> tup
 def _distilled(run: RunDir, recipe: Distillation, data: Data, grid: Any, family: PatchFamily,
                patch_params: list[Parameters], top: CircuitGraph, top_params: Parameters, key: str,
                fit: lvd.Fit) -> tuple[CircuitGraph, Parameters]:
-    key = _key(key, recipe.top_em, recipe.em)
+    key = _key(key, recipe.top_em, recipe.em, "soft evidence computed once")
     positions = [grid.pixel_columns(i) for i in range(grid.count)]
     graph, params = compose(top, top_params, family, patch_params,
                             image_variables(data.shape, data.levels), positions, recipe.patch_pc["shared"], recipe.name)
@@ -425,12 +424,17 @@ def _distilled(run: RunDir, recipe: Distillation, data: Data, grid: Any, family:
     out: dict[str, Parameters] = {"params": params}
 
     def work() -> None:
-        for stage, stages, learn in (("top_em", recipe.top_em, top_parameter_groups(graph)), ("em", recipe.em, None)):
-            if not stages:
-                continue
-            stage_fit = lvd.Fit(stages, fit.backend, fit.dtype, fit.device, fit.seed, fit.progress)
-            out["params"] = run.fit(stage, _key(key, stage), graph, functools.partial(
-                lvd.fit_distilled, graph, out["params"], train, valid, stage_fit, learn))
+        if recipe.top_em:  # EM of the top level on soft evidence: the patch circuits' head values, computed once
+            stage_fit = lvd.Fit(recipe.top_em, fit.backend, fit.dtype, fit.device, fit.seed, fit.progress)
+            evidence, start = soft.evidence_circuit(top, top_params, family.clusters)
+            cut = None if data.valid is None else grid.to_patches(data.valid)
+            trained = run.fit("top_em", _key(key, "top_em"), evidence, functools.partial(
+                soft.fit_top, evidence, start, family, patch_params, grid.to_patches(data.train), cut, stage_fit))
+            out["params"] = soft.with_top(out["params"], trained)
+        if recipe.em:  # then every parameter, on log p(x)
+            stage_fit = lvd.Fit(recipe.em, fit.backend, fit.dtype, fit.device, fit.seed, fit.progress)
+            out["params"] = run.fit("em", _key(key, "em"), graph, functools.partial(
+                lvd.fit_distilled, graph, out["params"], train, valid, stage_fit, None))
         save_model(run.path / "model.safetensors", graph, out["params"])
 
     timed(run, "distilled", key, work, "model.safetensors", everyone=True)

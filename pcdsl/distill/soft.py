@@ -42,11 +42,11 @@ def head_values(family: PatchFamily, params: Parameters, patches: np.ndarray, dt
     graph = training_circuit(family)
     model = pcdsl.compile(graph, "torch", params=params, dtype=dtype)
     slots = np.concatenate([model.plan.slot_of[h] + np.arange(family.graph.node(h).num_units) for h in family.heads])
-    out = np.empty((len(patches), len(slots)), dtype=np.float32)
+    out = np.empty((len(patches), len(slots)), dtype=np.float64 if dtype == "float64" else np.float32)
     rows = np.concatenate([patches, np.full((len(patches), 1), -1)], axis=1).astype(np.float64)  # Z missing
     for lo in range(0, len(rows), batch):
         buf = model._forward(model._batch(rows[lo:lo + batch])[0])
-        out[lo:lo + batch] = buf[slots].T.float().cpu().numpy()
+        out[lo:lo + batch] = buf[slots].T.cpu().numpy()
     return out
 
 
@@ -112,9 +112,9 @@ def fit_top(graph: CircuitGraph, start: Parameters, family: PatchFamily, parts: 
     the distilled circuit. Resumable like :func:`pcdsl.distill.lvd.train`."""
     from pcdsl.distill import lvd
 
-    values = [position_values(family, parts, patches)]
+    values = [position_values(family, parts, patches, fit.dtype)]
     if valid is not None:
-        values.append(position_values(family, parts, valid))
+        values.append(position_values(family, parts, valid, fit.dtype))
     model = EvidenceModel(graph, start, np.concatenate(values), fit.dtype)
     rows = np.arange(len(patches), dtype=np.float64)[:, None]
     valid_rows = None if valid is None else len(patches) + np.arange(len(valid), dtype=np.float64)[:, None]
