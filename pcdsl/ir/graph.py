@@ -181,6 +181,8 @@ class CircuitGraph:
         return node
 
     def _union(self, children: tuple[str, ...]) -> int:
+        if len(children) == 1:  # share the child's int: a large scope costs its highest variable's bits
+            return self.node(children[0]).scope
         scope = 0
         for c in children:
             scope |= self.node(c).scope
