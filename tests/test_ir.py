@@ -155,3 +155,37 @@ def test_an_overlap_below_a_common_superset_is_not_laminar() -> None:
 
     sets = [[0, 1, 2, 3], [1, 2], [0, 1]]  # {1, 2} and {0, 1} overlap inside {0, 1, 2, 3}
     assert _inclusion_tree([np.array(s) for s in sets], 4) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.frozensets(st.integers(0, 9), min_size=1), max_size=8))
+def test_laminar_adds_every_singleton_under_its_smallest_set(extra: list[frozenset[int]]) -> None:
+    from pcdsl.ir.vtree import laminar
+
+    def mask(s: frozenset[int]) -> int:
+        return sum(1 << v for v in s)
+
+    whole = frozenset(range(10))
+    sets = {whole, *extra} | {frozenset([v]) for v in whole}
+    expected = _laminar_by_pairs(sorted(sets, key=lambda s: (-len(s), sorted(s))))
+    tree = laminar({mask(s) for s in extra}, mask(whole))
+    assert (tree is None) == (expected is None)
+    if tree is not None and expected is not None:
+        found = {frozenset(tree.members[i].tolist()) for i in range(len(tree.members))}
+        assert found == sets
+        below = {frozenset(tree.members[k].tolist()): frozenset(tree.members[p].tolist())
+                 for p, kids in tree.children.items() for k in kids}
+        assert below == expected
+
+
+def test_roots_follow_changes_to_the_graph() -> None:
+    from pcdsl.ir.graph import BOOL, CircuitGraph, Variable
+
+    graph = CircuitGraph("g", (Variable("a", 0, BOOL), Variable("b", 1, BOOL)))
+    graph.add_input("la", 0, "bernoulli", 1)
+    graph.add_input("lb", 1, "bernoulli", 1)
+    assert [n.name for n in graph.roots()] == ["la", "lb"]
+    graph.add_product("p", ("la", "lb"))
+    assert [n.name for n in graph.roots()] == ["p"]
+    graph.fix("p")
+    assert graph.root.fixed and graph.roots()[0] is graph.node("p")

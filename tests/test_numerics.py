@@ -255,3 +255,35 @@ def test_a_hundred_thousand_variables() -> None:
             learned = em_update(params, flows, step=1.0, pseudocount=0.1)
             assert all(np.isfinite(w).all() for w in learned.weights.values())
             assert all(np.isfinite(v).all() for p in learned.inputs.values() for v in p.values())
+
+
+# ---- the GPU's sync-free sum rules, run on the CPU --------------------------------------------
+
+def _same_answers(graph: CircuitGraph, params: Parameters, x: np.ndarray, dtype: str) -> None:
+    """The sync-free torch rules (a GPU's default) give bit for bit what the syncing rules give."""
+    syncing, free = _model(graph, params, "torch", dtype), _model(graph, params, "torch", dtype)
+    free.sync_free = True
+    assert free.sync_free and not syncing.sync_free
+    np.testing.assert_array_equal(_np(free.log_prob(x)), _np(syncing.log_prob(x)))
+    ours, theirs = free.flows(x), syncing.flows(x)
+    assert ours.log_likelihood == theirs.log_likelihood
+    for group, value in theirs.weights.items():
+        np.testing.assert_array_equal(_np(ours.weights[group]), _np(value))
+    for node, stats in theirs.inputs.items():
+        for key, value in stats.items():
+            np.testing.assert_array_equal(_np(ours.inputs[node][key]), _np(value))
+
+
+@pytest.mark.parametrize("capacity", [1024, 1])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sync_free_sums_repair_underflow_exactly_as_the_syncing_ones(dtype: str, capacity: int,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Capacity 1: more lost units than repaired, so the pass reruns with the syncing rules."""
+    import pcdsl.backends.torch.layers as layers
+
+    monkeypatch.setattr(layers, "REPAIR_CAPACITY", capacity)
+    graph, params = _imbalanced()
+    x = np.array([[20.0, 0.0], [0.0, 0.0], [20.0, 300.0], [20.0, 0.0]])
+    _same_answers(graph, params, x, dtype)
+    for seed in (3, 11):
+        _same_answers(*_extreme(seed), "float32")

@@ -143,9 +143,40 @@ class TorchModel(PlanModel):
         """How many rules are input layers: they come first (the plan layers by height)."""
         return sum(isinstance(rule, InputRule) for rule in self.rules)
 
-    @torch.no_grad()
+    @property
+    def sync_free(self) -> bool:
+        """Whether the sum rules run a pass without reading anything back to the host (on a GPU by
+        default); the model then reads one flag after the pass (see :meth:`_checked`)."""
+        return any(getattr(rule, "sync_free", False) for rule in self.rules)
+
+    @sync_free.setter
+    def sync_free(self, value: bool) -> None:
+        for rule in self.rules:
+            if isinstance(rule, SumRule):
+                rule.sync_free = value
+
+    def _checked(self, run: Any) -> Any:
+        """`run()`, a pass; if a sync-free rule met more underflowed units than it repairs, the
+        pass again with the syncing rules (rare: the answer is the same either way)."""
+        if not self.sync_free:
+            return run()
+        flag = self.scratch.overflow(self.device)
+        flag.zero_()
+        result = run()
+        if not bool(flag):
+            return result
+        self.sync_free = False
+        try:
+            return run()
+        finally:
+            self.sync_free = True
+
     def _forward(self, batch: Batch, mode: str = "sum", leaves: Leaves | None = None) -> torch.Tensor:
         """The value buffer (slots, batch); `leaves` overwrite their input units' values."""
+        return self._checked(lambda: self._forward_once(batch, mode, leaves))  # type: ignore[no-any-return]
+
+    @torch.no_grad()
+    def _forward_once(self, batch: Batch, mode: str, leaves: Leaves | None) -> torch.Tensor:
         buf = self._scratch("values", batch.index.shape[1])
         buf[ONE], buf[ZERO] = 0.0, -torch.inf
         for i, rule in enumerate(self.rules):
@@ -156,13 +187,18 @@ class TorchModel(PlanModel):
             buf[leaves.slots] = leaves.values.to(buf.dtype)
         return buf
 
-    @torch.no_grad()
     def _flow_pass(self, buf: torch.Tensor, batch: Batch, root_flow: float | torch.Tensor,
                    leaves: Leaves | None = None, expected_missing: bool = True) -> list[dict[str, torch.Tensor]]:
         """Top-down flows from `root_flow` (per sample) at the root over a buffer `_forward` filled:
         each rule's statistics, summed over the batch. The flows reaching `leaves` are kept in
         ``leaves.flows`` (U, B) and go no further. `expected_missing`: a missing value adds its
         flow to every category in expectation (EM); False: to none (the gradient)."""
+        return self._checked(  # type: ignore[no-any-return]
+            lambda: self._flow_pass_once(buf, batch, root_flow, leaves, expected_missing))
+
+    @torch.no_grad()
+    def _flow_pass_once(self, buf: torch.Tensor, batch: Batch, root_flow: float | torch.Tensor,
+                        leaves: Leaves | None, expected_missing: bool) -> list[dict[str, torch.Tensor]]:
         flow = self._scratch("flows", buf.shape[1]).zero_()
         flow[self.plan.root] = root_flow
         stats: list[dict[str, torch.Tensor]] = [{} for _ in self.rules]

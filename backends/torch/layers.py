@@ -19,6 +19,9 @@ from .sparse import SparseEdges, runs_sparse
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 MAX_CHUNK_ELEMENTS = 1 << 24  # bounds (F, M, C, batch) temporaries of max-product sums
+# units per sum layer and pass that a sync-free rule recomputes exactly after underflow (each costs
+# one logsumexp over the layer's inputs); a pass with more is run again with the exact, syncing rules
+REPAIR_CAPACITY = 1024
 
 
 @dataclass
@@ -41,6 +44,15 @@ class Scratch:
 
     def __init__(self) -> None:
         self._flat: dict[str, torch.Tensor] = {}
+        self._flags: dict[torch.device, torch.Tensor] = {}
+
+    def overflow(self, device: torch.device) -> torch.Tensor:
+        """A bool on `device` that sync-free rules set when a pass held more underflowed units than
+        they repair (:data:`REPAIR_CAPACITY`); the model reads it once after the pass."""
+        flag = self._flags.get(device)
+        if flag is None:
+            flag = self._flags[device] = torch.zeros((), dtype=torch.bool, device=device)
+        return flag
 
     def get(self, name: str, shape: tuple[int, ...], like: torch.Tensor,
             dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -295,6 +307,9 @@ class SumRule:
         self.fold, self.units, self.inputs = layer.shape
         self.guard = underflow_guard(dtype)
         self.log_guard = math.log(self.guard)
+        # on a GPU, reading "did any unit underflow?" back to the host stalls the pass at every
+        # layer: there the repair runs on a fixed number of units, chosen on the device
+        self.sync_free = device.type != "cpu"
         self.edges = SparseEdges(layer, device) if runs_sparse(layer, device) else None
         self.refresh()
 
@@ -351,10 +366,35 @@ class SumRule:
             self.edges.mm(e.view(self.fold * self.inputs, -1), out.view(self.fold * self.units, -1))
         else:
             torch.bmm(self.weights, e, out=out)  # log(W @ exp(x - m)) + m
+        if self.sync_free:
+            lost_mask = torch.lt(out, self.guard, out=self.scratch.get("lost", tuple(out.shape), out, torch.bool))
+            out.log_().add_(m)
+            self._repair(out, x, lost_mask)
+            return
         lost = (out < self.guard).nonzero(as_tuple=True) if bool(out.amin() < self.guard) else None
         out.log_().add_(m)
         if lost is not None:  # underflow may have taken these sums' digits
             out[lost] = self._exact(x, *lost)
+
+    def _lost_units(self, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Without a host sync: flat positions of up to REPAIR_CAPACITY set entries of `mask`
+        (F, M, B), padded with the first of them (position 0 when none), which of them are found
+        rather than padding, and (fold, unit, column) of each. More set entries than that raise
+        the scratch's overflow flag."""
+        flat = mask.view(-1)
+        found = torch.nonzero_static(flat, size=REPAIR_CAPACITY, fill_value=-1).view(-1)
+        at = torch.where(found >= 0, found, found[0].clamp_min(0))
+        self.scratch.overflow(mask.device).logical_or_(flat.sum() > REPAIR_CAPACITY)
+        b = mask.shape[2]
+        return at, found >= 0, (at // (self.units * b), at // b % self.units, at % b)
+
+    def _repair(self, out: torch.Tensor, x: torch.Tensor, lost_mask: torch.Tensor) -> None:
+        """The sync-free form of forward's repair: every underflowed unit (up to the capacity)
+        recomputed exactly. Padding repeats the first lost unit (writing its same exact value) or,
+        when none is lost, position 0 (writing back the value it holds)."""
+        at, _, where = self._lost_units(lost_mask)
+        flat = out.view(-1)
+        flat[at] = torch.where(lost_mask.view(-1)[at], self._exact(x, *where), flat[at])
 
     def _exact(self, x: torch.Tensor, f: torch.Tensor, unit: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
         """log sum_c w_c exp(x_c) of the units (f, unit) at batch columns col, each shifted by its
@@ -376,7 +416,7 @@ class SumRule:
         # units far below their column's shift (the ones forward recomputed) go edge by edge
         gap = torch.sub(m, value, out=self.scratch.get("ratio", tuple(value.shape), value))
         far = torch.gt(gap, -self.log_guard, out=self.scratch.get("far", tuple(value.shape), value, torch.bool))
-        any_far = bool(far.any())  # also every unit of value -inf
+        any_far = True if self.sync_free else bool(far.any())  # also every unit of value -inf
         # r: the parent's flow per unit of its value, scaled by exp(m); 0 for the far units
         r = gap.exp_().mul_(f)  # (F, M, B)
         if any_far:
@@ -389,7 +429,10 @@ class SumRule:
         else:
             child = torch.bmm(self.weights.transpose(1, 2), r, out=self.scratch.get("child", tuple(e.shape), e)).mul_(e)
             weights = self.weights * torch.bmm(r, e.transpose(1, 2))  # (F, M, C)
-        if any_far:  # units far below their column's shift (the ones forward recomputed) go edge by edge
+        if self.sync_free:  # the same, on a fixed number of units (padding adds flows of 0)
+            _, hit, at = self._lost_units(far & torch.isfinite(value) & (f != 0))
+            self._exact_flows(x, value, f, at, child, weights, hit)
+        elif any_far:  # units far below their column's shift (the ones forward recomputed) go edge by edge
             at = (far & torch.isfinite(value) & (f != 0)).nonzero(as_tuple=True)
             if at[0].numel():
                 self._exact_flows(x, value, f, at, child, weights)
@@ -397,15 +440,19 @@ class SumRule:
         return {"weights": weights}
 
     def _exact_flows(self, x: torch.Tensor, value: torch.Tensor, f: torch.Tensor,
-                     at: tuple[torch.Tensor, ...], child: torch.Tensor, weights: torch.Tensor) -> None:
+                     at: tuple[torch.Tensor, ...], child: torch.Tensor, weights: torch.Tensor,
+                     keep: torch.Tensor | None = None) -> None:
         """Edge flows f_m w_mc exp(x_c - value_m) of the units `at` (fold, unit, column), each at
-        most f_m: added to the child flows (F, C, B) and the weight flows (F, M, C)."""
+        most f_m: added to the child flows (F, C, B) and the weight flows (F, M, C); where `keep`
+        (P,) is given, the units it marks False add nothing."""
         fold, unit, col = at
         step = max(1, MAX_CHUNK_ELEMENTS // self.inputs)
         for i in range(0, fold.numel(), step):
             fi, ui, ci = fold[i:i + step], unit[i:i + step], col[i:i + step]
             edge = f[fi, ui, ci, None] * torch.exp(self.log_weights[fi, ui] + x[fi, :, ci]
                                                    - value[fi, ui, ci, None])  # (P, C)
+            if keep is not None:
+                edge = torch.where(keep[i:i + step, None], edge, 0.0)
             inputs = torch.arange(self.inputs, device=edge.device).expand_as(edge)
             child.index_put_((fi[:, None].expand_as(edge), inputs, ci[:, None].expand_as(edge)), edge,
                              accumulate=True)

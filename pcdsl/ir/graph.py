@@ -103,6 +103,10 @@ class CircuitGraph:
         self.span = span
         self.colour = "identity"  # an image model's colour space (pcdsl.distill.colour), for its pictures
         self._g = nx.DiGraph()
+        # the nodes by name, in insertion order: networkx's views cost microseconds per lookup,
+        # which passes over 10^5-10^6 node groups feel (the graph keeps the edges)
+        self._nodes: dict[str, Node] = {}
+        self._roots: list[Node] | None = None  # cached; any change to the graph drops it
 
     def __repr__(self) -> str:
         """One line: sizes and structural properties (checked afresh: the graph may have changed)."""
@@ -165,55 +169,64 @@ class CircuitGraph:
             names.add(node.name)
         self._g.add_nodes_from((n.name, {"node": n}) for n in nodes)
         self._g.add_edges_from(_edges(nodes))
+        self._nodes.update((n.name, n) for n in nodes)
+        self._roots = None
 
     def fix(self, name: str) -> Node:
         """Mark a node's parameters fixed: EM and SGD keep them (a tied sum: its whole group)."""
         node = replace(self.node(name), fixed=True)
         self._g.nodes[name]["node"] = node
+        self._nodes[name] = node
+        self._roots = None
         return node
 
     def _union(self, children: tuple[str, ...]) -> int:
+        if len(children) == 1:  # share the child's int: a large scope costs its highest variable's bits
+            return self.node(children[0]).scope
         scope = 0
         for c in children:
             scope |= self.node(c).scope
         return scope
 
     def _add(self, node: Node) -> Node:
-        if node.name in self._g:
+        if node.name in self._nodes:
             raise InternalError(f"node '{node.name}' added twice")
         for c in node.children:
-            if c not in self._g:
+            if c not in self._nodes:
                 raise InternalError(f"node '{node.name}': child '{c}' must be added first")
         self._g.add_node(node.name, node=node)
-        for position, c in enumerate(node.children):
-            # a child may appear twice (x * x is caught by validation, not here)
-            if not self._g.has_edge(node.name, c):
-                self._g.add_edge(node.name, c, position=position)
+        # a child may appear twice (x * x is caught by validation, not here): one edge, first position
+        self._g.add_edges_from(_edges([node]))
+        self._nodes[node.name] = node
+        self._roots = None
         return node
 
     # ---- queries ----------------------------------------------------------------------
     def node(self, name: str) -> Node:
         try:
-            return self._g.nodes[name]["node"]  # type: ignore[no-any-return]
+            return self._nodes[name]
         except KeyError:
             raise InternalError(f"no node '{name}' in circuit '{self.name}'") from None
 
     def __contains__(self, name: str) -> bool:
-        return name in self._g
+        return name in self._nodes
 
     def __len__(self) -> int:
-        return self._g.number_of_nodes()
+        return len(self._nodes)
 
     def nodes(self) -> Iterator[Node]:
         """Nodes in insertion order (children before parents)."""
-        for name in self._g.nodes:
-            yield self._g.nodes[name]["node"]
+        return iter(self._nodes.values())
 
     def parents(self, name: str) -> list[str]:
         return list(self._g.predecessors(name))
 
     def roots(self) -> list[Node]:
-        return [n for n in self.nodes() if self._g.in_degree(n.name) == 0]
+        """The nodes no other node uses, in insertion order (computed once per version of the graph)."""
+        if self._roots is None:
+            used = {c for n in self._nodes.values() for c in n.children}
+            self._roots = [n for n in self._nodes.values() if n.name not in used]
+        return list(self._roots)
 
     @property
     def root(self) -> Node:

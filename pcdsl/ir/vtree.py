@@ -19,13 +19,15 @@ from pcdsl.ir.graph import CircuitGraph, NodeKind
 MAX_TEXT = 240
 
 
-def _variables(mask: int, nbytes: int) -> np.ndarray:
-    """The set bits of a scope mask, ascending: one pass in C over the mask's bytes (a scope of
-    65,536 variables takes microseconds, not a Python loop per bit)."""
+def _variables(mask: int) -> np.ndarray:
+    """The set bits of a scope mask, ascending: one pass in C over the bytes from the mask's lowest
+    to its highest set bit (a scope's cost follows its own span, not the number of variables)."""
     if mask & (mask - 1) == 0:
         return np.array([mask.bit_length() - 1])
-    bits = np.unpackbits(np.frombuffer(mask.to_bytes(nbytes, "little"), dtype=np.uint8), bitorder="little")
-    return np.flatnonzero(bits)
+    low = (mask & -mask).bit_length() - 1
+    mask >>= low
+    raw = np.frombuffer(mask.to_bytes((mask.bit_length() + 7) // 8, "little"), dtype=np.uint8)
+    return np.flatnonzero(np.unpackbits(raw, bitorder="little")) + low
 
 
 @dataclass(frozen=True)
@@ -40,13 +42,18 @@ class Laminar:
 def laminar(family: set[int], root: int) -> Laminar | None:
     """The inclusion tree of the scope masks `family` with `root` and every singleton of it
     added, or None when the family is not laminar."""
-    nbytes = (root.bit_length() + 7) // 8
-    family = set(family) | {root} | {1 << int(v) for v in _variables(root, nbytes)}
-    ordered = sorted(family, key=lambda m: (-m.bit_count(), m))
-    members = [_variables(m, nbytes) for m in ordered]
-    parent = _inclusion_tree(members, root.bit_length())
+    # singletons are laminar with everything: they join at the end as variables, never as masks
+    # (a mask 1 << v costs v bits, so n of them would cost n^2)
+    ordered = sorted({m for m in family if m & (m - 1)} | {root}, key=lambda m: (-m.bit_count(), m))
+    members = [_variables(m) for m in ordered]
+    owner = np.zeros(root.bit_length(), dtype=np.int64)
+    parent = _inclusion_tree(members, root.bit_length(), owner)
     if parent is None:
         return None
+    if len(members[0]) > 1:  # a one-variable root is its own (only) leaf
+        singles = members[0]
+        parent += owner[singles].tolist()
+        members += list(singles[:, None])
     children: dict[int, list[int]] = {}
     for i, p in enumerate(parent[1:], start=1):
         children.setdefault(p, []).append(i)
@@ -61,7 +68,9 @@ def implied_vtree(graph: CircuitGraph) -> str | None:
     for node in graph.nodes():
         if node.kind is NodeKind.PRODUCT:
             family.add(node.scope)
-            family.update(graph.node(c).scope for c in node.children)
+            # a leaf's scope is one variable, which laminar() adds anyway (hashing it costs its index)
+            family.update(child.scope for child in map(graph.node, node.children)
+                          if child.kind is not NodeKind.INPUT)
     tree = laminar(family, graph.root.scope)
     if tree is None:
         return None
@@ -69,12 +78,13 @@ def implied_vtree(graph: CircuitGraph) -> str | None:
     return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 3] + "..."
 
 
-def _inclusion_tree(members: list[np.ndarray], n: int) -> list[int] | None:
+def _inclusion_tree(members: list[np.ndarray], n: int, owner: np.ndarray | None = None) -> list[int] | None:
     """Parent of each set (`members`, distinct, largest first, the first holding every other) in
     a laminar family, or None if the family is not laminar. Each set's variables must all have
     the same smallest earlier set around them, which then is its parent: work in the sum of the
-    sets' sizes (variables times depth for a laminar family)."""
-    owner = np.zeros(n, dtype=np.int64)  # variable -> smallest set seen so far that holds it
+    sets' sizes (variables times depth for a laminar family). `owner`, when given (n zeros), ends
+    holding each variable's smallest set."""
+    owner = np.zeros(n, dtype=np.int64) if owner is None else owner  # variable -> smallest set so far
     parent = [0]
     for i, s in enumerate(members[1:], start=1):
         around = owner[s]
