@@ -1,0 +1,139 @@
+"""`pcdsl train` (EM on a data file) and `pcdsl run` (a recipe in a run directory)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pcdsl.diagnostics import PcdslError, render_all
+from pcdsl.ir.graph import CircuitGraph
+
+from .common import (EXIT_DIAGNOSTICS, EXIT_OK, EXIT_USAGE, Exit, add_runnable, bounded, data, load_circuit,
+                     positive, read_model)
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    train = sub.add_parser("train", help="fit the circuit's parameters with EM",
+                           description="Mini-batch EM (step size annealed from --step to --final-step), then "
+                           "full-batch EM; the parameters with the best validation score are kept.")
+    add_runnable(train)
+    train.add_argument("--data", required=True, metavar="PATH", help="training data")
+    train.add_argument("--valid", metavar="PATH", help="validation data, for early stopping and model selection")
+    train.add_argument("--test", metavar="PATH", help="test data, scored once at the end")
+    train.add_argument("--epochs", type=int, default=10, help="mini-batch EM epochs (default: 10)")
+    train.add_argument("--full-epochs", type=int, default=10, help="full-batch EM epochs (default: 10)")
+    train.add_argument("--batch", type=int, default=512, help="mini-batch size (default: 512)")
+    train.add_argument("--step", type=float, default=0.1, help="first step size (default: 0.1)")
+    train.add_argument("--final-step", type=float, default=0.01, help="last step size (default: 0.01)")
+    train.add_argument("--pseudocount", type=float, default=0.1, help="(default: 0.1)")
+    train.add_argument("--patience", type=int, default=3, help="epochs without progress before stopping")
+    train.add_argument("--soften", type=bounded(0.0, 0.5), default=0.0,
+                       help="data softening: an observed value keeps 1 - SOFTEN (0 to 0.5; default: 0)")
+    train.add_argument("--entropy", type=bounded(0.0, None), default=0.0,
+                       help="entropy regularisation weight tau (>= 0; default: 0)")
+    train.add_argument("--min-std", type=positive, default=None, metavar="STD",
+                       help="floor of every Gaussian leaf's std (default: 1e-3 x its variable's std in the "
+                            "training data)")
+    train.add_argument("--gaussian-pseudocount", type=bounded(0.0, None), default=0.0, metavar="K",
+                       help="Gaussian prior: K pseudo-observations per unit at the variable's data mean and "
+                            "spread (default: 0)")
+    train.add_argument("-o", "--output", metavar="MODEL", help="write the trained model (.safetensors)")
+    train.add_argument("--init", metavar="MODEL", help="start from a model file's parameters (same structure)")
+    train.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    train.set_defaults(handler=run_train)
+
+    run = sub.add_parser("run", help="run a recipe (data, model, training, report) in a run directory",
+                         description="Run a recipe; a restarted run resumes from its last checkpoint.")
+    run.add_argument("file", metavar="RECIPE")
+    run.add_argument("--recipe", metavar="NAME", help="which recipe (default: the file's first)")
+    run.add_argument("--out", metavar="DIR", help="run directory (default: runs/NAME)")
+    run.add_argument("--backend", choices=("torch", "numba"), default=None,
+                     help="default: numba for distillation recipes on the CPU (faster there), else torch")
+    for flag, default in (("--device", "cpu"), ("--dtype", "float32")):
+        run.add_argument(flag, default=default, help=f"default: {default}")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    run.set_defaults(handler=run_recipe_command)
+
+
+def initial(args: argparse.Namespace, path: str, graph: CircuitGraph):  # type: ignore[no-untyped-def]
+    """Parameters from a model file whose structure is the circuit's own."""
+    def shape(g: CircuitGraph) -> list[tuple[object, ...]]:
+        return [(n.name, n.kind, n.num_units, n.children, n.family, n.var, n.pattern, n.tie) for n in g.nodes()]
+
+    saved, params = read_model(args, path)
+    if shape(saved) != shape(graph) or len(saved.variables) != len(graph.variables):
+        print(f"pcdsl train: '{path}' holds a different circuit structure than '{graph.name}'", file=sys.stderr)
+        raise Exit(EXIT_DIAGNOSTICS)
+    return params
+
+
+def run_train(args: argparse.Namespace) -> int:
+    import pcdsl
+    from pcdsl.learn.gaussian import from_data
+    from pcdsl.learn.train import Stage, Trainer, mean_ll
+    from pcdsl.params import initialise
+
+    graph = load_circuit(args)
+    first = initial(args, args.init, graph) if args.init is not None else None  # a wrong model file: say so first
+    splits = {k: data(args, p, graph) if p else None for k, p in (("train", args.data), ("valid", args.valid),
+                                                                 ("test", args.test))}
+    train_data = splits["train"]
+    assert train_data is not None  # --data is required
+    # Gaussian leaves the file leaves out start from the data
+    params = first if first is not None else from_data(graph, initialise(graph, args.seed), train_data, args.seed)
+    compiled = pcdsl.compile(graph, args.backend, params=params, device=args.device, dtype=args.dtype)
+    regularise = {"soften": args.soften, "entropy": args.entropy, "min_std": args.min_std,
+                  "gaussian_pseudocount": args.gaussian_pseudocount}
+    stages = [Stage("em", args.epochs, args.batch, (args.step, args.final_step), args.pseudocount, args.patience,
+                    **regularise),
+              Stage("full_em", args.full_epochs, args.batch, (1.0,), args.pseudocount, args.patience, **regularise)]
+
+    def report(epoch, _params):  # type: ignore[no-untyped-def]
+        valid = f", valid {epoch.valid_ll:.4f}" if epoch.valid_ll is not None else ""
+        kind = stages[epoch.stage].kind
+        print(f"{kind} epoch {epoch.epoch + 1}: train {epoch.train_ll:.4f}{valid} ({epoch.seconds:.1f}s)")
+
+    trainer = Trainer(compiled, params, train_data, splits["valid"], args.seed, not args.quiet, report)
+    try:
+        best = trainer.run(stages)
+    except ValueError as exc:
+        print(f"pcdsl train: {exc}", file=sys.stderr)
+        return EXIT_DIAGNOSTICS
+    if splits["test"] is not None:
+        print(f"test log-likelihood: {mean_ll(compiled, splits['test']):.4f} nats per sample")
+    if args.output:
+        from pcdsl.io.model import save_model
+
+        print(f"wrote {save_model(args.output, graph, best)}")
+    return EXIT_OK
+
+
+def run_recipe_command(args: argparse.Namespace) -> int:
+    from pcdsl.frontend import check_file
+    from pcdsl.run import RunError, run_recipe
+
+    try:
+        checked = check_file(args.file)
+    except PcdslError as exc:
+        print(render_all(exc.diagnostics), file=sys.stderr)
+        return EXIT_DIAGNOSTICS
+    names = list(checked.recipes)
+    name = args.recipe or (names[0] if names else None)
+    if name not in checked.recipes:
+        print(f"pcdsl run: no recipe '{name}' in {args.file} (recipes: {', '.join(names) or 'none'})", file=sys.stderr)
+        return EXIT_USAGE
+    out = Path(args.out or Path("runs") / name)
+    try:
+        report = run_recipe(checked, name, out, backend=args.backend, device=args.device, dtype=args.dtype,
+                            seed=args.seed, progress=not args.quiet)
+    except RunError as exc:
+        print(f"pcdsl run: {exc}", file=sys.stderr)
+        return EXIT_DIAGNOSTICS
+    for key in sorted(k for k in report if k.endswith(("_loglik", "_bpd"))):
+        print(f"{name}: {key.replace('_', ' ')} = {report[key]:.4f}")
+    made = [f for f in ("model.safetensors", "metrics.jsonl", "report.json", "samples.png", "inpaint.png")
+            if (out / f).exists()]
+    print(f"run directory: {out} ({', '.join(made)})")
+    return EXIT_OK
