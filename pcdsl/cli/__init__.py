@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from pcdsl import __version__
 
 from . import check, compile, draw, queries, train
-from .common import EXIT_DIAGNOSTICS, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, Exit
 from .check import summary
+from .common import EXIT_DIAGNOSTICS, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, Exit
 
 __all__ = ["EXIT_DIAGNOSTICS", "EXIT_INTERNAL", "EXIT_OK", "EXIT_USAGE", "main", "summary"]
 

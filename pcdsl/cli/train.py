@@ -9,8 +9,18 @@ from pathlib import Path
 from pcdsl.diagnostics import PcdslError, render_all
 from pcdsl.ir.graph import CircuitGraph
 
-from .common import (EXIT_DIAGNOSTICS, EXIT_OK, EXIT_USAGE, Exit, add_runnable, bounded, data, load_circuit,
-                     positive, read_model)
+from .common import (
+    EXIT_DIAGNOSTICS,
+    EXIT_OK,
+    EXIT_USAGE,
+    Exit,
+    add_runnable,
+    bounded,
+    data,
+    load_circuit,
+    positive,
+    read_model,
+)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
