@@ -1,8 +1,8 @@
 """The catalogue of diagnostic codes: `pcdsl explain CODE` prints an entry.
 
 E00xx files and syntax, E01xx names and imports, E02xx circuit structure,
-E03xx values and parameters, E04xx calls, E05xx data, E06xx recipes;
-W-codes are warnings.
+E03xx values and parameters, E04xx calls, E05xx data, E06xx recipes,
+E07xx arguments of the Python API and the command line; W-codes are warnings.
 """
 
 CODES: dict[str, str] = {
@@ -13,6 +13,7 @@ CODES: dict[str, str] = {
     "E0005": "the file is not valid UTF-8",
     "E0006": "the file is too large to be a .pc file",
     "E0007": "an expression is nested too deeply",
+    "E0008": "a model file that cannot be read, or is not a pcdsl model",
     "E0101": "a name that is not defined",
     "E0102": "a name defined twice",
     "E0103": "a definition that depends on itself",
@@ -56,6 +57,15 @@ CODES: dict[str, str] = {
     "E0603": "a required recipe entry that is missing",
     "E0604": "a recipe entry written in the wrong form",
     "E0605": "a distillation recipe that cannot run on its data (patch grid, clusters, splits)",
+    "E0701": "an argument of the wrong type (a number, an array, a path or a name was expected)",
+    "E0702": "a number outside its allowed range (counts, batch sizes, step sizes, seeds, indices)",
+    "E0703": "a value that is not a whole number, given for a discrete variable",
+    "E0704": "a value outside its variable's domain",
+    "E0705": "evidence, a query or a mask of the wrong shape or length",
+    "E0706": "an unknown name: a variable, a circuit or a backend",
+    "E0707": "a device, dtype or backend that is not available here",
+    "E0708": "a circuit or a query whose buffers would not fit in memory",
+    "E0709": "a file of the wrong kind: a model file where .pc source is expected, or the other way round",
     "W0202": "declared variables that the circuit does not use",
     "W0601": "a distillation recipe whose images cannot be read yet (pcdsl run will need them)",
 }

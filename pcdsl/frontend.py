@@ -29,15 +29,19 @@ class Checked:
     warnings: list[Diagnostic] = field(default_factory=list)
 
     def circuit(self, name: str | None = None) -> CircuitGraph:
-        """The named circuit, or the file's only (or first) circuit."""
+        """The named circuit, or the file's only (or first) circuit; InvalidArgument (a did-you-mean
+        for a near miss) when there is no such circuit."""
+        from pcdsl.arguments import InvalidArgument
+
         if name is None:
             own = self.program.circuit_names_in_main() or list(self.circuits)
             if not own:
-                raise KeyError("the file declares no circuit")
+                raise InvalidArgument("E0706", f"{self.program.main.name} declares no circuit")
             return self.circuits[own[0]]
-        if name not in self.circuits:
-            hint = did_you_mean(name, self.circuits) or f"circuits: {', '.join(self.circuits) or 'none'}"
-            raise KeyError(f"no circuit '{name}' ({hint})")
+        if not isinstance(name, str) or name not in self.circuits:
+            hint = did_you_mean(name, self.circuits) if isinstance(name, str) else None
+            raise InvalidArgument("E0706", f"no circuit {name!r} in {self.program.main.name} (circuits: "
+                                           f"{', '.join(self.circuits) or 'none'})", hint)
         return self.circuits[name]
 
 

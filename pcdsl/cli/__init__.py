@@ -16,10 +16,11 @@ import traceback
 from collections.abc import Sequence
 
 from pcdsl import __version__
+from pcdsl.diagnostics import PcdslError
 
 from . import check, compile, draw, queries, train
 from .check import summary
-from .common import EXIT_DIAGNOSTICS, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, Exit
+from .common import EXIT_DIAGNOSTICS, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, Exit, refused
 
 __all__ = ["EXIT_DIAGNOSTICS", "EXIT_INTERNAL", "EXIT_OK", "EXIT_USAGE", "main", "summary"]
 
@@ -46,6 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args))
     except Exit as stop:
         return stop.status
+    except PcdslError as exc:  # a refused argument or input, raised anywhere in the command
+        return refused(args, exc)
     except KeyboardInterrupt:
         print("pcdsl: interrupted", file=sys.stderr)
         return 130

@@ -15,7 +15,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     check = sub.add_parser("check", help="check .pc files and summarise their circuits",
                            description="Parse, resolve and validate .pc files. Exit 0 when all are valid, "
                            "1 when any has errors.")
-    check.add_argument("files", nargs="+", metavar="FILE")
+    check.add_argument("files", nargs="+", metavar="FILE", help=".pc files or model files (.safetensors)")
     check.add_argument("-q", "--quiet", action="store_true", help="print errors only")
     check.add_argument("--dump-ir", action="store_true", help="print each circuit graph in a stable text form")
     check.set_defaults(handler=run_check)
@@ -27,10 +27,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
 
 def run_check(args: argparse.Namespace) -> int:
     from pcdsl.frontend import check_file
+    from pcdsl.io.files import MODEL, file_kind
     from pcdsl.ir.dump import dump
 
     status = EXIT_OK
     for file in args.files:
+        if file_kind(file) == MODEL:
+            status = max(status, _check_model(args, file))
+            continue
         try:
             checked = check_file(file)
         except PcdslError as exc:
@@ -53,9 +57,32 @@ def run_check(args: argparse.Namespace) -> int:
     return status
 
 
+def _check_model(args: argparse.Namespace, file: str) -> int:
+    """Check a model file: every part of it (pcdsl.io.checks), then the same summary as source."""
+    from pcdsl.io.model import ModelFileError, load_model
+    from pcdsl.ir.dump import dump
+    from pcdsl.ir.validate import analyse
+
+    try:
+        graph, _ = load_model(file)
+    except ModelFileError as exc:
+        print(f"{exc}\n{file}: 1 error", file=sys.stderr)
+        return EXIT_DIAGNOSTICS
+    if not args.quiet:
+        print(f"{file}: model file: {circuit_summary(graph, analyse(graph))}")
+        if args.dump_ir:
+            print(dump(graph), end="")
+    return EXIT_OK
+
+
 def summary(checked, name: str) -> str:  # type: ignore[no-untyped-def]
     """One line: sizes and structural properties of a checked circuit."""
-    g, p = checked.circuits[name], checked.properties[name]
+    return circuit_summary(checked.circuits[name], checked.properties[name])
+
+
+def circuit_summary(g, p) -> str:  # type: ignore[no-untyped-def]
+    """One line: sizes and structural properties (`pcdsl.ir.validate.Properties`) of a valid circuit."""
+    name = g.name
     sizes = (f"{len(g)} nodes ({g.num_units()} units), {g.num_edges()} edges, {g.num_parameters()} parameters, "
              f"{len(g.variables)} variables")
     det = "deterministic" if p.deterministic else f"determinism {p.determinism_note}"

@@ -6,41 +6,39 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import EXIT_OK, EXIT_USAGE, load_circuit
+from .common import EXIT_OK, EXIT_USAGE, load_circuit, seed
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     compile_ = sub.add_parser("compile", help="compile a circuit to a layered plan and emit backend code",
                               description="Fold a circuit into layers; print the plan (--dump-plan) and/or "
                               "write a standalone module for a backend (-o DIR).")
-    compile_.add_argument("file", metavar="FILE")
+    compile_.add_argument("file", metavar="FILE", help="a .pc file or a model file (.safetensors)")
     compile_.add_argument("--circuit", metavar="NAME", help="which circuit (default: the file's first)")
     compile_.add_argument("--backend", default="torch", metavar="NAME",
                           help="torch (a module + .safetensors) or numba (a package needing only numpy and "
                                "numba); default: torch")
     compile_.add_argument("-o", "--output", metavar="DIR", help="write the emitted module and its parameters here")
     compile_.add_argument("--dump-plan", action="store_true", help="print the layered plan in a stable text form")
-    compile_.add_argument("--seed", type=int, default=0, help="seed for parameters the file leaves out (default 0)")
+    compile_.add_argument("--seed", type=seed, default=0, help="seed for parameters the file leaves out (default 0)")
     compile_.set_defaults(handler=run_compile)
 
 
 def run_compile(args: argparse.Namespace) -> int:
     import importlib
 
-    from pcdsl.backends import available
+    from pcdsl.backends import check_backend
     from pcdsl.params import initialise
     from pcdsl.plan import compile_plan, dump_plan
 
     emitters = {"torch": "pcdsl.backends.torch.emit", "numba": "pcdsl.backends.numba.emit"}  # standalone code
-    if args.backend not in available():
-        print(f"pcdsl compile: unknown backend '{args.backend}' (known: {', '.join(available())})", file=sys.stderr)
-        return EXIT_USAGE
+    check_backend(args.backend)
     if args.output is not None and args.backend not in emitters:
         print(f"pcdsl compile: backend '{args.backend}' has no code emission "
               f"(backends that emit code: {', '.join(sorted(emitters))})", file=sys.stderr)
         return EXIT_USAGE
     graph = load_circuit(args)
-    plan = compile_plan(graph, initialise(graph, args.seed))
+    plan = compile_plan(graph, args.trained if args.trained is not None else initialise(graph, args.seed))
     if args.dump_plan:
         print(dump_plan(plan), end="")
     elif args.output is None:

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from pcdsl.arguments import InvalidArgument
 from pcdsl.diagnostics import PcdslError, render_all
 from pcdsl.ir.graph import CircuitGraph
 
@@ -18,8 +19,12 @@ from .common import (
     bounded,
     data,
     load_circuit,
+    model,
     positive,
     read_model,
+    seed,
+    step_size,
+    whole,
 )
 
 
@@ -31,13 +36,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     train.add_argument("--data", required=True, metavar="PATH", help="training data")
     train.add_argument("--valid", metavar="PATH", help="validation data, for early stopping and model selection")
     train.add_argument("--test", metavar="PATH", help="test data, scored once at the end")
-    train.add_argument("--epochs", type=int, default=10, help="mini-batch EM epochs (default: 10)")
-    train.add_argument("--full-epochs", type=int, default=10, help="full-batch EM epochs (default: 10)")
-    train.add_argument("--batch", type=int, default=512, help="mini-batch size (default: 512)")
-    train.add_argument("--step", type=float, default=0.1, help="first step size (default: 0.1)")
-    train.add_argument("--final-step", type=float, default=0.01, help="last step size (default: 0.01)")
-    train.add_argument("--pseudocount", type=float, default=0.1, help="(default: 0.1)")
-    train.add_argument("--patience", type=int, default=3, help="epochs without progress before stopping")
+    train.add_argument("--epochs", type=whole(0), default=10, help="mini-batch EM epochs (default: 10)")
+    train.add_argument("--full-epochs", type=whole(0), default=10, help="full-batch EM epochs (default: 10)")
+    train.add_argument("--batch", type=whole(1), default=512, help="mini-batch size (default: 512)")
+    train.add_argument("--step", type=step_size, default=0.1, help="first step size, in (0, 1] (default: 0.1)")
+    train.add_argument("--final-step", type=step_size, default=0.01,
+                       help="last step size, in (0, 1] (default: 0.01)")
+    train.add_argument("--pseudocount", type=bounded(0.0, None), default=0.1, help=">= 0 (default: 0.1)")
+    train.add_argument("--patience", type=whole(1), default=3,
+                       help="epochs without progress before stopping (default: 3)")
     train.add_argument("--soften", type=bounded(0.0, 0.5), default=0.0,
                        help="data softening: an observed value keeps 1 - SOFTEN (0 to 0.5; default: 0)")
     train.add_argument("--entropy", type=bounded(0.0, None), default=0.0,
@@ -48,8 +55,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     train.add_argument("--gaussian-pseudocount", type=bounded(0.0, None), default=0.0, metavar="K",
                        help="Gaussian prior: K pseudo-observations per unit at the variable's data mean and "
                             "spread (default: 0)")
-    train.add_argument("-o", "--output", metavar="MODEL", help="write the trained model (.safetensors)")
-    train.add_argument("--init", metavar="MODEL", help="start from a model file's parameters (same structure)")
+    train.add_argument("-o", "--output", metavar="MODEL",
+                       help="write the trained model here (.safetensors; default: NAME.trained.safetensors in "
+                            "the working directory, NAME the input file's)")
+    train.add_argument("--init", metavar="MODEL",
+                       help="start from a model file's parameters (same structure); FILE itself may be a "
+                            "model file, whose parameters training continues from")
     train.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     train.set_defaults(handler=run_train)
 
@@ -62,7 +73,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
                      help="default: numba for distillation recipes on the CPU (faster there), else torch")
     for flag, default in (("--device", "cpu"), ("--dtype", "float32")):
         run.add_argument(flag, default=default, help=f"default: {default}")
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--seed", type=seed, default=0)
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     run.set_defaults(handler=run_recipe_command)
 
@@ -80,20 +91,27 @@ def initial(args: argparse.Namespace, path: str, graph: CircuitGraph):  # type: 
 
 
 def run_train(args: argparse.Namespace) -> int:
-    import pcdsl
     from pcdsl.learn.gaussian import from_data
     from pcdsl.learn.train import Stage, Trainer, mean_ll
     from pcdsl.params import initialise
 
+    out = output_path(args)
     graph = load_circuit(args)
-    first = initial(args, args.init, graph) if args.init is not None else None  # a wrong model file: say so first
+    if args.init is not None and args.trained is not None:
+        raise InvalidArgument("E0709", f"--init '{args.init}': '{args.file}' is a model file and brings its own "
+                                       "parameters", "drop --init to continue from them, or train the .pc source")
+    # a wrong model file: say so before reading the data
+    first = initial(args, args.init, graph) if args.init is not None else args.trained
+    if first is not None:
+        print(f"pcdsl train: starting from the parameters of {args.init or args.file}", file=sys.stderr)
     splits = {k: data(args, p, graph) if p else None for k, p in (("train", args.data), ("valid", args.valid),
                                                                  ("test", args.test))}
     train_data = splits["train"]
     assert train_data is not None  # --data is required
     # Gaussian leaves the file leaves out start from the data
     params = first if first is not None else from_data(graph, initialise(graph, args.seed), train_data, args.seed)
-    compiled = pcdsl.compile(graph, args.backend, params=params, device=args.device, dtype=args.dtype)
+    args.trained = params
+    compiled = model(args, graph)
     regularise = {"soften": args.soften, "entropy": args.entropy, "min_std": args.min_std,
                   "gaussian_pseudocount": args.gaussian_pseudocount}
     stages = [Stage("em", args.epochs, args.batch, (args.step, args.final_step), args.pseudocount, args.patience,
@@ -108,22 +126,46 @@ def run_train(args: argparse.Namespace) -> int:
     trainer = Trainer(compiled, params, train_data, splits["valid"], args.seed, not args.quiet, report)
     try:
         best = trainer.run(stages)
+    except PcdslError:
+        raise
     except ValueError as exc:
         print(f"pcdsl train: {exc}", file=sys.stderr)
         return EXIT_DIAGNOSTICS
     if splits["test"] is not None:
         print(f"test log-likelihood: {mean_ll(compiled, splits['test']):.4f} nats per sample")
-    if args.output:
-        from pcdsl.io.model import save_model
+    from pcdsl.io.model import save_model
 
-        print(f"wrote {save_model(args.output, graph, best)}")
+    try:
+        written = save_model(out, graph, best)
+    except OSError as exc:
+        raise InvalidArgument("E0709", f"-o '{out}': cannot write it: {exc.strerror or exc}") from None
+    told = "" if args.output else " (no -o given: NAME.trained.safetensors in the working directory)"
+    print(f"wrote {written}{told}")
     return EXIT_OK
+
+
+def output_path(args: argparse.Namespace) -> Path:
+    """Where the trained model goes: -o, else NAME.trained.safetensors in the working directory
+    (never the input file itself)."""
+    if args.output is not None:
+        if Path(args.output).suffix.lower() != ".safetensors":
+            raise InvalidArgument("E0709", f"-o '{args.output}': a model file is written as .safetensors")
+        return Path(args.output)
+    stem = Path(args.file).name.split(".")[0] or "model"
+    out = Path(f"{stem}.trained.safetensors")
+    if out.resolve() == Path(args.file).resolve():
+        out = Path(f"{stem}.trained-again.safetensors")
+    return out
 
 
 def run_recipe_command(args: argparse.Namespace) -> int:
     from pcdsl.frontend import check_file
+    from pcdsl.io.files import MODEL, file_kind
     from pcdsl.run import RunError, run_recipe
 
+    if file_kind(args.file) == MODEL:
+        raise InvalidArgument("E0709", f"'{args.file}' is a model file; pcdsl run takes a recipe in a .pc file",
+                              "pcdsl eval, query, sample and train take model files")
     try:
         checked = check_file(args.file)
     except PcdslError as exc:

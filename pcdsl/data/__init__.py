@@ -26,14 +26,17 @@ from typing import IO, Any
 import numpy as np
 
 from pcdsl.data.idx import IdxError, is_idx, read_idx
+from pcdsl.diagnostics import MessageError
 from pcdsl.numerics import MAX_MAGNITUDE
 
 FORMATS = (".data", ".csv", ".txt", ".npy", ".npz", "IDX")
 MAX_DATA_BYTES = 1 << 34  # 16 GiB: an array file's values, or a text file
 
 
-class DataError(Exception):
+class DataError(MessageError):
     """A data file that cannot be read; the message says why."""
+
+    code = "E0501"
 
 
 def load_matrix(path: str | Path) -> np.ndarray:
@@ -157,17 +160,22 @@ def _image_rows(path: Path, image_shape: tuple[int, ...] | None) -> np.ndarray |
 
 
 def format_row(row: np.ndarray, discrete: list[bool]) -> str:
-    """One sample as a text line: integers for discrete variables, reals as they are."""
-    return ",".join(str(int(x)) if d else repr(float(x)) for x, d in zip(row, discrete, strict=True))
+    """One sample as a text line: integers for discrete variables (-1: missing or undefined), reals
+    as they are."""
+    return ",".join((str(int(x)) if x == x else "-1") if d else repr(float(x))
+                    for x, d in zip(row, discrete, strict=True))
 
 
 def save_values(path: Path, values: np.ndarray, discrete: list[bool]) -> None:
-    """Write samples atomically as .npy or as comma-separated text (integers where discrete)."""
+    """Write samples atomically as .npy (int64 when every column is discrete, -1 for NaN) or as
+    comma-separated text (integers where discrete)."""
     from pcdsl.io.atomic import atomic_file
 
     suffix = path.suffix.lower()
     if suffix not in (".npy", ".csv", ".data", ".txt"):
         raise ValueError(f"unknown output format '{suffix}' (use .csv or .npy)")
+    if discrete and all(discrete):
+        values = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=-1.0).astype(np.int64)
     with atomic_file(path, suffix) as f:
         if suffix == ".npy":
             np.save(f, values)
