@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,9 +85,37 @@ def check_program(program: Program) -> Checked:
 
         if is_distillation(spec):
             check_distillation(spec, vals, sources)
+        else:
+            _check_report_splits(spec, vals, sources)
     sink.raise_if_errors()
     result.warnings = sorted_diagnostics(sink.items)
     return result
+
+
+def _check_report_splits(spec: RecipeSpec, vals: Values, sources: dict[str, DataSource]) -> None:
+    """A report on a split the recipe's data does not provide is an error now, not after training:
+    `file(...)` gives a train split only; `debd(...)` the splits whose files exist."""
+    bound = spec.entries["data"][0]
+    if "ref" in bound.values:
+        source = sources.get(str(bound.values["ref"]))
+    else:
+        call = bound.call
+        source = DataSource(call.func.text, dict(bound.values), os.path.dirname(call.span.file), call.span)
+    if source is None or source.kind not in ("file", "debd"):
+        return
+    for report in spec.entries.get("report", []):
+        split = report.values.get("split")
+        if split in (None, "train"):
+            continue
+        if source.kind == "file":
+            vals.fail("E0605", f"the report needs the {split} split, but `file(...)` data has a train split only",
+                      report.call.span, help="report on train, or use a source with splits, e.g. debd(...)")
+            continue
+        chosen = DataSource(source.kind, {**source.args, "split": split}, source.base_dir, source.span)
+        if not any(path.exists() for path in chosen.candidates()):
+            looked = ", ".join(f"'{p}'" for p in chosen.candidates())
+            vals.fail("E0605", f"the report needs the {split} split, but its file does not exist", report.call.span,
+                      f"looked for {looked}", help="add the file, or report on another split")
 
 
 def _data_sources(program: Program, vals: Values) -> dict[str, DataSource]:
