@@ -1,7 +1,8 @@
 """The `pcdsl` command.
 
 Exit codes: 0 success, 1 the input has errors (diagnostics printed),
-2 usage error, 3 internal error (a bug in pcdsl).
+2 usage error, 3 internal error (a bug in pcdsl); 130 interrupted, 141 the reader of
+the output went away (a closed pipe, as for commands killed by SIGPIPE).
 
 Each module of this package adds its commands to the parser (``add_parsers``) with a
 ``handler``; :func:`main` parses, dispatches and turns every failure into an exit status.
@@ -24,6 +25,7 @@ from .common import EXIT_DIAGNOSTICS, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, Exit, 
 
 __all__ = ["EXIT_DIAGNOSTICS", "EXIT_INTERNAL", "EXIT_OK", "EXIT_USAGE", "main", "summary"]
 
+EXIT_BROKEN_PIPE = 141
 # the order commands appear in `pcdsl --help`
 _MODULES = (check, draw, compile, queries, train)
 
@@ -52,6 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pcdsl: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of stdout stopped (`pcdsl explain --list | head`): not a bug
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's own flush at exit must not fail again
+        return EXIT_BROKEN_PIPE
     except Exception as exc:  # noqa: BLE001 -- a bug, not the user's fault: say so plainly
         print(f"pcdsl: internal error: {type(exc).__name__}: {exc}\n"
               "This is a bug in pcdsl; please report it with the input that triggered it.", file=sys.stderr)

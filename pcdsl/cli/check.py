@@ -20,8 +20,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     check.add_argument("--dump-ir", action="store_true", help="print each circuit graph in a stable text form")
     check.set_defaults(handler=run_check)
 
-    explain = sub.add_parser("explain", help="explain a diagnostic code, e.g. E0203")
-    explain.add_argument("code", metavar="CODE")
+    explain = sub.add_parser("explain", help="explain a diagnostic code, e.g. E0203 (--list: every code)",
+                             description="Why a diagnostic is an error, a minimal example that fails with it, "
+                             "and the fix.")
+    explain.add_argument("code", metavar="CODE", nargs="?", help="e.g. E0203")
+    explain.add_argument("--list", action="store_true", help="list every code with one line each")
     explain.set_defaults(handler=run_explain)
 
 
@@ -92,9 +95,20 @@ def circuit_summary(g, p) -> str:  # type: ignore[no-untyped-def]
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    code = args.code.upper()
-    if code not in CODES:
-        print(f"pcdsl explain: unknown code '{args.code}' (codes run from E0001 to W0601)", file=sys.stderr)
+    from pcdsl.explanations import explain, listing
+    from pcdsl.syntax.names import did_you_mean
+
+    if args.list:
+        print(listing())
+        return EXIT_OK
+    if args.code is None:
+        print("pcdsl explain: give a code, e.g. `pcdsl explain E0203`, or --list for every code", file=sys.stderr)
         return EXIT_USAGE
-    print(f"{code}: {CODES[code]}")
+    text = explain(args.code)
+    if text is None:
+        hint = did_you_mean(args.code.upper(), CODES)
+        print(f"pcdsl explain: unknown code '{args.code}' ({hint or 'pcdsl explain --list shows every code'})",
+              file=sys.stderr)
+        return EXIT_USAGE
+    print(text)
     return EXIT_OK
