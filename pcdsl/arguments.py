@@ -171,6 +171,8 @@ def evidence(x: Any, variables: Sequence[str], cardinalities: Sequence[int | Non
     most ``MAX_MAGNITUDE`` (NaN: missing). One row may come as a 1-D array."""
     rows = _as_rows(x, len(variables), name)
     discrete = [c is not None for c in cardinalities]
+    limits: Any
+    is_discrete: Any
     if is_tensor(rows):
         import torch
 

@@ -28,6 +28,8 @@ class Checked:
     recipes: dict[str, RecipeSpec] = field(default_factory=dict)
     data: dict[str, DataSource] = field(default_factory=dict)  # the file's `data NAME = ...` sources
     warnings: list[Diagnostic] = field(default_factory=list)
+    # circuits that elaborate but fail validation, with their violations (check_file_keeping_invalid)
+    invalid: dict[str, tuple[CircuitGraph, list[Diagnostic]]] = field(default_factory=dict)
 
     def circuit(self, name: str | None = None) -> CircuitGraph:
         """The named circuit, or the file's only (or first) circuit; InvalidArgument (a did-you-mean
@@ -56,6 +58,25 @@ def check_text(text: str, name: str = "<string>") -> Checked:
 
 
 def check_program(program: Program) -> Checked:
+    result, sink = _check(program)
+    sink.raise_if_errors()
+    result.warnings = sorted_diagnostics(sink.items)
+    return result
+
+
+def check_file_keeping_invalid(path: str | Path) -> tuple[Checked, list[Diagnostic]]:
+    """Like `check_file`, but circuits that fail validation are kept (in ``Checked.invalid``, with
+    their violations) instead of raising, so they can still be drawn; returns every diagnostic.
+    Errors that leave no circuit to look at (syntax, names) still raise PcdslError."""
+    result, sink = _check(load_program(path))
+    others = [d for d in sink.items if d.is_error and not any(d in found for _, found in result.invalid.values())]
+    if others:
+        raise PcdslError(sorted_diagnostics(sink.items))
+    result.warnings = [d for d in sorted_diagnostics(sink.items) if not d.is_error]
+    return result, sorted_diagnostics(sink.items)
+
+
+def _check(program: Program) -> tuple[Checked, Sink]:
     sink = Sink()
     vals = Values(sink, program.consts)
     result = Checked(program)
@@ -76,6 +97,8 @@ def check_program(program: Program) -> Checked:
         if not any(d.is_error for d in found):  # the analyses assume a valid circuit
             result.circuits[name] = graph
             result.properties[name] = analyse(graph, found)
+        else:
+            result.invalid[name] = (graph, found)
     for name, recipe in program.recipes.items():
         try:
             spec = result.recipes[name] = check_recipe(recipe, vals, set(program.circuits), set(sources))
@@ -87,9 +110,7 @@ def check_program(program: Program) -> Checked:
             check_distillation(spec, vals, sources)
         else:
             _check_report_splits(spec, vals, sources)
-    sink.raise_if_errors()
-    result.warnings = sorted_diagnostics(sink.items)
-    return result
+    return result, sink
 
 
 def _check_report_splits(spec: RecipeSpec, vals: Values, sources: dict[str, DataSource]) -> None:

@@ -6,20 +6,27 @@ import argparse
 import sys
 from pathlib import Path
 
-from pcdsl.diagnostics import PcdslError, render_all
+from pcdsl.arguments import InvalidArgument
+from pcdsl.diagnostics import Diagnostic, PcdslError, render_all
+from pcdsl.ir.graph import CircuitGraph
+from pcdsl.render_fit import DEFAULT_MAX_NODES
 
 from .check import summary
-from .common import EXIT_DIAGNOSTICS, EXIT_OK, EXIT_USAGE, load_circuit
+from .common import DATA_SUFFIXES, EXIT_DIAGNOSTICS, EXIT_OK, EXIT_USAGE, Exit, load_circuit, whole
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     render_ = sub.add_parser("render", help="draw a circuit with graphviz",
                              description="Draw a circuit as DOT, SVG, PNG or PDF (format from -o's suffix).")
-    render_.add_argument("file", metavar="FILE")
+    render_.add_argument("file", metavar="FILE", help="a .pc file or a model file (.safetensors)")
     render_.add_argument("-o", "--output", required=True, metavar="OUT", help="e.g. circuit.svg")
     render_.add_argument("--circuit", metavar="NAME", help="which circuit (default: the file's first)")
     render_.add_argument("--level", choices=("auto", "circuit", "region"), default="auto",
-                         help="node groups, or regions (scopes); auto picks regions for large circuits")
+                         help="node groups, or regions (scopes); auto picks regions when node groups do not fit")
+    render_.add_argument("--depth", type=whole(1), default=None,
+                         help="draw only this many steps below the root (default: as deep as fits)")
+    render_.add_argument("--max-nodes", type=whole(1), default=None, metavar="N",
+                         help=f"draw at most N nodes (default: {DEFAULT_MAX_NODES}); the rest are collapsed")
     render_.set_defaults(handler=run_render)
 
     demo = sub.add_parser("demo", help="check and draw the examples, then learn NLTCS (the quick-start job)",
@@ -31,16 +38,51 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
 
 
 def run_render(args: argparse.Namespace) -> int:
-    from pcdsl.render import RenderError, render_file
+    """Draw a circuit; an invalid one is drawn too, its violations in red (exit 1, diagnostics printed)."""
+    from pcdsl.render import FORMATS, RenderError, draw, write_drawing
 
-    graph = load_circuit(args)
+    if Path(args.output).suffix.lower().lstrip(".") not in FORMATS:
+        raise InvalidArgument("E0709", f"-o '{args.output}': unknown picture format '{Path(args.output).suffix}' "
+                                       f"(known: {', '.join('.' + f for f in FORMATS)})")
+    graph, problems = _drawable(args)
+    drawing = draw(graph, args.level, args.depth, args.max_nodes, problems)
     try:
-        out = render_file(graph, Path(args.output), args.level)
+        out = write_drawing(drawing, Path(args.output))
     except RenderError as exc:
         print(f"pcdsl render: {exc}", file=sys.stderr)
-        return EXIT_USAGE if "format" in str(exc) else EXIT_DIAGNOSTICS
-    print(f"wrote {out} (circuit {graph.name})")
+        return EXIT_DIAGNOSTICS
+    print(f"wrote {out} (circuit {graph.name}, {drawing.level} level)")
+    if drawing.note:
+        print(f"note: {drawing.note}")
+    if problems:
+        errors = sum(d.is_error for d in problems)
+        print(f"pcdsl render: circuit {graph.name} is not valid ({errors} error{'s' * (errors != 1)}); drew it "
+              "anyway, the nodes in question in red", file=sys.stderr)
+        return EXIT_DIAGNOSTICS
     return EXIT_OK
+
+
+def _drawable(args: argparse.Namespace) -> tuple[CircuitGraph, list[Diagnostic]]:
+    """The circuit to draw and, for .pc source whose circuit fails validation, its violations
+    (printed); model files and valid source go through `load_circuit`."""
+    from pcdsl.frontend import check_file_keeping_invalid
+    from pcdsl.io.files import MODEL, file_kind
+
+    if file_kind(args.file) == MODEL or Path(args.file).suffix.lower() in DATA_SUFFIXES:
+        return load_circuit(args), []
+    try:
+        checked, _ = check_file_keeping_invalid(args.file)
+    except PcdslError as exc:
+        print(render_all(exc.diagnostics), file=sys.stderr)
+        raise Exit(EXIT_DIAGNOSTICS) from None
+    invalid = checked.invalid.get(args.circuit) if args.circuit else None
+    if invalid is None and args.circuit is None and not checked.circuits and checked.invalid:
+        invalid = next(iter(checked.invalid.values()))
+    if invalid is None:
+        return load_circuit(args), []
+    graph, problems = invalid
+    print(render_all(problems) + "\n", file=sys.stderr)
+    return graph, problems
 
 
 def run_demo(args: argparse.Namespace) -> int:
