@@ -12,7 +12,7 @@ import functools
 from typing import Any
 
 import numpy as np
-from pcdsl.backends import PlanModel, api, add_weight_flows, split_input_flows
+from pcdsl.backends import PlanModel, add_weight_flows, api, split_input_flows
 
 from pcdsl.plan import InputLayer, LayeredPlan, ProductLayer, SumLayer
 from pcdsl.reference import Flows

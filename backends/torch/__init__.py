@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from pcdsl.backends import PlanModel, api, add_weight_flows, split_input_flows
+from pcdsl.backends import PlanModel, add_weight_flows, api, split_input_flows
 
 from pcdsl.plan import ONE, ZERO, LayeredPlan
 from pcdsl.reference import Flows

@@ -41,8 +41,9 @@ def run_render(args: argparse.Namespace) -> int:
     """Draw a circuit; an invalid one is drawn too, its violations in red (exit 1, diagnostics printed)."""
     from pcdsl.render import FORMATS, RenderError, draw, write_drawing
 
-    if Path(args.output).suffix.lower().lstrip(".") not in FORMATS:
-        raise InvalidArgument("E0709", f"-o '{args.output}': unknown picture format '{Path(args.output).suffix}' "
+    suffix = Path(args.output).suffix.lower().lstrip(".")
+    if suffix not in FORMATS:
+        raise InvalidArgument("E0709", f"-o '{args.output}': unknown picture format '{suffix}' "
                                        f"(known: {', '.join('.' + f for f in FORMATS)})")
     graph, problems = _drawable(args)
     drawing = draw(graph, args.level, args.depth, args.max_nodes, problems)
