@@ -243,6 +243,17 @@ def _read_text(path: Path) -> np.ndarray:
 
 
 def _as_matrix(array: np.ndarray, path: Path) -> np.ndarray:
-    if array.ndim != 2 or not np.issubdtype(array.dtype, np.integer) or array.dtype == np.uint64:
-        raise DataError(f"'{path}' must hold a 2-D integer array, found {array.dtype} with shape {array.shape}")
+    """A 2-D array of whole numbers as int64: integers, bools, or floats that hold whole numbers
+    (NaN: missing, -1), as `pcdsl sample -o x.npy` writes them for mixed circuits."""
+    if array.ndim != 2 or array.dtype.kind not in "biuf" or array.dtype == np.uint64:
+        raise DataError(f"'{path}' must hold a 2-D array of whole numbers, found {array.dtype} with shape "
+                        f"{array.shape}")
+    if array.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            present = ~np.isnan(array)
+            bad = present & ((array != np.floor(array)) | (np.abs(array) > 2.0**62))
+        if bad.any():
+            r, c = (int(i) for i in np.argwhere(bad)[0])
+            raise DataError(f"'{path}', row {r + 1}, column {c + 1}: {array[r, c]:g} is not a whole number")
+        return np.where(present, array, -1).astype(np.int64)
     return array.astype(np.int64, copy=False)
