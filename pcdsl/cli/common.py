@@ -126,10 +126,10 @@ def read_model(args: argparse.Namespace, path: str):  # type: ignore[no-untyped-
     a renormalisation (--renormalise) a warning."""
     import warnings
 
-    from pcdsl.io.files import SOURCE, file_kind, is_text
+    from pcdsl.io.files import is_text
     from pcdsl.io.model import ModelFileError, load_model
 
-    if file_kind(path) == SOURCE and is_text(path):
+    if is_text(path):  # a model file is binary: its first bytes are a header length
         raise InvalidArgument("E0709", f"'{path}' is text (.pc source?), not a model file",
                               "a model file is a .safetensors file written by pcdsl train -o or pcdsl run")
     try:

@@ -147,7 +147,7 @@ def variables_of(text: str, graph: CircuitGraph) -> list[int]:
 
     names = [n.strip() for n in re.split(r",(?![^\[]*\])", text) if n.strip()]
     if not names:
-        raise InvalidArgument("E0705", f"--conditional {text!r} names no variable",
+        raise InvalidArgument("E0706", f"--conditional {text!r} names no variable",
                               "give comma-separated variable names, e.g. --conditional a,b")
     compact = {v.name.replace(" ", ""): v.name for v in graph.variables}
     wanted = [compact.get(n.replace(" ", ""), n) for n in names]
