@@ -4,8 +4,6 @@ internal error (exit 3) or a traceback. A hypothesis test throws values at the n
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -135,7 +133,8 @@ CASES = [
     case("train_epochs_negative", TRAIN + " --epochs -1", 2, "argument --epochs: must be at least 0"),
     case("train_patience_zero", TRAIN + " --patience 0", 2, "argument --patience: must be at least 1"),
     case("train_batch_zero", TRAIN + " --batch 0", 2, "argument --batch: must be at least 1"),
-    case("train_soften_too_large", TRAIN + " --soften 0.7", 2, "argument --soften: must be a finite number in [0, 0.5]"),
+    case("train_soften_too_large", TRAIN + " --soften 0.7", 2,
+         "argument --soften: must be a finite number in [0, 0.5]"),
     case("train_entropy_negative", TRAIN + " --entropy -0.01", 2, "argument --entropy: must be a finite number >= 0"),
     case("train_min_std_zero", TRAIN + " --min-std 0", 2, "argument --min-std: must be a finite number > 0"),
     case("train_gaussian_pseudocount_negative", TRAIN + " --gaussian-pseudocount -2", 2,
