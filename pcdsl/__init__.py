@@ -51,6 +51,7 @@ __all__ = [
     "check_file",
     "check_text",
     "compile",
+    "fit",
     "fits_in_memory",
     "load",
     "load_model",
@@ -102,6 +103,14 @@ def fits_in_memory(graph: CircuitGraph, dtype: str = "float32", device: str = "c
     need = 3 * 8 * graph.num_parameters() + 32 * units * itemsize
     arguments.fits(need, f"circuit '{graph.name}' ({graph.num_parameters()} parameters, {units} units)",
                    device if device.startswith("cuda") else "cpu")
+
+
+def fit(graph: CircuitGraph, data: object, **options: object) -> object:
+    """Learn parameters from data with EM, as `pcdsl train` does (see :func:`pcdsl.learn.fit.fit`);
+    returns the best parameters, for ``compile(graph, params=...)`` or ``io.model.save_model``."""
+    from pcdsl.learn.fit import fit as _fit
+
+    return _fit(graph, data, **options)  # type: ignore[arg-type]
 
 
 def load_model(path: str | Path) -> tuple[CircuitGraph, object]:

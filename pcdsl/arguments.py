@@ -196,7 +196,7 @@ def _as_rows(x: Any, width: int, name: str) -> Any:
     if is_tensor(x):
         import torch
 
-        if x.dtype.is_complex or not (x.dtype.is_floating_point or x.dtype in _TORCH_INTS(torch)):
+        if x.dtype.is_complex or not (x.dtype.is_floating_point or x.dtype in _torch_ints(torch)):
             raise InvalidArgument("E0701", f"{name} must hold numbers, found a tensor of {x.dtype}")
         rows = x.detach().to(torch.float64)
     else:
@@ -218,7 +218,8 @@ def _as_rows(x: Any, width: int, name: str) -> Any:
     return rows
 
 
-def _TORCH_INTS(torch: Any) -> tuple[Any, ...]:  # noqa: N802 -- a constant that needs torch imported
+def _torch_ints(torch: Any) -> tuple[Any, ...]:
+    """torch's integer and bool dtypes (a function: torch is imported only when a tensor comes)."""
     return (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 

@@ -120,8 +120,8 @@ EXPLANATIONS: dict[str, Explanation] = {
         "Give the children of a product disjoint variables (a sum over alternatives, not a product)."),
     "E0206": Explanation(
         "A hadamard product multiplies unit i of each child, so its children need equal numbers of units.",
-        "circuit c {\n  var a, b : bool\n  leaf la = bernoulli(a) with units = 4\n  leaf lb = bernoulli(b) with units = 3\n"
-        "  prod p = la * lb\n  sum root = p\n}",
+        "circuit c {\n  var a, b : bool\n  leaf la = bernoulli(a) with units = 4\n"
+        "  leaf lb = bernoulli(b) with units = 3\n  prod p = la * lb\n  sum root = p\n}",
         "Give the children the same units, or use `outer(...)` (all combinations)."),
     "E0207": Explanation(
         "A child listed twice in one sum.",
@@ -150,8 +150,9 @@ EXPLANATIONS: dict[str, Explanation] = {
     "E0213": Explanation(
         "Tied sums share the weights of the sum at the end of their tie chain; a chain that comes back "
         "to its start has no owner.",
-        "circuit c {\n  var a, b, c : bool\n  leaf la = bernoulli(a) with units = 2\n  leaf lb = bernoulli(b) with units = 2\n"
-        "  leaf lc = bernoulli(c) with units = 2\n  sum sa = la with units = 2, tie = sb\n"
+        "circuit c {\n  var a, b, c : bool\n  leaf la = bernoulli(a) with units = 2\n"
+        "  leaf lb = bernoulli(b) with units = 2\n  leaf lc = bernoulli(c) with units = 2\n"
+        "  sum sa = la with units = 2, tie = sb\n"
         "  sum sb = lb with units = 2, tie = sc\n  sum sc = lc with units = 2, tie = sa\n  prod p = sa * sb * sc\n"
         "  sum root = p\n}",
         "Leave one sum of the chain untied: it owns the weights."),
