@@ -209,7 +209,7 @@ def _as_rows(x: Any, width: int, name: str) -> Any:
             raise InvalidArgument("E0705", f"{name} must be a (batch, {width}) array: {exc}") from None
         if array.dtype.kind not in "biuf":
             raise InvalidArgument("E0701", f"{name} must hold numbers, found values of type {array.dtype}")
-        rows = array.astype(np.float64)
+        rows = np.asarray(array, dtype=np.float64)  # no copy when it already is float64
     if rows.ndim == 1 and rows.shape[0] == width:
         rows = rows[None, :]
     if rows.ndim != 2 or rows.shape[1] != width:
