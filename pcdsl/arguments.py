@@ -25,7 +25,7 @@ MAX_SEED = 2**63 - 1
 DTYPES = ("float32", "float64")
 
 
-class InvalidArgument(MessageError):
+class InvalidArgument(MessageError, ValueError):
     """A bad argument: the message names it, says what was found and what is accepted."""
 
     def __init__(self, code: str, message: str, help: str | None = None):

@@ -101,9 +101,10 @@ class PcdslError(Exception):
         super().__init__(render_all(self.diagnostics))
 
 
-class MessageError(PcdslError, ValueError):
+class MessageError(PcdslError):
     """A user error told in one sentence that names its file or argument (a data file, a model
-    file, an API argument): one diagnostic without a source location; ``str`` is the sentence."""
+    file, an API argument): one diagnostic without a source location; ``str`` is the sentence.
+    (Not a ValueError: code that catches ValueError from numpy must not swallow these.)"""
 
     code = "E0004"
 
