@@ -189,7 +189,7 @@ def check_backend(backend: object) -> str:
     """A registered backend's name; UnknownBackend (with a did-you-mean) otherwise."""
     if not isinstance(backend, str) or backend not in _REGISTRY:
         shown = repr(backend) if isinstance(backend, str) else f"{backend!r} ({type(backend).__name__})"
-        raise UnknownBackend("E0706", f"unknown backend {shown} (known: {', '.join(available())})",
+        raise UnknownBackend("E0806", f"unknown backend {shown} (known: {', '.join(available())})",
                              did_you_mean(backend, _REGISTRY) if isinstance(backend, str) else None)
     return backend
 
@@ -204,7 +204,7 @@ def lower(plan: LayeredPlan, backend: str, **options: Any) -> Model:
     try:
         module = importlib.import_module(_REGISTRY[backend])
     except ImportError as exc:
-        raise InvalidArgument("E0707", f"the {backend} backend is not available: it needs the Python package "
+        raise InvalidArgument("E0807", f"the {backend} backend is not available: it needs the Python package "
                                        f"'{exc.name}'", "pip install 'pcdsl[all]'") from None
     refused = {c: module.UNSUPPORTED[c] for c in sorted(constructs(plan)) if c in module.UNSUPPORTED}
     if refused:

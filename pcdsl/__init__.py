@@ -30,10 +30,10 @@ def _expect_source(path: str | Path, function: str) -> None:
     from pcdsl.io.files import MODEL, file_kind
 
     if not isinstance(path, (str, Path)):
-        raise InvalidArgument("E0701", f"{function} takes a path (str or pathlib.Path), found "
+        raise InvalidArgument("E0801", f"{function} takes a path (str or pathlib.Path), found "
                                        f"{type(path).__name__}")
     if file_kind(path) == MODEL:
-        raise InvalidArgument("E0709", f"'{path}' is a pcdsl model file, not .pc source",
+        raise InvalidArgument("E0809", f"'{path}' is a pcdsl model file, not .pc source",
                               "pcdsl.load_model(path) reads it: (graph, params)")
 
 
@@ -78,11 +78,11 @@ def compile(graph: CircuitGraph, backend: str = "torch", *, params: object = Non
     from pcdsl.plan import compile_plan
 
     if not isinstance(graph, CircuitGraph):
-        raise arguments.InvalidArgument("E0701", f"pcdsl.compile takes a CircuitGraph (from pcdsl.load or "
+        raise arguments.InvalidArgument("E0801", f"pcdsl.compile takes a CircuitGraph (from pcdsl.load or "
                                                  f"pcdsl.load_model), found {type(graph).__name__}")
     check_backend(backend)
     if params is not None and not isinstance(params, Parameters):
-        raise arguments.InvalidArgument("E0701", f"params must be pcdsl Parameters (from pcdsl.load_model or "
+        raise arguments.InvalidArgument("E0801", f"params must be pcdsl Parameters (from pcdsl.load_model or "
                                                  f"training), found {type(params).__name__}")
     arguments.seed(seed)
     device = arguments.device(options.get("device", "cpu"), backend)
@@ -120,9 +120,9 @@ def load_model(path: str | Path) -> tuple[CircuitGraph, object]:
     from pcdsl.io.model import load_model as _load
 
     if not isinstance(path, (str, Path)):
-        raise InvalidArgument("E0701", f"pcdsl.load_model takes a path (str or pathlib.Path), found "
+        raise InvalidArgument("E0801", f"pcdsl.load_model takes a path (str or pathlib.Path), found "
                                        f"{type(path).__name__}")
     if file_kind(path) != MODEL and is_text(path):
-        raise InvalidArgument("E0709", f"'{path}' is text, not a pcdsl model file (.pc source?)",
+        raise InvalidArgument("E0809", f"'{path}' is text, not a pcdsl model file (.pc source?)",
                               "pcdsl.load(path) reads .pc source; pcdsl.compile(graph) then runs it")
     return _load(path)

@@ -42,24 +42,24 @@ def is_tensor(x: Any) -> bool:
 def integer(value: Any, name: str, low: int = 0, high: int | None = None) -> int:
     """A whole number in [low, high] (bools and floats refused: `n=2.5` is a mistake, not 2)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise InvalidArgument("E0701", f"{name} must be a whole number, found {_shown(value)}")
+        raise InvalidArgument("E0801", f"{name} must be a whole number, found {_shown(value)}")
     value = int(value)
     if value < low or (high is not None and value > high):
         allowed = f"{low}..{high}" if high is not None else f"at least {low}"
-        raise InvalidArgument("E0702", f"{name} must be {allowed}, found {value}")
+        raise InvalidArgument("E0802", f"{name} must be {allowed}, found {value}")
     return value
 
 
 def real(value: Any, name: str, low: float, high: float | None = None, *, open_low: bool = False) -> float:
     """A finite number in [low, high] (or (low, high] with `open_low`)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise InvalidArgument("E0701", f"{name} must be a number, found {_shown(value)}")
+        raise InvalidArgument("E0801", f"{name} must be a number, found {_shown(value)}")
     value = float(value)
     above = value > low if open_low else value >= low
     if not (math.isfinite(value) and above and (high is None or value <= high)):
         left = "(" if open_low else "["
         allowed = f"in {left}{low:g}, {high:g}]" if high is not None else f"{'>' if open_low else '>='} {low:g}"
-        raise InvalidArgument("E0702", f"{name} must be a finite number {allowed}, found {value:g}")
+        raise InvalidArgument("E0802", f"{name} must be a finite number {allowed}, found {value:g}")
     return value
 
 
@@ -79,7 +79,7 @@ def choice(value: Any, name: str, allowed: Sequence[str], what: str = "value") -
     if not isinstance(value, str) or value not in allowed:
         shown = repr(value) if isinstance(value, str) else _shown(value)
         hint = did_you_mean(value, allowed) if isinstance(value, str) else None
-        raise InvalidArgument("E0706", f"unknown {what} {shown} for {name} (known: {', '.join(allowed)})", hint)
+        raise InvalidArgument("E0806", f"unknown {what} {shown} for {name} (known: {', '.join(allowed)})", hint)
     return value
 
 
@@ -87,7 +87,7 @@ def dtype(value: Any, name: str = "dtype") -> str:
     """'float32' or 'float64' (numpy and torch dtypes of those names too)."""
     text = str(value).removeprefix("torch.") if value is not None else "None"
     if text not in DTYPES:
-        raise InvalidArgument("E0707", f"{name} {text!r} is not available (available: {', '.join(DTYPES)})")
+        raise InvalidArgument("E0807", f"{name} {text!r} is not available (available: {', '.join(DTYPES)})")
     return text
 
 
@@ -97,7 +97,7 @@ def device(value: Any, backend: str) -> str:
     text = str(value)
     if backend != "torch":
         if text != "cpu":
-            raise InvalidArgument("E0707", f"device {text!r} is not available to the {backend} backend, which "
+            raise InvalidArgument("E0807", f"device {text!r} is not available to the {backend} backend, which "
                                            "runs on the CPU only (device 'cpu')",
                                   "use --backend torch for GPUs")
         return text
@@ -106,16 +106,16 @@ def device(value: Any, backend: str) -> str:
     try:
         parsed = torch.device(text)
     except (RuntimeError, TypeError, ValueError):
-        raise InvalidArgument("E0707", f"device {text!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:1')"
+        raise InvalidArgument("E0807", f"device {text!r} is not a torch device (e.g. 'cpu', 'cuda', 'cuda:1')"
                               ) from None
     if parsed.type == "cpu":
         return text
     if parsed.type != "cuda" or not torch.cuda.is_available():
         why = "this torch has no CUDA" if not torch.backends.cuda.is_built() else "no CUDA device is visible"
-        raise InvalidArgument("E0707", f"device {text!r} is not available: {why} (available: {_devices()})")
+        raise InvalidArgument("E0807", f"device {text!r} is not available: {why} (available: {_devices()})")
     count = torch.cuda.device_count()
     if parsed.index is not None and parsed.index >= count:
-        raise InvalidArgument("E0707", f"device {text!r} is not available: this machine has {count} CUDA "
+        raise InvalidArgument("E0807", f"device {text!r} is not available: this machine has {count} CUDA "
                                        f"device{'s' * (count != 1)} (available: {_devices()})")
     return text
 
@@ -152,7 +152,7 @@ def fits(need: float, what: str, device: str = "cpu") -> None:
     """Refuse work whose estimated memory `need` (bytes) exceeds what `device` has available."""
     have = available_memory(device)
     if need > have:
-        raise InvalidArgument("E0708", f"{what} needs about {_bytes(need)}, but {device} has {_bytes(have)} "
+        raise InvalidArgument("E0808", f"{what} needs about {_bytes(need)}, but {device} has {_bytes(have)} "
                                        "available", "use smaller batches, fewer samples or a smaller circuit")
 
 
@@ -197,23 +197,23 @@ def _as_rows(x: Any, width: int, name: str) -> Any:
         import torch
 
         if x.dtype.is_complex or not (x.dtype.is_floating_point or x.dtype in _torch_ints(torch)):
-            raise InvalidArgument("E0701", f"{name} must hold numbers, found a tensor of {x.dtype}")
+            raise InvalidArgument("E0801", f"{name} must hold numbers, found a tensor of {x.dtype}")
         rows = x.detach().to(torch.float64)
     else:
         if isinstance(x, (str, bytes)) or x is None:
-            raise InvalidArgument("E0701", f"{name} must be an array of numbers (batch, {width}), found "
+            raise InvalidArgument("E0801", f"{name} must be an array of numbers (batch, {width}), found "
                                            f"{_shown(x)}")
         try:
             array = np.asarray(x)
         except (ValueError, TypeError) as exc:  # ragged lists
-            raise InvalidArgument("E0705", f"{name} must be a (batch, {width}) array: {exc}") from None
+            raise InvalidArgument("E0805", f"{name} must be a (batch, {width}) array: {exc}") from None
         if array.dtype.kind not in "biuf":
-            raise InvalidArgument("E0701", f"{name} must hold numbers, found values of type {array.dtype}")
+            raise InvalidArgument("E0801", f"{name} must hold numbers, found values of type {array.dtype}")
         rows = np.asarray(array, dtype=np.float64)  # no copy when it already is float64
     if rows.ndim == 1 and rows.shape[0] == width:
         rows = rows[None, :]
     if rows.ndim != 2 or rows.shape[1] != width:
-        raise InvalidArgument("E0705", f"{name} must have shape (batch, {width}) (one column per variable) or "
+        raise InvalidArgument("E0805", f"{name} must have shape (batch, {width}) (one column per variable) or "
                                        f"({width},) for one row, found {tuple(rows.shape)}")
     return rows
 
@@ -234,17 +234,17 @@ def _refuse(rows: np.ndarray, variables: Sequence[str], cardinalities: Sequence[
         where = f"{name}[{r}, {v}] (variable '{variables[v]}')"
         if size is None:
             if not np.isnan(value) and not abs(value) <= MAX_MAGNITUDE:
-                raise InvalidArgument("E0704", f"{where} is {value:g}; a real value must be finite, of magnitude "
+                raise InvalidArgument("E0804", f"{where} is {value:g}; a real value must be finite, of magnitude "
                                                f"at most {MAX_MAGNITUDE:g} (NaN marks a missing value)")
             continue
         if np.isnan(value) or value == -1:
             continue
         domain = f"0..{size - 1}, or -1 for a missing value"
         if value != math.floor(value):
-            raise InvalidArgument("E0703", f"{where} is {value:g}, not a whole number; a discrete variable "
+            raise InvalidArgument("E0803", f"{where} is {value:g}, not a whole number; a discrete variable "
                                            f"takes {domain}")
         if not 0 <= value < size:
-            raise InvalidArgument("E0704", f"{where} is {value:g}, outside its domain {domain}")
+            raise InvalidArgument("E0804", f"{where} is {value:g}, outside its domain {domain}")
 
 
 def query(q: Any, variables: Sequence[str], name: str = "query") -> np.ndarray:
@@ -257,10 +257,10 @@ def query(q: Any, variables: Sequence[str], name: str = "query") -> np.ndarray:
     try:
         array = np.asarray(q)
     except (ValueError, TypeError) as exc:
-        raise InvalidArgument("E0705", f"{name} must be variable names, indices or a mask: {exc}") from None
+        raise InvalidArgument("E0805", f"{name} must be variable names, indices or a mask: {exc}") from None
     if array.dtype == bool:
         if array.shape != (len(variables),):
-            raise InvalidArgument("E0705", f"a boolean {name} mask must have one entry per variable, shape "
+            raise InvalidArgument("E0805", f"a boolean {name} mask must have one entry per variable, shape "
                                            f"({len(variables)},), found {array.shape}")
         return np.flatnonzero(array)
     flat = array.reshape(-1)
@@ -268,17 +268,17 @@ def query(q: Any, variables: Sequence[str], name: str = "query") -> np.ndarray:
         index = {v: i for i, v in enumerate(variables)}
         for item in flat:
             if str(item) not in index:
-                raise InvalidArgument("E0706", f"{name} names no variable '{item}' (variables: "
+                raise InvalidArgument("E0806", f"{name} names no variable '{item}' (variables: "
                                                f"{_listed(variables)})", did_you_mean(str(item), variables))
         return np.unique([index[str(item)] for item in flat]).astype(np.int64)
     if array.size == 0:
         return np.zeros(0, dtype=np.int64)
     if array.dtype.kind not in "iu":
-        raise InvalidArgument("E0701", f"{name} must be variable names, integer indices or a boolean mask, found "
+        raise InvalidArgument("E0801", f"{name} must be variable names, integer indices or a boolean mask, found "
                                        f"values of type {array.dtype}")
     bad = flat[(flat < 0) | (flat >= len(variables))]
     if bad.size:
-        raise InvalidArgument("E0702", f"{name} index {int(bad[0])} is outside 0..{len(variables) - 1} "
+        raise InvalidArgument("E0802", f"{name} index {int(bad[0])} is outside 0..{len(variables) - 1} "
                                        f"(the circuit has {len(variables)} variables)")
     return np.unique(flat).astype(np.int64)
 
@@ -293,6 +293,6 @@ def sample_rows(n: Any, rows: Any, name: str = "evidence") -> int:
     n of them (one sample each)."""
     n = integer(n, "n")
     if rows is not None and len(rows) not in (1, n):
-        raise InvalidArgument("E0705", f"{name} has {len(rows)} rows, but n = {n}: give one row (n samples "
+        raise InvalidArgument("E0805", f"{name} has {len(rows)} rows, but n = {n}: give one row (n samples "
                                        "from it) or n rows (one sample each)")
     return n

@@ -2,7 +2,7 @@
 
 E00xx files and syntax, E01xx names and imports, E02xx circuit structure,
 E03xx values and parameters, E04xx calls, E05xx data, E06xx recipes,
-E07xx arguments of the Python API and the command line; W-codes are warnings.
+E08xx arguments of the Python API and the command line; W-codes are warnings.
 """
 
 CODES: dict[str, str] = {
@@ -57,15 +57,15 @@ CODES: dict[str, str] = {
     "E0603": "a required recipe entry that is missing",
     "E0604": "a recipe entry written in the wrong form",
     "E0605": "a distillation recipe that cannot run on its data (patch grid, clusters, splits)",
-    "E0701": "an argument of the wrong type (a number, an array, a path or a name was expected)",
-    "E0702": "a number outside its allowed range (counts, batch sizes, step sizes, seeds, indices)",
-    "E0703": "a value that is not a whole number, given for a discrete variable",
-    "E0704": "a value outside its variable's domain",
-    "E0705": "evidence, a query or a mask of the wrong shape or length",
-    "E0706": "an unknown name: a variable, a circuit or a backend",
-    "E0707": "a device, dtype or backend that is not available here",
-    "E0708": "a circuit or a query whose buffers would not fit in memory",
-    "E0709": "a file of the wrong kind: a model file where .pc source is expected, or the other way round",
+    "E0801": "an argument of the wrong type (a number, an array, a path or a name was expected)",
+    "E0802": "a number outside its allowed range (counts, batch sizes, step sizes, seeds, indices)",
+    "E0803": "a value that is not a whole number, given for a discrete variable",
+    "E0804": "a value outside its variable's domain",
+    "E0805": "evidence, a query or a mask of the wrong shape or length",
+    "E0806": "an unknown name: a variable, a circuit or a backend",
+    "E0807": "a device, dtype or backend that is not available here",
+    "E0808": "a circuit or a query whose buffers would not fit in memory",
+    "E0809": "a file of the wrong kind: a model file where .pc source is expected, or the other way round",
     "W0202": "declared variables that the circuit does not use",
     "W0601": "a distillation recipe whose images cannot be read yet (pcdsl run will need them)",
 }

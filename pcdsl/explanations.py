@@ -258,44 +258,44 @@ EXPLANATIONS: dict[str, Explanation] = {
         'recipe r {\n  data = file("train.csv")\n  model = hclt(over = data, hidden = 8)\n  train { em(epochs = 2) }\n'
         "  report loglik(test)\n}",
         "Report on a split the data has, or give the source that split (debd splits, `valid = N`)."),
-    "E0701": Explanation(
+    "E0801": Explanation(
         "An argument of the wrong type: a fraction where a count is needed, text where an array of "
         "numbers is.",
         _MODEL + "model.sample(2.5)", "Pass a value of the type the message names.", "python"),
-    "E0702": Explanation(
+    "E0802": Explanation(
         "A number outside its allowed range: a negative count, a batch size of 0, a step size outside "
         "(0, 1], a query index beyond the variables. On the command line: the option's range.",
         _MODEL + "model.sample(-3)", "Pass a value inside the range the message names.", "python"),
-    "E0703": Explanation(
+    "E0803": Explanation(
         "A discrete variable takes whole numbers 0..k-1; a fraction is refused instead of being rounded "
         "or truncated, which would answer a different question.",
         _MODEL + "model.log_prob(np.array([[0, 1.5]]))",
         "Give whole numbers (-1 or NaN marks a missing value).", "python"),
-    "E0704": Explanation(
+    "E0804": Explanation(
         "A value outside its variable's domain: a category k or above, a negative one other than -1, "
         "an infinite real.",
         _MODEL + "model.log_prob(np.array([[0, 3]]))", "Give values in the domain (-1 or NaN: missing).",
         "python"),
-    "E0705": Explanation(
+    "E0805": Explanation(
         "Evidence, a query or a mask of the wrong shape: a batch needs one column per variable, a mask "
         "one entry per variable, sample evidence one row or n rows.",
         _MODEL + "model.log_prob(np.zeros((4, 3)))",
         "Give (batch, variables) arrays, variables in declaration order.", "python"),
-    "E0706": Explanation(
+    "E0806": Explanation(
         "An unknown name: a variable in a query, a circuit of a file, a backend.",
         _MODEL + 'model.conditional(np.array([[0, 1]]), query=["d"])',
         "Use a name the circuit has; the help suggests the closest one.", "python"),
-    "E0707": Explanation(
+    "E0807": Explanation(
         "A device, dtype or backend this machine does not have (`cuda` without a GPU or a CUDA build of "
         "torch, `float16`, numba not installed).",
         _MODEL + 'pcdsl.compile(graph, "torch", dtype="float16")',
         "Use an available one; the message lists them.", "python"),
-    "E0708": Explanation(
+    "E0808": Explanation(
         "The circuit's parameters and buffers, or a query's (sampling n rows, MAP), would need more "
         "memory than is available; refused before anything is allocated, with the estimate.",
         "pcdsl sample model.safetensors -n 1000000000000",
         "Ask for fewer rows at a time, or use a machine (or GPU) with more memory.", "text"),
-    "E0709": Explanation(
+    "E0809": Explanation(
         "A file of the wrong kind: a model file where .pc source is expected (pcdsl.load), .pc source "
         "where a model file is (--init, pcdsl.load_model), a data file as the circuit.",
         "pcdsl train model.pc --data d.csv --init other.pc",

@@ -39,11 +39,11 @@ class Checked:
         if name is None:
             own = self.program.circuit_names_in_main() or list(self.circuits)
             if not own:
-                raise InvalidArgument("E0706", f"{self.program.main.name} declares no circuit")
+                raise InvalidArgument("E0806", f"{self.program.main.name} declares no circuit")
             return self.circuits[own[0]]
         if not isinstance(name, str) or name not in self.circuits:
             hint = did_you_mean(name, self.circuits) if isinstance(name, str) else None
-            raise InvalidArgument("E0706", f"no circuit {name!r} in {self.program.main.name} (circuits: "
+            raise InvalidArgument("E0806", f"no circuit {name!r} in {self.program.main.name} (circuits: "
                                            f"{', '.join(self.circuits) or 'none'})", hint)
         return self.circuits[name]
 

@@ -109,7 +109,7 @@ CASES = [
     case("sample_picture_of_a_circuit_without_an_image", "sample {tiny} -o {out}.png", 2, "-o '{out}.png'"),
     case("sample_colour_unknown", "sample {tiny} --colour lab", 2, "argument --colour: invalid choice: 'lab'"),
     case("sample_more_rows_than_memory", "sample {tiny} -n 1000000000000000", 1,
-         "error[E0708]: sampling 1000000000000000 rows needs about"),
+         "error[E0808]: sampling 1000000000000000 rows needs about"),
     # ---- query ----
     case("query_conditional_unknown_variable", "query {tiny} --data {data_csv} --conditional cc", 2,
          "--conditional names no variable 'cc' (variables: a, b, c)"),

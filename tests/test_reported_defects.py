@@ -79,7 +79,7 @@ def test_eval_on_a_missing_cuda_device_says_it_is_not_available(capsys: pytest.C
     data.write_text("0,1,2\n")
     status, _, err = _run(["eval", TINY, "--data", str(data), "--device", "cuda"], capsys)
     assert status == 2
-    assert "error[E0707]: device 'cuda' is not available" in err and "(available: cpu)" in err
+    assert "error[E0807]: device 'cuda' is not available" in err and "(available: cpu)" in err
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -87,7 +87,7 @@ def test_categorical_value_of_one_and_a_half_is_refused_not_truncated(backend: s
     model = pcdsl.compile(pcdsl.load(TINY), backend)
     with pytest.raises(InvalidArgument) as info:
         model.log_prob(np.array([[0, 1, 1.5]]))  # type: ignore[attr-defined]
-    assert info.value.code == "E0703"
+    assert info.value.code == "E0803"
     assert "x[0, 2] (variable 'c') is 1.5, not a whole number" in str(info.value)
 
 

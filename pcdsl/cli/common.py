@@ -18,7 +18,7 @@ from pcdsl.ir.graph import CircuitGraph
 
 EXIT_OK, EXIT_DIAGNOSTICS, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 # argument errors that are the command line's (exit 2); the others are about the input (exit 1)
-USAGE_CODES = frozenset({"E0701", "E0702", "E0706", "E0707", "E0709"})
+USAGE_CODES = frozenset({"E0801", "E0802", "E0806", "E0807", "E0809"})
 DATA_SUFFIXES = (".data", ".csv", ".txt", ".npy", ".npz", ".bin", ".gz", ".idx")
 MAX_SEED = 2**63 - 1
 
@@ -95,13 +95,13 @@ def load_circuit(args: argparse.Namespace) -> CircuitGraph:
         graph, args.trained = read_model(args, path)
         wanted = getattr(args, "circuit", None)
         if wanted is not None and wanted != graph.name:
-            raise InvalidArgument("E0706", f"--circuit {wanted!r}: the model file '{path}' holds circuit "
+            raise InvalidArgument("E0806", f"--circuit {wanted!r}: the model file '{path}' holds circuit "
                                            f"'{graph.name}'")
         print(f"pcdsl {args.command}: read model file {path} (circuit {graph.name}, trained parameters)",
               file=sys.stderr)
         return graph
     if Path(path).suffix.lower() in DATA_SUFFIXES:
-        raise InvalidArgument("E0709", f"'{path}' is a data file; FILE is a .pc file or a model file "
+        raise InvalidArgument("E0809", f"'{path}' is a data file; FILE is a .pc file or a model file "
                                        "(.safetensors)", "data goes after --data")
     return _read_source(args, path)
 
@@ -130,7 +130,7 @@ def read_model(args: argparse.Namespace, path: str):  # type: ignore[no-untyped-
     from pcdsl.io.model import ModelFileError, load_model
 
     if is_text(path):  # a model file is binary: its first bytes are a header length
-        raise InvalidArgument("E0709", f"'{path}' is text (.pc source?), not a model file",
+        raise InvalidArgument("E0809", f"'{path}' is text (.pc source?), not a model file",
                               "a model file is a .safetensors file written by pcdsl train -o or pcdsl run")
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -152,7 +152,7 @@ def data(args: argparse.Namespace, path: str, graph: CircuitGraph, option: str =
 
     if file_kind(path) == MODEL or Path(path).suffix.lower() == ".pc":
         kind = "a model file" if file_kind(path) == MODEL else ".pc source"
-        raise InvalidArgument("E0709", f"{option} '{path}' is {kind}, not data",
+        raise InvalidArgument("E0809", f"{option} '{path}' is {kind}, not data",
                               "data files are .data, .csv, .txt, .npy, .npz or image files")
     try:
         values = load_values(path, variable_shape(graph))  # image files: pixels in the circuit's array order

@@ -43,7 +43,7 @@ def run_render(args: argparse.Namespace) -> int:
 
     suffix = Path(args.output).suffix.lower().lstrip(".")
     if suffix not in FORMATS:
-        raise InvalidArgument("E0709", f"-o '{args.output}': unknown picture format '{suffix}' "
+        raise InvalidArgument("E0809", f"-o '{args.output}': unknown picture format '{suffix}' "
                                        f"(known: {', '.join('.' + f for f in FORMATS)})")
     graph, problems = _drawable(args)
     drawing = draw(graph, args.level, args.depth, args.max_nodes, problems)

@@ -131,7 +131,7 @@ def run_sample(args: argparse.Namespace) -> int:
         try:
             write_sample_grid(args.output, samples, graph, args.colour, args.scale)
         except ValueError as exc:
-            raise InvalidArgument("E0709", f"-o '{args.output}': {exc}") from None
+            raise InvalidArgument("E0809", f"-o '{args.output}': {exc}") from None
     else:
         _write(args.output, samples, discrete)
     print(f"wrote {n} samples of circuit {graph.name} to {args.output}")
@@ -147,7 +147,7 @@ def variables_of(text: str, graph: CircuitGraph) -> list[int]:
 
     names = [n.strip() for n in re.split(r",(?![^\[]*\])", text) if n.strip()]
     if not names:
-        raise InvalidArgument("E0706", f"--conditional {text!r} names no variable",
+        raise InvalidArgument("E0806", f"--conditional {text!r} names no variable",
                               "give comma-separated variable names, e.g. --conditional a,b")
     compact = {v.name.replace(" ", ""): v.name for v in graph.variables}
     wanted = [compact.get(n.replace(" ", ""), n) for n in names]
@@ -158,7 +158,7 @@ def variables_of(text: str, graph: CircuitGraph) -> list[int]:
 def _check_output(path: str | None, allowed: tuple[str, ...] = OUTPUTS) -> None:
     """Refuse an output format before any work is done."""
     if path is not None and Path(path).suffix.lower() not in allowed:
-        raise InvalidArgument("E0709", f"-o '{path}': unknown output format '{Path(path).suffix}' "
+        raise InvalidArgument("E0809", f"-o '{path}': unknown output format '{Path(path).suffix}' "
                                        f"(known: {', '.join(allowed)})")
 
 
@@ -179,7 +179,7 @@ def _write(path: str, table: np.ndarray, discrete: list[bool]) -> None:
     try:
         save_values(Path(path), table, discrete)
     except OSError as exc:
-        raise InvalidArgument("E0709", f"-o '{path}': cannot write it: {exc.strerror or exc}") from None
+        raise InvalidArgument("E0809", f"-o '{path}': cannot write it: {exc.strerror or exc}") from None
 
 
 def _row(row: np.ndarray, discrete: list[bool]) -> str:

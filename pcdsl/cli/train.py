@@ -98,7 +98,7 @@ def run_train(args: argparse.Namespace) -> int:
     out = output_path(args)
     graph = load_circuit(args)
     if args.init is not None and args.trained is not None:
-        raise InvalidArgument("E0709", f"--init '{args.init}': '{args.file}' is a model file and brings its own "
+        raise InvalidArgument("E0809", f"--init '{args.init}': '{args.file}' is a model file and brings its own "
                                        "parameters", "drop --init to continue from them, or train the .pc source")
     # a wrong model file: say so before reading the data
     first = initial(args, args.init, graph) if args.init is not None else args.trained
@@ -138,7 +138,7 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         written = save_model(out, graph, best)
     except OSError as exc:
-        raise InvalidArgument("E0709", f"-o '{out}': cannot write it: {exc.strerror or exc}") from None
+        raise InvalidArgument("E0809", f"-o '{out}': cannot write it: {exc.strerror or exc}") from None
     told = "" if args.output else " (no -o given: NAME.trained.safetensors in the working directory)"
     print(f"wrote {written}{told}")
     return EXIT_OK
@@ -149,7 +149,7 @@ def output_path(args: argparse.Namespace) -> Path:
     (never the input file itself)."""
     if args.output is not None:
         if Path(args.output).suffix.lower() != ".safetensors":
-            raise InvalidArgument("E0709", f"-o '{args.output}': a model file is written as .safetensors")
+            raise InvalidArgument("E0809", f"-o '{args.output}': a model file is written as .safetensors")
         return Path(args.output)
     stem = Path(args.file).name.split(".")[0] or "model"
     out = Path(f"{stem}.trained.safetensors")
@@ -164,7 +164,7 @@ def run_recipe_command(args: argparse.Namespace) -> int:
     from pcdsl.run import RunError, run_recipe
 
     if file_kind(args.file) == MODEL:
-        raise InvalidArgument("E0709", f"'{args.file}' is a model file; pcdsl run takes a recipe in a .pc file",
+        raise InvalidArgument("E0809", f"'{args.file}' is a model file; pcdsl run takes a recipe in a .pc file",
                               "pcdsl eval, query, sample and train take model files")
     try:
         checked = check_file(args.file)

@@ -29,11 +29,11 @@ def fit(graph: CircuitGraph, data: Any, *, params: Parameters | None = None, val
     train = np.asarray(_numpy(arguments.evidence(data, names, sizes, "data")))
     held = None if valid is None else np.asarray(_numpy(arguments.evidence(valid, names, sizes, "valid")))
     if len(train) == 0:
-        raise arguments.InvalidArgument("E0705", "data has no rows to learn from")
+        raise arguments.InvalidArgument("E0805", "data has no rows to learn from")
     epochs, full_epochs = arguments.integer(epochs, "epochs"), arguments.integer(full_epochs, "full_epochs")
     batch_size = arguments.integer(batch_size, "batch_size", 1)
     if not isinstance(step, (tuple, list)) or len(step) not in (1, 2):
-        raise arguments.InvalidArgument("E0701", f"step must be (first, last) step sizes, found {step!r}")
+        raise arguments.InvalidArgument("E0801", f"step must be (first, last) step sizes, found {step!r}")
     steps = tuple(arguments.real(s, "step", 0.0, 1.0, open_low=True) for s in step)
     pseudocount = arguments.real(pseudocount, "pseudocount", 0.0)
     patience = None if patience is None else arguments.integer(patience, "patience", 1)
