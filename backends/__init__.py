@@ -50,6 +50,16 @@ class PlanModel:
     def variables(self) -> tuple[str, ...]:
         return self.plan.variables
 
+    def __repr__(self) -> str:
+        where = " ".join(str(getattr(self, k)).removeprefix("torch.") for k in ("dtype", "device") if hasattr(self, k))
+        return f"{type(self).__name__}({self.plan.summary()}{'; ' + where if where else ''})"
+
+    def _repr_svg_(self) -> str | None:
+        """Jupyter's picture of the layers the model runs (needs graphviz)."""
+        from pcdsl.render import picture
+
+        return picture(self.plan)._repr_svg_()
+
     @property
     def cardinalities(self) -> tuple[int | None, ...]:
         return self.plan.cardinalities

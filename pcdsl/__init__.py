@@ -5,13 +5,15 @@ The front end is importable without torch or numba::
     import pcdsl
     checked = pcdsl.check("examples/tiny.pc")     # raises pcdsl.PcdslError on bad input
     graph = checked.circuit("tiny")                # a pcdsl.ir.CircuitGraph
+    pcdsl.render(graph)                            # its picture (Jupyter shows it)
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pcdsl.diagnostics import Diagnostic, InternalError, PcdslError, render, render_all
+from pcdsl import render  # a module that is also a function: pcdsl.render(graph) -> its picture
+from pcdsl.diagnostics import Diagnostic, InternalError, PcdslError, render_all
 from pcdsl.frontend import Checked, check_file, check_text
 from pcdsl.ir.graph import CircuitGraph, Node, NodeKind, Variable
 
@@ -19,9 +21,12 @@ __version__ = "0.1.0"
 
 
 def check(path: str | Path) -> Checked:
-    """Parse, resolve, elaborate and validate a .pc file (and its imports)."""
+    """Parse, resolve, elaborate and validate a .pc file (and its imports); a .jpc, .psdd, .sdd or
+    .vtree file (by extension, .gz too) is read and validated instead."""
+    from pcdsl.io.formats import check_path
+
     _expect_source(path, "pcdsl.check")
-    return check_file(path)
+    return check_path(path)
 
 
 def _expect_source(path: str | Path, function: str) -> None:
@@ -51,6 +56,7 @@ __all__ = [
     "check_file",
     "check_text",
     "compile",
+    "convert",
     "fit",
     "fits_in_memory",
     "load",
@@ -61,8 +67,13 @@ __all__ = [
 
 
 def load(path: str | Path, circuit: str | None = None) -> CircuitGraph:
-    """The named circuit of a .pc file (or its first), checked and validated."""
+    """The named circuit of a .pc file (or its first), checked and validated. A .jpc, .psdd or
+    .sdd file (by extension) gives its circuit with the file's parameters on its nodes."""
+    from pcdsl.io.formats import is_circuit_file, read_circuit
+
     _expect_source(path, "pcdsl.load")
+    if is_circuit_file(path):
+        return read_circuit(path).graph
     return check_file(path).circuit(circuit)
 
 
@@ -114,15 +125,28 @@ def fit(graph: CircuitGraph, data: object, **options: object) -> object:
 
 
 def load_model(path: str | Path) -> tuple[CircuitGraph, object]:
-    """A trained model file: its circuit graph and parameters (`compile(graph, params=...)`)."""
+    """A trained model file (.safetensors), or a .jpc, .psdd or .sdd file: its circuit graph and
+    parameters (`compile(graph, params=...)`)."""
     from pcdsl.arguments import InvalidArgument
     from pcdsl.io.files import MODEL, file_kind, is_text
+    from pcdsl.io.formats import is_circuit_file, read_circuit
     from pcdsl.io.model import load_model as _load
 
     if not isinstance(path, (str, Path)):
         raise InvalidArgument("E0801", f"pcdsl.load_model takes a path (str or pathlib.Path), found "
                                        f"{type(path).__name__}")
+    if is_circuit_file(path):
+        imported = read_circuit(path)
+        return imported.graph, imported.params
     if file_kind(path) != MODEL and is_text(path):
         raise InvalidArgument("E0809", f"'{path}' is text, not a pcdsl model file (.pc source?)",
                               "pcdsl.load(path) reads .pc source; pcdsl.compile(graph) then runs it")
     return _load(path)
+
+
+def convert(source: str | Path, target: str | Path, circuit: str | None = None) -> list[Path]:
+    """Convert a circuit between .pc, .safetensors, .jpc, .psdd (+ .vtree), .sdd and .vtree files,
+    chosen by extension (docs/formats.md); returns the files written."""
+    from pcdsl.io.formats import convert as _convert
+
+    return _convert(source, target, circuit)

@@ -1,8 +1,9 @@
 """The catalogue of diagnostic codes: `pcdsl explain CODE` prints an entry.
 
 E00xx files and syntax, E01xx names and imports, E02xx circuit structure,
-E03xx values and parameters, E04xx calls, E05xx data, E06xx recipes,
-E08xx arguments of the Python API and the command line; W-codes are warnings.
+E03xx values and parameters, E04xx calls, E05xx data, E06xx recipes, E07xx circuit and vtree
+files of other tools (.jpc, .psdd, .sdd, .vtree), E08xx arguments of the Python API and the
+command line; W-codes are warnings.
 """
 
 CODES: dict[str, str] = {
@@ -57,6 +58,18 @@ CODES: dict[str, str] = {
     "E0603": "a required recipe entry that is missing",
     "E0604": "a recipe entry written in the wrong form",
     "E0605": "a distillation recipe that cannot run on its data (patch grid, clusters, splits)",
+    "E0701": "a circuit or vtree file without its header line ('jpc N', 'psdd N', 'sdd N', 'vtree N')",
+    "E0702": "a line of an unknown kind, or with the wrong number of fields for its kind",
+    "E0703": "a field that is not a number of the right type (an integer id, a real log-probability)",
+    "E0704": "a node or vtree id outside 0..N-1 (N: the header's count)",
+    "E0705": "a node or vtree id defined twice",
+    "E0706": "a child id that no earlier line defines (children come before their parents)",
+    "E0707": "a file whose number of node lines differs from its header's count (a truncated file)",
+    "E0708": "a node whose vtree id does not fit its variables or its children (circuit and vtree disagree)",
+    "E0709": "a variable outside 1..N, or leaves that disagree on a variable's number of values",
+    "E0710": "an .sdd constraint with no models (or weighted model count 0)",
+    "E0711": "a vtree that is not one binary tree with one leaf per variable",
+    "E0712": "a file that holds no circuit, or a circuit file without the vtree it needs",
     "E0801": "an argument of the wrong type (a number, an array, a path or a name was expected)",
     "E0802": "a number outside its allowed range (counts, batch sizes, step sizes, seeds, indices)",
     "E0803": "a value that is not a whole number, given for a discrete variable",
@@ -67,5 +80,6 @@ CODES: dict[str, str] = {
     "E0808": "a circuit or a query whose buffers would not fit in memory",
     "E0809": "a file of the wrong kind: a model file where .pc source is expected, or the other way round",
     "W0202": "declared variables that the circuit does not use",
+    "W0701": "nodes of a circuit file that its root (the last node) does not reach; they are left out",
     "W0601": "a distillation recipe whose images cannot be read yet (pcdsl run will need them)",
 }

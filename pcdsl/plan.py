@@ -15,6 +15,10 @@ contiguous. Layers run in order:
   units): ``out[f, m] = log sum_c W[f, m, c] exp(buf[index[f, c]])``, one
   batched matrix product. A block-diagonal sum of K blocks is K folds (one per
   block), so its cost is that of the edges it has, not of a dense block.
+  A fold set whose weights are mostly exact zeros (sums pruned by progressive
+  growing) also carries its edges as CSR (:class:`SparseSum`): backends then
+  run it in time proportional to the edges kept; the dense weights stay the
+  layer's parameters, so learning and model files see one layout.
 
 Nodes are layered by height (inputs 0, others 1 + the highest child), so
 everything a layer reads was written by an earlier layer.
@@ -84,6 +88,59 @@ class ProductLayer:
         return self.start + self.index.shape[0]
 
 
+# A sum layer runs sparse when at most this share of its (F, M, C) weights is non-zero. Above it,
+# the dense batched matrix product costs less than the edge lists: on a 2-core CPU numba's sparse
+# kernel did about 2-3x less work per second per edge than its dense one (benchmarks/pruning.py).
+SPARSE_DENSITY = 0.35
+
+
+@dataclass(frozen=True, eq=False)
+class SparseSum:
+    """The non-zero edges of a sum layer as CSR over its F * M output rows (row f * M + m):
+    edges ``indptr[r]:indptr[r + 1]`` of row r read the fold's inputs ``cols`` (0..C-1, ascending
+    within a row, the order the dense loop visits them)."""
+
+    indptr: np.ndarray  # (F * M + 1,) int64
+    cols: np.ndarray  # (E,) int64
+
+    @property
+    def edges(self) -> int:
+        return len(self.cols)
+
+    def rows(self) -> np.ndarray:
+        """(E,) the output row of each edge."""
+        return np.repeat(np.arange(len(self.indptr) - 1, dtype=np.int64), np.diff(self.indptr))
+
+    def flat(self, inputs: int) -> np.ndarray:
+        """(E,) each edge's position in the layer's flattened (F, M, C) weights."""
+        return self.rows() * inputs + self.cols
+
+    def same(self, other: SparseSum | None) -> bool:
+        """The same edges as `other`."""
+        return other is not None and np.array_equal(self.indptr, other.indptr) and \
+            np.array_equal(self.cols, other.cols)
+
+
+def sparse_pattern(weights: np.ndarray, density: float = SPARSE_DENSITY) -> SparseSum | None:
+    """The edges of (F, M, C) weights as CSR when at most `density` of them are non-zero, else
+    None (the layer runs dense; always for `density` <= 0). Rows without any edge are allowed
+    (their unit is log 0)."""
+    if weights.size == 0 or density <= 0:
+        return None
+    live = weights.reshape(-1, weights.shape[2]) != 0
+    if np.count_nonzero(live) > density * weights.size:
+        return None
+    rows, cols = np.nonzero(live)  # row-major: ascending columns within a row
+    indptr = np.zeros(live.shape[0] + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=live.shape[0]), out=indptr[1:])
+    return SparseSum(indptr, cols.astype(np.int64))
+
+
+def same_pattern(a: SumLayer, b: SumLayer) -> bool:
+    """Whether two versions of a sum layer run alike (both dense, or sparse with one edge set)."""
+    return (a.sparse is None and b.sparse is None) or (a.sparse is not None and a.sparse.same(b.sparse))
+
+
 @dataclass(frozen=True)
 class SumLayer:
     start: int  # output slots [start, start + F * M), node-major
@@ -92,6 +149,12 @@ class SumLayer:
     nodes: tuple[str, ...]  # the node of each fold (a block-diagonal sum has one fold per block)
     groups: tuple[str, ...]  # weight group of each fold (tied sums share one)
     rows: tuple[int, ...] = ()  # first row of each fold in its group's weights (0 without blocks)
+    sparse: SparseSum | None = None  # the non-zero edges, when the plan runs this layer sparse
+
+    @property
+    def edges(self) -> int:
+        """The edges the layer runs: all F * M * C dense, the non-zero ones sparse."""
+        return int(np.prod(self.shape)) if self.sparse is None else self.sparse.edges
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -116,9 +179,31 @@ class LayeredPlan:
     layers: tuple[Layer, ...]
     root: int  # the root's slot
     slot_of: dict[str, int]  # first slot of each node group
+    fixed: frozenset[str] = frozenset()  # parameter groups learning keeps (Parameters.fixed)
+    sparse_density: float = SPARSE_DENSITY  # sum layers at most this dense run on their edges (0: never)
 
     def input_layers(self) -> list[InputLayer]:
         return [layer for layer in self.layers if isinstance(layer, InputLayer)]
+
+    def summary(self) -> str:
+        """Sizes in one line: variables, layers by kind, units, edges, parameters."""
+        kinds = [type(layer).__name__.removesuffix("Layer").lower() for layer in self.layers]
+        counts = ", ".join(f"{kinds.count(k)} {k}" for k in ("input", "product", "sum") if k in kinds)
+        edges = sum(layer.index.size if isinstance(layer, ProductLayer) else
+                    layer.edges if isinstance(layer, SumLayer) else 0 for layer in self.layers)
+        stored = sum(p.size for layer in self.input_layers() for p in layer.params.values())
+        stored += sum(layer.weights.size for layer in self.layers if isinstance(layer, SumLayer))
+        return (f"'{self.name}': {self.num_vars} variables, {len(self.layers)} layers ({counts}), "
+                f"{self.num_slots - FIRST_SLOT} units, {edges} edges, {stored} parameter entries")
+
+    def __repr__(self) -> str:
+        return f"LayeredPlan({self.summary()})"
+
+    def _repr_svg_(self) -> str | None:
+        """Jupyter's picture of the layers (needs graphviz; None falls back to the text)."""
+        from pcdsl.render import picture
+
+        return picture(self)._repr_svg_()
 
 
 def heights(graph: CircuitGraph) -> dict[str, int]:
@@ -128,8 +213,9 @@ def heights(graph: CircuitGraph) -> dict[str, int]:
     return h
 
 
-def compile_plan(graph: CircuitGraph, params: Parameters) -> LayeredPlan:
-    """Fold a validated circuit graph and its parameters into layers."""
+def compile_plan(graph: CircuitGraph, params: Parameters, sparse_density: float = SPARSE_DENSITY) -> LayeredPlan:
+    """Fold a validated circuit graph and its parameters into layers; sum layers whose weights
+    are at most `sparse_density` non-zero run on their edges (0: every layer dense)."""
     buckets: dict[tuple, list[Node]] = defaultdict(list)
     h = heights(graph)
     for node in graph.nodes():
@@ -141,14 +227,15 @@ def compile_plan(graph: CircuitGraph, params: Parameters) -> LayeredPlan:
     next_slot = FIRST_SLOT
     for key in keys:
         nodes = buckets[key]
-        layer = _layer(graph, params, key[1], nodes, slots, next_slot)
+        layer = _layer(graph, params, key[1], nodes, slots, next_slot, sparse_density)
         for node in nodes:  # node-major: each group's units contiguous, in fold order
             slots[node.name] = next_slot
             next_slot += node.num_units
         layers.append(layer)
     cards = tuple(v.domain.size if v.domain.is_discrete else None for v in graph.variables)
     return LayeredPlan(graph.name, next_slot, len(graph.variables), cards,
-                       tuple(v.name for v in graph.variables), tuple(layers), slots[graph.root.name], slots)
+                       tuple(v.name for v in graph.variables), tuple(layers), slots[graph.root.name], slots,
+                       params.fixed, sparse_density)
 
 
 _KIND_ORDER = {"input": 0, "product": 1, "sum": 2}
@@ -188,7 +275,7 @@ def _order(key: tuple) -> tuple:
 
 
 def _layer(graph: CircuitGraph, params: Parameters, kind: str, nodes: list[Node],
-           slots: dict[str, int], start: int) -> Layer:
+           slots: dict[str, int], start: int, sparse_density: float) -> Layer:
     names = tuple(n.name for n in nodes)
     if kind == "input":
         return _input_layer(graph, params, nodes, start)
@@ -199,7 +286,8 @@ def _layer(graph: CircuitGraph, params: Parameters, kind: str, nodes: list[Node]
     first_rows = tuple(b * (n.num_units // n.blocks) for n, b in folds)
     layer = SumLayer(start, index, np.empty((0, 0, 0)), tuple(n.name for n, _ in folds),
                      tuple(weight_group(n) for n, _ in folds), first_rows)
-    return replace(layer, weights=fold_weights(layer, params, nodes[0].num_units // nodes[0].blocks))
+    weights = fold_weights(layer, params, nodes[0].num_units // nodes[0].blocks)
+    return replace(layer, weights=weights, sparse=sparse_pattern(weights, sparse_density))
 
 
 def fold_weights(layer: SumLayer, params: Parameters, units: int | None = None) -> np.ndarray:
@@ -283,9 +371,49 @@ def with_parameters(plan: LayeredPlan, params: Parameters,
         elif isinstance(layer, InputLayer):
             layer = replace(layer, params=input_block(layer, params, plan.cardinalities))
         elif isinstance(layer, SumLayer):
-            layer = replace(layer, weights=fold_weights(layer, params))
+            weights = fold_weights(layer, params)
+            layer = replace(layer, weights=weights, sparse=sparse_pattern(weights, plan.sparse_density))
         layers.append(layer)
-    return replace(plan, layers=tuple(layers))
+    return replace(plan, layers=tuple(layers), fixed=params.fixed)
+
+
+def plan_parameters(plan: LayeredPlan) -> Parameters:
+    """The parameters a plan holds, by group (the inverse of :func:`with_parameters`): each sum
+    group's rows gathered from its folds, each leaf table's rows cut to its variable's categories
+    (Bernoulli ``p`` and indicator ``value`` recovered from their two or k log-probabilities)."""
+    params = Parameters(fixed=plan.fixed)
+    for layer in plan.layers:
+        if isinstance(layer, SumLayer):
+            _sum_groups(layer, params)
+        elif isinstance(layer, InputLayer):
+            _input_groups(layer, plan, params)
+    return params
+
+
+def _sum_groups(layer: SumLayer, params: Parameters) -> None:
+    m = layer.shape[1]
+    for fold, (group, row) in enumerate(zip(layer.groups, layer.rows or (0,) * len(layer.groups), strict=True)):
+        block = params.weights.get(group)
+        if block is None or len(block) < row + m:  # grown to the rows this fold needs
+            grown = np.zeros((row + m, layer.shape[2]))
+            if block is not None:
+                grown[:len(block)] = block
+            block = params.weights[group] = grown
+        block[row:row + m] = layer.weights[fold]
+
+
+def _input_groups(layer: InputLayer, plan: LayeredPlan, params: Parameters) -> None:
+    width, first = layer.width, layer.table_nodes()
+    sizes = layer.table_cardinalities(plan.cardinalities)
+    for i, group in enumerate(layer.tables):
+        rows = slice(i * width, (i + 1) * width)
+        if layer.family == "gaussian":
+            params.inputs[group] = {k: np.array(layer.params[k][rows], dtype=np.float64) for k in ("mean", "std")}
+            continue
+        probs = np.exp(layer.params["log_probs"][rows, :sizes[i]])
+        family = layer.families[first[i]]
+        params.inputs[group] = ({"probs": probs} if family == "categorical" else {"p": probs[:, 1].copy()}
+                                if family == "bernoulli" else {"value": probs.argmax(axis=1)})
 
 
 def dump_plan(plan: LayeredPlan) -> str:
@@ -299,6 +427,8 @@ def dump_plan(plan: LayeredPlan) -> str:
         else:
             f, m, c = layer.shape
             desc = f"sum fold={f} units={m} inputs={c} edges={f * m * c}"
+            if layer.sparse is not None:
+                desc += f" sparse={layer.sparse.edges}"
         lines.append(f"  layer {i}: {desc} slots [{layer.start}, {layer.stop}) nodes {_names(layer.nodes)}")
     return "\n".join(lines) + "\n"
 

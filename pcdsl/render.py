@@ -1,32 +1,41 @@
-"""Graphviz pictures of circuits, at the level of node groups or of regions.
+"""Graphviz pictures of circuits (at the level of node groups or of regions), of single node
+groups, and of layered plans (what a compiled model runs; :mod:`pcdsl.render_plan`).
 
 The DOT text is deterministic (ids follow the graph's insertion order), so it can be
 golden-tested; SVG, PNG and PDF come from the `dot` program. Pictures stay readable: large
 circuits are drawn by region, deep or wide ones are cut (:mod:`pcdsl.render_fit`) with a note
 of what was collapsed, and no picture is larger than ``MAX_PIXELS`` on its longest side. An
-invalid circuit can be drawn too, its violations in red.
+invalid circuit can be drawn too, its violations in red. :func:`picture` wraps any of them in a
+:class:`Picture`, which Jupyter shows.
 """
 
 from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
+import types
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pcdsl.diagnostics import Diagnostic
+from pcdsl.diagnostics import render as render_diagnostic
 from pcdsl.io.atomic import write_atomic
-from pcdsl.ir.graph import CircuitGraph
+from pcdsl.ir.graph import CircuitGraph, Node
+from pcdsl.plan import LayeredPlan
 from pcdsl.render_fit import fit, note
 from pcdsl.render_items import Item, circuit_items, highlight, region_items
+from pcdsl.render_plan import _FONTS, _attrs, _quote, node_dot, node_label, plan_dot
+
+__all__ = ["Picture", "RenderError", "draw", "node_label", "picture", "render", "render_file", "to_dot"]
 
 FORMATS = ("dot", "svg", "png", "pdf")
 LEVELS = ("auto", "circuit", "region")
 AUTO_REGION_LIMIT = 300  # above this many node groups, the region level reads better
 MAX_PIXELS = 8000  # the longest side of a PNG (at DPI); graphviz scales larger layouts down to it
 DPI = 96
-_FONTS = '  node [fontname="Helvetica"];\n  edge [fontname="Helvetica", fontsize=10];'
 _PLACEHOLDER = {"shape": "box", "style": "dashed", "fontcolor": "#555555", "color": "#888888"}
 
 
@@ -41,14 +50,6 @@ class Drawing:
     dot: str
     level: str
     note: str | None
-
-
-def _quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-
-
-def _attrs(**kw: str) -> str:
-    return "[" + ", ".join(f"{k}={_quote(v)}" for k, v in sorted(kw.items())) + "]"
 
 
 def draw(graph: CircuitGraph, level: str = "auto", depth: int | None = None, max_nodes: int | None = None,
@@ -162,3 +163,67 @@ def _atomic_write(path: Path, data: bytes) -> None:
         write_atomic(path, data)
     except OSError as exc:
         raise RenderError(f"cannot write '{path}': {exc.strerror}") from None
+
+
+@dataclass(frozen=True)
+class Picture:
+    """A rendered circuit, node group or plan: its DOT text, and SVG, PNG or PDF from graphviz's
+    ``dot``. Jupyter shows it (``_repr_svg_``); without ``dot`` it shows this text instead."""
+
+    dot: str
+
+    def svg(self) -> str:
+        """The picture as SVG text (needs graphviz's ``dot``)."""
+        return _run_dot(self.dot.encode("utf-8"), "svg").decode("utf-8")
+
+    def save(self, out: str | Path, fmt: str | None = None) -> Path:
+        """Write the picture to `out` (format from the suffix unless `fmt`), atomically."""
+        out = Path(out)
+        fmt = fmt or out.suffix.lstrip(".").lower()
+        if fmt not in FORMATS:
+            raise RenderError(f"unknown picture format '{fmt}' (known: {', '.join(FORMATS)})")
+        data = self.dot.encode("utf-8")
+        _atomic_write(out, data if fmt == "dot" else _run_dot(data, fmt))
+        return out
+
+    def _repr_svg_(self) -> str | None:
+        try:
+            return self.svg()
+        except RenderError:
+            return None  # Jupyter falls back to the text form
+
+    def __repr__(self) -> str:
+        return f"Picture({self.dot.count(chr(10))} lines of DOT; .svg() or .save(path) to draw it)"
+
+
+def picture(thing: Any, level: str = "auto") -> Picture:
+    """The picture of a circuit graph (node groups or regions, see :func:`to_dot`), a node group,
+    a layered plan, or anything that runs one (a compiled model, a circuit module)."""
+    if isinstance(thing, CircuitGraph):
+        return Picture(to_dot(thing, level))
+    if isinstance(thing, Node):
+        return Picture(node_dot(thing))
+    plan = thing if isinstance(thing, LayeredPlan) else getattr(thing, "plan", None)
+    if isinstance(plan, LayeredPlan):
+        return Picture(plan_dot(plan))
+    raise TypeError(f"cannot draw a {type(thing).__name__}: give a circuit graph, a node group, a plan or a model")
+
+
+def render(thing: Any, level: str = "auto") -> Any:
+    """``pcdsl.render(x)``: the :class:`Picture` of a circuit graph, node group, plan or compiled
+    model; a :class:`~pcdsl.diagnostics.Diagnostic` renders as its text (file:line:col, the
+    source line, a caret)."""
+    if isinstance(thing, Diagnostic):
+        return render_diagnostic(thing)
+    return picture(thing, level)
+
+
+class _CallableModule(types.ModuleType):
+    """This module is also the façade's function, so that ``pcdsl.render(graph)`` works
+    whichever of the two the name ``pcdsl.render`` was last bound to by an import."""
+
+    def __call__(self, thing: Any, level: str = "auto") -> Any:
+        return render(thing, level)
+
+
+sys.modules[__name__].__class__ = _CallableModule

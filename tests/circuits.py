@@ -74,15 +74,31 @@ class _Gen:
         return self.g.add_product(self.name("p"), kids).name
 
 
-def random_circuit(seed: int, num_vars: int = 4, real: bool = False) -> tuple[CircuitGraph, Parameters]:
+def random_circuit(seed: int, num_vars: int = 4, real: bool = False,
+                   units: int | None = None) -> tuple[CircuitGraph, Parameters]:
+    """`units`: the width of the top region's node groups (random 1..3 when None)."""
     rng = np.random.default_rng(seed)
     graph = CircuitGraph(f"random{seed}", _variables(rng, num_vars, real))
     gen = _Gen(graph, rng)
-    units = int(rng.integers(1, 4))
+    units = int(rng.integers(1, 4)) if units is None else units
     top = gen.region(tuple(range(num_vars)), units, depth=3)
     if graph.node(top).num_units != 1 or graph.node(top).kind.value != "sum":
         graph.add_sum("root", (top,), 1)
     return graph, initialise(graph, seed, perturbation=0.9)
+
+
+def pruned_circuit(seed: int, keep: float = 0.3, num_vars: int = 5,
+                   real: bool = False) -> tuple[CircuitGraph, Parameters]:
+    """A random circuit of wide node groups whose sum weights keep about `keep` of their edges
+    (each unit its heaviest one, so every row stays a distribution), as pruning leaves them."""
+    graph, params = random_circuit(seed, num_vars, real, units=8)
+    rng = np.random.default_rng(seed + 1)
+    for group, w in params.weights.items():
+        mask = rng.random(w.shape) < keep
+        mask[np.arange(len(w)), w.argmax(axis=1)] = True
+        pruned = np.where(mask, w, 0.0)
+        params.weights[group] = pruned / pruned.sum(axis=1, keepdims=True)
+    return graph, params
 
 
 def deterministic_circuit(seed: int, num_vars: int = 4) -> tuple[CircuitGraph, Parameters]:

@@ -149,6 +149,32 @@ def test_a_killed_run_resumes_to_the_same_model(tmp_path: Path, monkeypatch: pyt
     _same_model(tmp_path / "whole", tmp_path / "killed")
 
 
+def test_a_run_killed_while_growing_keeps_its_finished_clusters_and_time(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import pcdsl.distill.growing as growing
+
+    path = _recipe(tmp_path, latents="clusters = 2) | grow(to = 5, rounds = 2, workers = 1")
+    _run(path, tmp_path / "whole")
+    original, calls = growing.grow_cluster, {"n": 0}
+
+    def dies(task: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(task)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(growing, "grow_cluster", dies)
+    assert main(["run", str(path), "--out", str(tmp_path / "killed"), "-q"]) != 0
+    state = json.loads((tmp_path / "killed" / "stages.json").read_text())
+    assert "growing" not in state["keys"] and state["attempts"]["growing"]["seconds"] == 0
+    calls["n"] = -100
+    report = _run(path, tmp_path / "killed")
+    assert calls["n"] == -99  # only the cluster the killed run had not finished
+    _same_model(tmp_path / "whole", tmp_path / "killed")
+    assert report["seconds"]["growing"] > 0 and not list((tmp_path / "killed").glob("growing-*"))
+    assert "attempts" not in report and json.loads((tmp_path / "killed" / "stages.json").read_text())["attempts"] == {}
+
+
 def test_a_kill_between_checkpoint_and_state_resumes_to_the_same_model(tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     import pcdsl.distill.pipeline as pipeline
@@ -198,6 +224,11 @@ def test_the_imagenet32_example_runs_on_a_tiny_synthetic_npz(tmp_path: Path) -> 
     assert 0 < report["test_bpd"] <= report["lvd_bound_test_bpd"] + 1e-9
     graph, _ = load_model(tmp_path / "run" / "model.safetensors")
     assert len(graph.variables) == 16 * 16 * 3  # bits per dimension count the crop's values
+    assert graph.colour == "ycocg_r"  # so that pictures of its samples come out in RGB by default
+    model = str(tmp_path / "run" / "model.safetensors")
+    for name, extra in (("default.png", []), ("explicit.png", ["--colour", "ycocg_r"])):
+        assert main(["sample", model, "-n", "4", "--seed", "1", "-o", str(tmp_path / name), *extra]) == 0
+    assert (tmp_path / "default.png").read_bytes() == (tmp_path / "explicit.png").read_bytes()
 
 
 def test_bad_recipes_are_diagnosed_at_check_time(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

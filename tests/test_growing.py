@@ -16,6 +16,7 @@ from pcdsl.distill.growing import (
     Grown,
     allocate,
     assign_heads,
+    cluster_bits,
     cluster_em,
     head_log_likelihoods,
     progressive_growing,
@@ -170,9 +171,11 @@ def test_split_follows_the_features() -> None:
     assert same.sum() == 4
 
 
-def test_allocation_follows_cluster_sizes() -> None:
+def test_allocation_follows_cluster_sizes_or_bits() -> None:
     assert allocate([100, 50, 0], 6) == [3, 2, 1]
     assert allocate([2, 1], 3) == [2, 1]
+    assert allocate([100, 50, 0], 6, [10.0, 500.0, 0.0]) == [1, 4, 1]  # the bits, not the patches
+    assert allocate([100, 2], 5, [1.0, 500.0]) == [3, 2]  # never more heads than patches
     for heads in (1, 4):
         with pytest.raises(ValueError, match="heads = "):
             allocate([2, 1], heads)
@@ -195,7 +198,8 @@ def _grow(kind: str = "hclt", **settings: object) -> Grown:
 def test_growing_reaches_the_target_with_a_valid_family(kind: str) -> None:
     patches, z, _ = _problem()
     grown = _grow(kind)
-    assert [c.heads for c in grown.circuits] == allocate(np.bincount(z).tolist(), 5)
+    bits = cluster_bits(patches, z, 2, LEVELS, 0.1)
+    assert [c.heads for c in grown.circuits] == allocate(np.bincount(z).tolist(), 5, bits.tolist())
     assert grown.family.clusters == 5 and grown.rounds[-1].heads == 5
     assert all(len(stats) >= 2 for stats in grown.clusters)
     assert sum(r.split for r in grown.rounds) == 3  # 2 global clusters start with one head each
@@ -239,6 +243,59 @@ def test_growing_is_seeded_and_independent_of_workers() -> None:
     assert _same(first, _grow(seed=3))
     assert _same(first, _grow(seed=3, workers=2))
     assert not _same(first, _grow(seed=4))
+
+
+def test_a_stopped_growing_resumes_from_its_finished_clusters(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed after its first global cluster, growing with a cache grows only the others again,
+    and ends where an uninterrupted run ends, bit for bit."""
+    import pcdsl.distill.growing as growing
+
+    whole = _grow(seed=3)
+    original, calls = growing.grow_cluster, {"n": 0}
+
+    def dies(task: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(task)  # type: ignore[arg-type]
+
+    patches, z, features = _problem()
+    shape = PatchShape(3, SHAPES["hclt"].edges, 2, 2)
+    settings = Growing(heads=5, rounds=2, margin=0.0, threshold=0.05, seed=3)
+    monkeypatch.setattr(growing, "grow_cluster", dies)
+    with pytest.raises(KeyboardInterrupt):
+        progressive_growing(patches, z, features, shape, LEVELS, QUICK, settings, tmp_path)
+    assert len(list(tmp_path.glob("g*.json"))) == 1
+    calls["n"] = -100  # the resumed run grows the one cluster left
+    resumed = progressive_growing(patches, z, features, shape, LEVELS, QUICK, settings, tmp_path)
+    assert calls["n"] == -99
+    assert _same(whole, resumed)
+    assert whole.clusters == resumed.clusters and [c.hidden for c in whole.circuits] == [c.hidden for c in
+                                                                                        resumed.circuits]
+
+
+def test_cluster_bits_are_the_histogram_negative_log_likelihood() -> None:
+    patches, z, _ = _problem(60)
+    bits = cluster_bits(patches, z, 3, LEVELS, 0.1)
+    for g in range(3):
+        mine = patches[z == g]
+        expected = 0.0
+        for j, size in enumerate(LEVELS):
+            counts = np.bincount(mine[:, j], minlength=size)
+            probs = (counts + 0.1 / size) / (len(mine) + 0.1)
+            expected -= (counts * np.log(probs)).sum()
+        assert abs(bits[g] - expected) < 1e-9 * max(1.0, abs(expected))
+    assert cluster_bits(np.zeros((50, 3), np.int64), np.zeros(50, np.int64), 1, LEVELS, 0.0)[0] == 0.0
+
+
+def test_a_sampled_loop_gives_every_patch_its_best_head() -> None:
+    """Past `sample` patches, the loop runs on a sample and the others take their best head."""
+    patches, z, _ = _problem()
+    grown = _grow(sample=120)
+    assert sum(c.heads for c in grown.circuits) == 5
+    np.testing.assert_array_equal(assign_heads(grown, patches, z, QUICK), grown.z)  # margin 0: all argmax
+    assert not _same(grown, _grow(sample=None))
 
 
 def test_bad_inputs_name_the_argument() -> None:

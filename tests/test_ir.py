@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pcdsl.diagnostics import PcdslError
 from pcdsl.frontend import check_file, check_text
@@ -120,3 +125,33 @@ def test_multi_unit_parameters_one_row_per_unit() -> None:
           leaf l = categorical(c, [[0.1, 0.9], [0.6, 0.4]]) with units = 3
           sum root = l }""")
     assert info.value.diagnostics[0].code == "E0304"
+
+
+def _laminar_by_pairs(sets: list[frozenset[int]]) -> dict[frozenset[int], frozenset[int]] | None:
+    """Brute force: every pair disjoint or nested; each set's parent its smallest strict superset."""
+    for a, b in itertools.combinations(sets, 2):
+        if a & b and not (a <= b or b <= a):
+            return None
+    return {s: min((t for t in sets if s < t), key=len) for s in sets if any(s < t for t in sets)}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.frozensets(st.integers(0, 7), min_size=1), max_size=8))
+def test_the_inclusion_tree_matches_pairwise_laminarity(extra: list[frozenset[int]]) -> None:
+    from pcdsl.ir.vtree import _inclusion_tree
+
+    whole = frozenset(range(8))
+    sets = sorted({whole, *extra}, key=lambda s: (-len(s), sorted(s)))
+    members = [np.array(sorted(s)) for s in sets]
+    parent = _inclusion_tree(members, 8)
+    expected = _laminar_by_pairs(sets)
+    assert (parent is None) == (expected is None)
+    if parent is not None and expected is not None:
+        assert {sets[i]: sets[p] for i, p in enumerate(parent) if i} == expected
+
+
+def test_an_overlap_below_a_common_superset_is_not_laminar() -> None:
+    from pcdsl.ir.vtree import _inclusion_tree
+
+    sets = [[0, 1, 2, 3], [1, 2], [0, 1]]  # {1, 2} and {0, 1} overlap inside {0, 1, 2, 3}
+    assert _inclusion_tree([np.array(s) for s in sets], 4) is None

@@ -157,6 +157,9 @@ def test_files_that_are_not_models_or_too_large_are_refused(mixed: Path, monkeyp
     meta, tensors = _parts(mixed)
     with pytest.raises(ModelFileError, match="unsupported format 'pcdsl-model' version 2"):
         load_model(_write(junk, {**meta, "version": 2}, tensors))
+    with pytest.raises(ModelFileError, match="unknown colour space 'hsv'"):
+        load_model(_write(junk, {**meta, "colour": "hsv"}, tensors))
+    assert load_model(_write(junk, {**meta, "colour": "ycbcr"}, tensors))[0].colour == "ycbcr"
     monkeypatch.setattr(checks, "MAX_MODEL_BYTES", 100)
     with pytest.raises(ModelFileError, match="a model file is at most 100"):
         load_model(mixed)

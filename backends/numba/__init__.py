@@ -40,7 +40,9 @@ def flatten(plan: LayeredPlan) -> dict[str, np.ndarray]:
     ops: list[list[int]] = []
     pindex: list[np.ndarray] = []
     sindex: list[np.ndarray] = []
-    lp_size = p_size = s_size = w_size = folds = 0
+    sptr: list[np.ndarray] = []
+    scol: list[np.ndarray] = []
+    lp_size = p_size = s_size = w_size = folds = r_size = e_size = 0
     for layer in plan.layers:
         if isinstance(layer, InputLayer):
             slots = np.arange(layer.start, layer.stop)
@@ -55,18 +57,24 @@ def flatten(plan: LayeredPlan) -> dict[str, np.ndarray]:
             lp_size += table.size
         elif isinstance(layer, ProductLayer):
             units, fan_in = layer.index.shape
-            ops.append([kernels.PRODUCT, layer.start, units, fan_in, 0, p_size, 0, 0])
+            ops.append([kernels.PRODUCT, layer.start, units, fan_in, 0, p_size, 0, 0, 0])
             pindex.append(layer.index.reshape(-1))
             p_size += layer.index.size
         else:
             f, m, c = layer.shape
-            ops.append([kernels.SUM, layer.start, f, m, c, s_size, w_size, folds])
+            kind = kernels.SUM if layer.sparse is None else kernels.SPARSE
+            ops.append([kind, layer.start, f, m, c, s_size, w_size, folds, r_size])
             sindex.append(layer.index.reshape(-1))
-            s_size, w_size, folds = s_size + layer.index.size, w_size + layer.weights.size, folds + f
+            if layer.sparse is not None:
+                sptr.append(layer.sparse.indptr + e_size)  # offsets into scol: every sparse layer's edges
+                scol.append(layer.sparse.cols)
+                r_size, e_size = r_size + len(layer.sparse.indptr), e_size + layer.sparse.edges
+            s_size, w_size, folds = s_size + layer.index.size, w_size + _weight_count(layer), folds + f
     return {
         "cat": _concat(cat, np.int64, (0, 4)), "gauss": _concat(gauss, np.int64, (0, 2)),
-        "ops": np.array(ops, dtype=np.int64).reshape(-1, 8),
+        "ops": np.array(ops, dtype=np.int64).reshape(-1, kernels.OPS_COLUMNS),
         "pindex": _concat(pindex, np.int64, (0,)), "sindex": _concat(sindex, np.int64, (0,)),
+        "sptr": _concat(sptr, np.int64, (0,)), "scol": _concat(scol, np.int64, (0,)),
         **parameter_arrays(plan),
     }
 
@@ -86,9 +94,29 @@ def parameter_arrays(plan: LayeredPlan) -> dict[str, np.ndarray]:
             else:
                 lp.append(layer.params["log_probs"].reshape(-1))
         elif isinstance(layer, SumLayer):
-            weights.append(layer.weights.reshape(-1))
+            weights.append(layer_weights(layer))
     return {"lp": _concat(lp, np.float64, (0,)), "gmean": _concat(gmean, np.float64, (0,)),
             "gstd": _concat(gstd, np.float64, (0,)), "weights": _concat(weights, np.float64, (0,))}
+
+
+def layer_weights(layer: SumLayer) -> np.ndarray:
+    """A sum layer's weights as the kernels read them: the (F, M, C) block flattened, or the kept
+    edges of a sparse layer in CSR order."""
+    flat = layer.weights.reshape(-1)
+    return flat if layer.sparse is None else flat[layer.sparse.flat(layer.shape[2])]
+
+
+def _weight_count(layer: SumLayer) -> int:
+    return layer.weights.size if layer.sparse is None else layer.sparse.edges
+
+
+def _dense_flows(layer: SumLayer, values: np.ndarray) -> np.ndarray:
+    """A sum layer's weight flows as the kernels wrote them, as its (F, M, C) block."""
+    if layer.sparse is None:
+        return values.reshape(layer.shape)
+    out = np.zeros(layer.weights.size)
+    out[layer.sparse.flat(layer.shape[2])] = values
+    return out.reshape(layer.shape)
 
 
 def _concat(parts: list[np.ndarray], dtype: type, empty: tuple[int, ...]) -> np.ndarray:
@@ -103,8 +131,17 @@ class NumbaModel(PlanModel):
         self.plan = plan
         self.circuit = Circuit(flatten(plan), plan.variables, plan.cardinalities, plan.root, plan.num_slots,
                                dtype=dtype, tile=tile, buffer_values=buffer_values)
+        self._sparse = _patterns(plan)
 
     def _load(self, layers: list[int] | None) -> None:
+        if _patterns(self.plan) != self._sparse:  # new zeros (or revived edges) moved the sparse edges
+            old = self.circuit
+            self.__dict__.pop("offsets", None)
+            self.circuit = Circuit(flatten(self.plan), self.plan.variables, self.plan.cardinalities, self.plan.root,
+                                   self.plan.num_slots, dtype=old.dtype.name, tile=old.tile,
+                                   buffer_values=old.buffer_values)
+            self._sparse = _patterns(self.plan)
+            return
         if layers is None:
             self.circuit.set_arrays(parameter_arrays(self.plan))
             return
@@ -112,7 +149,7 @@ class NumbaModel(PlanModel):
         for i in layers:
             layer, start = self.plan.layers[i], self.offsets[i]
             if isinstance(layer, SumLayer):
-                parts["weights"].append((start, layer.weights.reshape(-1)))
+                parts["weights"].append((start, layer_weights(layer)))
             elif isinstance(layer, InputLayer) and layer.family == "gaussian":
                 parts["gmean"].append((start, layer.params["mean"][layer.rows]))
                 parts["gstd"].append((start, layer.params["std"][layer.rows]))
@@ -127,7 +164,7 @@ class NumbaModel(PlanModel):
         at = {"lp": 0, "gauss": 0, "weights": 0}
         for i, layer in enumerate(self.plan.layers):
             if isinstance(layer, SumLayer):
-                kind, size = "weights", layer.weights.size
+                kind, size = "weights", _weight_count(layer)
             elif isinstance(layer, InputLayer):
                 kind = "gauss" if layer.family == "gaussian" else "lp"
                 size = len(layer.var) if kind == "gauss" else layer.params["log_probs"].size
@@ -165,9 +202,9 @@ class NumbaModel(PlanModel):
         w_at = lp_at = g_at = 0
         for layer in self.plan.layers:
             if isinstance(layer, SumLayer):
-                f, m, c = layer.shape
-                block = raw["weights"][w_at:w_at + f * m * c].reshape(f, m, c)
-                w_at += f * m * c
+                size = _weight_count(layer)
+                block = _dense_flows(layer, raw["weights"][w_at:w_at + size])
+                w_at += size
                 add_weight_flows(layer, block, result, self.weight_rows)
             elif isinstance(layer, InputLayer) and layer.family == "categorical":
                 rows, width = layer.params["log_probs"].shape
@@ -182,6 +219,12 @@ class NumbaModel(PlanModel):
                            for i, key in enumerate(("n", "dx", "dxx"))}
                 split_input_flows(layer, per_row, self.plan, result)
         return result
+
+
+def _patterns(plan: LayeredPlan) -> list[tuple[bytes, bytes] | None]:
+    """Each layer's sparse edges, comparable: the structure of the flat arrays."""
+    return [(layer.sparse.indptr.tobytes(), layer.sparse.cols.tobytes())
+            if isinstance(layer, SumLayer) and layer.sparse is not None else None for layer in plan.layers]
 
 
 def _numpy(x: Any) -> Any:

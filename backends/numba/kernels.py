@@ -18,7 +18,11 @@ Layers (one row of ``ops`` each, in plan order):
 - product: ``out[u] = sum_k buf[pindex[u, k]]``;
 - sum: per fold f, ``out[f, m] = log sum_c W[f, m, c] exp(x_c - mx) + mx`` with
   ``x_c = buf[sindex[f, c]]`` and ``mx`` the column max, or, in max mode,
-  ``max_c log W[f, m, c] + x_c``.
+  ``max_c log W[f, m, c] + x_c``;
+- sparse sum: the same over the kept edges only: unit (f, m) reads edges
+  ``sptr[R + f * M + m] .. sptr[R + f * M + m + 1]`` (R the layer's ROWS column; offsets into
+  the sparse edges of all layers), edge j reads input ``scol[j]`` of its fold
+  and has weight ``weights[j + W - sptr[R]]`` (W the layer's WEIGHT column).
 
 ``fexp`` and ``flog`` are written with arithmetic and bit operations only, so
 LLVM vectorises the loops that call them (``math.exp`` would be a scalar call
@@ -39,9 +43,11 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-PRODUCT, SUM = 0, 1
-# columns of `ops`
-KIND, START, A, B, C, INDEX, WEIGHT, FOLD = range(8)  # product: A units, B fan-in; sum: A folds, B units, C inputs
+PRODUCT, SUM, SPARSE = 0, 1, 2
+# columns of `ops`; product: A units, B fan-in; sum: A folds, B units, C inputs; ROWS: a sparse
+# sum's offset in sptr
+KIND, START, A, B, C, INDEX, WEIGHT, FOLD, ROWS = range(9)
+OPS_COLUMNS = 9
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 SUM_MODE, MAX_MODE = 0, 1
 MAP_DOWN, SAMPLE_DOWN = 0, 1
@@ -317,12 +323,90 @@ def _sum_max(b, op, sindex, logw, acc):  # type: ignore[no-untyped-def]
                 b[out, t] = acc[0, t]
 
 
+@njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
+def _sparse_sum(b, op, sindex, sptr, scol, weights, logw, e, mx, acc):  # type: ignore[no-untyped-def]
+    """`_sum` over the kept edges of each unit, four edges at a time (one load and store of the
+    accumulator per four rows of e). Units that fall below `guard` go to `_sparse_repair`."""
+    start, folds, units, inputs = op[START], op[A], op[B], op[C]
+    t_size = b.shape[1]
+    small = guard(b[0, 0])
+    w = op[WEIGHT] - sptr[op[ROWS]]  # edge j's weight: weights[w + j]
+    for f in range(folds):
+        row = op[INDEX] + f * inputs
+        _shifted(b, sindex, row, inputs, e, mx)
+        first = start + f * units
+        for m in range(units):
+            at = op[ROWS] + f * units + m
+            j, hi = sptr[at], sptr[at + 1]
+            for t in range(t_size):
+                acc[0, t] = 0.0
+            while j + 4 <= hi:
+                a0, a1, a2, a3 = weights[w + j], weights[w + j + 1], weights[w + j + 2], weights[w + j + 3]
+                c0, c1, c2, c3 = scol[j], scol[j + 1], scol[j + 2], scol[j + 3]
+                for t in range(t_size):
+                    acc[0, t] += a0 * e[c0, t] + a1 * e[c1, t] + a2 * e[c2, t] + a3 * e[c3, t]
+                j += 4
+            while j < hi:
+                a0, c0 = weights[w + j], scol[j]
+                for t in range(t_size):
+                    acc[0, t] += a0 * e[c0, t]
+                j += 1
+            out = b[first + m]
+            for t in range(t_size):
+                out[t] = flog(acc[0, t]) + mx[t]
+            if _lost(acc, 1, small):
+                _sparse_repair(b, sindex, row, scol, logw[w:], sptr[at], sptr[at + 1], first + m, acc, small)
+
+
+@njit(fastmath=FAST, error_model="numpy", cache=True)
+def _sparse_exact(b, sindex, row, scol, logw, lo, hi, t):  # type: ignore[no-untyped-def]
+    """`exact_sum` over the edges lo..hi of one unit (inputs scol[j] of the fold at `row`, log
+    weights logw[j])."""
+    best = -np.inf
+    for j in range(lo, hi):
+        best = max(best, float(logw[j]) + float(b[sindex[row + scol[j]], t]))
+    if best == -np.inf:
+        return best
+    total = 0.0
+    for j in range(lo, hi):
+        total += exp64(float(logw[j]) + float(b[sindex[row + scol[j]], t]) - best)
+    return log64(total) + best
+
+
+@njit(fastmath=FAST, error_model="numpy", cache=True)
+def _sparse_repair(b, sindex, row, scol, logw, lo, hi, out, acc, small):  # type: ignore[no-untyped-def]
+    """Recompute with its own shift the unit at slot `out` where its shifted sum fell below `small`."""
+    for t in range(b.shape[1]):
+        if acc[0, t] < small:
+            b[out, t] = _sparse_exact(b, sindex, row, scol, logw, lo, hi, t)
+
+
+@njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
+def _sparse_max(b, op, sindex, sptr, scol, logw, acc):  # type: ignore[no-untyped-def]
+    start, folds, units, inputs = op[START], op[A], op[B], op[C]
+    t_size = b.shape[1]
+    w = op[WEIGHT] - sptr[op[ROWS]]
+    for f in range(folds):
+        row = op[INDEX] + f * inputs
+        for m in range(units):
+            at = op[ROWS] + f * units + m
+            for t in range(t_size):
+                acc[0, t] = -np.inf
+            for j in range(sptr[at], sptr[at + 1]):
+                lw, child = logw[w + j], sindex[row + scol[j]]
+                for t in range(t_size):
+                    acc[0, t] = max(acc[0, t], lw + b[child, t])
+            out = start + f * units + m
+            for t in range(t_size):
+                b[out, t] = acc[0, t]
+
+
 # ---- passes over the whole batch ---------------------------------------------------------------
 
 
 @njit(parallel=True, fastmath=FAST, error_model="numpy", cache=True)
-def forward(buf, idx, real, cat, lp, lpmax, gauss, gmean, gstd, ops, pindex, sindex, weights, logw, widest,
-            mode, chunks):  # type: ignore[no-untyped-def]
+def forward(buf, idx, real, cat, lp, lpmax, gauss, gmean, gstd, ops, pindex, sindex, sptr, scol, weights, logw,
+            widest, mode, chunks):  # type: ignore[no-untyped-def]
     """Fill buf (tiles, slots, T) bottom-up; mode SUM_MODE (log-likelihood) or MAX_MODE.
     `widest`: the largest fan-in of a sum layer; `chunks`: how many threads share the tiles."""
     tiles, _, t_size = buf.shape
@@ -361,6 +445,11 @@ def forward(buf, idx, real, cat, lp, lpmax, gauss, gmean, gstd, ops, pindex, sin
                 op = ops[layer]
                 if op[KIND] == PRODUCT:
                     _product(b, op, pindex)
+                elif op[KIND] == SPARSE:
+                    if mode == MAX_MODE:
+                        _sparse_max(b, op, sindex, sptr, scol, logw, acc)
+                    else:
+                        _sparse_sum(b, op, sindex, sptr, scol, weights, logw, e, mx, acc)
                 elif mode == MAX_MODE:
                     _sum_max(b, op, sindex, logw, acc)
                 else:
@@ -381,6 +470,76 @@ def _seed(rows, root, col, n, clear):  # type: ignore[no-untyped-def]
 
 
 @njit(inline="always", fastmath=FAST_REDUCE, error_model="numpy", cache=True)
+def _ratios(b, fl, first, units, mx, r, low):  # type: ignore[no-untyped-def]
+    """r[m] = flow_m exp(mx - value_m) for the units from slot `first` (0 for units far below the
+    shift); returns how many (unit, sample) pairs with flow lie that far below it."""
+    t_size = b.shape[1]
+    for m in range(units):
+        for t in range(t_size):
+            v = b[first + m, t]
+            r[m, t] = fl[first + m, t] * fexp(mx[t] - v) if v > -np.inf and v - mx[t] >= low else 0.0
+    far = 0  # rare, so counted first (a loop that vectorises) and sent edge by edge only when some
+    for m in range(units):
+        for t in range(t_size):
+            v = b[first + m, t]
+            far += 1 if v - mx[t] < low and v > -np.inf and fl[first + m, t] != 0.0 else 0
+    return far
+
+
+@njit(inline="always", fastmath=FAST_REDUCE, error_model="numpy", cache=True)
+def _sparse_flows(b, fl, op, sindex, sptr, scol, weights, logw, wflow, e, mx, r, zc):  # type: ignore[no-untyped-def]
+    """`_sum_flows` over the kept edges: zc[c] (widest, T) gathers sum_m W[m, c] r_m edge by edge,
+    then each input's flow is e_c * zc[c]."""
+    start, folds, units, inputs = op[START], op[A], op[B], op[C]
+    t_size = b.shape[1]
+    low = math.log(guard(b[0, 0]))
+    w = op[WEIGHT] - sptr[op[ROWS]]  # edge j's weight: weights[w + j]
+    for f in range(folds):
+        row = op[INDEX] + f * inputs
+        _shifted(b, sindex, row, inputs, e, mx)
+        first = start + f * units
+        far = _ratios(b, fl, first, units, mx, r, low)
+        if far:
+            _sparse_exact_flows(b, fl, sindex, sptr, scol, logw[w:], wflow[w:], row, first, op[ROWS] + f * units,
+                                units, mx, low)
+        for m in range(units):  # consumed: leave the rows empty for the next pass (see `flows`)
+            for t in range(t_size):
+                fl[first + m, t] = 0.0
+        for c in range(inputs):
+            for t in range(t_size):
+                zc[c, t] = 0.0
+        for m in range(units):
+            at = op[ROWS] + f * units + m
+            for j in range(sptr[at], sptr[at + 1]):
+                a, c = weights[w + j], scol[j]
+                d = 0.0
+                for t in range(t_size):
+                    rm = r[m, t]
+                    zc[c, t] += a * rm
+                    d += rm * e[c, t]
+                wflow[w + j] += a * d
+        for c in range(inputs):
+            child = sindex[row + c]
+            for t in range(t_size):
+                fl[child, t] += e[c, t] * zc[c, t]
+
+
+@njit(fastmath=FAST, error_model="numpy", cache=True)
+def _sparse_exact_flows(b, fl, sindex, sptr, scol, logw, wflow, row, first, rows, units, mx, low):  # type: ignore[no-untyped-def]
+    """`_exact_flows` over the kept edges (unit m's from sptr[rows + m]; edge j's log weight
+    logw[j], its flow wflow[j])."""
+    for m in range(units):
+        for t in range(b.shape[1]):
+            v, parent = b[first + m, t], fl[first + m, t]
+            if v > -np.inf and v - mx[t] < low and parent != 0.0:
+                for j in range(sptr[rows + m], sptr[rows + m + 1]):
+                    child = sindex[row + scol[j]]
+                    edge = parent * exp64(float(logw[j]) + float(b[child, t]) - float(v))
+                    fl[child, t] += edge
+                    wflow[j] += edge
+
+
+@njit(inline="always", fastmath=FAST_REDUCE, error_model="numpy", cache=True)
 def _sum_flows(b, fl, op, sindex, weights, logw, wflow, e, mx, r, z):  # type: ignore[no-untyped-def]
     """Flows of one sum layer for one tile: child flow += e_c * sum_m W[m, c] r_m and weight flow
     += W[m, c] * sum_t r_m e_c, with r_m = flow_m exp(mx - value_m). Four inputs at a time. Units
@@ -392,15 +551,7 @@ def _sum_flows(b, fl, op, sindex, weights, logw, wflow, e, mx, r, z):  # type: i
         row = op[INDEX] + f * inputs
         _shifted(b, sindex, row, inputs, e, mx)
         first = start + f * units
-        for m in range(units):
-            for t in range(t_size):
-                v = b[first + m, t]
-                r[m, t] = fl[first + m, t] * fexp(mx[t] - v) if v > -np.inf and v - mx[t] >= low else 0.0
-        far = 0  # units with flow whose value lies far below the shift: rare, so counted first (a loop
-        for m in range(units):  # that vectorises) and sent edge by edge only when there are some
-            for t in range(t_size):
-                v = b[first + m, t]
-                far += 1 if v - mx[t] < low and v > -np.inf and fl[first + m, t] != 0.0 else 0
+        far = _ratios(b, fl, first, units, mx, r, low)
         w = op[WEIGHT] + f * units * inputs
         if far:
             _exact_flows(b, fl, sindex, logw, wflow, row, first, w, units, inputs, mx, low)
@@ -466,8 +617,8 @@ def _exact_flows(b, fl, sindex, logw, wflow, row, first, w, units, inputs, mx, l
 
 
 @njit(parallel=True, fastmath=FAST_REDUCE, error_model="numpy", cache=True)
-def flows(buf, flow, n, root, idx, real, cat, corder, crows, gauss, gmean, ops, pindex, sindex, weights, logw, widest,
-          most, wflow, counts, cat_missing, gstats):  # type: ignore[no-untyped-def]
+def flows(buf, flow, n, root, idx, real, cat, corder, crows, gauss, gmean, ops, pindex, sindex, sptr, scol, weights,
+          logw, widest, most, wflow, counts, cat_missing, gstats):  # type: ignore[no-untyped-def]
     """Top-down expected counts from a buffer filled by `forward` in SUM_MODE (`widest`, `most`:
     the largest fan-in and unit count of a sum layer).
 
@@ -491,6 +642,7 @@ def flows(buf, flow, n, root, idx, real, cat, corder, crows, gauss, gmean, ops, 
         r = np.empty((most, t_size), dtype=buf.dtype)
         mx = np.empty(t_size, dtype=buf.dtype)
         z = np.empty((4, t_size), dtype=buf.dtype)
+        zc = np.empty((widest, t_size), dtype=buf.dtype)
         for tile in range(chunk, tiles, chunks):
             b, fl = buf[tile], flow[tile]
             _seed(fl, root, tile * t_size, n, False)
@@ -498,6 +650,9 @@ def flows(buf, flow, n, root, idx, real, cat, corder, crows, gauss, gmean, ops, 
                 op = ops[layer]
                 if op[KIND] == SUM:
                     _sum_flows(b, fl, op, sindex, weights, logw, wflow[chunk], e, mx, r, z)
+                    continue
+                if op[KIND] == SPARSE:
+                    _sparse_flows(b, fl, op, sindex, sptr, scol, weights, logw, wflow[chunk], e, mx, r, zc)
                     continue
                 start, units, fan_in, off = op[START], op[A], op[B], op[INDEX]
                 for u in range(units):
@@ -539,8 +694,8 @@ def flows(buf, flow, n, root, idx, real, cat, corder, crows, gauss, gmean, ops, 
 
 
 @njit(parallel=True, error_model="numpy", cache=True)
-def down(buf, active, n, root, idx, real, out, cat, lp, lpbest, gauss, gmean, gstd, ops, pindex, sindex,
-         weights, logw, mode, sum_draws, var_draws, normal_draws, chunks):  # type: ignore[no-untyped-def]
+def down(buf, active, n, root, idx, real, out, cat, lp, lpbest, gauss, gmean, gstd, ops, pindex, sindex, sptr,
+         scol, weights, logw, mode, sum_draws, var_draws, normal_draws, chunks):  # type: ignore[no-untyped-def]
     """Top-down: pick, for each active sum unit, its best (MAP_DOWN, over a MAX_MODE buffer) or a
     drawn (SAMPLE_DOWN, over a SUM_MODE buffer) input; then write a value into `out` (samples,
     variables) for each missing variable whose input unit is active. Draws: sum_draws (folds,
@@ -571,24 +726,35 @@ def down(buf, active, n, root, idx, real, out, cat, lp, lpbest, gauss, gmean, gs
                             m += 1
                         if m == units:
                             continue  # no active unit in this fold for this sample
-                        w = op[WEIGHT] + (f * units + m) * inputs
+                        # the unit's edges j in lo..hi: weights[j], input c of the fold
+                        sparse = op[KIND] == SPARSE
+                        at = op[ROWS] + f * units + m
+                        if sparse:
+                            lo = op[WEIGHT] + sptr[at] - sptr[op[ROWS]]
+                            hi = lo + sptr[at + 1] - sptr[at]
+                        else:
+                            lo = op[WEIGHT] + (f * units + m) * inputs
+                            hi = lo + inputs
                         chosen = 0
                         if mode == MAP_DOWN:
                             best = -np.inf
-                            for c in range(inputs):
-                                score = logw[w + c] + b[sindex[row + c], t]
+                            for j in range(lo, hi):
+                                c = scol[j - lo + sptr[at]] if sparse else j - lo
+                                score = logw[j] + b[sindex[row + c], t]
                                 if score > best:
                                     best, chosen = score, c
                         else:
                             value = b[start + f * units + m, t]
                             target = sum_draws[op[FOLD] + f, col + t]
                             total = 0.0
-                            for c in range(inputs):
-                                total += weights[w + c] * math.exp(b[sindex[row + c], t] - value)
+                            for j in range(lo, hi):
+                                c = scol[j - lo + sptr[at]] if sparse else j - lo
+                                total += weights[j] * math.exp(b[sindex[row + c], t] - value)
                             target *= total
                             chosen = -1
-                            for c in range(inputs):
-                                p = weights[w + c] * math.exp(b[sindex[row + c], t] - value)
+                            for j in range(lo, hi):
+                                c = scol[j - lo + sptr[at]] if sparse else j - lo
+                                p = weights[j] * math.exp(b[sindex[row + c], t] - value)
                                 if p > 0.0:
                                     chosen = c
                                     target -= p

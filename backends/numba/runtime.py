@@ -42,10 +42,13 @@ ARRAYS = {
     "gauss": "(G, 2) int64: per gaussian input unit its slot and variable",
     "gmean": "(G,) gaussian means (float64 whatever the dtype)",
     "gstd": "(G,) gaussian standard deviations (float64)",
-    "ops": "(L, 8) int64: per product/sum layer kind, start, A, B, C, index offset, weight offset, fold offset",
+    "ops": "(L, 9) int64: per product/sum/sparse-sum layer kind, start, A, B, C, index offset, weight offset, "
+           "fold offset, row-pointer offset (sparse sums)",
     "pindex": "product inputs, each layer's (units, fan-in) block flattened",
     "sindex": "sum inputs, each layer's (folds, inputs) block flattened",
-    "weights": "sum weights, each layer's (folds, units, inputs) block flattened",
+    "weights": "sum weights, each layer's (folds, units, inputs) block flattened; a sparse sum's kept edges",
+    "sptr": "sparse sums' edge ranges: per layer (folds * units + 1,) offsets into its edges",
+    "scol": "sparse sums' inputs: per edge (like weights) the input of its fold it reads",
 }
 PARAMETERS = ("lp", "gmean", "gstd", "weights")
 DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -72,10 +75,12 @@ class Circuit:
         self.dtype = np.dtype(DTYPES[dtype])
         self.cat = np.ascontiguousarray(arrays["cat"], dtype=np.int64).reshape(-1, 4)
         self.gauss = np.ascontiguousarray(arrays["gauss"], dtype=np.int64).reshape(-1, 2)
-        self.ops = np.ascontiguousarray(arrays["ops"], dtype=np.int64).reshape(-1, 8)
+        self.ops = np.ascontiguousarray(arrays["ops"], dtype=np.int64).reshape(-1, kernels.OPS_COLUMNS)
         self.pindex = np.ascontiguousarray(arrays["pindex"], dtype=np.int64)
         self.sindex = np.ascontiguousarray(arrays["sindex"], dtype=np.int64)
-        sums = self.ops[self.ops[:, kernels.KIND] == kernels.SUM]
+        self.sptr = np.ascontiguousarray(arrays["sptr"], dtype=np.int64)
+        self.scol = np.ascontiguousarray(arrays["scol"], dtype=np.int64)
+        sums = self.ops[self.ops[:, kernels.KIND] != kernels.PRODUCT]
         self.widest = int(max(1, sums[:, kernels.C].max(initial=1)))
         self.most = int(max(1, sums[:, kernels.B].max(initial=1)))
         self.num_folds = int(sums[:, kernels.A].sum())
@@ -156,8 +161,8 @@ class Circuit:
     def _forward(self, index: np.ndarray, real: np.ndarray, mode: int) -> np.ndarray:
         buf = self._buffer("values", index.shape[1], self.dtype)
         kernels.forward(buf, index, real, self.cat, self.lp, self.lpmax, self.gauss, self.gmean, self.gstd,
-                        self.ops, self.pindex, self.sindex, self.weights, self.logw, self.widest, mode,
-                        self._chunks(buf))
+                        self.ops, self.pindex, self.sindex, self.sptr, self.scol, self.weights, self.logw, self.widest,
+                        mode, self._chunks(buf))
         return buf
 
     @staticmethod
@@ -221,7 +226,8 @@ class Circuit:
         else:
             sum_draws = var_draws = normal_draws = np.zeros((1, 1))
         kernels.down(buf, active, n, self.root, index, real, out, self.cat, self.lp, self.lpbest, self.gauss,
-                     self.gmean, self.gstd, self.ops, self.pindex, self.sindex, self.weights, self.logw, mode,
+                     self.gmean, self.gstd, self.ops, self.pindex, self.sindex, self.sptr, self.scol, self.weights,
+                     self.logw, mode,
                      sum_draws, var_draws, normal_draws, self._chunks(buf))
         # evidence of probability zero has no completion: NaN in its missing entries
         impossible = self._root(buf, n) == -np.inf
@@ -279,7 +285,8 @@ class Circuit:
             flow = self._buffer("flows", index.shape[1], self.dtype, zeros=True)  # `kernels.flows` keeps it so
             chunks = self._chunks(buf)
             kernels.flows(buf, flow, n, self.root, index, real, self.cat, self.corder, self.crows, self.gauss,
-                          self.gmean, self.ops, self.pindex, self.sindex, self.weights, self.logw, self.widest,
+                          self.gmean, self.ops, self.pindex, self.sindex, self.sptr, self.scol, self.weights,
+                          self.logw, self.widest,
                           self.most, wflow[:chunks], counts, missing, g)
             log_likelihood += float(self._root(buf, n).sum())
         if missing.any():  # a missing value counts in expectation: probs * flow (one row of lp each)

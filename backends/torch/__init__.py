@@ -7,8 +7,11 @@ forward (sum- or max-product), flows (top-down expected counts) and down
 
 from __future__ import annotations
 
+import functools
 import itertools
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -18,6 +21,9 @@ from pcdsl.plan import ONE, ZERO, LayeredPlan
 from pcdsl.reference import Flows
 
 from .layers import RULES, Batch, InputRule, Scratch, SumRule
+
+if TYPE_CHECKING:
+    from .module import CircuitModule
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -35,6 +41,23 @@ def lower(plan: LayeredPlan, device: str | torch.device = "cpu", dtype: str | to
           buffer_values: int = BUFFER_VALUES) -> TorchModel:
     return TorchModel(plan, torch.device(device), _DTYPES[dtype] if isinstance(dtype, str) else dtype,
                       buffer_values)
+
+
+@dataclass
+class Leaves:
+    """Input units whose values the caller gives (neural leaves): their slots (U,), their
+    log-likelihoods (U, B), and after a flow pass the flows that reached them (U, B)."""
+
+    slots: torch.Tensor
+    values: torch.Tensor
+    flows: torch.Tensor | None = None
+
+
+def add_stats(totals: list[dict[str, torch.Tensor]], more: list[dict[str, torch.Tensor]]) -> None:
+    """Add one piece's per-rule statistics to the running totals, in place."""
+    for total, stats in zip(totals, more, strict=True):
+        for key, value in stats.items():
+            total[key] = total[key] + value if key in total else value
 
 
 class TorchModel(PlanModel):
@@ -99,17 +122,58 @@ class TorchModel(PlanModel):
         rows = x if isinstance(x, torch.Tensor) else np.asarray(x)
         if rows.ndim != 2 or len(rows) <= self.piece:
             return [x]
-        count = -(-len(rows) // self.piece)
-        bounds = [len(rows) * i // count for i in range(count + 1)]
-        return [rows[lo:hi] for lo, hi in itertools.pairwise(bounds)]
+        return [rows[lo:hi] for lo, hi in self.piece_bounds(len(rows))]
+
+    def piece_bounds(self, rows: int) -> list[tuple[int, int]]:
+        """(start, stop) of each piece of a batch of `rows` rows."""
+        count = max(1, -(-rows // self.piece))
+        bounds = [rows * i // count for i in range(count + 1)]
+        return list(itertools.pairwise(bounds))
+
+    def module(self, leaves: Sequence[str] = ()) -> CircuitModule:
+        """This circuit as a ``torch.nn.Module`` (its own copy of the parameters, on this model's
+        device and dtype): ``forward(x)`` is log p(x) with gradients; `leaves` names input node
+        groups whose log-likelihoods the caller supplies (neural leaves). See :mod:`.module`."""
+        from .module import CircuitModule
+
+        return CircuitModule(self.plan, leaves=leaves, device=self.device, dtype=self.dtype)
+
+    @functools.cached_property
+    def input_rules(self) -> int:
+        """How many rules are input layers: they come first (the plan layers by height)."""
+        return sum(isinstance(rule, InputRule) for rule in self.rules)
 
     @torch.no_grad()
-    def _forward(self, batch: Batch, mode: str = "sum") -> torch.Tensor:
+    def _forward(self, batch: Batch, mode: str = "sum", leaves: Leaves | None = None) -> torch.Tensor:
+        """The value buffer (slots, batch); `leaves` overwrite their input units' values."""
         buf = self._scratch("values", batch.index.shape[1])
         buf[ONE], buf[ZERO] = 0.0, -torch.inf
-        for rule in self.rules:
+        for i, rule in enumerate(self.rules):
+            if i == self.input_rules and leaves is not None:
+                buf[leaves.slots] = leaves.values.to(buf.dtype)
             rule.forward(buf, batch, mode)
+        if self.input_rules == len(self.rules) and leaves is not None:  # a circuit of one leaf
+            buf[leaves.slots] = leaves.values.to(buf.dtype)
         return buf
+
+    @torch.no_grad()
+    def _flow_pass(self, buf: torch.Tensor, batch: Batch, root_flow: float | torch.Tensor,
+                   leaves: Leaves | None = None, expected_missing: bool = True) -> list[dict[str, torch.Tensor]]:
+        """Top-down flows from `root_flow` (per sample) at the root over a buffer `_forward` filled:
+        each rule's statistics, summed over the batch. The flows reaching `leaves` are kept in
+        ``leaves.flows`` (U, B) and go no further. `expected_missing`: a missing value adds its
+        flow to every category in expectation (EM); False: to none (the gradient)."""
+        flow = self._scratch("flows", buf.shape[1]).zero_()
+        flow[self.plan.root] = root_flow
+        stats: list[dict[str, torch.Tensor]] = [{} for _ in self.rules]
+        for i in range(len(self.rules) - 1, -1, -1):
+            if i == self.input_rules - 1 and leaves is not None:  # every input unit's flow is final here
+                leaves.flows = flow[leaves.slots].clone()
+                flow[leaves.slots] = 0.0
+            rule = self.rules[i]
+            stats[i] = rule.flows(buf, flow, batch, expected_missing) if isinstance(rule, InputRule) \
+                else rule.flows(buf, flow, batch)
+        return stats
 
     # ---- queries --------------------------------------------------------------------------------
     def _log_prob(self, x: Any) -> torch.Tensor:
@@ -193,12 +257,12 @@ class TorchModel(PlanModel):
         for piece in self._pieces(x):
             batch, _ = self._batch(piece)
             buf = self._forward(batch)
-            flow = self._scratch("flows", buf.shape[1]).zero_()
-            flow[self.plan.root] = 1.0
             log_likelihood += float(buf[self.plan.root].sum())
-            for i in range(len(self.rules) - 1, -1, -1):
-                for key, value in self.rules[i].flows(buf, flow, batch).items():
-                    totals[i][key] = totals[i][key] + value if key in totals[i] else value
+            add_stats(totals, self._flow_pass(buf, batch, 1.0))
+        return self.as_flows(totals, log_likelihood)
+
+    def as_flows(self, totals: list[dict[str, torch.Tensor]], log_likelihood: float = 0.0) -> Flows:
+        """Each rule's statistics (:meth:`_flow_pass`) handed to the parameter groups."""
         result = Flows(log_likelihood=log_likelihood)
         for i in range(len(self.rules) - 1, -1, -1):
             rule = self.rules[i]

@@ -13,7 +13,9 @@ import numpy as np
 import torch
 
 from pcdsl.numerics import underflow_guard
-from pcdsl.plan import InputLayer, ProductLayer, SumLayer, contiguous_start
+from pcdsl.plan import InputLayer, ProductLayer, SumLayer, contiguous_start, same_pattern
+
+from .sparse import SparseEdges, runs_sparse
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 MAX_CHUNK_ELEMENTS = 1 << 24  # bounds (F, M, C, batch) temporaries of max-product sums
@@ -120,9 +122,11 @@ class InputRule:
     def forward(self, buf: torch.Tensor, batch: Batch, mode: str) -> None:
         self.values(batch, mode, out=buf[self.start:self.stop])
 
-    def flows(self, buf: torch.Tensor, flow: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
+    def flows(self, buf: torch.Tensor, flow: torch.Tensor, batch: Batch,
+              expected_missing: bool = True) -> dict[str, torch.Tensor]:
         """Statistics per table row (tied leaves' summed): categorical counts (R, K); gaussian
-        n, dx, dxx (R,)."""
+        n, dx, dxx (R,). A missing value counts in expectation (EM's statistics), or, without
+        `expected_missing`, not at all (the gradient: its leaf's value is a constant 0)."""
         f = flow[self.start:self.stop]  # (U, B)
         unit_missing = self._unit_missing(batch)
         if self.layer.family == "categorical":
@@ -136,7 +140,7 @@ class InputRule:
                 for readers in self.readers:
                     readers.count(counts, observed, batch, self.scratch)
             counts = counts.view(lp.shape)
-            if unit_missing is not None:  # a missing value counts in expectation: probs * flow
+            if unit_missing is not None and expected_missing:  # a missing value counts in expectation
                 counts += self._to_rows((f * unit_missing).sum(dim=1))[:, None] * torch.exp(lp)
             return {"counts": counts}
         # centred on the current mean, in float64: E[x^2] - mean^2 would cancel (docs/numerics.md)
@@ -145,6 +149,8 @@ class InputRule:
         missing = batch.missing[self.var]
         d = torch.where(missing, torch.zeros_like(f), batch.real[self.var] - mean)
         dd = torch.where(missing, (std * std).expand_as(f), d * d)  # a missing value: in expectation
+        if not expected_missing:
+            f = f.masked_fill(missing, 0.0)
         return {"n": self._to_rows(f.sum(dim=1)), "dx": self._to_rows((f * d).sum(dim=1)),
                 "dxx": self._to_rows((f * dd).sum(dim=1))}
 
@@ -271,9 +277,15 @@ class ProductRule:
 
 
 class SumRule:
+    """A fold of sums: one batched matrix product, or, for a layer the plan marks sparse (and
+    :func:`.sparse.runs_sparse` takes so), one sparse product over its kept edges."""
+
     def __init__(self, layer: SumLayer, device: torch.device, dtype: torch.dtype, scratch: Scratch | None = None):
-        self.layer = layer
         self.scratch = scratch if scratch is not None else Scratch()
+        self._setup(layer, device, dtype)
+
+    def _setup(self, layer: SumLayer, device: torch.device, dtype: torch.dtype) -> None:
+        self.layer = layer
         self.start, self.stop = layer.start, layer.stop
         self.index = torch.as_tensor(layer.index, device=device)
         self.flat = self.index.reshape(-1)
@@ -283,13 +295,26 @@ class SumRule:
         self.fold, self.units, self.inputs = layer.shape
         self.guard = underflow_guard(dtype)
         self.log_guard = math.log(self.guard)
-        self._dead()
+        self.edges = SparseEdges(layer, device) if runs_sparse(layer, device) else None
+        self.refresh()
 
     def load(self, layer: SumLayer) -> None:
-        """Take new weights (same layout), in place."""
+        """Take new weights (same layout), in place; new zeros or non-zeros that change the plan's
+        sparse edges rebuild the rule."""
+        if not same_pattern(self.layer, layer):
+            self._setup(layer, self.weights.device, self.weights.dtype)
+            return
+        self.layer = layer
         self.weights.copy_(torch.as_tensor(layer.weights))
         torch.log(self.weights, out=self.log_weights)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Derived state after `weights` and `log_weights` changed in place (the dead inputs, the
+        sparse edges' values)."""
         self._dead()
+        if self.edges is not None:
+            self.edges.load(self.weights, self.log_weights)
 
     def _dead(self) -> None:
         """Inputs with weight 0 in every unit of their fold (F, C, 1): they never set a shift."""
@@ -311,13 +336,21 @@ class SumRule:
 
     def forward(self, buf: torch.Tensor, batch: Batch, mode: str) -> None:
         out = buf[self.start:self.stop].view(self.fold, self.units, -1)
+        if mode == "max" and self.edges is not None:
+            x = self.gather.read(buf, self.scratch)
+            self.edges.max_product(x, out.view(self.fold * self.units, -1))
+            return
         if mode == "max":
             for lo, hi in self._chunks(buf.shape[1]):
                 x = buf[:, lo:hi].index_select(0, self.flat).view(self.fold, 1, self.inputs, -1)
                 out[:, :, lo:hi] = (self.log_weights[..., None] + x).amax(dim=2)
             return
         x, m = self._inputs(buf)
-        torch.bmm(self.weights, self._shifted(x, m), out=out)  # log(W @ exp(x - m)) + m
+        e = self._shifted(x, m)
+        if self.edges is not None:
+            self.edges.mm(e.view(self.fold * self.inputs, -1), out.view(self.fold * self.units, -1))
+        else:
+            torch.bmm(self.weights, e, out=out)  # log(W @ exp(x - m)) + m
         lost = (out < self.guard).nonzero(as_tuple=True) if bool(out.amin() < self.guard) else None
         out.log_().add_(m)
         if lost is not None:  # underflow may have taken these sums' digits
@@ -349,8 +382,13 @@ class SumRule:
         if any_far:
             r.masked_fill_(far, 0.0)
         e = self._shifted(x, m)  # (F, C, B)
-        child = torch.bmm(self.weights.transpose(1, 2), r, out=self.scratch.get("child", tuple(e.shape), e)).mul_(e)
-        weights = self.weights * torch.bmm(r, e.transpose(1, 2))  # (F, M, C)
+        if self.edges is not None:
+            b = e.shape[2]
+            child = self.edges.mm_t(r.view(-1, b)).view(e.shape).mul_(e)
+            weights = self.edges.edge_flows(r.view(-1, b), e.view(-1, b), self.weights)
+        else:
+            child = torch.bmm(self.weights.transpose(1, 2), r, out=self.scratch.get("child", tuple(e.shape), e)).mul_(e)
+            weights = self.weights * torch.bmm(r, e.transpose(1, 2))  # (F, M, C)
         if any_far:  # units far below their column's shift (the ones forward recomputed) go edge by edge
             at = (far & torch.isfinite(value) & (f != 0)).nonzero(as_tuple=True)
             if at[0].numel():

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pcdsl import __version__
 from pcdsl.diagnostics import PcdslError
 
-from . import check, compile, draw, queries, train
+from . import check, compile, convert, draw, queries, train
 from .check import summary
 from .common import EXIT_DIAGNOSTICS, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, Exit, refused
 
@@ -27,7 +27,7 @@ __all__ = ["EXIT_DIAGNOSTICS", "EXIT_INTERNAL", "EXIT_OK", "EXIT_USAGE", "main",
 
 EXIT_BROKEN_PIPE = 141
 # the order commands appear in `pcdsl --help`
-_MODULES = (check, draw, compile, queries, train)
+_MODULES = (check, draw, compile, queries, train, convert)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -15,7 +15,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     check = sub.add_parser("check", help="check .pc files and summarise their circuits",
                            description="Parse, resolve and validate .pc files. Exit 0 when all are valid, "
                            "1 when any has errors.")
-    check.add_argument("files", nargs="+", metavar="FILE", help=".pc files or model files (.safetensors)")
+    check.add_argument("files", nargs="+", metavar="FILE",
+                       help=".pc files, model files (.safetensors) or circuit files (.jpc, .psdd, .sdd, .vtree, .gz)")
     check.add_argument("-q", "--quiet", action="store_true", help="print errors only")
     check.add_argument("--dump-ir", action="store_true", help="print each circuit graph in a stable text form")
     check.set_defaults(handler=run_check)
@@ -29,8 +30,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from pcdsl.frontend import check_file
     from pcdsl.io.files import MODEL, file_kind
+    from pcdsl.io.formats import check_path
     from pcdsl.ir.dump import dump
 
     status = EXIT_OK
@@ -39,7 +40,7 @@ def run_check(args: argparse.Namespace) -> int:
             status = max(status, _check_model(args, file))
             continue
         try:
-            checked = check_file(file)
+            checked = check_path(file)  # .pc source, or a circuit/vtree file by its extension
         except PcdslError as exc:
             print(render_all(exc.diagnostics) + "\n", file=sys.stderr)
             errors = sum(d.is_error for d in exc.diagnostics)
@@ -57,6 +58,8 @@ def run_check(args: argparse.Namespace) -> int:
                     print(dump(graph), end="")
         for name in checked.recipes:
             print(f"{file}: recipe {name}: ok")
+        for note in getattr(checked, "notes", ()):
+            print(f"{file}: {note}")
     return status
 
 

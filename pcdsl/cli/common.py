@@ -101,9 +101,29 @@ def load_circuit(args: argparse.Namespace) -> CircuitGraph:
               file=sys.stderr)
         return graph
     if Path(path).suffix.lower() in DATA_SUFFIXES:
-        raise InvalidArgument("E0809", f"'{path}' is a data file; FILE is a .pc file or a model file "
-                                       "(.safetensors)", "data goes after --data")
-    return _read_source(args, path)
+        raise InvalidArgument("E0809", f"'{path}' is a data file; FILE is a .pc file, a model file "
+                                       "(.safetensors) or a circuit file (.jpc, .psdd, .sdd)", "data goes after --data")
+    graph = _read_circuit_file(args, path)
+    return graph if graph is not None else _read_source(args, path)
+
+
+def _read_circuit_file(args: argparse.Namespace, path: str) -> CircuitGraph | None:
+    """A .jpc/.psdd/.sdd file (or .gz) by its extension: its graph, with `args.trained` set to the
+    file's parameters; None for other files. Diagnostics are printed (exit 1)."""
+    from pcdsl.io.formats import is_circuit_file, read_circuit
+
+    if not is_circuit_file(path):
+        return None
+    try:
+        imported = read_circuit(path, renormalise=getattr(args, "renormalise", False))
+    except PcdslError as exc:
+        print(render_all(exc.diagnostics), file=sys.stderr)
+        raise Exit(EXIT_DIAGNOSTICS) from None
+    for w in imported.warnings:
+        print(render(w) + "\n", file=sys.stderr)
+    args.trained = imported.params
+    print(f"pcdsl {args.command}: read circuit file {path} (circuit {imported.graph.name})", file=sys.stderr)
+    return imported.graph
 
 
 def _read_source(args: argparse.Namespace, path: str) -> CircuitGraph:

@@ -62,8 +62,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
                         help="a data file of evidence: one row (n samples from it) or n rows (one each)")
     sample.add_argument("-o", "--output", metavar="OUT", help="write to a .csv, .npy or .png file")
     sample.add_argument("--scale", type=whole(1, 64), default=1, help="PNG: enlarge each pixel this many times")
-    sample.add_argument("--colour", default="identity", choices=("identity", "ycocg_r", "ycbcr"),
-                        help="PNG: the colour space the model's values are in (default: identity)")
+    sample.add_argument("--colour", default=None, choices=("identity", "ycocg_r", "ycbcr"),
+                        help="PNG: the colour space the model's values are in (default: the one its model file "
+                             "records, identity for others)")
     sample.set_defaults(handler=run_sample)
 
 
@@ -129,7 +130,7 @@ def run_sample(args: argparse.Namespace) -> int:
         from pcdsl.data.layout import write_sample_grid
 
         try:
-            write_sample_grid(args.output, samples, graph, args.colour, args.scale)
+            write_sample_grid(args.output, samples, graph, args.colour or graph.colour, args.scale)
         except ValueError as exc:
             raise InvalidArgument("E0809", f"-o '{args.output}': {exc}") from None
     else:

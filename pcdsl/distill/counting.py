@@ -32,6 +32,20 @@ def cluster_counts(patches: np.ndarray, z: np.ndarray, clusters: int, levels: in
         np.float64)
 
 
+def cluster_bits(patches: np.ndarray, z: np.ndarray, clusters: int, levels: Sequence[int],
+                 pseudocount: float = 0.1) -> np.ndarray:
+    """(clusters,) total negative log-likelihood (nats) of each cluster's patches under its
+    smoothed per-pixel histograms (the counting initialisation without hidden units): how much
+    there is to model in each cluster. A cluster of blank patches holds many patches but few bits."""
+    top = max(int(v) for v in levels)
+    counts = cluster_counts(patches, z, clusters, top)
+    sizes = np.asarray(levels, dtype=np.float64)[None, :, None]
+    inside = np.arange(top)[None, None, :] < sizes  # values a pixel can take
+    total = counts.sum(axis=2, keepdims=True) + pseudocount
+    probs = np.where(inside, (counts + pseudocount / sizes) / np.where(total > 0, total, 1.0), 1.0)
+    return -(counts * np.log(np.where(counts > 0, probs, 1.0))).sum(axis=(1, 2))
+
+
 def counting_init(graph: CircuitGraph, shape: PatchShape, patches: np.ndarray, z: np.ndarray,
                   levels: Sequence[int], pseudocount: float, seed: int = 0, perturbation: float = 0.5) -> Parameters:
     """Parameters of a training circuit (:func:`pcdsl.distill.compose.training_circuit`): leaves

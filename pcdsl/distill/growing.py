@@ -14,26 +14,33 @@ heads share every region below). Starting from one head, each global cluster loo
 5. grow: duplicate the highest-flow states of every latent variable, each copy's rows times
    ``1 - noise + 2 noise U(0, 1)``; with noise = 0 the distribution is exactly unchanged;
 
-until it has its share of the `heads` target (and at least `rounds` rounds). The structure is
+until it has its share of the `heads` target (and at least `rounds` rounds). The target is shared
+out in proportion to each global cluster's bits (the negative log-likelihood of its patches under
+its own per-pixel histograms), not its patch count: a cluster of blank background patches, often
+the largest, has little to model. A global cluster larger than `sample` patches runs the loop on
+a seeded sample of that size, and its other patches take their best head at the end. The structure is
 validated after every prune and grow. Global clusters are independent: with ``workers > 1`` they
-run in parallel processes, with the same results as inline.
+run in parallel processes, with the same results as inline; with a cache folder each finished
+cluster is written there at once, so a stopped run grows only the clusters it had not finished.
 """
 
 from __future__ import annotations
 
 import heapq
+import json
 import math
 import multiprocessing
 import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pcdsl.distill.compose import PatchFamily, PatchShape, training_circuit
-from pcdsl.distill.counting import counting_init
+from pcdsl.distill.counting import cluster_bits, counting_init
 from pcdsl.distill.grown import (
     ClusterCircuit,
     LatentTree,
@@ -50,6 +57,8 @@ from pcdsl.distill.grown import (
 )
 from pcdsl.distill.latents import LatentError, assign, kmeans
 from pcdsl.distill.lvd import Fit
+from pcdsl.io.atomic import write_atomic, write_json
+from pcdsl.io.model import load_model, save_model
 from pcdsl.ir.graph import CircuitGraph
 from pcdsl.learn.em import full_batch_flows
 from pcdsl.learn.train import Trainer
@@ -68,6 +77,8 @@ class Growing:
     threshold: float = 0.01  # prune edges with less than this share of their unit's flow
     margin: float = 1.0  # nats a patch must gain to move to another head
     cover: float = 0.4  # split the worst sub-clusters holding more than this share of the patches
+    sample: int | None = 100_000  # patches of a global cluster the loop runs on (None: all); the rest take
+    # their best head at the end
     pseudocount: float = 0.1  # counting initialisation of each cluster's circuit
     iterations: int = 50  # of each 2-means split
     seed: int = 0
@@ -212,8 +223,13 @@ def _checked(circuit: ClusterCircuit, params: Parameters, levels: Sequence[int])
 
 def grow_cluster(task: _Task) -> _Result:
     """Progressive growing of one global cluster (the module docstring's loop)."""
-    s, levels, patches = task.settings, task.levels, task.patches
+    s, levels, patches, features = task.settings, task.levels, task.patches, task.features
     rng = np.random.default_rng([s.seed, task.cluster])
+    rest = np.zeros(len(patches), dtype=bool)  # patches outside the loop's sample
+    if s.sample is not None and len(patches) > s.sample:
+        rest[:] = True
+        rest[np.random.default_rng([s.seed, task.cluster, 1]).choice(len(patches), s.sample, replace=False)] = False
+        patches, features = patches[~rest], features[~rest]
     circuit = ClusterCircuit(task.tree, (task.hidden,) * len(task.tree.order), 1, f"g{task.cluster}")
     params = _initial(task, circuit, int(rng.integers(2**31)))
     sub = np.zeros(len(patches), dtype=np.int64)
@@ -231,7 +247,7 @@ def grow_cluster(task: _Task) -> _Result:
         if chosen:  # grow where the split patches flow: the flows of the circuit before the split
             where = np.isin(sub, chosen)
             flows = full_batch_flows(model, _rows(patches[where], sub[where]))  # model holds `params`
-            circuit, params, sub = split(circuit, params, sub, task.features, chosen, s.noise, rng, s.iterations)
+            circuit, params, sub = split(circuit, params, sub, features, chosen, s.noise, rng, s.iterations)
             circuit, params = duplicate_states(circuit, params, states_to_grow(circuit, flows, s.grow, s.max_hidden),
                                                s.noise, rng)
             _checked(circuit, params, levels)
@@ -239,6 +255,11 @@ def grow_cluster(task: _Task) -> _Result:
         stats.append(RoundStats(circuit.heads, moved, float(own.mean()), len(chosen), size))
         if done or (not chosen and circuit.heads < task.target):  # finished, or nothing left that can split
             break
+    if rest.any():  # the model holds the final structure: the last round grew nothing
+        heads = np.empty(len(rest), dtype=np.int64)
+        heads[~rest] = sub
+        heads[rest] = head_log_likelihoods(model, circuit, params, task.patches[rest]).argmax(axis=1)
+        sub = heads
     return _Result(circuit, params, sub, tuple(stats))
 
 
@@ -281,20 +302,21 @@ class Grown:
         return graph, params
 
 
-def allocate(sizes: Sequence[int], heads: int) -> list[int]:
-    """Heads per global cluster: one each, then one at a time to the cluster with the most patches
-    per head (ties: the lower index), never more heads than patches."""
+def allocate(sizes: Sequence[int], heads: int, weights: Sequence[float] | None = None) -> list[int]:
+    """Heads per global cluster: one each, then one at a time to the cluster with the most
+    `weights` (default: patches) per head (ties: the lower index), never more heads than patches."""
     if not len(sizes) <= heads <= sum(max(1, int(n)) for n in sizes):
         raise ValueError(f"grow: heads = {heads} must lie between the number of global clusters ({len(sizes)}) "
                          f"and the number of patches they hold ({sum(max(1, int(n)) for n in sizes)})")
+    weight = [float(w) for w in (sizes if weights is None else weights)]
     out = [1] * len(sizes)
-    queue = [(-float(n), g) for g, n in enumerate(sizes) if n > 1]
+    queue = [(-weight[g], g) for g, n in enumerate(sizes) if n > 1]
     heapq.heapify(queue)
     for _ in range(heads - len(sizes)):
         _, g = heapq.heappop(queue)
         out[g] += 1
         if out[g] < sizes[g]:
-            heapq.heappush(queue, (-sizes[g] / out[g], g))
+            heapq.heappush(queue, (-weight[g] / out[g], g))
     return out
 
 
@@ -311,8 +333,8 @@ def _check_inputs(patches: np.ndarray, z: np.ndarray, features: np.ndarray, shap
     if features.ndim != 2 or len(features) != n or not np.isfinite(features).all():
         raise ValueError(f"grow: features must be ({n}, d) finite values, got {features.shape}")
     s = settings
-    if s.rounds < 1 or s.workers < 1 or s.iterations < 1:
-        raise ValueError("grow: rounds, workers and iterations must be at least 1")
+    if s.rounds < 1 or s.workers < 1 or s.iterations < 1 or (s.sample is not None and s.sample < 2):
+        raise ValueError("grow: rounds, workers and iterations must be at least 1, sample at least 2")
     if not (0 <= s.noise <= 1 and 0 <= s.threshold < 1 and 0 <= s.grow <= 1 and 0 < s.cover <= 1 and s.margin >= 0
             and s.pseudocount >= 0 and (s.max_hidden is None or s.max_hidden >= shape.hidden)):
         raise ValueError("grow: noise and grow must lie in [0, 1], threshold in [0, 1), cover in (0, 1], margin and "
@@ -320,21 +342,23 @@ def _check_inputs(patches: np.ndarray, z: np.ndarray, features: np.ndarray, shap
 
 
 def progressive_growing(patches: np.ndarray, z: np.ndarray, features: np.ndarray, shape: PatchShape,
-                        levels: Sequence[int], fit: Fit, settings: Growing) -> Grown:
+                        levels: Sequence[int], fit: Fit, settings: Growing, cache: Path | None = None) -> Grown:
     """Grow the patch circuits of `shape.clusters` global clusters (`z`: each patch's global
     cluster; `features`: what k-means clustered) to `settings.heads` heads in all; each starts as
     one HCLT of `shape.hidden` states per latent, fit by counting and then the growing loop.
     With ``workers > 1`` the clusters run in spawned processes, so a script that calls this
-    must do so under ``if __name__ == "__main__":``."""
+    must do so under ``if __name__ == "__main__":``. With `cache`, finished clusters are kept in
+    (and taken from) that folder, which must belong to these arguments alone."""
     patches, z = np.asarray(patches, dtype=np.int64), np.asarray(z, dtype=np.int64)
     features = np.asarray(features, dtype=np.float64)
     _check_inputs(patches, z, features, shape, levels, settings)
     sizes = np.bincount(z, minlength=shape.clusters)
-    targets = allocate(sizes.tolist(), settings.heads)
+    bits = cluster_bits(patches, z, shape.clusters, levels, settings.pseudocount)
+    targets = allocate(sizes.tolist(), settings.heads, bits.tolist())
     tree = LatentTree.of(shape)
     tasks = [_Task(g, patches[z == g], features[z == g], tree, shape.hidden, tuple(int(v) for v in levels),
                    targets[g], fit, settings) for g in range(shape.clusters)]
-    results = _run(tasks, settings.workers, fit.progress)
+    results = _run(tasks, settings.workers, fit.progress, cache)
     circuits = tuple(r.circuit for r in results)
     family = grown_family(circuits, levels)
     params = Parameters({k: v for r in results for k, v in r.params.inputs.items()},
@@ -344,6 +368,41 @@ def progressive_growing(patches: np.ndarray, z: np.ndarray, features: np.ndarray
     for g, r in enumerate(results):
         grown.z[z == g] = grown.offsets[g] + r.sub
     return grown
+
+
+# --- finished clusters, one file each -------------------------------------------------------------
+
+def _cache_files(cache: Path, cluster: int) -> tuple[Path, Path, Path]:
+    return cache / f"g{cluster}.safetensors", cache / f"g{cluster}.npy", cache / f"g{cluster}.json"
+
+
+def save_result(cache: Path, task: _Task, result: _Result) -> None:
+    """Write one finished cluster (its training circuit's model file, each patch's head, the
+    circuit's sizes and round statistics); the JSON, written last, marks it complete."""
+    import io
+
+    model, heads, meta = _cache_files(cache, task.cluster)
+    circuit = result.circuit
+    save_model(model, training_circuit(circuit.family(task.levels)), training_parameters(circuit, result.params))
+    buffer = io.BytesIO()
+    np.save(buffer, result.sub, allow_pickle=False)
+    write_atomic(heads, buffer.getvalue())
+    write_json(meta, {"hidden": list(circuit.hidden), "heads": circuit.heads, "patches": len(task.patches),
+                      "stats": [asdict(r) for r in result.stats]})
+
+
+def load_result(cache: Path, task: _Task) -> _Result | None:
+    """A finished cluster from `cache`, or None when it is not there (or not for this task)."""
+    model, heads, meta = _cache_files(cache, task.cluster)
+    if not meta.exists():
+        return None
+    saved = json.loads(meta.read_text())
+    if saved["patches"] != len(task.patches):
+        return None
+    circuit = ClusterCircuit(task.tree, tuple(saved["hidden"]), int(saved["heads"]), f"g{task.cluster}")
+    params = own_parameters(load_model(model)[1], circuit.prefix)
+    sub = np.load(heads, allow_pickle=False)
+    return _Result(circuit, params, sub, tuple(RoundStats(**r) for r in saved["stats"]))
 
 
 def _total(results: Sequence[_Result], sizes: np.ndarray) -> tuple[RoundStats, ...]:
@@ -365,24 +424,36 @@ def _limit_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _run(tasks: list[_Task], workers: int, progress: bool) -> list[_Result]:
+def _run(tasks: list[_Task], workers: int, progress: bool, cache: Path | None = None) -> list[_Result]:
     """Every task, inline or in `workers` processes (spawned: forking a process that already runs
-    torch's thread pool can hang); larger clusters start first."""
+    torch's thread pool can hang); larger clusters start first; finished ones go to `cache`."""
+    results: dict[int, _Result] = {}
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        results = {i: r for i, t in enumerate(tasks) if (r := load_result(cache, t)) is not None}
+
+    def finished(i: int, result: _Result) -> None:
+        results[i] = result
+        if cache is not None:
+            save_result(cache, tasks[i], result)
+
+    todo = sorted((i for i in range(len(tasks)) if i not in results), key=lambda i: -len(tasks[i].patches))
     if workers == 1:
-        return [grow_cluster(t) for t in tasks]
+        for i in todo:
+            finished(i, grow_cluster(tasks[i]))
+        return [results[i] for i in range(len(tasks))]
     quiet = [replace(t, fit=replace(t.fit, progress=False)) for t in tasks]
-    order = sorted(range(len(tasks)), key=lambda i: -len(tasks[i].patches))
     threads = max(1, (os.cpu_count() or 1) // workers)
     with ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"), _limit_threads, (threads,)) as pool:
-        futures = {i: pool.submit(grow_cluster, quiet[i]) for i in order}
-        finished: Iterable[Any] = as_completed(futures.values())
+        futures = {pool.submit(grow_cluster, quiet[i]): i for i in todo}
+        done: Iterable[Any] = as_completed(futures)
         if progress:
             from tqdm import tqdm
 
-            finished = tqdm(finished, total=len(tasks), desc="growing", leave=False)
-        for _ in finished:
-            pass
-        return [futures[i].result() for i in range(len(tasks))]
+            done = tqdm(done, total=len(tasks), initial=len(tasks) - len(todo), desc="growing", leave=False)
+        for future in done:
+            finished(futures[future], future.result())
+    return [results[i] for i in range(len(tasks))]
 
 
 def assign_heads(grown: Grown, patches: np.ndarray, z: np.ndarray, fit: Fit) -> np.ndarray:

@@ -160,6 +160,23 @@ def prune(params: Parameters, flows: Flows, groups: Iterable[str], threshold: fl
     return out
 
 
+def prune_to_fraction(params: Parameters, flows: Flows, groups: Iterable[str], keep: float) -> Parameters:
+    """Keep about `keep` (0 < keep <= 1) of each group's edges, those with the most flow (each unit
+    its highest-flow edge whatever the share), and set the rest to 0; rows renormalised."""
+    if not 0 < keep <= 1:
+        raise ValueError(f"keep must lie in (0, 1], got {keep!r}")
+    out = Parameters(params.inputs, dict(params.weights))
+    for group in groups:
+        f = np.asarray(flows.weights[group], dtype=np.float64)
+        flat = np.zeros(f.size, dtype=bool)
+        flat[np.argsort(-f, axis=None, kind="stable")[:max(1, round(keep * f.size))]] = True
+        mask = flat.reshape(f.shape)
+        mask[np.arange(len(f)), f.argmax(axis=1)] = True
+        w = np.where(mask, params.weights[group], 0.0)
+        out.weights[group] = w / w.sum(axis=1, keepdims=True)
+    return out
+
+
 def keep_zeros(params: Parameters) -> Callable[[Parameters], Parameters] | None:
     """A Trainer constraint that holds at 0 the sum weights that are 0 in `params` (EM's
     pseudocount would revive pruned edges); None when nothing is pruned."""

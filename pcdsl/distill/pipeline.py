@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import resource
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -68,6 +69,7 @@ class RunDir:
     log: Log = print
     keys: dict[str, str] = field(default_factory=dict)
     times: dict[str, float] = field(default_factory=dict)
+    attempts: dict[str, dict[str, Any]] = field(default_factory=dict)  # stages started, not finished
 
     def __post_init__(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -75,6 +77,7 @@ class RunDir:
         if state.exists():
             saved = json.loads(state.read_text())
             self.keys, self.times = saved.get("keys", {}), saved.get("seconds", {})
+            self.attempts = saved.get("attempts", {})
 
     def fresh(self, stage: str, key: str, *files: str) -> bool:
         """Whether `stage` already ran with `key` and its files are all there."""
@@ -83,19 +86,29 @@ class RunDir:
             self.log(f"{stage}: cached ({', '.join(files)})")
         return done
 
-    def start(self, stage: str) -> None:
-        """Forget the stage's key before it writes anything: files a stopped attempt overwrote
-        must never pass for the outputs of an earlier key."""
-        if self.keys.pop(stage, None) is not None:
-            self._save()
+    def start(self, stage: str, key: str) -> float:
+        """Forget the stage's key before it writes anything (files a stopped attempt overwrote
+        must never pass for the outputs of an earlier key); returns the seconds that earlier
+        attempts at the same key spent on work they saved (up to their last file written)."""
+        self.keys.pop(stage, None)
+        earlier = self.attempts.get(stage, {})
+        seconds = 0.0
+        if earlier.get("key") == key:
+            saved_until = max((f.stat().st_mtime for f in self.path.rglob("*")
+                               if f.is_file() and f.name != "stages.json"), default=earlier["started"])
+            seconds = earlier["seconds"] + max(0.0, saved_until - earlier["started"])
+        self.attempts[stage] = {"key": key, "started": time.time(), "seconds": seconds}
+        self._save()
+        return seconds
 
     def finish(self, stage: str, key: str, seconds: float) -> None:
         self.keys[stage] = key
         self.times[stage] = seconds
+        self.attempts.pop(stage, None)
         self._save()
 
     def _save(self) -> None:
-        _write_json(self.path / "stages.json", {"keys": self.keys, "seconds": self.times})
+        _write_json(self.path / "stages.json", {"keys": self.keys, "seconds": self.times, "attempts": self.attempts})
 
     def fit(self, stage: str, key: str, graph: CircuitGraph,
             train: Callable[[lvd.Resume], Parameters]) -> Parameters:
@@ -278,10 +291,11 @@ class Latents:
 
 
 def _timed(run: RunDir, stage: str, key: str, work: Callable[[], None]) -> None:
-    run.start(stage)
+    """Run a stage's work; its seconds include what stopped attempts saved before they stopped."""
+    earlier = run.start(stage, key)
     started = time.perf_counter()
     work()
-    run.finish(stage, key, time.perf_counter() - started)
+    run.finish(stage, key, earlier + time.perf_counter() - started)
 
 
 def _teacher(run: RunDir, recipe: Distillation, data: Data, grid: Any, base: str, progress: bool,
@@ -361,12 +375,16 @@ def _growing(run: RunDir, recipe: Distillation, data: Data, grid: Any, teacher: 
         patches = grid.to_patches(data.train)
         n, p, d = patches.shape
         features = teacher.features(data.train)
-        settings = Growing(heads=grow["to"], rounds=grow["rounds"], noise=grow["noise"],
+        settings = Growing(heads=grow["to"], rounds=grow["rounds"], noise=grow["noise"], sample=grow["sample"] or None,
                            pseudocount=recipe.counting, seed=fit.seed, workers=grow["workers"] or (os.cpu_count() or 1))
         grow_fit = lvd.Fit(recipe.patch_em, fit.backend, fit.dtype, fit.device, fit.seed, fit.progress)
         run.log(f"growing: {shape().clusters} global clusters to {grow['to']} heads")
+        cache = run.path / f"growing-{key}"  # finished global clusters: a stopped run keeps them
+        for old in run.path.glob("growing-*"):  # those of other keys are of no use
+            if old != cache:
+                shutil.rmtree(old, ignore_errors=True)
         grown = progressive_growing(patches.reshape(n * p, d), z["train"].reshape(-1),
-                                    features.reshape(n * p, -1), shape(), levels, grow_fit, settings)
+                                    features.reshape(n * p, -1), shape(), levels, grow_fit, settings, cache)
         heads = {"centroids": z["centroids"], "train": grown.z.reshape(n, p)}
         for split in ("valid", "test"):
             images = getattr(data, split)
@@ -378,6 +396,7 @@ def _growing(run: RunDir, recipe: Distillation, data: Data, grid: Any, teacher: 
         save_model(run.path / "grown.safetensors", graph, params)
         _save_npz(run.path / "grown.npz", heads)
         _write_json(run.path / "grown.json", grown.report())
+        shutil.rmtree(cache, ignore_errors=True)
         out["latents"] = Latents(heads, grown.family, params, key, grown.report())
 
     _timed(run, "growing", key, work)
@@ -461,6 +480,7 @@ def _distilled(run: RunDir, recipe: Distillation, data: Data, grid: Any, family:
     positions = [grid.pixel_columns(i) for i in range(grid.count)]
     graph, params = compose(top, top_params, family, patch_params,
                             image_variables(data.shape, data.levels), positions, recipe.patch_pc["shared"], recipe.name)
+    graph.colour = recipe.transform  # the model file says which colour space its pictures are in
     if run.fresh("distilled", key, "model.safetensors"):
         return graph, load_model(run.path / "model.safetensors")[1]
     train, valid = _flat(data.train), _flat(data.valid)

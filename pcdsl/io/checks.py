@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from pcdsl.diagnostics import MessageError
+from pcdsl.distill.colour import TRANSFORMS as COLOURS
 from pcdsl.ir.graph import CircuitGraph
 from pcdsl.numerics import MAX_MAGNITUDE, ROW_TOLERANCE
 from pcdsl.syntax.elaborate import MAX_CATEGORIES, MAX_VARIABLES
@@ -81,6 +82,8 @@ def metadata(raw: bytes, path: str | Path) -> dict[str, Any]:
     if meta.get("format") != "pcdsl-model" or meta.get("version") != 1:
         raise ModelFileError(f"{path}: unsupported format {meta.get('format')!r} version {meta.get('version')!r} "
                              "(this pcdsl reads pcdsl-model version 1)")
+    if meta.get("colour", "identity") not in COLOURS:
+        raise ModelFileError(f"{path}: unknown colour space {meta.get('colour')!r} (one of {', '.join(COLOURS)})")
     return meta
 
 

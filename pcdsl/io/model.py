@@ -41,7 +41,7 @@ def _structure(graph: CircuitGraph) -> dict[str, Any]:
         entry: dict[str, Any] = {"name": n.name, "kind": n.kind.value, "units": n.num_units,
                                  "children": list(n.children)}
         if n.kind is NodeKind.INPUT:
-            entry.update(family=n.family, var=n.var)
+            entry.update(family=n.family, var=int(n.var) if n.var is not None else None)  # numpy ints are not JSON
         elif n.kind is NodeKind.PRODUCT:
             entry["pattern"] = n.pattern
         elif n.blocks != 1:
@@ -52,7 +52,10 @@ def _structure(graph: CircuitGraph) -> dict[str, Any]:
             entry["fixed"] = True
         nodes.append(entry)
     variables = [{"name": v.name, "domain": v.domain.kind, "size": v.domain.size} for v in graph.variables]
-    return {"format": FORMAT, "version": VERSION, "circuit": graph.name, "variables": variables, "nodes": nodes}
+    out = {"format": FORMAT, "version": VERSION, "circuit": graph.name, "variables": variables, "nodes": nodes}
+    if graph.colour != "identity":
+        out["colour"] = graph.colour
+    return out
 
 
 def save_model(path: str | Path, graph: CircuitGraph, params: Parameters) -> Path:
@@ -98,6 +101,7 @@ def load_model(path: str | Path, renormalise: bool = False) -> tuple[CircuitGrap
 def _graph(meta: dict[str, Any]) -> CircuitGraph:
     variables = tuple(Variable(v["name"], i, Domain(v["domain"], v["size"])) for i, v in enumerate(meta["variables"]))
     graph = CircuitGraph(meta["circuit"], variables)
+    graph.colour = meta.get("colour", "identity")
     for n in meta["nodes"]:
         if n["kind"] == "input":
             graph.add_input(n["name"], n["var"], n["family"], n["units"], tie=n.get("tie"))

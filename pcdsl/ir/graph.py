@@ -79,6 +79,20 @@ class Node:
     blocks: int = 1
     fixed: bool = False  # `with fixed = true`: learning keeps this node's (or its tie group's) parameters
 
+    def __repr__(self) -> str:
+        from pcdsl.render import node_label
+
+        return f"Node({node_label(self)})"
+
+    def _repr_svg_(self) -> str | None:
+        """Jupyter's picture of the node group (needs graphviz; None falls back to the text)."""
+        from pcdsl.render import picture
+
+        return picture(self)._repr_svg_()
+
+
+REPR_ANALYSE_LIMIT = 5000  # node groups; larger graphs' reprs give sizes only
+
 
 class CircuitGraph:
     """Nodes are added children first, so the graph is acyclic by construction."""
@@ -87,7 +101,32 @@ class CircuitGraph:
         self.name = name
         self.variables = variables
         self.span = span
+        self.colour = "identity"  # an image model's colour space (pcdsl.distill.colour), for its pictures
         self._g = nx.DiGraph()
+
+    def __repr__(self) -> str:
+        """One line: sizes and structural properties (checked afresh: the graph may have changed)."""
+        from pcdsl.ir.validate import analyse
+
+        if not len(self):
+            return f"CircuitGraph('{self.name}': {len(self.variables)} variables, empty)"
+        roots = self.roots()
+        top = f"root '{roots[0].name}'" if len(roots) == 1 else f"{len(roots)} roots"
+        sizes = (f"CircuitGraph('{self.name}': {len(self.variables)} variables, {len(self)} node groups "
+                 f"({self.num_units()} units), {self.num_edges()} edges, {self.num_parameters()} parameters, {top}")
+        if len(self) > REPR_ANALYSE_LIMIT:  # a repr must stay quick (debuggers and test reports call it)
+            return f"{sizes}; properties: see pcdsl.ir.validate.analyse)"
+        p = analyse(self)
+        properties = [name for name, holds in (("smooth", p.smooth), ("decomposable", p.decomposable),
+                                               ("deterministic", p.deterministic),
+                                               ("structured-decomposable", p.structured)) if holds]
+        return f"{sizes}; {', '.join(properties) or 'neither smooth nor decomposable'})"
+
+    def _repr_svg_(self) -> str | None:
+        """Jupyter's picture of the circuit (needs graphviz; None falls back to the text)."""
+        from pcdsl.render import picture
+
+        return picture(self)._repr_svg_()
 
     # ---- construction -------------------------------------------------------------
     def add_input(self, name: str, var: int, family: str, num_units: int,
@@ -111,6 +150,21 @@ class CircuitGraph:
         node = Node(name, NodeKind.SUM, num_units, children, self._union(children),
                     weights=weights, tie=tie, span=span, blocks=blocks)
         return self._add(node)
+
+    def add_nodes(self, nodes: list[Node]) -> None:
+        """Add many nodes at once, children first, each with its scope and units already set as
+        the add_* methods set them: the bulk path for circuits read from large files (one
+        networkx call for all nodes and one for all edges)."""
+        names = set()
+        for node in nodes:
+            if node.name in names or node.name in self._g:
+                raise InternalError(f"node '{node.name}' added twice")
+            for c in node.children:
+                if c not in names and c not in self._g:
+                    raise InternalError(f"node '{node.name}': child '{c}' must be added first")
+            names.add(node.name)
+        self._g.add_nodes_from((n.name, {"node": n}) for n in nodes)
+        self._g.add_edges_from(_edges(nodes))
 
     def fix(self, name: str) -> Node:
         """Mark a node's parameters fixed: EM and SGD keep them (a tied sum: its whole group)."""
@@ -216,3 +270,16 @@ def _input_param_count(family: str | None, domain: Domain) -> int:
     if family == "gaussian":
         return 2
     return 0  # indicators have no parameters
+
+
+def _edges(nodes: list[Node]) -> Iterator[tuple[str, str, dict[str, int]]]:
+    """(parent, child, position) of each child, at the first position of a repeated one."""
+    for n in nodes:
+        if len(set(n.children)) == len(n.children):
+            yield from ((n.name, c, {"position": k}) for k, c in enumerate(n.children))
+            continue
+        seen: set[str] = set()
+        for k, c in enumerate(n.children):
+            if c not in seen:
+                seen.add(c)
+                yield n.name, c, {"position": k}

@@ -29,7 +29,7 @@ MAX_VARIABLES = 1 << 20
 MAX_CATEGORIES = 1 << 16
 
 _FIXED = Param("fixed", read_bool(), False, positional=False)  # learning keeps the written parameters
-_OPTIONS = {
+NODE_OPTIONS = {  # `leaf/prod/sum ... with key = value, ...`
     "leaf": Signature("leaf options", (Param("units", read_units(), 1, positional=False), _FIXED)),
     "prod": Signature("product options", ()),
     "sum": Signature("sum options", (Param("units", read_units(), 1, positional=False),
@@ -249,7 +249,7 @@ class _Elaborator:
         if any(c.text in self.failed for c in self._children(decl)):
             raise Bad()  # built on a node that already failed: stay quiet
         kind = "leaf" if isinstance(decl, ast.LeafDecl) else "prod" if isinstance(decl, ast.ProdDecl) else "sum"
-        options = bind(self.vals, ast.Call(ast.Name("with"), (), decl.options, span=decl.span), _OPTIONS[kind])
+        options = bind(self.vals, ast.Call(ast.Name("with"), (), decl.options, span=decl.span), NODE_OPTIONS[kind])
         if isinstance(decl, ast.LeafDecl):
             self._leaf(graph, decl, options["units"])
         elif isinstance(decl, ast.ProdDecl):

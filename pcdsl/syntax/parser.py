@@ -45,13 +45,17 @@ def decode_source(name: str, data: bytes) -> Source:
     try:
         return Source(name, data.decode("utf-8"))
     except UnicodeDecodeError as exc:
-        prefix = data[:exc.start].decode("utf-8", errors="replace")
-        src = Source(name, data.decode("utf-8", errors="replace"))
-        line = prefix.count("\n") + 1
-        col = len(prefix) - (prefix.rfind("\n") + 1) + 1
-        raise PcdslError([error(
-            "E0005", f"file is not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start})",
-            Span(src, line, col, line, col + 1), help="save the file as UTF-8")]) from None
+        raise PcdslError([not_utf8(name, data, exc, "save the file as UTF-8")]) from None
+
+
+def not_utf8(name: str, data: bytes, exc: UnicodeDecodeError, help: str) -> Diagnostic:
+    """E0005 at the line and column of the first byte that is not UTF-8."""
+    prefix = data[:exc.start].decode("utf-8", errors="replace")
+    src = Source(name, data.decode("utf-8", errors="replace"))
+    line = prefix.count("\n") + 1
+    col = len(prefix) - (prefix.rfind("\n") + 1) + 1
+    return error("E0005", f"file is not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start})",
+                 Span(src, line, col, line, col + 1), help=help)
 
 
 def parse(source: Source) -> ast.Module:

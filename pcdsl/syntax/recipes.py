@@ -81,7 +81,9 @@ TABLES: dict[str, dict[str, Signature]] = {
                        _kw("iterations", read_int(1), 50), _kw("seed", read_int(0), 0)),
         "grow": _sig("grow", _kw("to", read_int(2)), _kw("rounds", read_int(1), 1),
                      _kw("noise", read_float(0.0), 0.1), _kw("workers", read_int(0), 0),
-                     doc="progressive growing of clusters (workers: parallel processes, 0 = one per core)"),
+                     _kw("sample", read_int(0), 100_000),
+                     doc="progressive growing of clusters (workers: parallel processes, 0 = one per core; sample: "
+                         "patches per global cluster the loop runs on, 0 = all)"),
     },
     "model": {
         "hclt": _sig("hclt", _kw("over", None), _kw("hidden", read_int(1), 16), _kw("trees", read_int(1), 1),

@@ -39,6 +39,39 @@ class Signature:
         parts = [p.name if p.default is REQUIRED else f"{p.name} = ..." for p in self.params]
         return f"{self.name}({', '.join(parts)})"
 
+    def text(self) -> str:
+        """The full signature as docs/language.md writes it, e.g. ``grid(image, height, width)``
+        or ``em(*, epochs = 10, step = 0.1, ...)``: arguments before ``*`` may be given by
+        position, the others only by name; a bare name is required; ``unset`` means the
+        argument has no value unless given."""
+        positional = [param_text(p) for p in self.params if p.positional]
+        named = [param_text(p) for p in self.params if not p.positional]
+        return f"{self.name}({', '.join(positional + (['*'] if named else []) + named)})"
+
+
+def param_text(p: Param) -> str:
+    """One parameter with its default, in the language's own notation."""
+    if p.default is REQUIRED:
+        return p.name
+    return f"{p.name} = {_default_text(p.default, _is_symbol(p))}"
+
+
+def _is_symbol(p: Param) -> bool:
+    """Whether the parameter takes a bare word (``split = train``) rather than a string."""
+    return getattr(p.read, "__qualname__", "").startswith("read_symbol.")
+
+
+def _default_text(value: Any, symbol: bool) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value if symbol else f'"{value}"'
+    if isinstance(value, tuple):
+        return " -> ".join(_default_text(v, symbol) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
 
 @dataclass(frozen=True)
 class Bound:
