@@ -2,8 +2,10 @@
 example that fails with it, and the fix.
 
 An example is one of: ``pc`` (a .pc file; the test suite checks it and expects this code),
-``python`` (a few lines of Python that raise this code; run by the test suite too), or ``text``
-(a situation told in words and commands: files on disk, a model file, a full memory).
+a circuit or vtree file of another tool (``jpc``, ``psdd``, ``sdd``, ``vtree``; with `vtree`, the
+.vtree file beside it; the test suite checks them too), ``python`` (a few lines of Python that
+raise this code; run by the test suite too), or ``text`` (a situation told in words and commands:
+files on disk, a model file, a full memory).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from dataclasses import dataclass
 
 from pcdsl.codes import CODES
 
+_HALF = "-0.6931471805599453"  # log(1/2)
+_THIRD = "-1.0986122886681098"  # log(1/3)
 _MODEL = 'import numpy as np, pcdsl\ngraph = pcdsl.check_text("""circuit c { var a : bool  var b : categorical(3)\n' \
          '  leaf la = bernoulli(a, p = 0.3)  leaf lb = categorical(b, [0.2, 0.3, 0.5])\n' \
          '  prod root = la * lb }""").circuit()\nmodel = pcdsl.compile(graph, "numba")\n'
@@ -22,7 +26,8 @@ class Explanation:
     why: str
     example: str
     fix: str
-    kind: str = "pc"  # "pc" | "python" | "text"
+    kind: str = "pc"  # "pc" | "jpc" | "psdd" | "sdd" | "vtree" | "python" | "text"
+    vtree: str = ""  # for a circuit file: the .vtree file beside it, if the example needs one
 
 
 EXPLANATIONS: dict[str, Explanation] = {
@@ -258,6 +263,76 @@ EXPLANATIONS: dict[str, Explanation] = {
         'recipe r {\n  data = file("train.csv")\n  model = hclt(over = data, hidden = 8)\n  train { em(epochs = 2) }\n'
         "  report loglik(test)\n}",
         "Report on a split the data has, or give the source that split (debd splits, `valid = N`)."),
+    "E0701": Explanation(
+        "Every circuit and vtree file starts with a header `MAGIC COUNT` (`jpc 7`, `psdd 5`, `sdd 9`, "
+        "`vtree 3`): it says which format the lines are in and how many nodes follow. A file without "
+        "one is usually not of this format, or had its first line cut off.",
+        "L 0 1\nL 1 2\nI 2 0 1", "Write the header first: here `vtree 3` (comment lines `c ...` may come before it).",
+        "vtree"),
+    "E0702": Explanation(
+        "Each line is a kind letter and a fixed number of fields for that kind (docs/formats.md); a sum, "
+        "product or decision node has a count, and then that many children (with their weights). A "
+        "letter the format does not have, or fields that do not match the count, cannot be read safely.",
+        f"jpc 3\nL 0 0 1\nL 1 0 -1\nS 2 0 2 0 {_HALF} 1",
+        "Give the fields the line's kind takes: here the log-weight of child 1 is missing "
+        f"(`S 2 0 2 0 {_HALF} 1 {_HALF}`).", "jpc"),
+    "E0703": Explanation(
+        "Ids, vtree ids, variables and counts are integers, probabilities and weights real numbers "
+        "(natural logarithms, `-inf` for 0); anything else in a number's place is refused, not guessed.",
+        f"jpc 3\nL 0 0 1\nL 1 0 -1\nS 2 0 2 0 {_HALF} 1 half",
+        f"Write the number: here the log-weight `{_HALF}` (log 0.5).", "jpc"),
+    "E0704": Explanation(
+        "Node ids (and vtree ids) run from 0 to COUNT - 1, COUNT being the header's number; an id outside "
+        "that range means a wrong header or a damaged line.",
+        f"jpc 3\nL 0 0 1\nL 1 0 -1\nS 3 0 2 0 {_HALF} 1 {_HALF}",
+        "Number the nodes 0..COUNT-1 (here the sum is node 2), or correct the header's count.", "jpc"),
+    "E0705": Explanation(
+        "Each id names one node: a second line with the same id would make every reference to it "
+        "ambiguous.",
+        "vtree 3\nL 0 1\nL 1 2\nI 1 0 1", "Give every line its own id: here the inner node is `I 2 0 1`.", "vtree"),
+    "E0706": Explanation(
+        "The formats list children before their parents (the last line is the root), so every child id "
+        "must be defined on an earlier line; a later or missing one means lines out of order or a "
+        "reference to no node.",
+        f"jpc 3\nL 0 0 1\nS 1 0 2 0 {_HALF} 2 {_HALF}\nL 2 0 -1",
+        "Write the file bottom-up: move the child's line above its parent (and renumber them in order).",
+        "jpc"),
+    "E0707": Explanation(
+        "The header says how many nodes follow; fewer (or more) node lines than that usually means a "
+        "truncated download or a file cut while being written.",
+        "psdd 5\nL 0 0 1\nL 1 0 -1", "Get the whole file again, or correct the header's count.", "psdd"),
+    "E0708": Explanation(
+        "With a vtree beside it, a circuit file's nodes say where in the vtree they sit: a leaf at its "
+        "variable's vtree leaf, a decision node at an inner node whose left subtree holds its primes and "
+        "right subtree its subs. A node elsewhere means the circuit and the vtree do not belong together.",
+        "psdd 5\nL 0 0 1\nL 1 0 -1\nT 2 1 2 -0.10536051565782628\nT 3 2 2 -1.6094379124341003\n"
+        "D 4 1 2 0 2 -0.35667494393873245 1 3 -1.2039728043259361",
+        "Use the vtree the circuit was written for, or give the node its vtree id: here the true node of "
+        "variable 2 sits at the vtree leaf of variable 2 (`T 2 2 2 ...`).", "psdd",
+        vtree="vtree 3\nL 0 1\nL 2 2\nI 1 0 2"),
+    "E0709": Explanation(
+        "Variables are numbered from 1 (variable v is data column v - 1), and a variable's domain is what "
+        "its leaves say: a literal makes it Boolean, a `C` line of K numbers gives it K values. Variable 0, "
+        "or two leaves that disagree on the number of values, leave no consistent domain.",
+        f"jpc 3\nL 0 0 1\nC 1 0 1 {_THIRD} {_THIRD} {_THIRD}\nS 2 0 2 0 {_HALF} 1 {_HALF}",
+        "Give every leaf of a variable the same number of values (here `C 1 0 1 -0.69... -0.69...`, two "
+        "values), and number variables from 1.", "jpc"),
+    "E0710": Explanation(
+        "An .sdd file is a logical constraint, read as the uniform (or weighted) distribution over its "
+        "models; a constraint that no assignment satisfies, or whose weighted model count is 0, has no "
+        "distribution to read.",
+        "sdd 1\nF 0", "Check the constraint (it is unsatisfiable), or the literal weights given with it.", "sdd",
+        vtree="vtree 1\nL 0 1"),
+    "E0711": Explanation(
+        "A vtree is one binary tree whose leaves are the variables, each once: a variable in two leaves, "
+        "a node with two parents, or several roots do not split the variables in one way.",
+        "vtree 3\nL 0 1\nL 1 1\nI 2 0 1", "Give each variable one leaf: here `L 1 2`.", "vtree"),
+    "E0712": Explanation(
+        "The file holds no circuit (a .vtree alone, where a command needs a distribution), or an .sdd "
+        "without the vtree it is defined over: an SDD's nodes only mean something on their vtree.",
+        "sdd 3\nL 0 0 1\nL 1 0 -1\nT 2",
+        "Put the vtree beside it (same stem: model.sdd beside model.vtree) or name one (`vtree=` in Python); "
+        "give a circuit file where a command needs one.", "sdd"),
     "E0801": Explanation(
         "An argument of the wrong type: a fraction where a count is needed, text where an array of "
         "numbers is.",
@@ -309,6 +384,12 @@ EXPLANATIONS: dict[str, Explanation] = {
         "need them.",
         'recipe r { data = imagenet("data/imagenet32", size = 32) ... }',
         "Install the data (docs/data.md) before `pcdsl run`.", "text"),
+    "W0701": Explanation(
+        "A circuit file's root is its last node; lines that it does not reach belong to no distribution "
+        "(often a leftover of editing, or several circuits in one file). They are left out, and the file "
+        "is read.",
+        "jpc 2\nL 0 0 -1\nL 1 0 1",
+        "Delete the unused lines, or connect them under the root if they were meant to be in it.", "jpc"),
 }
 
 
@@ -321,10 +402,16 @@ def explain(code: str) -> str | None:
     lines = [f"{code}: {CODES[code]}"]
     if entry is not None:
         label = {"pc": "A file that fails with it", "python": "Python that fails with it",
-                 "text": "Where it happens"}[entry.kind]
-        lines += ["", entry.why, "", f"{label}:", *("    " + line for line in entry.example.splitlines()),
-                  "", f"Fix: {entry.fix}"]
+                 "text": "Where it happens"}.get(entry.kind, f"A .{entry.kind} file that fails with it")
+        lines += ["", entry.why, "", f"{label}:", *_indented(entry.example)]
+        if entry.vtree:
+            lines += ["with, beside it, its .vtree file:", *_indented(entry.vtree)]
+        lines += ["", f"Fix: {entry.fix}"]
     return "\n".join(lines)
+
+
+def _indented(text: str) -> list[str]:
+    return ["    " + line for line in text.splitlines()]
 
 
 def listing() -> str:
