@@ -100,16 +100,20 @@ def load_circuit(args: argparse.Namespace) -> CircuitGraph:
         print(f"pcdsl {args.command}: read model file {path} (circuit {graph.name}, trained parameters)",
               file=sys.stderr)
         return graph
+    imported = read_circuit_file(args, path)  # before the data suffixes: circuit files may be gzipped too
+    if imported is not None:
+        graph, args.trained = imported
+        print(f"pcdsl {args.command}: read circuit file {path} (circuit {graph.name})", file=sys.stderr)
+        return graph
     if Path(path).suffix.lower() in DATA_SUFFIXES:
         raise InvalidArgument("E0809", f"'{path}' is a data file; FILE is a .pc file, a model file "
                                        "(.safetensors) or a circuit file (.jpc, .psdd, .sdd)", "data goes after --data")
-    graph = _read_circuit_file(args, path)
-    return graph if graph is not None else _read_source(args, path)
+    return _read_source(args, path)
 
 
-def _read_circuit_file(args: argparse.Namespace, path: str) -> CircuitGraph | None:
-    """A .jpc/.psdd/.sdd file (or .gz) by its extension: its graph, with `args.trained` set to the
-    file's parameters; None for other files. Diagnostics are printed (exit 1)."""
+def read_circuit_file(args: argparse.Namespace, path: str):  # type: ignore[no-untyped-def]
+    """A .jpc/.psdd/.sdd file (or .gz) by its extension: its graph and the file's parameters; None
+    for other files. Diagnostics are printed (exit 1)."""
     from pcdsl.io.formats import is_circuit_file, read_circuit
 
     if not is_circuit_file(path):
@@ -121,9 +125,7 @@ def _read_circuit_file(args: argparse.Namespace, path: str) -> CircuitGraph | No
         raise Exit(EXIT_DIAGNOSTICS) from None
     for w in imported.warnings:
         print(render(w) + "\n", file=sys.stderr)
-    args.trained = imported.params
-    print(f"pcdsl {args.command}: read circuit file {path} (circuit {imported.graph.name})", file=sys.stderr)
-    return imported.graph
+    return imported.graph, imported.params
 
 
 def _read_source(args: argparse.Namespace, path: str) -> CircuitGraph:
@@ -169,9 +171,11 @@ def data(args: argparse.Namespace, path: str, graph: CircuitGraph, option: str =
     from pcdsl.data import DataError, check_values, load_values
     from pcdsl.data.layout import variable_shape
     from pcdsl.io.files import MODEL, file_kind
+    from pcdsl.io.formats import is_circuit_file
 
-    if file_kind(path) == MODEL or Path(path).suffix.lower() == ".pc":
-        kind = "a model file" if file_kind(path) == MODEL else ".pc source"
+    if file_kind(path) == MODEL or Path(path).suffix.lower() == ".pc" or is_circuit_file(path):
+        kind = ("a model file" if file_kind(path) == MODEL else
+                "a circuit file" if is_circuit_file(path) else ".pc source")
         raise InvalidArgument("E0809", f"{option} '{path}' is {kind}, not data",
                               "data files are .data, .csv, .txt, .npy, .npz or image files")
     try:

@@ -6,7 +6,6 @@ import argparse
 import sys
 
 from pcdsl import plot
-from pcdsl.diagnostics import PcdslError, render_all
 
 from .common import EXIT_DIAGNOSTICS, EXIT_OK, EXIT_USAGE
 
@@ -28,11 +27,8 @@ def run_convert(args: argparse.Namespace) -> int:
     from pcdsl.io.flat import FormatError
     from pcdsl.io.formats import convert
 
-    try:
+    try:  # a PcdslError goes to main, which reports it as every command does
         written = convert(args.file, args.output, args.circuit, args.seed)
-    except PcdslError as exc:
-        print(render_all(exc.diagnostics), file=sys.stderr)
-        return EXIT_DIAGNOSTICS
     except (FormatError, KeyError) as exc:
         print(f"pcdsl convert: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return EXIT_DIAGNOSTICS

@@ -65,11 +65,14 @@ def run_render(args: argparse.Namespace) -> int:
 
 def _drawable(args: argparse.Namespace) -> tuple[CircuitGraph, list[Diagnostic]]:
     """The circuit to draw and, for .pc source whose circuit fails validation, its violations
-    (printed); model files and valid source go through `load_circuit`."""
+    (printed); model files, circuit files (.jpc, .psdd, .sdd) and valid source go through
+    `load_circuit`."""
     from pcdsl.frontend import check_file_keeping_invalid
     from pcdsl.io.files import MODEL, file_kind
+    from pcdsl.io.formats import is_circuit_file
 
-    if file_kind(args.file) == MODEL or Path(args.file).suffix.lower() in DATA_SUFFIXES:
+    loaded_as_is = file_kind(args.file) == MODEL or is_circuit_file(args.file)
+    if loaded_as_is or Path(args.file).suffix.lower() in DATA_SUFFIXES:
         return load_circuit(args), []
     try:
         checked, _ = check_file_keeping_invalid(args.file)

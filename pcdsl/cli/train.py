@@ -21,6 +21,7 @@ from .common import (
     load_circuit,
     model,
     positive,
+    read_circuit_file,
     read_model,
     seed,
     step_size,
@@ -79,11 +80,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
 
 
 def initial(args: argparse.Namespace, path: str, graph: CircuitGraph):  # type: ignore[no-untyped-def]
-    """Parameters from a model file whose structure is the circuit's own."""
+    """Parameters from a model or circuit file whose structure is the circuit's own."""
     def shape(g: CircuitGraph) -> list[tuple[object, ...]]:
         return [(n.name, n.kind, n.num_units, n.children, n.family, n.var, n.pattern, n.tie) for n in g.nodes()]
 
-    saved, params = read_model(args, path)
+    saved, params = read_circuit_file(args, path) or read_model(args, path)
     if shape(saved) != shape(graph) or len(saved.variables) != len(graph.variables):
         print(f"pcdsl train: '{path}' holds a different circuit structure than '{graph.name}'", file=sys.stderr)
         raise Exit(EXIT_DIAGNOSTICS)
@@ -98,7 +99,10 @@ def run_train(args: argparse.Namespace) -> int:
     out = output_path(args)
     graph = load_circuit(args)
     if args.init is not None and args.trained is not None:
-        raise InvalidArgument("E0809", f"--init '{args.init}': '{args.file}' is a model file and brings its own "
+        from pcdsl.io.formats import is_circuit_file
+
+        kind = "a circuit file" if is_circuit_file(args.file) else "a model file"
+        raise InvalidArgument("E0809", f"--init '{args.init}': '{args.file}' is {kind} and brings its own "
                                        "parameters", "drop --init to continue from them, or train the .pc source")
     # a wrong model file: say so before reading the data
     first = initial(args, args.init, graph) if args.init is not None else args.trained
@@ -161,11 +165,13 @@ def output_path(args: argparse.Namespace) -> Path:
 def run_recipe_command(args: argparse.Namespace) -> int:
     from pcdsl.frontend import check_file
     from pcdsl.io.files import MODEL, file_kind
+    from pcdsl.io.formats import is_circuit_file
     from pcdsl.run import RunError, run_recipe
 
-    if file_kind(args.file) == MODEL:
-        raise InvalidArgument("E0809", f"'{args.file}' is a model file; pcdsl run takes a recipe in a .pc file",
-                              "pcdsl eval, query, sample and train take model files")
+    if file_kind(args.file) == MODEL or is_circuit_file(args.file):
+        kind = "a model file" if file_kind(args.file) == MODEL else "a circuit file"
+        raise InvalidArgument("E0809", f"'{args.file}' is {kind}; pcdsl run takes a recipe in a .pc file",
+                              "pcdsl eval, query, sample and train take model and circuit files")
     try:
         checked = check_file(args.file)
     except PcdslError as exc:
