@@ -59,7 +59,15 @@ def load_matrix(path: str | Path) -> np.ndarray:
 
 
 def _array(path: Path) -> np.ndarray:
-    """The array of a .npy, .npz (first member) or IDX file (2-D: samples, values), sizes checked first."""
+    """The array of a .npy, .npz (first member) or IDX file (2-D: samples, values), sizes checked
+    first; DataError for a file that cannot be read."""
+    try:
+        return _read_array(path)
+    except (OSError, ValueError) as exc:  # a forged zip directory, a pickled member, ...
+        raise DataError(f"cannot read '{path}': {exc}") from None
+
+
+def _read_array(path: Path) -> np.ndarray:
     if is_idx(path):
         try:
             array = read_idx(path)
@@ -70,6 +78,9 @@ def _array(path: Path) -> np.ndarray:
         with open(path, "rb") as f:
             _npy_header(f, path.stat().st_size, path)
         return np.load(path, allow_pickle=False)  # type: ignore[no-any-return]
+    with open(path, "rb") as f:  # numpy takes a file that does not start as a zip for a pickle
+        if f.read(4) not in (b"PK\x03\x04", b"PK\x05\x06"):  # a member first, or an empty archive
+            raise DataError(f"'{path}' is not a valid .npz file: it does not start with a zip header")
     try:
         with zipfile.ZipFile(path) as archive:
             members = [m for m in archive.infolist() if m.filename.endswith(".npy")]
@@ -113,10 +124,7 @@ def load_values(path: str | Path, image_shape: tuple[int, ...] | None = None) ->
         return images.astype(np.float64)
     suffix = path.suffix.lower()
     if suffix in (".npy", ".npz") or is_idx(path):
-        try:
-            array = _array(path)
-        except (OSError, ValueError) as exc:
-            raise DataError(f"cannot read '{path}': {exc}") from None
+        array = _array(path)
         if array.ndim != 2:
             raise DataError(f"'{path}' must hold a 2-D array (samples x variables) or images (N, H, W[, C]), "
                             f"found shape {array.shape}")
