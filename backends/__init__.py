@@ -13,9 +13,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from pcdsl import arguments
+from pcdsl.arguments import InvalidArgument
 from pcdsl.params import Parameters
 from pcdsl.plan import InputLayer, LayeredPlan, ProductLayer, SumLayer, with_parameters
 from pcdsl.reference import Flows
+from pcdsl.syntax.names import did_you_mean
 
 _REGISTRY = {"torch": "pcdsl.backends.torch", "numba": "pcdsl.backends.numba"}
 
@@ -169,8 +172,8 @@ def split_input_flows(layer: InputLayer, stats: dict[str, Any], plan: LayeredPla
             slot[key] = slot[key] + value if key in slot else value
 
 
-class UnknownBackend(ValueError):
-    pass
+class UnknownBackend(InvalidArgument):
+    """A backend name that is not registered."""
 
 
 class Unsupported(ValueError):
@@ -192,11 +195,27 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def check_backend(backend: object) -> str:
+    """A registered backend's name; UnknownBackend (with a did-you-mean) otherwise."""
+    if not isinstance(backend, str) or backend not in _REGISTRY:
+        shown = repr(backend) if isinstance(backend, str) else f"{backend!r} ({type(backend).__name__})"
+        raise UnknownBackend("E0806", f"unknown backend {shown} (known: {', '.join(available())})",
+                             did_you_mean(backend, _REGISTRY) if isinstance(backend, str) else None)
+    return backend
+
+
 def lower(plan: LayeredPlan, backend: str, **options: Any) -> Model:
     """Lower a plan with the named backend (e.g. device= and dtype= for torch)."""
-    if backend not in _REGISTRY:
-        raise UnknownBackend(f"unknown backend '{backend}' (known: {', '.join(available())})")
-    module = importlib.import_module(_REGISTRY[backend])
+    check_backend(backend)
+    if "device" in options:
+        options["device"] = arguments.device(options["device"], backend)
+    if "dtype" in options:
+        options["dtype"] = arguments.dtype(options["dtype"])
+    try:
+        module = importlib.import_module(_REGISTRY[backend])
+    except ImportError as exc:
+        raise InvalidArgument("E0807", f"the {backend} backend is not available: it needs the Python package "
+                                       f"'{exc.name}'", "pip install 'pcdsl[all]'") from None
     refused = {c: module.UNSUPPORTED[c] for c in sorted(constructs(plan)) if c in module.UNSUPPORTED}
     if refused:
         reasons = "; ".join(f"{c} ({why})" for c, why in refused.items())

@@ -2,7 +2,8 @@
 
 E00xx files and syntax, E01xx names and imports, E02xx circuit structure,
 E03xx values and parameters, E04xx calls, E05xx data, E06xx recipes, E07xx circuit and vtree
-files of other tools (.jpc, .psdd, .sdd, .vtree); W-codes are warnings.
+files of other tools (.jpc, .psdd, .sdd, .vtree), E08xx arguments of the Python API and the
+command line; W-codes are warnings.
 """
 
 CODES: dict[str, str] = {
@@ -13,6 +14,7 @@ CODES: dict[str, str] = {
     "E0005": "the file is not valid UTF-8",
     "E0006": "the file is too large to be a .pc file",
     "E0007": "an expression is nested too deeply",
+    "E0008": "a model file that cannot be read, or is not a pcdsl model",
     "E0101": "a name that is not defined",
     "E0102": "a name defined twice",
     "E0103": "a definition that depends on itself",
@@ -68,6 +70,15 @@ CODES: dict[str, str] = {
     "E0710": "an .sdd constraint with no models (or weighted model count 0)",
     "E0711": "a vtree that is not one binary tree with one leaf per variable",
     "E0712": "a file that holds no circuit, or a circuit file without the vtree it needs",
+    "E0801": "an argument of the wrong type (a number, an array, a path or a name was expected)",
+    "E0802": "a number outside its allowed range (counts, batch sizes, step sizes, seeds, indices)",
+    "E0803": "a value that is not a whole number, given for a discrete variable",
+    "E0804": "a value outside its variable's domain",
+    "E0805": "evidence, a query or a mask of the wrong shape or length",
+    "E0806": "an unknown name: a variable, a circuit or a backend",
+    "E0807": "a device, dtype or backend that is not available here",
+    "E0808": "a circuit or a query whose buffers would not fit in memory",
+    "E0809": "a file of the wrong kind: a model file where .pc source is expected, or the other way round",
     "W0202": "declared variables that the circuit does not use",
     "W0701": "nodes of a circuit file that its root (the last node) does not reach; they are left out",
     "W0601": "a distillation recipe whose images cannot be read yet (pcdsl run will need them)",

@@ -101,6 +101,21 @@ class PcdslError(Exception):
         super().__init__(render_all(self.diagnostics))
 
 
+class MessageError(PcdslError):
+    """A user error told in one sentence that names its file or argument (a data file, a model
+    file, an API argument): one diagnostic without a source location; ``str`` is the sentence.
+    (Not a ValueError: code that catches ValueError from numpy must not swallow these.)"""
+
+    code = "E0004"
+
+    def __init__(self, message: str, help: str | None = None):
+        super().__init__([error(self.code, message, NO_SPAN, help=help)])
+        self.message, self.help = message, help
+
+    def __str__(self) -> str:
+        return self.message + (f"; {self.help}" if self.help else "")
+
+
 class InternalError(Exception):
     """A bug in pcdsl, never the user's fault."""
 
@@ -132,7 +147,8 @@ def sorted_diagnostics(items: Iterable[Diagnostic]) -> list[Diagnostic]:
 
 def render(d: Diagnostic) -> str:
     """Render one diagnostic: location, message, source line with caret, notes."""
-    out = [f"{d.span}: {d.severity.value}[{d.code}]: {d.message}"]
+    at = f"{d.span}: " if d.span.source is not None or d.span.line > 0 else ""  # API arguments: no file
+    out = [f"{at}{d.severity.value}[{d.code}]: {d.message}"]
     out += _snippet(d.span)
     pad = " " * (len(str(d.span.line)) + 1) if d.span.source and d.span.line > 0 else "  "
     for note in d.notes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,17 +28,23 @@ class Checked:
     recipes: dict[str, RecipeSpec] = field(default_factory=dict)
     data: dict[str, DataSource] = field(default_factory=dict)  # the file's `data NAME = ...` sources
     warnings: list[Diagnostic] = field(default_factory=list)
+    # circuits that elaborate but fail validation, with their violations (check_file_keeping_invalid)
+    invalid: dict[str, tuple[CircuitGraph, list[Diagnostic]]] = field(default_factory=dict)
 
     def circuit(self, name: str | None = None) -> CircuitGraph:
-        """The named circuit, or the file's only (or first) circuit."""
+        """The named circuit, or the file's only (or first) circuit; InvalidArgument (a did-you-mean
+        for a near miss) when there is no such circuit."""
+        from pcdsl.arguments import InvalidArgument
+
         if name is None:
             own = self.program.circuit_names_in_main() or list(self.circuits)
             if not own:
-                raise KeyError("the file declares no circuit")
+                raise InvalidArgument("E0806", f"{self.program.main.name} declares no circuit")
             return self.circuits[own[0]]
-        if name not in self.circuits:
-            hint = did_you_mean(name, self.circuits) or f"circuits: {', '.join(self.circuits) or 'none'}"
-            raise KeyError(f"no circuit '{name}' ({hint})")
+        if not isinstance(name, str) or name not in self.circuits:
+            hint = did_you_mean(name, self.circuits) if isinstance(name, str) else None
+            raise InvalidArgument("E0806", f"no circuit {name!r} in {self.program.main.name} (circuits: "
+                                           f"{', '.join(self.circuits) or 'none'})", hint)
         return self.circuits[name]
 
 
@@ -51,6 +58,25 @@ def check_text(text: str, name: str = "<string>") -> Checked:
 
 
 def check_program(program: Program) -> Checked:
+    result, sink = _check(program)
+    sink.raise_if_errors()
+    result.warnings = sorted_diagnostics(sink.items)
+    return result
+
+
+def check_file_keeping_invalid(path: str | Path) -> tuple[Checked, list[Diagnostic]]:
+    """Like `check_file`, but circuits that fail validation are kept (in ``Checked.invalid``, with
+    their violations) instead of raising, so they can still be drawn; returns every diagnostic.
+    Errors that leave no circuit to look at (syntax, names) still raise PcdslError."""
+    result, sink = _check(load_program(path))
+    others = [d for d in sink.items if d.is_error and not any(d in found for _, found in result.invalid.values())]
+    if others:
+        raise PcdslError(sorted_diagnostics(sink.items))
+    result.warnings = [d for d in sorted_diagnostics(sink.items) if not d.is_error]
+    return result, sorted_diagnostics(sink.items)
+
+
+def _check(program: Program) -> tuple[Checked, Sink]:
     sink = Sink()
     vals = Values(sink, program.consts)
     result = Checked(program)
@@ -71,6 +97,8 @@ def check_program(program: Program) -> Checked:
         if not any(d.is_error for d in found):  # the analyses assume a valid circuit
             result.circuits[name] = graph
             result.properties[name] = analyse(graph, found)
+        else:
+            result.invalid[name] = (graph, found)
     for name, recipe in program.recipes.items():
         try:
             spec = result.recipes[name] = check_recipe(recipe, vals, set(program.circuits), set(sources))
@@ -80,9 +108,35 @@ def check_program(program: Program) -> Checked:
 
         if is_distillation(spec):
             check_distillation(spec, vals, sources)
-    sink.raise_if_errors()
-    result.warnings = sorted_diagnostics(sink.items)
-    return result
+        else:
+            _check_report_splits(spec, vals, sources)
+    return result, sink
+
+
+def _check_report_splits(spec: RecipeSpec, vals: Values, sources: dict[str, DataSource]) -> None:
+    """A report on a split the recipe's data does not provide is an error now, not after training:
+    `file(...)` gives a train split only; `debd(...)` the splits whose files exist."""
+    bound = spec.entries["data"][0]
+    if "ref" in bound.values:
+        source = sources.get(str(bound.values["ref"]))
+    else:
+        call = bound.call
+        source = DataSource(call.func.text, dict(bound.values), os.path.dirname(call.span.file), call.span)
+    if source is None or source.kind not in ("file", "debd"):
+        return
+    for report in spec.entries.get("report", []):
+        split = report.values.get("split")
+        if split in (None, "train"):
+            continue
+        if source.kind == "file":
+            vals.fail("E0605", f"the report needs the {split} split, but `file(...)` data has a train split only",
+                      report.call.span, help="report on train, or use a source with splits, e.g. debd(...)")
+            continue
+        chosen = DataSource(source.kind, {**source.args, "split": split}, source.base_dir, source.span)
+        if not any(path.exists() for path in chosen.candidates()):
+            looked = ", ".join(f"'{p}'" for p in chosen.candidates())
+            vals.fail("E0605", f"the report needs the {split} split, but its file does not exist", report.call.span,
+                      f"looked for {looked}", help="add the file, or report on another split")
 
 
 def _data_sources(program: Program, vals: Values) -> dict[str, DataSource]:

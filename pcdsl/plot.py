@@ -138,7 +138,7 @@ def plot_curves(curves: Sequence[Curve], out: str | Path, title: str | None = No
     return out
 
 
-# ---- the `pcdsl plot` command (kept here so the command table in cli.py stays one line) ---------
+# ---- the `pcdsl plot` command (registered by pcdsl.cli.convert) --------------------------------
 def add_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     plot = sub.add_parser("plot", help="draw learning curves of run directories",
                           description="Draw train (solid) and valid (dashed) log-likelihood per epoch from "
@@ -146,6 +146,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     plot.add_argument("runs", nargs="+", metavar="RUN_DIR")
     plot.add_argument("-o", "--output", required=True, metavar="OUT", help="a .png, .svg or .pdf file")
     plot.add_argument("--title", help="the plot's title (default: learning curves)")
+    plot.set_defaults(handler=command)
 
 
 def command(args: argparse.Namespace) -> int:

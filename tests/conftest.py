@@ -41,3 +41,32 @@ def in_root(monkeypatch: pytest.MonkeyPatch) -> Path:
 def require_dot() -> bool:
     """CI sets PCDSL_REQUIRE_DOT=1 so that missing graphviz fails instead of skipping."""
     return bool(os.environ.get("PCDSL_REQUIRE_DOT"))
+
+
+def codes_of_files(files: list[tuple[str, str]], folder: Path) -> set[str]:
+    """The codes `pcdsl check` gives the first circuit file of `files` ((extension, text) pairs,
+    written side by side as example.EXT, so a .vtree sits beside its circuit); a .vtree alone is
+    checked when there is no circuit file."""
+    from pcdsl.diagnostics import PcdslError
+    from pcdsl.io.formats import check_path
+
+    for extension, text in files:
+        (folder / f"example.{extension}").write_text(text)
+    main = next((e for e, _ in files if e != "vtree"), "vtree")
+    try:
+        checked = check_path(folder / f"example.{main}")
+    except PcdslError as exc:
+        return {d.code for d in exc.diagnostics}
+    return {w.code for w in checked.warnings}
+
+
+def codes_raised(python: str) -> set[str]:
+    """The codes of the pcdsl error that running `python` (our own example text) raises; files it
+    writes land in the working directory, so tests run it in a temporary one."""
+    from pcdsl.diagnostics import PcdslError
+
+    try:
+        exec(python, {})
+    except PcdslError as exc:
+        return {d.code for d in exc.diagnostics}
+    return set()

@@ -122,9 +122,10 @@ def test_emission_is_deterministic(tmp_path: Path) -> None:
 def test_emitted_source_names_layers_in_plan_order(tmp_path: Path) -> None:
     _compile("groups.pc", None, tmp_path)
     source = (tmp_path / "circuit.py").read_text()
-    calls = [line.strip() for line in source.splitlines() if line.strip().startswith("self.layer")]
-    assert calls == ["self.layer0(buf, category, real, missing)", *[f"self.layer{i}(buf)" for i in range(1, 5)]]
-    assert "for " not in source.split("def log_prob")[1]  # unrolled: no loop in the forward pass
+    forward = source.split("def _values")[1].split("    def ")[0]
+    calls = [line.strip().split(" = ")[-1] for line in forward.splitlines() if "self.layer" in line]
+    assert calls == ["self.layer0(category, real, missing, mode)", *[f"self.layer{i}(buf, mode)" for i in range(1, 5)]]
+    assert "for " not in forward  # unrolled: no loop in the forward pass
 
 
 def test_dump_plan(capsys: pytest.CaptureFixture[str]) -> None:

@@ -375,6 +375,24 @@ def test_commands_accept_imported_circuits(example_files: Path, capsys: pytest.C
     assert (d / "ab.dot").read_text().startswith("digraph")
 
 
+def test_circuit_files_where_they_do_not_belong_are_refused(example_files: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from pcdsl.cli import EXIT_USAGE, main
+
+    d = example_files
+    assert main(["eval", str(d / "ab.psdd"), "--data", str(d / "ab.psdd.gz")]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "error[E0809]: --data " in err and "is a circuit file, not data" in err
+    assert main(["run", str(d / "ab.psdd")]) == EXIT_USAGE
+    assert "is a circuit file; pcdsl run takes a recipe" in capsys.readouterr().err
+    assert main(["train", str(d / "ab.psdd"), "--data", str(d / "x.data"), "--init", str(d / "ab.psdd")]) == EXIT_USAGE
+    assert "ab.psdd' is a circuit file and brings its own parameters" in capsys.readouterr().err
+    (d / "ab.pc").write_text("circuit ab {\n  var x[2] : bool\n  leaf l0 = bernoulli(x[0])\n"
+                             "  leaf l1 = bernoulli(x[1])\n  prod root = l0 * l1\n}\n")
+    assert main(["train", str(d / "ab.pc"), "--data", str(d / "x.data"), "--init", str(d / "ab.psdd.gz")]) == 1
+    assert "holds a different circuit structure" in capsys.readouterr().err  # read as a circuit, not as text
+
+
 def test_convert_command_between_formats(example_files: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from pcdsl.cli import main
 

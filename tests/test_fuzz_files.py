@@ -311,6 +311,23 @@ def test_mutated_data_files_are_read_or_refused(case: tuple[str, bytes]) -> None
     check_data_contract(*case)
 
 
+def test_an_npy_header_numpy_cannot_tokenise_is_refused() -> None:
+    """A case hypothesis found: numpy's header parser raises tokenize.TokenError, not ValueError."""
+    header = b"{'descr': '<f8', 'f4, 3), }" + b" " * 58 + b"\n"
+    check_data_contract("rows.npy", b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + bytes(80))
+
+
+def test_npz_files_that_are_not_zip_archives_are_refused() -> None:
+    """Cases hypothesis found: a byte cut off the front makes zipfile seek before the file's start
+    (OSError); a byte put in front makes numpy take the file for a pickle (ValueError)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, data=np.arange(12.0).reshape(4, 3))
+    for raw in (buffer.getvalue()[1:], b"\0" + buffer.getvalue()):
+        check_data_contract("rows.npz", raw)
+        with pytest.raises(DataError, match=r"not a valid \.npz file"):
+            load_matrix(_folder() / "rows.npz")
+
+
 @_settings(FAST)
 @given(st.one_of(npy_header_mutants(), idx_mutants()))
 def test_forged_array_headers_are_read_or_refused(case: tuple[str, bytes]) -> None:

@@ -6,6 +6,7 @@ a diagnostic code, producing that code."""
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from pcdsl.syntax.signatures import Signature, param_text
 from pcdsl.syntax.sources import SOURCES
 from pcdsl.syntax.templates import TEMPLATES
 
-from conftest import EXAMPLES, ROOT
+from conftest import EXAMPLES, ROOT, codes_of_files, codes_raised
 
 DOC = ROOT / "docs" / "language.md"
 GRAMMAR = ROOT / "grammar" / "pc.lark"
@@ -30,6 +31,10 @@ GRAMMAR = ROOT / "grammar" / "pc.lark"
 NOT_FROM_ONE_TEXT = {"E0004", "E0005", "E0006", "E0007", "E0106", "E0107", "E0211", "E0712"}
 FORMAT_FILES = ("jpc", "psdd", "sdd", "vtree")  # examples of the E07xx codes are circuit and vtree files
 ENVIRONMENT_WARNINGS = {"W0601"}  # image data sets this machine may not have
+# codes that calls and commands produce, not a file's text: their examples are Python (run: it must
+# raise the code) and command lines (`$ pcdsl ...`, run: they must print it), in a folder holding
+# the c.pc of the section's introduction
+FROM_CALLS = {"E0008"} | {code for code in CODES if code.startswith("E08")}
 
 
 @dataclass
@@ -140,27 +145,41 @@ def test_every_example_checks() -> None:
     assert failures == []
 
 
-def _check_files(blocks: list[tuple[str, str]], folder: Path) -> set[str]:
-    """The codes `pcdsl check` gives the first circuit file of `blocks`, written beside the others."""
-    from pcdsl.io.formats import check_path
+def _calls_produce(code: str, section: Section, folder: Path, monkeypatch: pytest.MonkeyPatch,
+                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Every Python example of the section raises `code`; every `$ pcdsl ...` line prints it."""
+    from pcdsl.cli import main
 
-    for extension, text in blocks:
-        (folder / f"example.{extension}").write_text(text)
-    main = next((e for e, _ in blocks if e != "vtree"), "vtree")
-    try:
-        checked = check_path(folder / f"example.{main}")
-    except PcdslError as exc:
-        return {d.code for d in exc.diagnostics}
-    return {w.code for w in checked.warnings}
+    (circuit,) = [text for lang, text in _section("Diagnostic codes").blocks if lang == "pc"]
+    assert _check(circuit) == set()
+    (folder / "c.pc").write_text(circuit)
+    monkeypatch.chdir(folder)
+    assert {lang for lang, _ in section.blocks} <= {"python", "text"}
+    assert any(lang == "python" for lang, _ in section.blocks), f"{code}: no Python example"
+    for lang, text in section.blocks:
+        if lang == "python":
+            assert code in codes_raised(text), f"{code}: the Python example raises {sorted(codes_raised(text))}"
+            continue
+        commands = [line[2:] for line in text.splitlines() if line.startswith("$ pcdsl ")]
+        assert commands, f"{code}: a text block without a `$ pcdsl` command"
+        for command in commands:
+            main(shlex.split(command)[1:])
+            err = capsys.readouterr().err
+            assert f"error[{code}]" in err, f"{code}: `{command}` prints {err!r}"
 
 
 @pytest.mark.parametrize("code", sorted(CODES))
-def test_every_diagnostic_code_has_an_example_that_produces_it(code: str, tmp_path: Path) -> None:
+def test_every_diagnostic_code_has_an_example_that_produces_it(code: str, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
     section = _section("Diagnostic codes", code)
     assert CODES[code][0].upper() + CODES[code][1:] in "\n".join(section.text), "the catalogue's text"
+    if code in FROM_CALLS:
+        _calls_produce(code, section, tmp_path, monkeypatch, capsys)
+        return
     files = [(lang, text) for lang, text in section.blocks if lang in FORMAT_FILES]
     if files:
-        assert code in _check_files(files, tmp_path), f"{code}: the example files produce another code"
+        assert code in codes_of_files(files, tmp_path), f"{code}: the example files produce another code"
         return
     examples = [text for lang, text in section.blocks if lang == "pc"]
     if code in NOT_FROM_ONE_TEXT:

@@ -228,6 +228,7 @@ def test_train_can_start_from_a_model_file(tmp_path: Path, capsys: pytest.Captur
     common = [str(EXAMPLES / "rat.pc"), "--circuit", "nltcs_independent", "--data", f"{NLTCS}.valid.data",
               "--epochs", "1", "--full-epochs", "0", "-q"]
     assert main(["train", *common, "-o", str(first)]) == 0
-    assert main(["train", *common, "--init", str(first), "--full-epochs", "1"]) == 0
+    again = str(tmp_path / "b.safetensors")
+    assert main(["train", *common, "--init", str(first), "--full-epochs", "1", "-o", again]) == 0
     assert main(["train", str(EXAMPLES / "tiny.pc"), "--data", f"{NLTCS}.valid.data", "--init", str(first)]) == 1
     assert "different circuit structure" in capsys.readouterr().err

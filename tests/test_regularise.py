@@ -196,9 +196,9 @@ def _torch(graph, params):  # type: ignore[no-untyped-def]
 def test_train_command_takes_soften_and_entropy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = EXAMPLES / "data" / "debd" / "nltcs" / "nltcs"
     args = ["train", str(EXAMPLES / "hclt_nltcs.pc"), "--data", f"{data}.valid.data", "--epochs", "1",
-            "--full-epochs", "2", "-q"]
+            "--full-epochs", "2", "-q", "-o", str(tmp_path / "m.safetensors")]
     assert main([*args, "--soften", "0.01", "--entropy", "0.001"]) == 0
     capsys.readouterr()
     with pytest.raises(SystemExit):
         main([*args, "--soften", "0.7"])
-    assert "must be between 0.0 and 0.5" in capsys.readouterr().err
+    assert "--soften: must be a finite number in [0, 0.5], found 0.7" in capsys.readouterr().err

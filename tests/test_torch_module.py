@@ -266,6 +266,29 @@ def test_neural_leaf_values_are_checked() -> None:
         _module(graph, initialise(graph, 0))(x, leaves=torch.zeros(3, 2))
 
 
+def test_bad_arguments_get_the_codes_of_every_query() -> None:
+    """The module checks evidence like the backends' queries (a fraction is refused, not truncated)
+    and refuses with InvalidArgument codes, as the rest of the API does."""
+    from pcdsl.arguments import InvalidArgument
+
+    graph = _conditional_circuit()
+    circuit = _module(graph, initialise(graph, 0))
+    for x, code in (([[0, 1, 0.5, 1]], "E0803"), ([[0, 1, 2, 1]], "E0804"), ([[0, 1, 1]], "E0805")):
+        with pytest.raises(InvalidArgument) as info:
+            circuit(torch.tensor(x, dtype=torch.float64))
+        assert info.value.code == code, x
+        with pytest.raises(InvalidArgument) as info:
+            circuit.em_step(torch.tensor(x, dtype=torch.float64))
+        assert info.value.code == code, x
+    assert torch.isfinite(circuit(torch.tensor([[0, 1, -1, float("nan")]], dtype=torch.float64))).all()
+    with pytest.raises(InvalidArgument) as info:
+        _module(graph, initialise(graph, 0), leaves=("la", "la"))
+    assert info.value.code == "E0806"
+    with pytest.raises(InvalidArgument) as info:
+        circuit.to(torch.float16)(torch.zeros(1, 4))
+    assert info.value.code == "E0807"
+
+
 def test_a_circuit_of_neural_leaves_only_needs_no_data() -> None:
     graph = _conditional_circuit()
     circuit = _module(graph, initialise(graph, 0), leaves=("la", "lb", "lc", "ld"))

@@ -12,7 +12,7 @@ import functools
 from typing import Any
 
 import numpy as np
-from pcdsl.backends import PlanModel, add_weight_flows, split_input_flows
+from pcdsl.backends import PlanModel, add_weight_flows, api, split_input_flows
 
 from pcdsl.plan import InputLayer, LayeredPlan, ProductLayer, SumLayer
 from pcdsl.reference import Flows
@@ -174,22 +174,27 @@ class NumbaModel(PlanModel):
             at[kind] += size
         return out
 
+    @api.log_prob
     def log_prob(self, x: Any) -> np.ndarray:
         """log p(x) per row; missing entries are marginalised."""
         return self.circuit.log_prob(_numpy(x))
 
+    @api.conditional
     def conditional(self, x: Any, query: Any) -> np.ndarray:
         """log p(x_Q | x_E); NaN where p(x_E) = 0."""
         return self.circuit.conditional(_numpy(x), query)
 
+    @api.map_state
     def map(self, x: Any) -> tuple[np.ndarray, np.ndarray]:
         """(completion, its log p) by max-product and backtracking (exact MPE when deterministic)."""
         return self.circuit.map(_numpy(x))
 
+    @api.sample
     def sample(self, n: int, evidence: Any = None, seed: int = 0) -> np.ndarray:
         """n ancestral samples; with evidence, from p(missing | observed)."""
         return self.circuit.sample(n, None if evidence is None else _numpy(evidence), seed)
 
+    @api.flows
     def flows(self, x: Any) -> Flows:
         """Expected sufficient statistics of every parameter, summed over the batch."""
         raw = self.circuit.flows(_numpy(x))

@@ -243,18 +243,28 @@ class Circuit:
         max-product (Viterbi) approximation. The log-probability is exact either way. Rows whose
         evidence has probability zero get NaN in their missing entries and log p = -inf."""
         completed = self._down(x, kernels.MAP_DOWN, 0)
-        return completed, self.log_prob(completed)
+        return self._typed(completed), self.log_prob(completed)
 
     @_serialised
     def sample(self, n: int, evidence: Any = None, seed: int = 0) -> np.ndarray:
-        """n ancestral samples; with evidence (one row or n rows), from p(missing | observed).
-        Where the evidence has probability zero (undefined), the missing entries are NaN."""
+        """n ancestral samples; with evidence (one row: n samples from it; n rows: one each), from
+        p(missing | observed). Where the evidence has probability zero (undefined), the missing
+        entries are NaN (-1 in the integer results of a circuit whose variables are all discrete)."""
         if evidence is None:
             rows = np.full((n, len(self.variables)), np.nan)
         else:
             rows = np.array(evidence, dtype=np.float64, ndmin=2)
+            if len(rows) not in (1, n):
+                raise ValueError(f"evidence has {len(rows)} rows, but n = {n}: give one row (n samples from it) "
+                                 "or n rows (one sample each)")
             rows = np.repeat(rows, n, axis=0) if len(rows) == 1 else rows
-        return self._down(rows, kernels.SAMPLE_DOWN, seed)
+        return self._typed(self._down(rows, kernels.SAMPLE_DOWN, seed))
+
+    def _typed(self, out: np.ndarray) -> np.ndarray:
+        """Integers (int64; -1 where undefined) when every variable is discrete."""
+        if self.discrete.all():
+            return np.nan_to_num(out, nan=-1.0).astype(np.int64)
+        return out
 
     @_serialised
     def flows(self, x: Any) -> dict[str, Any]:

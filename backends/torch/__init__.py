@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from pcdsl.backends import PlanModel, add_weight_flows, split_input_flows
+from pcdsl.backends import PlanModel, add_weight_flows, api, split_input_flows
 
 from pcdsl.plan import ONE, ZERO, LayeredPlan
 from pcdsl.reference import Flows
@@ -216,10 +216,12 @@ class TorchModel(PlanModel):
         parts = [self._forward(self._batch(piece)[0])[self.plan.root].clone() for piece in self._pieces(x)]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
+    @api.log_prob
     def log_prob(self, x: Any) -> Any:
         """log p(x) per row; missing entries are marginalised."""
         return self._out(self._log_prob(x), x)
 
+    @api.conditional
     def conditional(self, x: Any, query: Any) -> Any:
         """log p(x_Q | x_E): Q the query variables (indices, names or a mask), E the other observed ones.
 
@@ -256,6 +258,7 @@ class TorchModel(PlanModel):
         out[impossible[:, None] & batch.missing.T] = torch.nan
         return out
 
+    @api.map_state
     def map(self, x: Any) -> tuple[Any, Any]:
         """Complete missing entries by max-product and backtracking; return (completion, its log p).
 
@@ -267,6 +270,7 @@ class TorchModel(PlanModel):
         lp = self._log_prob(completed)
         return self._out(completed, x), self._out(lp, x)
 
+    @api.sample
     def sample(self, n: int, evidence: Any = None, seed: int = 0) -> Any:
         """n ancestral samples; with evidence (one row or n rows), from p(missing | observed).
         Where the evidence has probability zero (undefined), the missing entries are NaN."""
@@ -280,6 +284,7 @@ class TorchModel(PlanModel):
         out = self._down(batch, real, "sample", seed)
         return out if isinstance(evidence, torch.Tensor) else out.cpu().numpy()
 
+    @api.flows
     @torch.no_grad()
     def flows(self, x: Any) -> Flows:
         """Expected sufficient statistics of every parameter, summed over the batch."""

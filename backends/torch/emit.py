@@ -29,6 +29,8 @@ import numpy as np
 from pcdsl.io.atomic import write_atomic
 from pcdsl.plan import ONE, ZERO, InputLayer, Layer, LayeredPlan, ProductLayer, dump_plan
 
+from . import emit_queries as T
+
 # Layer-independent code, copied verbatim into the emitted class.
 _RUNTIME = '''
 class Circuit(torch.nn.Module):
@@ -59,6 +61,10 @@ class Circuit(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.log_prob(x)
 
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log p(x) per row; missing entries are marginalised (numpy in, numpy out)."""
+        return self._like(self._values(x, "sum")[0][:, ROOT], x)
+
     def _evidence(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Category indices (missing -> 0), real values and the missing mask of a batch."""
         t = torch.as_tensor(x, device=self.card.device)
@@ -68,10 +74,10 @@ class Circuit(torch.nn.Module):
         real = t.to(torch.float64)
         missing = torch.isnan(real) | (self.discrete[None, :] & (real == -1))
         category = torch.where(missing, torch.zeros_like(real), real).to(torch.long)
-        bad = self.discrete[None, :] & ~missing & ((category < 0) | (category >= self.card[None, :]))
+        bad = self.discrete[None, :] & ~missing & ((real < 0) | (real >= self.card[None, :]) | (real != real.floor()))
         if bool(bad.any()):
             v = int(bad.nonzero()[0, 1])
-            raise ValueError(f"variable '{VARIABLES[v]}' has a value outside 0..{CARDINALITIES[v] - 1} "
+            raise ValueError(f"variable '{VARIABLES[v]}' has a value that is not one of 0..{CARDINALITIES[v] - 1} "
                              "(missing values are -1)")
         return category, real, missing
 
@@ -80,41 +86,6 @@ class Circuit(torch.nn.Module):
         floats = [b for n, b in self.named_buffers() if b.is_floating_point() and not n.endswith(PRECISE)]
         return floats[0].dtype if floats else torch.float64
 '''
-
-_LOG_PROB = """
-category, real, missing = self._evidence(x)
-buf = torch.empty(real.shape[0], NUM_SLOTS, dtype=self._dtype(), device=real.device)
-buf[:, ONE] = 0.0
-buf[:, ZERO] = -math.inf
-"""
-
-_CATEGORICAL = """
-var = VAR
-table = LOG_PROBS
-observed = table.reshape(-1)[ROWS * table.shape[1] + category[:, var]]
-buf[:, START:STOP] = torch.where(missing[:, var], torch.zeros_like(observed), observed)
-"""
-
-_GAUSSIAN = """
-var = VAR
-std = STD[ROWS].to(torch.float64)
-z = (real[:, var] - MEAN[ROWS].to(torch.float64)) / std
-observed = -0.5 * z * z - torch.log(std) - LOG_SQRT_2PI
-buf[:, START:STOP] = torch.where(missing[:, var], torch.zeros_like(observed), observed).to(buf.dtype)
-"""
-
-_SUM = """
-inputs = buf[:, INDEX]
-m = inputs.amax(dim=2, keepdim=True)
-m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-s = torch.bmm(torch.exp(inputs - m).transpose(0, 1), WEIGHTS.transpose(1, 2)).transpose(0, 1)
-value = torch.log(s) + m
-lost = s < (2.0 ** -100 if s.dtype == torch.float32 else 2.0 ** -960)
-if bool(lost.any()):
-    b, f, u = lost.nonzero(as_tuple=True)
-    value[b, f, u] = torch.logsumexp(torch.log(WEIGHTS[f, u]) + inputs[b, f], dim=1)
-buf[:, START:STOP] = value.reshape(buf.shape[0], -1)
-"""
 
 _HEADER = """
 from __future__ import annotations
@@ -164,10 +135,13 @@ def emit_source(plan: LayeredPlan, parameters: str) -> str:
     constants: dict[str, Any] = {"VARIABLES": plan.variables, "CARDINALITIES": plan.cardinalities,
                                  "NUM_SLOTS": plan.num_slots, "ROOT": plan.root, "PARAMETERS": parameters}
     circuit = ast.parse(_RUNTIME).body[0]
-    assert isinstance(circuit, ast.ClassDef)
+    queries = ast.parse(T.RUNTIME).body[0]
+    assert isinstance(circuit, ast.ClassDef) and isinstance(queries, ast.ClassDef)
     descriptions = dump_plan(plan).splitlines()
-    methods = [_layer_method(i, layer, descriptions[1 + i].strip()) for i, layer in enumerate(plan.layers)]
-    circuit.body += [_log_prob(plan), *methods]
+    methods = []
+    for i, layer in enumerate(plan.layers):
+        methods += _layer_methods(i, layer, descriptions[1 + i].strip())
+    circuit.body += [*queries.body, *_passes(plan), *methods]
     doc = (f"Circuit '{plan.name}', compiled by pcdsl for torch; needs only torch and safetensors.\n\n"
            + "\n".join(descriptions) + "\n")
     body: list[ast.stmt] = [ast.Expr(ast.Constant(doc)), *ast.parse(_HEADER).body]
@@ -179,37 +153,76 @@ def emit_source(plan: LayeredPlan, parameters: str) -> str:
     return ast.unparse(module) + "\n"
 
 
-def _log_prob(plan: LayeredPlan) -> ast.FunctionDef:
-    body = _fill(_LOG_PROB, NUM_SLOTS=ast.Name("NUM_SLOTS", ast.Load()), ONE=ONE, ZERO=ZERO)
+_INPUT_ARGS = [("category", "torch.Tensor"), ("real", "torch.Tensor"), ("missing", "torch.Tensor"), ("mode", "str")]
+_DOWN_ARGS = [("active", "torch.Tensor"), ("buf", "torch.Tensor"), ("out", "torch.Tensor"),
+              ("missing", "torch.Tensor"), ("mode", "str"), ("gen", "torch.Generator | None")]
+_FLOW_ARGS = [("buf", "torch.Tensor"), ("flow", "torch.Tensor"), ("category", "torch.Tensor"),
+              ("real", "torch.Tensor"), ("missing", "torch.Tensor")]
+
+
+def _passes(plan: LayeredPlan) -> list[ast.FunctionDef]:
+    """`_values` (every layer forward, sum or max mode), `_downs` and `_flows` (every layer top-down)."""
+    body = _fill(_VALUES, NUM_SLOTS=ast.Name("NUM_SLOTS", ast.Load()), ONE=ONE, ZERO=ZERO)
+    downs: list[ast.stmt] = []
+    flows: list[ast.stmt] = [ast.parse("result = {}").body[0]]
     for i, layer in enumerate(plan.layers):
-        args = ["buf", "category", "real", "missing"] if isinstance(layer, InputLayer) else ["buf"]
-        call = ast.Call(_self(f"layer{i}"), [ast.Name(a, ast.Load()) for a in args], [])
-        body.append(ast.Expr(call))
-    body.append(ast.Return(_expr("buf[:, ROOT]", ROOT=ast.Name("ROOT", ast.Load()))))
-    doc = "log p(x) per row; missing entries are marginalised."
-    return _function("log_prob", [("x", "torch.Tensor")], "torch.Tensor", doc, body)
+        if isinstance(layer, InputLayer):
+            body += _fill("buf[:, START:STOP] = LAYER(category, real, missing, mode)", START=layer.start,
+                          STOP=layer.stop, LAYER=_self(f"layer{i}"))
+        else:
+            body += _fill("LAYER(buf, mode)", LAYER=_self(f"layer{i}"))
+    for i in reversed(range(len(plan.layers))):
+        downs += _fill("DOWN(active, buf, out, missing, mode, gen)", DOWN=_self(f"down{i}"))
+        flows += _fill("result.update(FLOWS(buf, flow, category, real, missing))", FLOWS=_self(f"flows{i}"))
+    body += ast.parse("return buf, category, real, missing").body
+    flows += ast.parse("return result").body
+    return [_function("_values", [("x", "torch.Tensor"), ("mode", "str")], "tuple", "Every layer forward.", body),
+            _function("_downs", _DOWN_ARGS, "None", "Every layer top-down: MAP or sampling.", downs),
+            _function("_flows", _FLOW_ARGS, "dict", "Every layer top-down: flows.", flows)]
 
 
-def _layer_method(i: int, layer: Layer, description: str) -> ast.FunctionDef:
-    """One method per layer: a few tensor ops over all its units, no loop over nodes."""
-    where = {"START": layer.start, "STOP": layer.stop}
+_VALUES = """
+category, real, missing = self._evidence(x)
+buf = torch.empty(real.shape[0], NUM_SLOTS, dtype=self._dtype(), device=real.device)
+buf[:, ONE] = 0.0
+buf[:, ZERO] = -math.inf
+"""
+
+
+def _layer_methods(i: int, layer: Layer, description: str) -> list[ast.FunctionDef]:
+    """Three methods per layer (forward, down, flows): a few tensor ops over all its units, no
+    loop over nodes."""
+    where: dict[str, ast.expr | int] = {"START": layer.start, "STOP": layer.stop}
+    name = f"layer{i}"
     if isinstance(layer, InputLayer):
-        fields = {name.upper(): _self(f"layer{i}_{name}") for name in ["var", "rows", *layer.params]}
-        template = _CATEGORICAL if layer.family == "categorical" else _GAUSSIAN
-        body = _fill(template, **where, **fields)
-        args = [("buf", "torch.Tensor"), ("category", "torch.Tensor"), ("real", "torch.Tensor"),
-                ("missing", "torch.Tensor")]
-    elif isinstance(layer, ProductLayer):
-        terms = [_expr("buf[:, INDEX[:, K]]", INDEX=_self(f"layer{i}_index"), K=k) for k in range(layer.index.shape[1])]
+        fields = {key.upper(): _self(f"{name}_{key}") for key in ["var", "rows", *layer.params]}
+        keys = {key: ast.Constant(f"{name}_{key.lower()}") for key in ("COUNTS", "N", "DX", "DXX")}
+        gaussian = layer.family == "gaussian"
+        return [
+            _function(name, _INPUT_ARGS, "torch.Tensor", description,
+                      _fill(T.GAUSSIAN if gaussian else T.CATEGORICAL, **fields)),
+            _function(f"down{i}", _DOWN_ARGS, "None", description,
+                      _fill(T.DOWN_GAUSSIAN if gaussian else T.DOWN_CATEGORICAL, **where, **fields)),
+            _function(f"flows{i}", _FLOW_ARGS, "dict", description,
+                      _fill(T.FLOWS_GAUSSIAN if gaussian else T.FLOWS_CATEGORICAL, **where, **fields, **keys))]
+    index = _self(f"{name}_index")
+    if isinstance(layer, ProductLayer):
+        terms = [_expr("buf[:, INDEX[:, K]]", INDEX=index, K=k) for k in range(layer.index.shape[1])]
         total = terms[0]
         for term in terms[1:]:  # left to right, as the in-memory backend adds
             total = ast.BinOp(total, ast.Add(), term)
-        body = _fill("buf[:, START:STOP] = TOTAL", **where, TOTAL=total)
-        args = [("buf", "torch.Tensor")]
+        forward = _fill("buf[:, START:STOP] = TOTAL", **where, TOTAL=total)
+        down, flows = _fill(T.DOWN_PRODUCT, **where, INDEX=index), _fill(T.FLOWS_PRODUCT, **where, INDEX=index)
     else:
-        body = _fill(_SUM, **where, INDEX=_self(f"layer{i}_index"), WEIGHTS=_self(f"layer{i}_weights"))
-        args = [("buf", "torch.Tensor")]
-    return _function(f"layer{i}", args, "None", description, body)
+        folds, units, _ = layer.shape
+        shape: dict[str, ast.expr | int] = {"INDEX": index, "WEIGHTS": _self(f"{name}_weights"),
+                                            "FOLDS": folds, "UNITS": units}
+        forward = _fill(T.SUM, **where, **shape)
+        down = _fill(T.DOWN_SUM, **where, **shape)
+        flows = _fill(T.FLOWS_SUM, **where, **shape, WEIGHT_FLOWS=ast.Constant(f"{name}_weights"))
+    return [_function(name, [("buf", "torch.Tensor"), ("mode", "str")], "None", description, forward),
+            _function(f"down{i}", _DOWN_ARGS, "None", description, down),
+            _function(f"flows{i}", _FLOW_ARGS, "dict", description, flows)]
 
 
 class _Fill(ast.NodeTransformer):

@@ -37,6 +37,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from pcdsl import arguments
+from pcdsl.arguments import InvalidArgument
 from pcdsl.params import Parameters
 from pcdsl.plan import InputLayer, LayeredPlan, SumLayer, plan_parameters
 
@@ -165,10 +167,13 @@ class CircuitModule(nn.Module):
         """The data as a (batch, variables) tensor on the module's device; None: all missing."""
         if x is None:
             if values is None:
-                raise ValueError("give the data x (or, for a circuit fed only by neural leaves, their values)")
+                raise InvalidArgument("E0801", "give the data x (or, for a circuit fed only by neural leaves, "
+                                               "their values)")
             x = torch.full((values.shape[0], self.plan.num_vars), torch.nan, dtype=torch.float64)
         x = torch.as_tensor(x, device=self._anchor.device)
-        return x[None, :] if x.ndim == 1 else x
+        # the checks of every query (E0803-E0805): a fraction for a discrete variable is refused, not truncated
+        checked: torch.Tensor = arguments.evidence(x, self.plan.variables, self.plan.cardinalities)
+        return checked
 
     def _tables(self) -> list[torch.Tensor]:
         """Each layer's parameter block, normalised, in the order of the backend's rules: sums
@@ -217,27 +222,27 @@ class CircuitModule(nn.Module):
         """The neural leaves' values as one (batch, units) tensor, checked against the names."""
         if not self.leaf_names:
             if leaves is not None:
-                raise ValueError("this module has no neural leaves; name them when making it: "
-                                 "model.module(leaves=[...])")
+                raise InvalidArgument("E0806", "this module has no neural leaves; name them when making it: "
+                                               "model.module(leaves=[...])")
             return None
         if leaves is None:
-            raise ValueError(f"this module's neural leaves {', '.join(self.leaf_names)} need their "
-                             "log-likelihoods: forward(x, leaves={name: (batch, units) tensor})")
+            raise InvalidArgument("E0801", f"this module's neural leaves {', '.join(self.leaf_names)} need their "
+                                           "log-likelihoods: forward(x, leaves={name: (batch, units) tensor})")
         if isinstance(leaves, Mapping):
             unknown = sorted(set(leaves) - set(self.leaf_names))
             missing = [n for n in self.leaf_names if n not in leaves]
             if unknown or missing:
-                raise ValueError(f"neural leaves: unknown {unknown}, missing {missing} "
-                                 f"(expected {list(self.leaf_names)})")
+                raise InvalidArgument("E0806", f"neural leaves: unknown {unknown}, missing {missing} "
+                                               f"(expected {list(self.leaf_names)})")
             for name, units in zip(self.leaf_names, self.leaf_units, strict=True):
                 if leaves[name].ndim != 2 or leaves[name].shape[1] != units:
-                    raise ValueError(f"neural leaf '{name}' has {units} units: give a (batch, {units}) tensor, "
-                                     f"not {tuple(leaves[name].shape)}")
+                    raise InvalidArgument("E0805", f"neural leaf '{name}' has {units} units: give a "
+                                                   f"(batch, {units}) tensor, not {tuple(leaves[name].shape)}")
             leaves = torch.cat([leaves[n] for n in self.leaf_names], dim=1)
         total = sum(self.leaf_units)
         if leaves.ndim != 2 or leaves.shape[1] != total:
-            raise ValueError(f"the neural leaves have {total} units together: give a (batch, {total}) tensor, "
-                             f"not {tuple(leaves.shape)}")
+            raise InvalidArgument("E0805", f"the neural leaves have {total} units together: give a "
+                                           f"(batch, {total}) tensor, not {tuple(leaves.shape)}")
         return leaves
 
     # ---- the compiled model behind the module --------------------------------------------------
@@ -245,7 +250,7 @@ class CircuitModule(nn.Module):
         """The backend model this module runs on (made afresh after ``.to(device or dtype)``)."""
         device, dtype = self._anchor.device, self._anchor.dtype
         if dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"a circuit module runs in float32 or float64, not {dtype}")
+            raise InvalidArgument("E0807", f"a circuit module runs in float32 or float64, not {dtype}")
         if self._model is None or self._model.device != device or self._model.dtype != dtype:
             self._model = lower(self.plan, device, dtype)
         return self._model
@@ -451,10 +456,12 @@ def _leaf_units(plan: LayeredPlan, names: tuple[str, ...]) -> tuple[int, ...]:
     unknown = [n for n in names if n not in inputs]
     if unknown:
         known = ", ".join(list(inputs)[:8]) + (", ..." if len(inputs) > 8 else "")
-        raise ValueError(f"neural leaves must be input node groups of '{plan.name}': {', '.join(unknown)} "
-                         f"{'is' if len(unknown) == 1 else 'are'} not (input node groups: {known})")
+        raise InvalidArgument("E0806", f"neural leaves must be input node groups of '{plan.name}': "
+                                       f"{', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not "
+                                       f"(input node groups: {known})")
     if len(set(names)) != len(names):
-        raise ValueError(f"neural leaves named twice: {', '.join(sorted({n for n in names if names.count(n) > 1}))}")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise InvalidArgument("E0806", f"neural leaves named twice: {', '.join(twice)}")
     return tuple(inputs[n] for n in names)
 
 

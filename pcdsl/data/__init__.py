@@ -26,14 +26,17 @@ from typing import IO, Any
 import numpy as np
 
 from pcdsl.data.idx import IdxError, is_idx, read_idx
+from pcdsl.diagnostics import MessageError
 from pcdsl.numerics import MAX_MAGNITUDE
 
 FORMATS = (".data", ".csv", ".txt", ".npy", ".npz", "IDX")
 MAX_DATA_BYTES = 1 << 34  # 16 GiB: an array file's values, or a text file
 
 
-class DataError(Exception):
+class DataError(MessageError):
     """A data file that cannot be read; the message says why."""
+
+    code = "E0501"
 
 
 def load_matrix(path: str | Path) -> np.ndarray:
@@ -56,7 +59,15 @@ def load_matrix(path: str | Path) -> np.ndarray:
 
 
 def _array(path: Path) -> np.ndarray:
-    """The array of a .npy, .npz (first member) or IDX file (2-D: samples, values), sizes checked first."""
+    """The array of a .npy, .npz (first member) or IDX file (2-D: samples, values), sizes checked
+    first; DataError for a file that cannot be read."""
+    try:
+        return _read_array(path)
+    except (OSError, ValueError) as exc:  # a forged zip directory, a pickled member, ...
+        raise DataError(f"cannot read '{path}': {exc}") from None
+
+
+def _read_array(path: Path) -> np.ndarray:
     if is_idx(path):
         try:
             array = read_idx(path)
@@ -67,6 +78,9 @@ def _array(path: Path) -> np.ndarray:
         with open(path, "rb") as f:
             _npy_header(f, path.stat().st_size, path)
         return np.load(path, allow_pickle=False)  # type: ignore[no-any-return]
+    with open(path, "rb") as f:  # numpy takes a file that does not start as a zip for a pickle
+        if f.read(4) not in (b"PK\x03\x04", b"PK\x05\x06"):  # a member first, or an empty archive
+            raise DataError(f"'{path}' is not a valid .npz file: it does not start with a zip header")
     try:
         with zipfile.ZipFile(path) as archive:
             members = [m for m in archive.infolist() if m.filename.endswith(".npy")]
@@ -110,10 +124,7 @@ def load_values(path: str | Path, image_shape: tuple[int, ...] | None = None) ->
         return images.astype(np.float64)
     suffix = path.suffix.lower()
     if suffix in (".npy", ".npz") or is_idx(path):
-        try:
-            array = _array(path)
-        except (OSError, ValueError) as exc:
-            raise DataError(f"cannot read '{path}': {exc}") from None
+        array = _array(path)
         if array.ndim != 2:
             raise DataError(f"'{path}' must hold a 2-D array (samples x variables) or images (N, H, W[, C]), "
                             f"found shape {array.shape}")
@@ -157,17 +168,22 @@ def _image_rows(path: Path, image_shape: tuple[int, ...] | None) -> np.ndarray |
 
 
 def format_row(row: np.ndarray, discrete: list[bool]) -> str:
-    """One sample as a text line: integers for discrete variables, reals as they are."""
-    return ",".join(str(int(x)) if d else repr(float(x)) for x, d in zip(row, discrete, strict=True))
+    """One sample as a text line: integers for discrete variables (-1: missing or undefined), reals
+    as they are."""
+    return ",".join((str(int(x)) if x == x else "-1") if d else repr(float(x))
+                    for x, d in zip(row, discrete, strict=True))
 
 
 def save_values(path: Path, values: np.ndarray, discrete: list[bool]) -> None:
-    """Write samples atomically as .npy or as comma-separated text (integers where discrete)."""
+    """Write samples atomically as .npy (int64 when every column is discrete, -1 for NaN) or as
+    comma-separated text (integers where discrete)."""
     from pcdsl.io.atomic import atomic_file
 
     suffix = path.suffix.lower()
     if suffix not in (".npy", ".csv", ".data", ".txt"):
         raise ValueError(f"unknown output format '{suffix}' (use .csv or .npy)")
+    if discrete and all(discrete):
+        values = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=-1.0).astype(np.int64)
     with atomic_file(path, suffix) as f:
         if suffix == ".npy":
             np.save(f, values)
@@ -235,6 +251,17 @@ def _read_text(path: Path) -> np.ndarray:
 
 
 def _as_matrix(array: np.ndarray, path: Path) -> np.ndarray:
-    if array.ndim != 2 or not np.issubdtype(array.dtype, np.integer) or array.dtype == np.uint64:
-        raise DataError(f"'{path}' must hold a 2-D integer array, found {array.dtype} with shape {array.shape}")
+    """A 2-D array of whole numbers as int64: integers, bools, or floats that hold whole numbers
+    (NaN: missing, -1), as `pcdsl sample -o x.npy` writes them for mixed circuits."""
+    if array.ndim != 2 or array.dtype.kind not in "biuf" or array.dtype == np.uint64:
+        raise DataError(f"'{path}' must hold a 2-D array of whole numbers, found {array.dtype} with shape "
+                        f"{array.shape}")
+    if array.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            present = ~np.isnan(array)
+            bad = present & ((array != np.floor(array)) | (np.abs(array) > 2.0**62))
+        if bad.any():
+            r, c = (int(i) for i in np.argwhere(bad)[0])
+            raise DataError(f"'{path}', row {r + 1}, column {c + 1}: {array[r, c]:g} is not a whole number")
+        return np.where(present, array, -1).astype(np.int64)
     return array.astype(np.int64, copy=False)

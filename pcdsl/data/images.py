@@ -16,6 +16,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from tokenize import TokenError
 from typing import BinaryIO
 
 import numpy as np
@@ -29,7 +30,9 @@ IDX_TYPES = {0x08: "unsigned byte", 0x09: "signed byte", 0x0B: "short", 0x0C: "i
              0x0D: "float", 0x0E: "double"}
 IMAGENET_WIDTHS = {3 * s * s: s for s in (8, 16, 32, 64)}  # the official 8x8 .. 64x64 sets
 _IDX_NAME = re.compile(r"(idx\d-ubyte|\.idx\d?)(\.gz)?$", re.IGNORECASE)
-_READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, zipfile.BadZipFile, KeyError)
+# numpy parses an .npy header as a Python literal: a forged one raises any of the last four
+_READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, zipfile.BadZipFile, KeyError,
+                SyntaxError, TokenError, TypeError, OverflowError)
 
 
 class ImageFileError(DataError):

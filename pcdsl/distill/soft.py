@@ -61,7 +61,7 @@ class EvidenceModel:
 
         self.model = pcdsl.compile(graph, "torch", params=params, dtype=dtype)
         self.plan = self.model.plan
-        self.variables = ("image",)  # rows are image numbers
+        self.variables, self.cardinalities = ("image",), (len(values),)  # rows are image numbers
         self.values = torch.as_tensor(values.reshape(len(values), -1))
         m = len(graph.variables)
         self.slots = torch.as_tensor(np.concatenate([self.plan.slot_of[f"ev{i}"] + np.arange(values.shape[2])

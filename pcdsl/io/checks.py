@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from pcdsl.diagnostics import MessageError
 from pcdsl.distill.colour import TRANSFORMS as COLOURS
 from pcdsl.ir.graph import CircuitGraph
 from pcdsl.numerics import MAX_MAGNITUDE, ROW_TOLERANCE
@@ -43,8 +44,10 @@ DOMAIN_SIZES = {"bool": 2, "real": None}
 PATTERNS = ("hadamard", "kronecker")
 
 
-class ModelFileError(Exception):
+class ModelFileError(MessageError):
     """A model file that cannot be read; the message says why and where."""
+
+    code = "E0008"
 
 
 class ModelFileWarning(UserWarning):
