@@ -13,7 +13,7 @@ level alone, and its flows equal the distilled circuit's flows of the top-level 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -40,7 +40,7 @@ def head_values(family: PatchFamily, params: Parameters, patches: np.ndarray, dt
     import pcdsl
 
     graph = training_circuit(family)
-    model = pcdsl.compile(graph, "torch", params=params, dtype=dtype)
+    model = cast(Any, pcdsl.compile(graph, "torch", params=params, dtype=dtype))
     slots = np.concatenate([model.plan.slot_of[h] + np.arange(family.graph.node(h).num_units) for h in family.heads])
     out = np.empty((len(patches), len(slots)), dtype=np.float64 if dtype == "float64" else np.float32)
     rows = np.concatenate([patches, np.full((len(patches), 1), -1)], axis=1).astype(np.float64)  # Z missing
@@ -59,7 +59,7 @@ class EvidenceModel:
 
         import pcdsl
 
-        self.model = pcdsl.compile(graph, "torch", params=params, dtype=dtype)
+        self.model = cast(Any, pcdsl.compile(graph, "torch", params=params, dtype=dtype))
         self.plan = self.model.plan
         self.variables, self.cardinalities = ("image",), (len(values),)  # rows are image numbers
         self.values = torch.as_tensor(values.reshape(len(values), -1))
