@@ -207,3 +207,16 @@ def test_soft_evidence_computed_once_trains_like_the_distilled_circuit(shared: b
         part = f.patches[i if not shared else 0]
         expected = reference.log_prob(train, part, rows) - reference.log_prob(train, part, prior)
         np.testing.assert_allclose(values[0, i], expected, atol=1e-6)
+
+
+def test_the_package_imports_its_backends_by_their_installed_name() -> None:
+    """`backends` is importable only from a checkout's root; installed, it is `pcdsl.backends`
+    (a distillation run from another folder failed on `from backends.torch import ...`)."""
+    import re
+    from pathlib import Path
+
+    import pcdsl
+
+    root = Path(pcdsl.__file__).parent
+    bare = re.compile(r"^\s*(from|import) backends\b", re.M)
+    assert [str(p.relative_to(root)) for p in root.rglob("*.py") if bare.search(p.read_text())] == []

@@ -72,7 +72,7 @@ class EvidenceModel:
         self.model.set_parameters(params)
 
     def _passes(self, rows: np.ndarray, flows: bool) -> tuple[float, list[Any], np.ndarray]:
-        from backends.torch import Leaves, add_stats
+        from pcdsl.backends.torch import Leaves, add_stats
 
         model = self.model
         index = np.asarray(rows, dtype=np.int64).reshape(-1)
