@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -70,3 +72,17 @@ def codes_raised(python: str) -> set[str]:
     except PcdslError as exc:
         return {d.code for d in exc.diagnostics}
     return set()
+
+
+class Interrupting:
+    """Wraps a function so that its `at`-th call raises KeyboardInterrupt (a kill mid-run);
+    `calls` counts the calls, and setting it back lets a resumed run count afresh."""
+
+    def __init__(self, function: Callable[..., Any], at: int) -> None:
+        self.function, self.at, self.calls = function, at, 0
+
+    def __call__(self, *args: Any) -> Any:
+        self.calls += 1
+        if self.calls == self.at:
+            raise KeyboardInterrupt
+        return self.function(*args)

@@ -153,23 +153,19 @@ def test_a_run_killed_while_growing_keeps_its_finished_clusters_and_time(tmp_pat
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     import pcdsl.distill.growing as growing
 
+    from conftest import Interrupting
+
     path = _recipe(tmp_path, latents="clusters = 2) | grow(to = 5, rounds = 2, workers = 1")
     _run(path, tmp_path / "whole")
-    original, calls = growing.grow_cluster, {"n": 0}
-
-    def dies(task: object) -> object:
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return original(task)  # type: ignore[arg-type]
+    dies = Interrupting(growing.grow_cluster, at=2)
 
     monkeypatch.setattr(growing, "grow_cluster", dies)
     assert main(["run", str(path), "--out", str(tmp_path / "killed"), "-q"]) != 0
     state = json.loads((tmp_path / "killed" / "stages.json").read_text())
     assert "growing" not in state["keys"] and state["attempts"]["growing"]["seconds"] == 0
-    calls["n"] = -100
+    dies.calls = -100
     report = _run(path, tmp_path / "killed")
-    assert calls["n"] == -99  # only the cluster the killed run had not finished
+    assert dies.calls == -99  # only the cluster the killed run had not finished
     _same_model(tmp_path / "whole", tmp_path / "killed")
     assert report["seconds"]["growing"] > 0 and not list((tmp_path / "killed").glob("growing-*"))
     assert "attempts" not in report and json.loads((tmp_path / "killed" / "stages.json").read_text())["attempts"] == {}

@@ -251,14 +251,10 @@ def test_a_stopped_growing_resumes_from_its_finished_clusters(tmp_path: Path,
     and ends where an uninterrupted run ends, bit for bit."""
     import pcdsl.distill.growing as growing
 
-    whole = _grow(seed=3)
-    original, calls = growing.grow_cluster, {"n": 0}
+    from conftest import Interrupting
 
-    def dies(task: object) -> object:
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return original(task)  # type: ignore[arg-type]
+    whole = _grow(seed=3)
+    dies = Interrupting(growing.grow_cluster, at=2)
 
     patches, z, features = _problem()
     shape = PatchShape(3, SHAPES["hclt"].edges, 2, 2)
@@ -267,9 +263,9 @@ def test_a_stopped_growing_resumes_from_its_finished_clusters(tmp_path: Path,
     with pytest.raises(KeyboardInterrupt):
         progressive_growing(patches, z, features, shape, LEVELS, QUICK, settings, tmp_path)
     assert len(list(tmp_path.glob("g*.json"))) == 1
-    calls["n"] = -100  # the resumed run grows the one cluster left
+    dies.calls = -100  # the resumed run grows the one cluster left
     resumed = progressive_growing(patches, z, features, shape, LEVELS, QUICK, settings, tmp_path)
-    assert calls["n"] == -99
+    assert dies.calls == -99
     assert _same(whole, resumed)
     assert whole.clusters == resumed.clusters and [c.hidden for c in whole.circuits] == [c.hidden for c in
                                                                                         resumed.circuits]
