@@ -56,7 +56,7 @@ class PlanModel:
 
     def _repr_svg_(self) -> str | None:
         """Jupyter's picture of the layers the model runs (needs graphviz)."""
-        from pcdsl.render import picture
+        from pcdsl.drawing import picture
 
         return picture(self.plan)._repr_svg_()
 

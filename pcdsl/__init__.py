@@ -11,13 +11,23 @@ The front end is importable without torch or numba::
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from pcdsl import render  # a module that is also a function: pcdsl.render(graph) -> its picture
 from pcdsl.diagnostics import Diagnostic, InternalError, PcdslError, render_all
 from pcdsl.frontend import Checked, check_file, check_text
 from pcdsl.ir.graph import CircuitGraph, Node, NodeKind, Variable
 
 __version__ = "0.1.0"
+
+
+def render(thing: Any, level: str = "auto") -> Any:
+    """The :class:`~pcdsl.drawing.Picture` of a circuit graph, node group, plan or compiled model
+    (Jupyter shows it; ``.svg()``, ``.png()``, ``.save(path)``); a
+    :class:`~pcdsl.diagnostics.Diagnostic` renders as its text (file:line:col, the source line,
+    a caret). `level`: "auto", "circuit" or "region"."""
+    from pcdsl.drawing import render as draw_thing
+
+    return draw_thing(thing, level)
 
 
 def check(path: str | Path) -> Checked:

@@ -201,7 +201,7 @@ class LayeredPlan:
 
     def _repr_svg_(self) -> str | None:
         """Jupyter's picture of the layers (needs graphviz; None falls back to the text)."""
-        from pcdsl.render import picture
+        from pcdsl.drawing import picture
 
         return picture(self)._repr_svg_()
 

@@ -386,7 +386,7 @@ def _report(spec: RecipeSpec, model: Any, splits: Splits, graph: CircuitGraph, g
 
 
 def _render(graph: CircuitGraph, out_dir: Path) -> None:
-    from pcdsl.render import RenderError, render_file
+    from pcdsl.drawing import RenderError, render_file
 
     try:
         render_file(graph, out_dir / "circuit.svg", "region")

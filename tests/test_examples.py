@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from pcdsl.cli import main
+from pcdsl.drawing import to_dot
 from pcdsl.frontend import check_file
-from pcdsl.render import to_dot
 
 from conftest import EXAMPLES, require_dot
 

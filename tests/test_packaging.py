@@ -53,7 +53,7 @@ def test_front_end_imports_without_torch_or_numba(tmp_path: Path) -> None:
                 if name.split(".")[0] in ("torch", "numba"):
                     raise ImportError("blocked: " + name)
         sys.meta_path.insert(0, Block())
-        import pcdsl, pcdsl.syntax.parser, pcdsl.ir.graph, pcdsl.ir.validate, pcdsl.render, pcdsl.cli
+        import pcdsl, pcdsl.syntax.parser, pcdsl.ir.graph, pcdsl.ir.validate, pcdsl.drawing, pcdsl.cli
         import pcdsl.structures, pcdsl.backends
         pcdsl.check({str(EXAMPLES / 'groups.pc')!r})
         assert not any(m.split(".")[0] in ("torch", "numba") for m in sys.modules)

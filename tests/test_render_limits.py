@@ -12,8 +12,8 @@ import pytest
 
 import pcdsl
 from pcdsl.cli import main
+from pcdsl.drawing import MAX_PIXELS, draw, render_file
 from pcdsl.ir.graph import BOOL, CircuitGraph, Variable
-from pcdsl.render import MAX_PIXELS, draw, render_file
 from pcdsl.render_items import scope_label
 
 from conftest import EXAMPLES, ROOT, require_dot

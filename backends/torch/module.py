@@ -303,7 +303,7 @@ class CircuitModule(nn.Module):
 
     def _repr_svg_(self) -> str | None:
         """Jupyter's picture of the layers the module runs (needs graphviz)."""
-        from pcdsl.render import picture
+        from pcdsl.drawing import picture
 
         return picture(self.plan)._repr_svg_()
 

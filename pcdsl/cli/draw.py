@@ -39,7 +39,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
 
 def run_render(args: argparse.Namespace) -> int:
     """Draw a circuit; an invalid one is drawn too, its violations in red (exit 1, diagnostics printed)."""
-    from pcdsl.render import FORMATS, RenderError, draw, write_drawing
+    from pcdsl.drawing import FORMATS, RenderError, draw, write_drawing
 
     suffix = Path(args.output).suffix.lower().lstrip(".")
     if suffix not in FORMATS:
@@ -92,8 +92,8 @@ def _drawable(args: argparse.Namespace) -> tuple[CircuitGraph, list[Diagnostic]]
 def run_demo(args: argparse.Namespace) -> int:
     import shutil
 
+    from pcdsl.drawing import RenderError, render_file
     from pcdsl.frontend import check_file
-    from pcdsl.render import RenderError, render_file
 
     from .train import run_recipe_command
 

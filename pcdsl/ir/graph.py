@@ -80,13 +80,13 @@ class Node:
     fixed: bool = False  # `with fixed = true`: learning keeps this node's (or its tie group's) parameters
 
     def __repr__(self) -> str:
-        from pcdsl.render import node_label
+        from pcdsl.drawing import node_label
 
         return f"Node({node_label(self)})"
 
     def _repr_svg_(self) -> str | None:
         """Jupyter's picture of the node group (needs graphviz; None falls back to the text)."""
-        from pcdsl.render import picture
+        from pcdsl.drawing import picture
 
         return picture(self)._repr_svg_()
 
@@ -128,7 +128,7 @@ class CircuitGraph:
 
     def _repr_svg_(self) -> str | None:
         """Jupyter's picture of the circuit (needs graphviz; None falls back to the text)."""
-        from pcdsl.render import picture
+        from pcdsl.drawing import picture
 
         return picture(self)._repr_svg_()
 

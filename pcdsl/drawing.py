@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
-import types
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,14 +214,3 @@ def render(thing: Any, level: str = "auto") -> Any:
     if isinstance(thing, Diagnostic):
         return render_diagnostic(thing)
     return picture(thing, level)
-
-
-class _CallableModule(types.ModuleType):
-    """This module is also the façade's function, so that ``pcdsl.render(graph)`` works
-    whichever of the two the name ``pcdsl.render`` was last bound to by an import."""
-
-    def __call__(self, thing: Any, level: str = "auto") -> Any:
-        return render(thing, level)
-
-
-sys.modules[__name__].__class__ = _CallableModule
