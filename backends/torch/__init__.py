@@ -11,7 +11,7 @@ import functools
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -285,17 +285,37 @@ class TorchModel(PlanModel):
         return out if isinstance(evidence, torch.Tensor) else out.cpu().numpy()
 
     @api.flows
-    @torch.no_grad()
     def flows(self, x: Any) -> Flows:
         """Expected sufficient statistics of every parameter, summed over the batch."""
+        return cast(Flows, self.passes(x)[1])
+
+    @torch.no_grad()
+    def passes(self, x: Any, leaf_slots: torch.Tensor | None = None, leaf_values: torch.Tensor | None = None,
+               flows: bool = True) -> tuple[torch.Tensor, Flows | None]:
+        """log p(x) per row and, if `flows`, the flows summed over the rows, in pieces of at most
+        `piece` rows. Neural leaves: the input units at `leaf_slots` (U,) take the log-likelihoods
+        `leaf_values` (rows, U) instead of their own (their flows stop there). No argument checks:
+        the public queries make them."""
         totals: list[dict[str, torch.Tensor]] = [{} for _ in self.rules]  # each layer's, over the pieces
-        log_likelihood = 0.0
-        for piece in self._pieces(x):
-            batch, _ = self._batch(piece)
-            buf = self._forward(batch)
-            log_likelihood += float(buf[self.plan.root].sum())
-            add_stats(totals, self._flow_pass(buf, batch, 1.0))
-        return self.as_flows(totals, log_likelihood)
+        rows = []
+        for lo, hi in self.piece_bounds(len(x)):
+            batch, _ = self._batch(x[lo:hi])
+            leaves = None if leaf_slots is None or leaf_values is None else \
+                Leaves(leaf_slots, leaf_values[lo:hi].detach().T.to(self.device))
+            buf = self._forward(batch, leaves=leaves)
+            rows.append(buf[self.plan.root].clone())
+            if flows:
+                add_stats(totals, self._flow_pass(buf, batch, 1.0, leaves))
+        log_p = torch.cat(rows)
+        return log_p, (self.as_flows(totals, float(log_p.double().sum())) if flows else None)
+
+    @torch.no_grad()
+    def node_values(self, x: Any, slots: Any) -> torch.Tensor:
+        """(rows, len(slots)) log-values of the units at buffer `slots` (``plan.slot_of[group]`` +
+        unit) on the rows of x, in pieces."""
+        at = torch.as_tensor(np.asarray(slots, dtype=np.int64), device=self.device)
+        parts = [self._forward(self._batch(x[lo:hi])[0])[at].T.clone() for lo, hi in self.piece_bounds(len(x))]
+        return torch.cat(parts)
 
     def as_flows(self, totals: list[dict[str, torch.Tensor]], log_likelihood: float = 0.0) -> Flows:
         """Each rule's statistics (:meth:`_flow_pass`) handed to the parameter groups."""

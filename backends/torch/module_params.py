@@ -15,7 +15,7 @@ import torch
 
 from pcdsl.params import Parameters
 
-from . import Leaves, TorchModel, add_stats
+from . import Leaves, TorchModel
 
 if TYPE_CHECKING:
     from .module import CircuitModule
@@ -104,16 +104,9 @@ def em_step(module: CircuitModule, x: Any, values: torch.Tensor | None, step: fl
 
     model = module.synced()
     x = module.evidence(x, values)
-    totals: list[dict[str, torch.Tensor]] = [{} for _ in model.rules]
-    log_likelihood = 0.0
-    with torch.no_grad():
-        for lo, hi in model.piece_bounds(len(x)):
-            batch, _ = model._batch(x[lo:hi])
-            leaves = leaf_piece(model, module.leaf_slots, values, lo, hi)
-            buf = model._forward(batch, leaves=leaves)
-            log_likelihood += float(buf[model.plan.root].sum())
-            add_stats(totals, model._flow_pass(buf, batch, 1.0, leaves))
-    flows = model.as_flows(totals, log_likelihood)
+    log_p, flows = model.passes(x, module.leaf_slots, values)
+    assert flows is not None
+    log_likelihood = float(log_p.double().sum())
     params = module.to_parameters()
     params.fixed = params.fixed | _frozen(module)
     # kept groups are not written back: log(softmax(theta)) need not be theta to the last bit

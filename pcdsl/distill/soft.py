@@ -42,12 +42,9 @@ def head_values(family: PatchFamily, params: Parameters, patches: np.ndarray, dt
     graph = training_circuit(family)
     model = cast(Any, pcdsl.compile(graph, "torch", params=params, dtype=dtype))
     slots = np.concatenate([model.plan.slot_of[h] + np.arange(family.graph.node(h).num_units) for h in family.heads])
-    out = np.empty((len(patches), len(slots)), dtype=np.float64 if dtype == "float64" else np.float32)
     rows = np.concatenate([patches, np.full((len(patches), 1), -1)], axis=1).astype(np.float64)  # Z missing
-    for lo in range(0, len(rows), batch):
-        buf = model._forward(model._batch(rows[lo:lo + batch])[0])
-        out[lo:lo + batch] = buf[slots].T.cpu().numpy()
-    return out
+    out = [model.node_values(rows[lo:lo + batch], slots).cpu().numpy() for lo in range(0, len(rows), batch)]
+    return np.concatenate(out) if out else np.empty((0, len(slots)), dtype=np.dtype(dtype))
 
 
 class EvidenceModel:
@@ -71,28 +68,15 @@ class EvidenceModel:
     def set_parameters(self, params: Parameters) -> None:
         self.model.set_parameters(params)
 
-    def _passes(self, rows: np.ndarray, flows: bool) -> tuple[float, list[Any], np.ndarray]:
-        from pcdsl.backends.torch import Leaves, add_stats
-
-        model = self.model
+    def _passes(self, rows: np.ndarray, flows: bool) -> tuple[Any, Any]:
         index = np.asarray(rows, dtype=np.int64).reshape(-1)
-        totals: list[dict[str, Any]] = [{} for _ in model.rules]
-        per_row = np.empty(len(index))
-        for lo, hi in model.piece_bounds(len(index)):
-            batch, _ = model._batch(np.repeat(self.missing, hi - lo, axis=0))
-            leaves = Leaves(self.slots, self.values[index[lo:hi]].T.to(model.device))
-            buf = model._forward(batch, leaves=leaves)
-            per_row[lo:hi] = buf[model.plan.root].double().cpu().numpy()
-            if flows:
-                add_stats(totals, model._flow_pass(buf, batch, 1.0, leaves))
-        return float(per_row.sum()), totals, per_row
+        return self.model.passes(np.repeat(self.missing, len(index), axis=0), self.slots, self.values[index], flows)
 
     def flows(self, rows: np.ndarray) -> Any:
-        ll, totals, _ = self._passes(rows, True)
-        return self.model.as_flows(totals, ll)
+        return self._passes(rows, True)[1]
 
     def log_prob(self, rows: np.ndarray) -> np.ndarray:
-        return self._passes(rows, False)[2]
+        return self._passes(rows, False)[0].double().cpu().numpy()  # type: ignore[no-any-return]
 
 
 def position_values(family: PatchFamily, parts: Sequence[Parameters], patches: np.ndarray,
