@@ -15,6 +15,7 @@ import numpy as np
 
 from pcdsl.diagnostics import Diagnostic
 from pcdsl.ir.graph import CircuitGraph, Node, NodeKind
+from pcdsl.ir.scope import Scope
 from pcdsl.ir.validate import scope_text
 
 PROBLEM = {"color": "#c62828", "fontcolor": "#c62828", "penwidth": "3"}  # a violation, highlighted
@@ -38,10 +39,10 @@ class Item:
 
 
 # ---- scope labels ----------------------------------------------------------------------------
-def scope_label(graph: CircuitGraph, scope: int, most: int = 4) -> str:
+def scope_label(graph: CircuitGraph, scope: Scope, most: int = 4) -> str:
     """A short label for a scope: its names when few, else a range, an array block, or the first
     and last names with a note that the scope is not contiguous."""
-    variables = [v for v in graph.variables if scope >> v.index & 1]
+    variables = [graph.variables[i] for i in scope if i < len(graph.variables)]
     names = [v.name for v in variables]
     if len(names) <= most:
         return "{" + ", ".join(names) + "}"
@@ -118,8 +119,8 @@ def circuit_items(graph: CircuitGraph) -> dict[str, Item]:
 # ---- regions ---------------------------------------------------------------------------------
 def region_items(graph: CircuitGraph) -> dict[str, Item]:
     """Node groups collapsed by scope: regions (boxes, r0 ...) and partitions (products, p0 ...)."""
-    regions: dict[int, list[Node]] = {}
-    partitions: dict[tuple[int, tuple[int, ...]], list[Node]] = {}
+    regions: dict[Scope, list[Node]] = {}
+    partitions: dict[tuple[Scope, tuple[Scope, ...]], list[Node]] = {}
     for node in graph.nodes():
         if node.kind is NodeKind.PRODUCT:
             key = (node.scope, tuple(sorted(graph.node(c).scope for c in node.children)))
@@ -130,9 +131,9 @@ def region_items(graph: CircuitGraph) -> dict[str, Item]:
         regions.setdefault(scope, [])
         for s in child_scopes:
             regions.setdefault(s, [])
-    order = sorted(regions, key=lambda s: (-s.bit_count(), s))
+    order = sorted(regions, key=lambda s: (-len(s), s))
     rid = {scope: f"r{i}" for i, scope in enumerate(order)}
-    below: dict[int, list[tuple[str, str]]] = {scope: [] for scope in order}
+    below: dict[Scope, list[tuple[str, str]]] = {scope: [] for scope in order}
     items: dict[str, Item] = {}
     for i, ((scope, child_scopes), nodes) in enumerate(partitions.items()):
         units = sum(n.num_units for n in nodes)
@@ -156,7 +157,7 @@ def highlight(graph: CircuitGraph, items: dict[str, Item], level: str,
     codes: dict[str, list[str]] = {}
     ids = {n.name: f"n{i}" for i, n in enumerate(graph.nodes())}
     order = sorted({n.scope for n in graph.nodes() if n.kind is not NodeKind.PRODUCT}
-                   | _partition_scopes(graph), key=lambda s: (-s.bit_count(), s))
+                   | _partition_scopes(graph), key=lambda s: (-len(s), s))
     rid = {scope: f"r{i}" for i, scope in enumerate(order)}
     for d in problems:
         for node in graph.nodes():
@@ -174,8 +175,8 @@ def highlight(graph: CircuitGraph, items: dict[str, Item], level: str,
     return out
 
 
-def _partition_scopes(graph: CircuitGraph) -> set[int]:
-    scopes: set[int] = set()
+def _partition_scopes(graph: CircuitGraph) -> set[Scope]:
+    scopes: set[Scope] = set()
     for node in graph.nodes():
         if node.kind is NodeKind.PRODUCT:
             scopes.add(node.scope)

@@ -160,10 +160,11 @@ def test_an_overlap_below_a_common_superset_is_not_laminar() -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.frozensets(st.integers(0, 9), min_size=1), max_size=8))
 def test_laminar_adds_every_singleton_under_its_smallest_set(extra: list[frozenset[int]]) -> None:
+    from pcdsl.ir.scope import Scope
     from pcdsl.ir.vtree import laminar
 
-    def mask(s: frozenset[int]) -> int:
-        return sum(1 << v for v in s)
+    def mask(s: frozenset[int]) -> Scope:
+        return Scope.of(*s)
 
     whole = frozenset(range(10))
     sets = {whole, *extra} | {frozenset([v]) for v in whole}

@@ -14,6 +14,7 @@ import pcdsl
 from pcdsl.cli import main
 from pcdsl.drawing import MAX_PIXELS, draw, render_file
 from pcdsl.ir.graph import BOOL, CircuitGraph, Variable
+from pcdsl.ir.scope import Scope
 from pcdsl.render_items import scope_label
 
 from conftest import EXAMPLES, ROOT, require_dot
@@ -113,12 +114,12 @@ def test_several_roots_are_all_drawn(tmp_path: Path) -> None:
 
 def test_scope_labels_say_when_a_scope_is_not_contiguous() -> None:
     graph = CircuitGraph("g", tuple(Variable(f"v{i}", i, BOOL) for i in range(10)))
-    assert scope_label(graph, 0b111) == "{v0, v1, v2}"
-    assert scope_label(graph, 0b1111110) == "{v1 .. v6} 6 vars"
-    assert scope_label(graph, 0b1010101010) == "{v1, v3, .. v9} 5 vars, not contiguous"
+    assert scope_label(graph, Scope(0b111)) == "{v0, v1, v2}"
+    assert scope_label(graph, Scope(0b1111110)) == "{v1 .. v6} 6 vars"
+    assert scope_label(graph, Scope(0b1010101010)) == "{v1, v3, .. v9} 5 vars, not contiguous"
     grid = CircuitGraph("x", tuple(Variable(f"x[{i}, {j}]", 4 * i + j, BOOL) for i in range(4) for j in range(4)))
-    block = sum(1 << (4 * i + j) for i in range(2, 4) for j in range(1, 4))
+    block = Scope.of(*(4 * i + j for i in range(2, 4) for j in range(1, 4)))
     assert scope_label(grid, block) == "x[2:4, 1:4] (6 vars)"
-    ragged = block | 1
+    ragged = block | Scope.of(0)
     assert scope_label(grid, ragged).endswith("7 vars, not contiguous")
 

@@ -427,7 +427,7 @@ def test_validator_agrees_with_an_independent_model(c: Circuit) -> None:
         node = graph.node(name)
         assert node.kind is {"leaf": NodeKind.INPUT, "prod": NodeKind.PRODUCT, "sum": NodeKind.SUM}[spec.kind]
         assert node.children == tuple(spec.children)
-        assert node.scope == sc[name], f"scope of '{name}': {node.scope:b} != {sc[name]:b}\n{c.text}"
+        assert node.scope.mask == sc[name], f"scope of '{name}': {node.scope} != {sc[name]:b}\n{c.text}"
     props = checked.properties["gen"]
     assert props.smooth and props.decomposable
     mixing = any(n.kind == "sum" and len(n.children) > 1 for n in c.nodes.values())

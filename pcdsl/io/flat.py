@@ -22,6 +22,7 @@ import numpy as np
 from pcdsl.diagnostics import NO_SPAN, Diagnostic, Source, Span, warning
 from pcdsl.io.textformat import token_span
 from pcdsl.ir.graph import CircuitGraph, Node, NodeKind, Variable
+from pcdsl.ir.scope import EMPTY, Scope
 from pcdsl.ir.validate import validate
 from pcdsl.params import Parameters, block_inputs
 from pcdsl.reference import product_children_units
@@ -170,7 +171,7 @@ def to_graph(flat: Flat) -> tuple[CircuitGraph, Parameters, list[Diagnostic]]:
     graph = CircuitGraph(flat.name, flat.variables, flat.span(len(flat) - 1) if len(flat) else empty)
     nodes, params, suspect = _nodes(flat, keep)
     graph.add_nodes(nodes)
-    full = (1 << len(flat.variables)) - 1
+    full = Scope.full(len(flat.variables))
     if suspect or not nodes or nodes[-1].scope != full:  # pcdsl's validation says what and where
         found += validate(graph)
     return graph, params, found
@@ -181,7 +182,7 @@ def _nodes(flat: Flat, keep: np.ndarray) -> tuple[list[Node], Parameters, bool]:
     names = flat.names if flat.names is not None else [f"n{i}" for i in range(len(flat))]
     kinds, offsets, children = flat.kind.tolist(), flat.offsets.tolist(), flat.children.tolist()
     variables, weights = flat.var.tolist(), flat.weights
-    scope = [0] * len(flat)
+    scope = [EMPTY] * len(flat)
     nodes: list[Node] = []
     params = Parameters()
     suspect = False
@@ -191,16 +192,15 @@ def _nodes(flat: Flat, keep: np.ndarray) -> tuple[list[Node], Parameters, bool]:
         if kinds[i] == LEAF:
             family = FAMILIES[flat.family[i]]
             leaf = params.inputs[names[i]] = _leaf_params(family, flat.leaf_params(i))
-            scope[i] = 1 << variables[i]
+            scope[i] = Scope(1, variables[i])
             nodes.append(Node(names[i], NodeKind.INPUT, 1, (), scope[i], family=family, var=variables[i],
                               params=leaf, span=span))
             continue
-        mask = 0
-        for c in kids:
-            suspect = suspect or (kinds[i] == PRODUCT and bool(mask & scope[c])) or \
-                (kinds[i] == SUM and scope[c] != scope[kids[0]])
-            mask |= scope[c]
-        scope[i] = mask
+        mask = scope[i] = Scope.union(scope[c] for c in kids)
+        if kinds[i] == PRODUCT:
+            suspect = suspect or len(mask) != sum(len(scope[c]) for c in kids)
+        else:
+            suspect = suspect or any(scope[c] != scope[kids[0]] for c in kids)
         if kinds[i] == PRODUCT:
             nodes.append(Node(names[i], NodeKind.PRODUCT, 1, tuple(names[c] for c in kids), mask, pattern="hadamard",
                               span=span))
@@ -265,16 +265,13 @@ def _leaf_rows(family: str, p: dict[str, np.ndarray], units: int) -> list[list[f
     return [[float(m), float(s)] for m, s in zip(p["mean"], p["std"], strict=True)]
 
 
-def scopes(flat: Flat) -> list[int]:
-    """Each node's variables as an int bitmask (children first, so one pass)."""
-    out: list[int] = []
+def scopes(flat: Flat) -> list[Scope]:
+    """Each node's variables (children first, so one pass)."""
+    out: list[Scope] = []
     var, kind, offsets, children = flat.var.tolist(), flat.kind.tolist(), flat.offsets.tolist(), flat.children.tolist()
     for i in range(len(flat)):
         if kind[i] == LEAF:
-            out.append(1 << var[i])
+            out.append(Scope(1, var[i]))
         else:
-            mask = 0
-            for c in children[offsets[i]:offsets[i + 1]]:
-                mask |= out[c]
-            out.append(mask)
+            out.append(Scope.union(out[c] for c in children[offsets[i]:offsets[i + 1]]))
     return out

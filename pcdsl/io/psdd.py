@@ -49,6 +49,7 @@ from pcdsl.io.textformat import (
 from pcdsl.io.variables import MAX_VARIABLES, make_variables, metadata_lines, read_metadata
 from pcdsl.io.vtree_file import VtreeFile, check_places, locate, place, write_vtree
 from pcdsl.ir.graph import BOOL
+from pcdsl.ir.scope import Scope
 from pcdsl.ir.vtree import Vtree, vtree_of_scopes
 from pcdsl.numerics import ROW_TOLERANCE
 
@@ -213,7 +214,7 @@ def _layout(lines: Lines, var: np.ndarray, theta: np.ndarray, owners: np.ndarray
 def derive_vtree(flat: Flat) -> Vtree:
     """The vtree a structured-decomposable circuit respects (FormatError when there is none)."""
     masks = scopes(flat)
-    family: set[int] = set()
+    family: set[Scope] = set()
     for i in np.flatnonzero(flat.kind == PRODUCT).tolist():
         family.add(masks[i])
         family.update(masks[c] for c in flat.node_children(i).tolist())

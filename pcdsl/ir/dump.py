@@ -32,7 +32,7 @@ def dump(graph: CircuitGraph) -> str:
     lines = [f"circuit {graph.name}"]
     lines += [f"  var v{v.index} {v.name} : {v.domain}" for v in graph.variables]
     for node in graph.nodes():
-        scope = ",".join(str(i) for i in range(node.scope.bit_length()) if node.scope >> i & 1)
+        scope = ",".join(str(i) for i in node.scope)
         lines.append(f"  {node.kind.value} {node.name} units={node.num_units} scope={{{scope}}} "
                      f"{_payload(node)}")
     return "\n".join(lines) + "\n"

@@ -18,6 +18,7 @@ import networkx as nx
 import numpy as np
 
 from pcdsl.diagnostics import NO_SPAN, InternalError, Span
+from pcdsl.ir.scope import EMPTY, Scope
 
 
 class NodeKind(enum.Enum):
@@ -61,7 +62,7 @@ class Node:
     kind: NodeKind
     num_units: int
     children: tuple[str, ...] = ()
-    scope: int = 0
+    scope: Scope = EMPTY
     # INPUT
     family: str | None = None
     var: int | None = None
@@ -136,7 +137,7 @@ class CircuitGraph:
     def add_input(self, name: str, var: int, family: str, num_units: int,
                   params: Mapping[str, np.ndarray] | None = None, span: Span = NO_SPAN,
                   tie: str | None = None) -> Node:
-        node = Node(name, NodeKind.INPUT, num_units, (), 1 << var, family=family, var=var,
+        node = Node(name, NodeKind.INPUT, num_units, (), Scope(1, var), family=family, var=var,
                     params=params, tie=tie, span=span)
         return self._add(node)
 
@@ -180,13 +181,8 @@ class CircuitGraph:
         self._roots = None
         return node
 
-    def _union(self, children: tuple[str, ...]) -> int:
-        if len(children) == 1:  # share the child's int: a large scope costs its highest variable's bits
-            return self.node(children[0]).scope
-        scope = 0
-        for c in children:
-            scope |= self.node(c).scope
-        return scope
+    def _union(self, children: tuple[str, ...]) -> Scope:
+        return Scope.union(self.node(c).scope for c in children)
 
     def _add(self, node: Node) -> Node:
         if node.name in self._nodes:
@@ -239,8 +235,8 @@ class CircuitGraph:
         """A copy of the underlying graph (parent -> child edges, 'node' attributes)."""
         return self._g.copy()
 
-    def scope_names(self, scope: int) -> list[str]:
-        return [v.name for v in self.variables if scope >> v.index & 1]
+    def scope_names(self, scope: Scope) -> list[str]:
+        return [self.variables[v].name for v in scope if v < len(self.variables)]
 
     # ---- sizes ---------------------------------------------------------------------------
     def child_units(self, node: Node) -> int:

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from pcdsl.diagnostics import Diagnostic, Note, error, warning
 from pcdsl.ir.determinism import determinism
 from pcdsl.ir.graph import CircuitGraph, Node, NodeKind
+from pcdsl.ir.scope import EMPTY, Scope
 from pcdsl.ir.vtree import implied_vtree
 from pcdsl.params import weight_shape
 
 MAX_LISTED = 8
 
 
-def scope_text(graph: CircuitGraph, scope: int) -> str:
+def scope_text(graph: CircuitGraph, scope: Scope) -> str:
     names = graph.scope_names(scope)
     shown = ", ".join(names[:MAX_LISTED]) + (f", ... ({len(names)} in all)" if len(names) > MAX_LISTED else "")
     return "{" + shown + "}"
@@ -53,7 +54,7 @@ def validate(graph: CircuitGraph) -> list[Diagnostic]:
             out += _decomposable(graph, node)
             out += _hadamard_units(graph, node)
     if len(roots) == 1:
-        unused = (1 << len(graph.variables)) - 1 & ~roots[0].scope
+        unused = Scope.full(len(graph.variables)) - roots[0].scope
         if unused:
             out.append(warning("W0202", f"variables {scope_text(graph, unused)} are not used by circuit "
                                f"'{graph.name}'", graph.span, help="they are left out of the distribution"))
@@ -67,7 +68,7 @@ def _smooth(graph: CircuitGraph, node: Node) -> list[Diagnostic]:
         return []
     notes = [Note(f"'{first.name}' covers {scope_text(graph, first.scope)}", first.span)]
     for child in odd[:MAX_LISTED]:
-        missing, extra = first.scope & ~child.scope, child.scope & ~first.scope
+        missing, extra = first.scope - child.scope, child.scope - first.scope
         diff = []
         if missing:
             diff.append(f"lacks {scope_text(graph, missing)}")
@@ -80,9 +81,11 @@ def _smooth(graph: CircuitGraph, node: Node) -> list[Diagnostic]:
 
 
 def _decomposable(graph: CircuitGraph, node: Node) -> list[Diagnostic]:
-    seen = 0
-    notes = []
     children = [graph.node(c) for c in node.children]
+    if len(node.scope) == sum(len(child.scope) for child in children):  # disjoint: the usual case, O(children)
+        return []
+    seen = EMPTY
+    notes = []
     for i, child in enumerate(children):
         if child.scope & seen:
             for other in children[:i]:

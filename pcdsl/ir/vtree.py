@@ -3,7 +3,7 @@
 A decomposable circuit is structured-decomposable exactly when the scopes of
 its products and of their children form a laminar family (any two are
 disjoint or nested): the family's inclusion tree, binarised, is then a vtree
-that every product respects. Scopes are bit masks (variable i is bit i); the
+that every product respects. Scopes are :class:`~pcdsl.ir.scope.Scope` sets; the
 tree is found in time linear in the sum of the family's set sizes.
 """
 
@@ -15,19 +15,9 @@ from functools import cached_property
 import numpy as np
 
 from pcdsl.ir.graph import CircuitGraph, NodeKind
+from pcdsl.ir.scope import Scope
 
 MAX_TEXT = 240
-
-
-def _variables(mask: int) -> np.ndarray:
-    """The set bits of a scope mask, ascending: one pass in C over the bytes from the mask's lowest
-    to its highest set bit (a scope's cost follows its own span, not the number of variables)."""
-    if mask & (mask - 1) == 0:
-        return np.array([mask.bit_length() - 1])
-    low = (mask & -mask).bit_length() - 1
-    mask >>= low
-    raw = np.frombuffer(mask.to_bytes((mask.bit_length() + 7) // 8, "little"), dtype=np.uint8)
-    return np.flatnonzero(np.unpackbits(raw, bitorder="little")) + low
 
 
 @dataclass(frozen=True)
@@ -39,15 +29,14 @@ class Laminar:
     children: dict[int, list[int]]
 
 
-def laminar(family: set[int], root: int) -> Laminar | None:
-    """The inclusion tree of the scope masks `family` with `root` and every singleton of it
-    added, or None when the family is not laminar."""
-    # singletons are laminar with everything: they join at the end as variables, never as masks
-    # (a mask 1 << v costs v bits, so n of them would cost n^2)
-    ordered = sorted({m for m in family if m & (m - 1)} | {root}, key=lambda m: (-m.bit_count(), m))
-    members = [_variables(m) for m in ordered]
-    owner = np.zeros(root.bit_length(), dtype=np.int64)
-    parent = _inclusion_tree(members, root.bit_length(), owner)
+def laminar(family: set[Scope], root: Scope) -> Laminar | None:
+    """The inclusion tree of the scopes `family` with `root` and every singleton of it added, or
+    None when the family is not laminar."""
+    # singletons are laminar with everything: they join at the end as variables
+    ordered = sorted({m for m in family if len(m) > 1} | {root}, key=lambda m: (-len(m), m.low, m.bits))
+    members = [m.variables() for m in ordered]
+    owner = np.zeros(root.top, dtype=np.int64)
+    parent = _inclusion_tree(members, root.top, owner)
     if parent is None:
         return None
     if len(members[0]) > 1:  # a one-variable root is its own (only) leaf
@@ -68,7 +57,7 @@ def implied_vtree(graph: CircuitGraph) -> str | None:
     for node in graph.nodes():
         if node.kind is NodeKind.PRODUCT:
             family.add(node.scope)
-            # a leaf's scope is one variable, which laminar() adds anyway (hashing it costs its index)
+            # a leaf's scope is one variable, which laminar() adds anyway
             family.update(child.scope for child in map(graph.node, node.children)
                           if child.kind is not NodeKind.INPUT)
     tree = laminar(family, graph.root.scope)
@@ -253,8 +242,8 @@ class Vtree:
         return Vtree.from_triples(nodes)
 
 
-def vtree_of_scopes(family: set[int], root: int) -> Vtree | None:
-    """The vtree of a laminar family of scope masks (with `root` and every singleton of it
+def vtree_of_scopes(family: set[Scope], root: Scope) -> Vtree | None:
+    """The vtree of a laminar family of scopes (with `root` and every singleton of it
     added), children ordered by their smallest variable and binarised right-linearly; None when
     the family is not laminar."""
     tree = laminar(family, root)
