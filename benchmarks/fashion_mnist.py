@@ -2,7 +2,8 @@
 
 One script, one table (markdown on stdout and `RESULTS/fashion_mnist.json`). Each configuration is
 a recipe run with `pcdsl run` semantics in its own run directory under RESULTS, so a stopped
-benchmark resumes where it stopped (every stage is cached, EM checkpoints every epoch).
+benchmark resumes where it stopped (every stage is cached, EM checkpoints every epoch), and in a
+process of its own, so its peak memory (`NAME/bench.json`) is its own.
 
     pip install -e '.[all]'
     python benchmarks/fashion_mnist.py [--only NAME ...] [--threads 2] [--results DIR] [--quick]
@@ -18,6 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -72,6 +75,8 @@ recipe {name} {{
 
 
 def run_one(name: str, text: str, results: Path, backend: str | None) -> dict:
+    """One configuration in this process; its peak memory and wall time go to `bench.json` beside
+    the run's files (this process's own: each configuration runs in a fresh one)."""
     from pcdsl.frontend import check_text
     from pcdsl.run import run_recipe
 
@@ -81,7 +86,24 @@ def run_one(name: str, text: str, results: Path, backend: str | None) -> dict:
     checked = check_text(text, str(directory / "recipe.pc"))
     started = time.perf_counter()
     report = run_recipe(checked, name, directory, backend=backend, progress=True)
-    report["wall_seconds_this_process"] = time.perf_counter() - started
+    process = {"wall_seconds": time.perf_counter() - started,
+               "peak_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    (directory / "bench.json").write_text(json.dumps(process, indent=2))
+    return report
+
+
+def measured(directory: Path) -> dict:
+    """A configuration's report with what the benchmark measured around it: its process's peak
+    memory (`bench.json`, when it ran in a process of its own) and, for recipes whose report has no
+    stage times (plain training), the seconds of its EM epochs from `metrics.jsonl`."""
+    report = json.loads((directory / "report.json").read_text())
+    bench = directory / "bench.json"
+    if bench.exists():
+        report["peak_memory_mib"] = json.loads(bench.read_text())["peak_memory_mib"]
+    metrics = directory / "metrics.jsonl"
+    if "seconds" not in report and metrics.exists():
+        epochs = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        report["seconds"] = {f"{len(epochs)} EM epochs": sum(e["seconds"] for e in epochs)}
     return report
 
 
@@ -96,7 +118,8 @@ def table(reports: dict[str, dict]) -> str:
         if r.get("nonzero_parameters") not in (None, r.get("parameters")):
             size += f" ({r['nonzero_parameters']:,})"
         cells = [name, _f(r.get("test_bpd")), _f(r.get("lvd_bound_test_bpd")), _f(r.get("teacher_test_bpd")),
-                 size, stages or "-", f"{sum(seconds.values()):.0f}", f"{r.get('peak_memory_mib', 0):.0f}"]
+                 size, stages or "-", f"{sum(seconds.values()):.0f}" if seconds else "-",
+                 "-" if r.get("peak_memory_mib") is None else f"{r['peak_memory_mib']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     teacher = next((r for n, r in reports.items() if n in ("lvd_vqvae", "lvd_pg") and "teacher_test_bpd" in r), None)
     if teacher is not None:
@@ -118,27 +141,30 @@ def main() -> None:
     parser.add_argument("--backend", choices=("torch", "numba"), default=None)
     parser.add_argument("--quick", action="store_true", help="2,000 images, few epochs: a smoke test")
     parser.add_argument("--table", action="store_true", help="print the table of the reports already in RESULTS")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # one configuration, in this process
     args = parser.parse_args()
-    if args.table:
-        found = {name: json.loads((Path(args.results) / name / "report.json").read_text())
-                 for name in recipes(args.root, args.quick) if (Path(args.results) / name / "report.json").exists()}
-        print(table(found))
-        return
-    import torch
-
-    torch.set_num_threads(args.threads)
     results = Path(args.results)
     chosen = recipes(args.root, args.quick)
-    reports = {}
-    for name, text in chosen.items():
-        if args.only and name not in args.only:
-            continue
-        reports[name] = run_one(name, text, results, args.backend)
-        print(f"{name}: {json.dumps({k: v for k, v in reports[name].items() if 'bpd' in k})}", flush=True)
-    summary = {"reports": reports, "peak_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    (results / "fashion_mnist.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))
-    print(table(reports))
+    if args.one:
+        import torch
 
+        torch.set_num_threads(args.threads)
+        report = run_one(args.one, chosen[args.one], results, args.backend)
+        print(f"{args.one}: {json.dumps({k: v for k, v in report.items() if 'bpd' in k})}", flush=True)
+        return
+    if not args.table:
+        for name in chosen:
+            if args.only and name not in args.only:
+                continue
+            command = [sys.executable, __file__, "--one", name, "--threads", str(args.threads), "--root", args.root,
+                       "--results", str(results)] + (["--backend", args.backend] if args.backend else []) + \
+                      (["--quick"] if args.quick else [])
+            done = subprocess.run(command, check=False)
+            if done.returncode != 0:
+                sys.exit(f"{name}: stopped with exit code {done.returncode}; run the same command again to resume")
+    reports = {name: measured(results / name) for name in chosen if (results / name / "report.json").exists()}
+    (results / "fashion_mnist.json").write_text(json.dumps(reports, indent=2, sort_keys=True, default=str))
+    print(table(reports))
 
 if __name__ == "__main__":
     main()
