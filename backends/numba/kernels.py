@@ -324,20 +324,67 @@ def _sum_max(b, op, sindex, logw, acc):  # type: ignore[no-untyped-def]
 
 
 @njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
+def _live_inputs(sptr, scol, rows, units, live):  # type: ignore[no-untyped-def]
+    """live[c] = 1 for the inputs of a fold read by a unit of two or more edges (the units from
+    sptr[rows]), else 0: only those need exp(x_c - mx). Returns how many."""
+    live[:] = 0
+    for m in range(units):
+        lo, hi = sptr[rows + m], sptr[rows + m + 1]
+        if hi - lo >= 2:
+            for j in range(lo, hi):
+                live[scol[j]] = 1
+    return live.sum()
+
+
+@njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
+def _live_shifted(b, sindex, row, live, e, mx):  # type: ignore[no-untyped-def]
+    """`_shifted` over the live inputs of a fold only (mx their column max, 0 if all -inf)."""
+    t_size = b.shape[1]
+    for t in range(t_size):
+        mx[t] = -np.inf
+    for c in range(live.shape[0]):
+        if live[c]:
+            child = sindex[row + c]
+            for t in range(t_size):
+                mx[t] = max(mx[t], b[child, t])
+    for t in range(t_size):
+        mx[t] = mx[t] if mx[t] > -np.inf else 0.0
+    for c in range(live.shape[0]):
+        if live[c]:
+            child = sindex[row + c]
+            for t in range(t_size):
+                e[c, t] = fexp(b[child, t] - mx[t])
+
+
+@njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
 def _sparse_sum(b, op, sindex, sptr, scol, weights, logw, e, mx, acc):  # type: ignore[no-untyped-def]
-    """`_sum` over the kept edges of each unit, four edges at a time (one load and store of the
-    accumulator per four rows of e). Units that fall below `guard` go to `_sparse_repair`."""
+    """`_sum` over the kept edges of each unit. A unit of one edge is log W + x (no exp, no log: it
+    costs what a product does), one of none log 0; the others add their edges' exps, four at a
+    time (one load and store of the accumulator per four rows of e), exps only of the inputs they
+    read (`_live_inputs`). Units that fall below `guard` go to `_sparse_repair`."""
     start, folds, units, inputs = op[START], op[A], op[B], op[C]
     t_size = b.shape[1]
     small = guard(b[0, 0])
     w = op[WEIGHT] - sptr[op[ROWS]]  # edge j's weight: weights[w + j]
+    live = np.empty(inputs, dtype=np.int64)
     for f in range(folds):
         row = op[INDEX] + f * inputs
-        _shifted(b, sindex, row, inputs, e, mx)
+        rows = op[ROWS] + f * units
+        if _live_inputs(sptr, scol, rows, units, live):
+            _live_shifted(b, sindex, row, live, e, mx)
         first = start + f * units
         for m in range(units):
-            at = op[ROWS] + f * units + m
+            at = rows + m
             j, hi = sptr[at], sptr[at + 1]
+            out = b[first + m]
+            if hi - j <= 1:
+                if hi == j:
+                    out[:] = -np.inf
+                else:
+                    lw, child = logw[w + j], b[sindex[row + scol[j]]]
+                    for t in range(t_size):
+                        out[t] = lw + child[t]
+                continue
             for t in range(t_size):
                 acc[0, t] = 0.0
             while j + 4 <= hi:
@@ -351,7 +398,6 @@ def _sparse_sum(b, op, sindex, sptr, scol, weights, logw, e, mx, acc):  # type: 
                 for t in range(t_size):
                     acc[0, t] += a0 * e[c0, t]
                 j += 1
-            out = b[first + m]
             for t in range(t_size):
                 out[t] = flog(acc[0, t]) + mx[t]
             if _lost(acc, 1, small):
@@ -487,52 +533,88 @@ def _ratios(b, fl, first, units, mx, r, low):  # type: ignore[no-untyped-def]
 
 
 @njit(inline="always", fastmath=FAST_REDUCE, error_model="numpy", cache=True)
+def _sparse_ratios(b, fl, first, sptr, rows, units, mx, r, low):  # type: ignore[no-untyped-def]
+    """`_ratios` for the units of two or more edges (from sptr[rows]); the others are left out."""
+    t_size = b.shape[1]
+    far = 0
+    for m in range(units):
+        if sptr[rows + m + 1] - sptr[rows + m] < 2:
+            continue
+        for t in range(t_size):
+            v = b[first + m, t]
+            r[m, t] = fl[first + m, t] * fexp(mx[t] - v) if v > -np.inf and v - mx[t] >= low else 0.0
+        for t in range(t_size):
+            v = b[first + m, t]
+            far += 1 if v - mx[t] < low and v > -np.inf and fl[first + m, t] != 0.0 else 0
+    return far
+
+
+@njit(inline="always", fastmath=FAST_REDUCE, error_model="numpy", cache=True)
 def _sparse_flows(b, fl, op, sindex, sptr, scol, weights, logw, wflow, e, mx, r, zc):  # type: ignore[no-untyped-def]
-    """`_sum_flows` over the kept edges: zc[c] (widest, T) gathers sum_m W[m, c] r_m edge by edge,
-    then each input's flow is e_c * zc[c]."""
+    """`_sum_flows` over the kept edges. A unit of one edge passes its flow on whole (its value is
+    log W + x: the edge carries all of it); for the others zc[c] (widest, T) gathers
+    sum_m W[m, c] r_m edge by edge, then each live input's flow is e_c * zc[c]."""
     start, folds, units, inputs = op[START], op[A], op[B], op[C]
     t_size = b.shape[1]
     low = math.log(guard(b[0, 0]))
     w = op[WEIGHT] - sptr[op[ROWS]]  # edge j's weight: weights[w + j]
+    live = np.empty(inputs, dtype=np.int64)
     for f in range(folds):
         row = op[INDEX] + f * inputs
-        _shifted(b, sindex, row, inputs, e, mx)
+        rows = op[ROWS] + f * units
         first = start + f * units
-        far = _ratios(b, fl, first, units, mx, r, low)
-        if far:
-            _sparse_exact_flows(b, fl, sindex, sptr, scol, logw[w:], wflow[w:], row, first, op[ROWS] + f * units,
-                                units, mx, low)
-        for m in range(units):  # consumed: leave the rows empty for the next pass (see `flows`)
-            for t in range(t_size):
-                fl[first + m, t] = 0.0
-        for c in range(inputs):
-            for t in range(t_size):
-                zc[c, t] = 0.0
+        if _live_inputs(sptr, scol, rows, units, live):
+            _live_shifted(b, sindex, row, live, e, mx)
+            far = _sparse_ratios(b, fl, first, sptr, rows, units, mx, r, low)
+            if far:
+                _sparse_exact_flows(b, fl, sindex, sptr, scol, logw[w:], wflow[w:], row, first, rows, units, mx, low)
+            for c in range(inputs):
+                if live[c]:
+                    for t in range(t_size):
+                        zc[c, t] = 0.0
+            for m in range(units):
+                lo, hi = sptr[rows + m], sptr[rows + m + 1]
+                if hi - lo < 2:
+                    continue
+                for j in range(lo, hi):
+                    a, c = weights[w + j], scol[j]
+                    d = 0.0
+                    for t in range(t_size):
+                        rm = r[m, t]
+                        zc[c, t] += a * rm
+                        d += rm * e[c, t]
+                    wflow[w + j] += a * d
+            for c in range(inputs):
+                if live[c]:
+                    child = sindex[row + c]
+                    for t in range(t_size):
+                        fl[child, t] += e[c, t] * zc[c, t]
         for m in range(units):
-            at = op[ROWS] + f * units + m
-            for j in range(sptr[at], sptr[at + 1]):
-                a, c = weights[w + j], scol[j]
+            lo, hi = sptr[rows + m], sptr[rows + m + 1]
+            if hi - lo == 1:
+                parent, value, child = fl[first + m], b[first + m], fl[sindex[row + scol[lo]]]
                 d = 0.0
                 for t in range(t_size):
-                    rm = r[m, t]
-                    zc[c, t] += a * rm
-                    d += rm * e[c, t]
-                wflow[w + j] += a * d
-        for c in range(inputs):
-            child = sindex[row + c]
-            for t in range(t_size):
-                fl[child, t] += e[c, t] * zc[c, t]
+                    edge = parent[t] if value[t] > -np.inf else 0.0
+                    child[t] += edge
+                    d += edge
+                wflow[w + lo] += d
+            for t in range(t_size):  # consumed: leave the rows empty for the next pass (see `flows`)
+                fl[first + m, t] = 0.0
 
 
 @njit(fastmath=FAST, error_model="numpy", cache=True)
 def _sparse_exact_flows(b, fl, sindex, sptr, scol, logw, wflow, row, first, rows, units, mx, low):  # type: ignore[no-untyped-def]
-    """`_exact_flows` over the kept edges (unit m's from sptr[rows + m]; edge j's log weight
-    logw[j], its flow wflow[j])."""
+    """`_exact_flows` over the kept edges of the units of two or more edges (unit m's from
+    sptr[rows + m]; edge j's log weight logw[j], its flow wflow[j])."""
     for m in range(units):
+        lo, hi = sptr[rows + m], sptr[rows + m + 1]
+        if hi - lo < 2:
+            continue
         for t in range(b.shape[1]):
             v, parent = b[first + m, t], fl[first + m, t]
             if v > -np.inf and v - mx[t] < low and parent != 0.0:
-                for j in range(sptr[rows + m], sptr[rows + m + 1]):
+                for j in range(lo, hi):
                     child = sindex[row + scol[j]]
                     edge = parent * exp64(float(logw[j]) + float(b[child, t]) - float(v))
                     fl[child, t] += edge
