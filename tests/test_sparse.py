@@ -166,3 +166,18 @@ def test_the_gpu_benchmark_runs_on_a_cpu_with_tiny_structures(tmp_path, monkeypa
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["structure"] for r in records] == ["hclt", "pd"]
     assert all(r["pcdsl"]["epoch_s"] > 0 and r["edges"] > 0 and r["device"].startswith("cpu") for r in records)
+
+
+def test_only_inputs_read_by_units_of_two_or_more_edges_are_exponentiated() -> None:
+    """numba's `slive`: per input of a sparse fold, whether a unit that needs exps reads it."""
+    pytest.importorskip("numba")
+    from pcdsl.backends.numba import kernels
+    from pcdsl.backends.numba.runtime import _live_inputs
+
+    op = np.zeros(kernels.OPS_COLUMNS, dtype=np.int64)
+    op[[kernels.KIND, kernels.A, kernels.B, kernels.C, kernels.INDEX]] = kernels.SPARSE, 2, 3, 4, 2
+    # fold 0: unit 0 reads inputs 0 and 1, unit 1 input 2 alone, unit 2 nothing; fold 1: unit 0 reads 3 and 1
+    sptr = np.array([0, 2, 3, 3, 5, 5, 5])
+    scol = np.array([0, 1, 2, 1, 3])
+    live = _live_inputs(op[None, :], np.zeros(10, dtype=np.int64), sptr, scol)
+    assert live.tolist() == [0, 0, 1, 1, 0, 0, 0, 1, 0, 1]

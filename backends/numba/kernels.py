@@ -689,8 +689,8 @@ def _exact_flows(b, fl, sindex, logw, wflow, row, first, w, units, inputs, mx, l
 
 
 @njit(parallel=True, fastmath=FAST_REDUCE, error_model="numpy", cache=True)
-def flows(buf, flow, n, root, idx, real, cat, corder, crows, gauss, gmean, ops, pindex, sindex, sptr, scol, slive, weights,
-          logw, widest, most, wflow, counts, cat_missing, gstats):  # type: ignore[no-untyped-def]
+def flows(buf, flow, n, root, idx, real, cat, corder, crows, gauss, gmean, ops, pindex, sindex, sptr, scol, slive,
+          weights, logw, widest, most, wflow, counts, cat_missing, gstats):  # type: ignore[no-untyped-def]
     """Top-down expected counts from a buffer filled by `forward` in SUM_MODE (`widest`, `most`:
     the largest fan-in and unit count of a sum layer).
 

@@ -162,8 +162,8 @@ class Circuit:
     def _forward(self, index: np.ndarray, real: np.ndarray, mode: int) -> np.ndarray:
         buf = self._buffer("values", index.shape[1], self.dtype)
         kernels.forward(buf, index, real, self.cat, self.lp, self.lpmax, self.gauss, self.gmean, self.gstd,
-                        self.ops, self.pindex, self.sindex, self.sptr, self.scol, self.slive, self.weights, self.logw, self.widest,
-                        mode, self._chunks(buf))
+                        self.ops, self.pindex, self.sindex, self.sptr, self.scol, self.slive, self.weights, self.logw,
+                        self.widest, mode, self._chunks(buf))
         return buf
 
     @staticmethod
@@ -286,9 +286,8 @@ class Circuit:
             flow = self._buffer("flows", index.shape[1], self.dtype, zeros=True)  # `kernels.flows` keeps it so
             chunks = self._chunks(buf)
             kernels.flows(buf, flow, n, self.root, index, real, self.cat, self.corder, self.crows, self.gauss,
-                          self.gmean, self.ops, self.pindex, self.sindex, self.sptr, self.scol, self.slive, self.weights,
-                          self.logw, self.widest,
-                          self.most, wflow[:chunks], counts, missing, g)
+                          self.gmean, self.ops, self.pindex, self.sindex, self.sptr, self.scol, self.slive,
+                          self.weights, self.logw, self.widest, self.most, wflow[:chunks], counts, missing, g)
             log_likelihood += float(self._root(buf, n).sum())
         if missing.any():  # a missing value counts in expectation: probs * flow (one row of lp each)
             first = self.cat[self.corder[self.crows[:-1]]]
