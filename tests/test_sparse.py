@@ -59,6 +59,24 @@ def test_the_plan_keeps_mostly_zero_sum_layers_as_edge_lists() -> None:
 def test_every_query_on_sparse_layers_equals_the_dense_evaluation(backend: str, seed: int) -> None:
     pytest.importorskip(backend)
     graph, params, sparse, dense = _pair(seed, backend)
+    _same_queries(graph, params, sparse, dense, seed)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("keep", [0.0, 0.1])
+def test_units_of_one_edge_and_unread_inputs_equal_the_dense_evaluation(backend: str, keep: float) -> None:
+    """Pruned hard, most units keep one edge (the numba kernels add its log weight instead of
+    taking exp and log) and many inputs no edge at all (no exp for them)."""
+    pytest.importorskip(backend)
+    graph, params, sparse, dense = _pair(5, backend, keep)
+    sums = [layer for layer in sparse.plan.layers if isinstance(layer, SumLayer) and layer.sparse is not None]
+    fan_in = np.concatenate([np.diff(layer.sparse.indptr) for layer in sums if layer.sparse is not None])
+    assert (fan_in == 1).mean() > 0.3 and (keep == 0.0) == (fan_in == 1).all()
+    _same_queries(graph, params, sparse, dense, 5)
+
+
+def _same_queries(graph, params: Parameters, sparse, dense, seed: int) -> None:  # type: ignore[no-untyped-def]
+    """Every query of `sparse` equals that of `dense` (and log_prob the reference's), to TOL."""
     x = _data(graph, params, 70, seed)
     lp = sparse.log_prob(x)
     assert np.allclose(lp, dense.log_prob(x), atol=TOL, rtol=0)
@@ -148,3 +166,18 @@ def test_the_gpu_benchmark_runs_on_a_cpu_with_tiny_structures(tmp_path, monkeypa
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["structure"] for r in records] == ["hclt", "pd"]
     assert all(r["pcdsl"]["epoch_s"] > 0 and r["edges"] > 0 and r["device"].startswith("cpu") for r in records)
+
+
+def test_only_inputs_read_by_units_of_two_or_more_edges_are_exponentiated() -> None:
+    """numba's `slive`: per input of a sparse fold, whether a unit that needs exps reads it."""
+    pytest.importorskip("numba")
+    from pcdsl.backends.numba import kernels
+    from pcdsl.backends.numba.runtime import _live_inputs
+
+    op = np.zeros(kernels.OPS_COLUMNS, dtype=np.int64)
+    op[[kernels.KIND, kernels.A, kernels.B, kernels.C, kernels.INDEX]] = kernels.SPARSE, 2, 3, 4, 2
+    # fold 0: unit 0 reads inputs 0 and 1, unit 1 input 2 alone, unit 2 nothing; fold 1: unit 0 reads 3 and 1
+    sptr = np.array([0, 2, 3, 3, 5, 5, 5])
+    scol = np.array([0, 1, 2, 1, 3])
+    live = _live_inputs(op[None, :], np.zeros(10, dtype=np.int64), sptr, scol)
+    assert live.tolist() == [0, 0, 1, 1, 0, 0, 0, 1, 0, 1]

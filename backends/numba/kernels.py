@@ -22,7 +22,9 @@ Layers (one row of ``ops`` each, in plan order):
 - sparse sum: the same over the kept edges only: unit (f, m) reads edges
   ``sptr[R + f * M + m] .. sptr[R + f * M + m + 1]`` (R the layer's ROWS column; offsets into
   the sparse edges of all layers), edge j reads input ``scol[j]`` of its fold
-  and has weight ``weights[j + W - sptr[R]]`` (W the layer's WEIGHT column).
+  and has weight ``weights[j + W - sptr[R]]`` (W the layer's WEIGHT column). A unit of one
+  edge is ``log W + x`` (no exp or log: pruned circuits keep many such units), and only the
+  inputs that units of two or more edges read (``slive``, like sindex) are exponentiated.
 
 ``fexp`` and ``flog`` are written with arithmetic and bit operations only, so
 LLVM vectorises the loops that call them (``math.exp`` would be a scalar call
@@ -324,38 +326,72 @@ def _sum_max(b, op, sindex, logw, acc):  # type: ignore[no-untyped-def]
 
 
 @njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
-def _sparse_sum(b, op, sindex, sptr, scol, weights, logw, e, mx, acc):  # type: ignore[no-untyped-def]
-    """`_sum` over the kept edges of each unit, four edges at a time (one load and store of the
-    accumulator per four rows of e). Units that fall below `guard` go to `_sparse_repair`."""
+def _live_shifted(b, sindex, row, live, e, mx):  # type: ignore[no-untyped-def]
+    """`_shifted` over the live inputs of a fold only (live[c] != 0: those a unit of two or more
+    edges reads; mx their column max, 0 if all -inf)."""
+    t_size = b.shape[1]
+    for t in range(t_size):
+        mx[t] = -np.inf
+    for c in range(live.shape[0]):
+        if live[c]:
+            child = sindex[row + c]
+            for t in range(t_size):
+                mx[t] = max(mx[t], b[child, t])
+    for t in range(t_size):
+        mx[t] = mx[t] if mx[t] > -np.inf else 0.0
+    for c in range(live.shape[0]):
+        if live[c]:
+            child = sindex[row + c]
+            for t in range(t_size):
+                e[c, t] = fexp(b[child, t] - mx[t])
+
+
+@njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
+def _sparse_sum(b, op, sindex, sptr, scol, slive, weights, logw, e, mx):  # type: ignore[no-untyped-def]
+    """`_sum` over the kept edges of each unit. A unit of one edge is log W + x (no exp, no log: it
+    costs what a product does), one of none log 0; the others add their edges' exps, taken only
+    of the inputs they read (`slive`). Units that fall below `guard` go to `_sparse_repair`."""
     start, folds, units, inputs = op[START], op[A], op[B], op[C]
     t_size = b.shape[1]
     small = guard(b[0, 0])
     w = op[WEIGHT] - sptr[op[ROWS]]  # edge j's weight: weights[w + j]
+    sums = np.empty((units, t_size), dtype=b.dtype)
     for f in range(folds):
         row = op[INDEX] + f * inputs
-        _shifted(b, sindex, row, inputs, e, mx)
+        rows = op[ROWS] + f * units
+        live = slive[row:row + inputs]
+        if live.any():
+            _live_shifted(b, sindex, row, live, e, mx)
         first = start + f * units
         for m in range(units):
-            at = op[ROWS] + f * units + m
-            j, hi = sptr[at], sptr[at + 1]
+            j, hi = sptr[rows + m], sptr[rows + m + 1]
+            out = b[first + m]
+            if hi - j <= 1:
+                if hi == j:
+                    out[:] = -np.inf
+                else:
+                    lw, child = logw[w + j], b[sindex[row + scol[j]]]
+                    for t in range(t_size):
+                        out[t] = lw + child[t]
+                continue
+            acc = sums[m]
             for t in range(t_size):
-                acc[0, t] = 0.0
-            while j + 4 <= hi:
+                acc[t] = 0.0
+            while j + 4 <= hi:  # four edges per pass: one load and store of acc per four rows of e
                 a0, a1, a2, a3 = weights[w + j], weights[w + j + 1], weights[w + j + 2], weights[w + j + 3]
-                c0, c1, c2, c3 = scol[j], scol[j + 1], scol[j + 2], scol[j + 3]
+                e0, e1, e2, e3 = e[scol[j]], e[scol[j + 1]], e[scol[j + 2]], e[scol[j + 3]]
                 for t in range(t_size):
-                    acc[0, t] += a0 * e[c0, t] + a1 * e[c1, t] + a2 * e[c2, t] + a3 * e[c3, t]
+                    acc[t] += a0 * e0[t] + a1 * e1[t] + a2 * e2[t] + a3 * e3[t]
                 j += 4
             while j < hi:
-                a0, c0 = weights[w + j], scol[j]
+                a0, e0 = weights[w + j], e[scol[j]]
                 for t in range(t_size):
-                    acc[0, t] += a0 * e[c0, t]
+                    acc[t] += a0 * e0[t]
                 j += 1
-            out = b[first + m]
             for t in range(t_size):
-                out[t] = flog(acc[0, t]) + mx[t]
-            if _lost(acc, 1, small):
-                _sparse_repair(b, sindex, row, scol, logw[w:], sptr[at], sptr[at + 1], first + m, acc, small)
+                out[t] = flog(acc[t]) + mx[t]
+            if _lost(sums[m:m + 1], 1, small):
+                _sparse_repair(b, sindex, row, scol, logw[w:], sptr[rows + m], hi, first + m, sums[m:m + 1], small)
 
 
 @njit(fastmath=FAST, error_model="numpy", cache=True)
@@ -405,7 +441,7 @@ def _sparse_max(b, op, sindex, sptr, scol, logw, acc):  # type: ignore[no-untype
 
 
 @njit(parallel=True, fastmath=FAST, error_model="numpy", cache=True)
-def forward(buf, idx, real, cat, lp, lpmax, gauss, gmean, gstd, ops, pindex, sindex, sptr, scol, weights, logw,
+def forward(buf, idx, real, cat, lp, lpmax, gauss, gmean, gstd, ops, pindex, sindex, sptr, scol, slive, weights, logw,
             widest, mode, chunks):  # type: ignore[no-untyped-def]
     """Fill buf (tiles, slots, T) bottom-up; mode SUM_MODE (log-likelihood) or MAX_MODE.
     `widest`: the largest fan-in of a sum layer; `chunks`: how many threads share the tiles."""
@@ -449,7 +485,7 @@ def forward(buf, idx, real, cat, lp, lpmax, gauss, gmean, gstd, ops, pindex, sin
                     if mode == MAX_MODE:
                         _sparse_max(b, op, sindex, sptr, scol, logw, acc)
                     else:
-                        _sparse_sum(b, op, sindex, sptr, scol, weights, logw, e, mx, acc)
+                        _sparse_sum(b, op, sindex, sptr, scol, slive, weights, logw, e, mx)
                 elif mode == MAX_MODE:
                     _sum_max(b, op, sindex, logw, acc)
                 else:
@@ -487,52 +523,88 @@ def _ratios(b, fl, first, units, mx, r, low):  # type: ignore[no-untyped-def]
 
 
 @njit(inline="always", fastmath=FAST_REDUCE, error_model="numpy", cache=True)
-def _sparse_flows(b, fl, op, sindex, sptr, scol, weights, logw, wflow, e, mx, r, zc):  # type: ignore[no-untyped-def]
-    """`_sum_flows` over the kept edges: zc[c] (widest, T) gathers sum_m W[m, c] r_m edge by edge,
-    then each input's flow is e_c * zc[c]."""
+def _sparse_ratios(b, fl, first, sptr, rows, units, mx, r, low):  # type: ignore[no-untyped-def]
+    """`_ratios` for the units of two or more edges (from sptr[rows]); the others are left out."""
+    t_size = b.shape[1]
+    far = 0
+    for m in range(units):
+        if sptr[rows + m + 1] - sptr[rows + m] < 2:
+            continue
+        for t in range(t_size):
+            v = b[first + m, t]
+            r[m, t] = fl[first + m, t] * fexp(mx[t] - v) if v > -np.inf and v - mx[t] >= low else 0.0
+        for t in range(t_size):
+            v = b[first + m, t]
+            far += 1 if v - mx[t] < low and v > -np.inf and fl[first + m, t] != 0.0 else 0
+    return far
+
+
+@njit(inline="always", fastmath=FAST_REDUCE, error_model="numpy", cache=True)
+def _sparse_flows(b, fl, op, sindex, sptr, scol, slive, weights, logw, wflow, e, mx, r, zc):  # type: ignore[no-untyped-def]
+    """`_sum_flows` over the kept edges. A unit of one edge passes its flow on whole (its value is
+    log W + x: the edge carries all of it); for the others zc[c] (widest, T) gathers
+    sum_m W[m, c] r_m edge by edge, then each live input's flow is e_c * zc[c]."""
     start, folds, units, inputs = op[START], op[A], op[B], op[C]
     t_size = b.shape[1]
     low = math.log(guard(b[0, 0]))
     w = op[WEIGHT] - sptr[op[ROWS]]  # edge j's weight: weights[w + j]
     for f in range(folds):
         row = op[INDEX] + f * inputs
-        _shifted(b, sindex, row, inputs, e, mx)
+        rows = op[ROWS] + f * units
         first = start + f * units
-        far = _ratios(b, fl, first, units, mx, r, low)
-        if far:
-            _sparse_exact_flows(b, fl, sindex, sptr, scol, logw[w:], wflow[w:], row, first, op[ROWS] + f * units,
-                                units, mx, low)
-        for m in range(units):  # consumed: leave the rows empty for the next pass (see `flows`)
-            for t in range(t_size):
-                fl[first + m, t] = 0.0
-        for c in range(inputs):
-            for t in range(t_size):
-                zc[c, t] = 0.0
+        live = slive[row:row + inputs]
+        if live.any():
+            _live_shifted(b, sindex, row, live, e, mx)
+            far = _sparse_ratios(b, fl, first, sptr, rows, units, mx, r, low)
+            if far:
+                _sparse_exact_flows(b, fl, sindex, sptr, scol, logw[w:], wflow[w:], row, first, rows, units, mx, low)
+            for c in range(inputs):
+                if live[c]:
+                    for t in range(t_size):
+                        zc[c, t] = 0.0
+            for m in range(units):
+                lo, hi = sptr[rows + m], sptr[rows + m + 1]
+                if hi - lo < 2:
+                    continue
+                for j in range(lo, hi):
+                    a, c = weights[w + j], scol[j]
+                    d = 0.0
+                    for t in range(t_size):
+                        rm = r[m, t]
+                        zc[c, t] += a * rm
+                        d += rm * e[c, t]
+                    wflow[w + j] += a * d
+            for c in range(inputs):
+                if live[c]:
+                    child = sindex[row + c]
+                    for t in range(t_size):
+                        fl[child, t] += e[c, t] * zc[c, t]
         for m in range(units):
-            at = op[ROWS] + f * units + m
-            for j in range(sptr[at], sptr[at + 1]):
-                a, c = weights[w + j], scol[j]
+            lo, hi = sptr[rows + m], sptr[rows + m + 1]
+            if hi - lo == 1:
+                parent, value, child = fl[first + m], b[first + m], fl[sindex[row + scol[lo]]]
                 d = 0.0
                 for t in range(t_size):
-                    rm = r[m, t]
-                    zc[c, t] += a * rm
-                    d += rm * e[c, t]
-                wflow[w + j] += a * d
-        for c in range(inputs):
-            child = sindex[row + c]
-            for t in range(t_size):
-                fl[child, t] += e[c, t] * zc[c, t]
+                    edge = parent[t] if value[t] > -np.inf else 0.0
+                    child[t] += edge
+                    d += edge
+                wflow[w + lo] += d
+            for t in range(t_size):  # consumed: leave the rows empty for the next pass (see `flows`)
+                fl[first + m, t] = 0.0
 
 
 @njit(fastmath=FAST, error_model="numpy", cache=True)
 def _sparse_exact_flows(b, fl, sindex, sptr, scol, logw, wflow, row, first, rows, units, mx, low):  # type: ignore[no-untyped-def]
-    """`_exact_flows` over the kept edges (unit m's from sptr[rows + m]; edge j's log weight
-    logw[j], its flow wflow[j])."""
+    """`_exact_flows` over the kept edges of the units of two or more edges (unit m's from
+    sptr[rows + m]; edge j's log weight logw[j], its flow wflow[j])."""
     for m in range(units):
+        lo, hi = sptr[rows + m], sptr[rows + m + 1]
+        if hi - lo < 2:
+            continue
         for t in range(b.shape[1]):
             v, parent = b[first + m, t], fl[first + m, t]
             if v > -np.inf and v - mx[t] < low and parent != 0.0:
-                for j in range(sptr[rows + m], sptr[rows + m + 1]):
+                for j in range(lo, hi):
                     child = sindex[row + scol[j]]
                     edge = parent * exp64(float(logw[j]) + float(b[child, t]) - float(v))
                     fl[child, t] += edge
@@ -617,8 +689,8 @@ def _exact_flows(b, fl, sindex, logw, wflow, row, first, w, units, inputs, mx, l
 
 
 @njit(parallel=True, fastmath=FAST_REDUCE, error_model="numpy", cache=True)
-def flows(buf, flow, n, root, idx, real, cat, corder, crows, gauss, gmean, ops, pindex, sindex, sptr, scol, weights,
-          logw, widest, most, wflow, counts, cat_missing, gstats):  # type: ignore[no-untyped-def]
+def flows(buf, flow, n, root, idx, real, cat, corder, crows, gauss, gmean, ops, pindex, sindex, sptr, scol, slive,
+          weights, logw, widest, most, wflow, counts, cat_missing, gstats):  # type: ignore[no-untyped-def]
     """Top-down expected counts from a buffer filled by `forward` in SUM_MODE (`widest`, `most`:
     the largest fan-in and unit count of a sum layer).
 
@@ -652,7 +724,7 @@ def flows(buf, flow, n, root, idx, real, cat, corder, crows, gauss, gmean, ops, 
                     _sum_flows(b, fl, op, sindex, weights, logw, wflow[chunk], e, mx, r, z)
                     continue
                 if op[KIND] == SPARSE:
-                    _sparse_flows(b, fl, op, sindex, sptr, scol, weights, logw, wflow[chunk], e, mx, r, zc)
+                    _sparse_flows(b, fl, op, sindex, sptr, scol, slive, weights, logw, wflow[chunk], e, mx, r, zc)
                     continue
                 start, units, fan_in, off = op[START], op[A], op[B], op[INDEX]
                 for u in range(units):

@@ -80,6 +80,7 @@ class Circuit:
         self.sindex = np.ascontiguousarray(arrays["sindex"], dtype=np.int64)
         self.sptr = np.ascontiguousarray(arrays["sptr"], dtype=np.int64)
         self.scol = np.ascontiguousarray(arrays["scol"], dtype=np.int64)
+        self.slive = _live_inputs(self.ops, self.sindex, self.sptr, self.scol)
         sums = self.ops[self.ops[:, kernels.KIND] != kernels.PRODUCT]
         self.widest = int(max(1, sums[:, kernels.C].max(initial=1)))
         self.most = int(max(1, sums[:, kernels.B].max(initial=1)))
@@ -161,8 +162,8 @@ class Circuit:
     def _forward(self, index: np.ndarray, real: np.ndarray, mode: int) -> np.ndarray:
         buf = self._buffer("values", index.shape[1], self.dtype)
         kernels.forward(buf, index, real, self.cat, self.lp, self.lpmax, self.gauss, self.gmean, self.gstd,
-                        self.ops, self.pindex, self.sindex, self.sptr, self.scol, self.weights, self.logw, self.widest,
-                        mode, self._chunks(buf))
+                        self.ops, self.pindex, self.sindex, self.sptr, self.scol, self.slive, self.weights, self.logw,
+                        self.widest, mode, self._chunks(buf))
         return buf
 
     @staticmethod
@@ -285,9 +286,8 @@ class Circuit:
             flow = self._buffer("flows", index.shape[1], self.dtype, zeros=True)  # `kernels.flows` keeps it so
             chunks = self._chunks(buf)
             kernels.flows(buf, flow, n, self.root, index, real, self.cat, self.corder, self.crows, self.gauss,
-                          self.gmean, self.ops, self.pindex, self.sindex, self.sptr, self.scol, self.weights,
-                          self.logw, self.widest,
-                          self.most, wflow[:chunks], counts, missing, g)
+                          self.gmean, self.ops, self.pindex, self.sindex, self.sptr, self.scol, self.slive,
+                          self.weights, self.logw, self.widest, self.most, wflow[:chunks], counts, missing, g)
             log_likelihood += float(self._root(buf, n).sum())
         if missing.any():  # a missing value counts in expectation: probs * flow (one row of lp each)
             first = self.cat[self.corder[self.crows[:-1]]]
@@ -298,6 +298,22 @@ class Circuit:
         gaussian = np.stack([g[:, 0] + g[:, 3], g[:, 1], g[:, 2] + g[:, 3] * self.gstd**2], axis=1)
         return {"log_likelihood": log_likelihood, "weights": wflow.sum(axis=0),
                 "counts": counts, "gaussian": gaussian}
+
+
+def _live_inputs(ops: np.ndarray, sindex: np.ndarray, sptr: np.ndarray, scol: np.ndarray) -> np.ndarray:
+    """Like sindex, 1 for each input of a sparse sum's fold that a unit of two or more edges reads,
+    else 0: the kernels take exp(x - shift) of those only (a unit of one edge adds its log weight
+    to x; an input no unit reads costs nothing)."""
+    live = np.zeros(len(sindex), dtype=np.uint8)
+    for op in ops[ops[:, kernels.KIND] == kernels.SPARSE]:
+        units, inputs, rows = int(op[kernels.B]), int(op[kernels.C]), int(op[kernels.ROWS])
+        indptr = sptr[rows:rows + int(op[kernels.A]) * units + 1]
+        fan_in = np.diff(indptr)
+        unit = np.repeat(np.arange(len(fan_in)), fan_in)  # each edge's row f * units + m
+        wide = fan_in[unit] >= 2
+        cols = scol[indptr[0]:indptr[-1]]
+        live[op[kernels.INDEX] + (unit[wide] // units) * inputs + cols[wide]] = 1
+    return live
 
 
 def _rows_of(cat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
