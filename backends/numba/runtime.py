@@ -56,6 +56,9 @@ DTYPES = {"float32": np.float32, "float64": np.float64}
 # this many values (at least one tile per thread), so memory stays bounded on circuits of a million
 # slots; the results are those of one piece, per sample (log_prob) or summed in float64 (flows).
 BUFFER_VALUES = 1 << 27
+# Dense sum folds with at least this many edges per sample (units x inputs) take their products
+# through BLAS's gemm (kernels.gemm), when SciPy is there: below it the call costs more than it saves.
+BLAS_EDGES = 256
 
 
 class Circuit:
@@ -88,6 +91,8 @@ class Circuit:
         self.discrete = np.array([c is not None for c in self.cardinalities])
         self.limits = np.array([c if c is not None else 0 for c in self.cardinalities])
         self._buffers: dict[str, np.ndarray] = {}
+        # the kernels' `blas` argument: folds of this many edges or more go through gemm (-1: none)
+        self.blas = BLAS_EDGES if kernels.BLAS else -1
         self.set_arrays({k: arrays[k] for k in PARAMETERS})
 
     @_serialised
@@ -162,7 +167,7 @@ class Circuit:
         buf = self._buffer("values", index.shape[1], self.dtype)
         kernels.forward(buf, index, real, self.cat, self.lp, self.lpmax, self.gauss, self.gmean, self.gstd,
                         self.ops, self.pindex, self.sindex, self.sptr, self.scol, self.weights, self.logw, self.widest,
-                        mode, self._chunks(buf))
+                        mode, self._chunks(buf), self.blas)
         return buf
 
     @staticmethod
@@ -287,7 +292,7 @@ class Circuit:
             kernels.flows(buf, flow, n, self.root, index, real, self.cat, self.corder, self.crows, self.gauss,
                           self.gmean, self.ops, self.pindex, self.sindex, self.sptr, self.scol, self.weights,
                           self.logw, self.widest,
-                          self.most, wflow[:chunks], counts, missing, g)
+                          self.most, wflow[:chunks], counts, missing, g, self.blas)
             log_likelihood += float(self._root(buf, n).sum())
         if missing.any():  # a missing value counts in expectation: probs * flow (one row of lp each)
             first = self.cat[self.corder[self.crows[:-1]]]
