@@ -59,6 +59,10 @@ BUFFER_VALUES = 1 << 27
 # Dense sum folds with at least this many edges per sample (units x inputs) take their products
 # through BLAS's gemm (kernels.gemm), when SciPy is there: below it the call costs more than it saves.
 BLAS_EDGES = 256
+# Samples per tile: at most TILE (a wider tile pays each fold's fixed costs, its gemm calls and its
+# weight-flow updates, once for more samples), halved down to MIN_TILE while a batch would leave a
+# thread without a tile.
+TILE, MIN_TILE = 128, 32
 
 
 class Circuit:
@@ -67,7 +71,7 @@ class Circuit:
 
     def __init__(self, arrays: dict[str, np.ndarray], variables: tuple[str, ...],
                  cardinalities: tuple[int | None, ...], root: int, num_slots: int, dtype: str = "float64",
-                 tile: int = 32, buffer_values: int = BUFFER_VALUES):
+                 tile: int = TILE, buffer_values: int = BUFFER_VALUES):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         if tile < 1:
@@ -146,7 +150,8 @@ class Circuit:
             raise ValueError(f"value {rows[r, v]:g} of variable '{self.variables[v]}' is not one of "
                              f"0..{self.limits[v] - 1} (missing values are -1)")
         n = len(rows)
-        width = max(1, math.ceil(n / self.tile)) * self.tile
+        tile = self._tile_for(n)
+        width = max(1, math.ceil(n / tile)) * tile
         index = np.full((len(self.variables), width), -1, dtype=np.int64)
         index[:, :n] = np.where(missing | ~self.discrete, -1, rows).T
         real = np.full((len(self.variables), width), np.nan)
@@ -156,12 +161,21 @@ class Circuit:
     def _buffer(self, name: str, columns: int, dtype: np.dtype, zeros: bool = False) -> np.ndarray:
         """A (tiles, slots, T) buffer kept between calls (fresh ones this size cost page faults):
         the first tiles of the largest one asked for so far; a new one holds zeros if `zeros`."""
-        tiles = columns // self.tile
+        tile = self._tile_for(columns)  # the tile `_evidence` chose: the same for the padded width
+        tiles = columns // tile
         buf = self._buffers.get(name)
-        if buf is None or len(buf) < tiles or buf.dtype != dtype:
+        if buf is None or len(buf) < tiles or buf.dtype != dtype or buf.shape[2] != tile:
             make = np.zeros if zeros else np.empty
-            buf = self._buffers[name] = make((tiles, self.num_slots, self.tile), dtype=dtype)
+            buf = self._buffers[name] = make((tiles, self.num_slots, tile), dtype=dtype)
         return buf[:tiles]
+
+    def _tile_for(self, n: int) -> int:
+        """Samples per tile for a batch of n: `tile`, halved (not below MIN_TILE) while the batch
+        would fill fewer tiles than there are threads."""
+        threads, tile = numba.get_num_threads(), self.tile
+        while tile > MIN_TILE and math.ceil(n / tile) < threads:
+            tile //= 2
+        return tile
 
     def _forward(self, index: np.ndarray, real: np.ndarray, mode: int) -> np.ndarray:
         buf = self._buffer("values", index.shape[1], self.dtype)
