@@ -239,9 +239,11 @@ class Circuit:
         rng = np.random.default_rng(seed)
         width = index.shape[1]
         if mode == kernels.SAMPLE_DOWN:
-            sum_draws = rng.random((self.num_folds, width))
-            var_draws = rng.random((len(self.variables), width))
-            normal_draws = rng.standard_normal((len(self.variables), width)) if len(self.gauss) else np.zeros((1, 1))
+            # drawn for the n real samples only, so the samples do not depend on the tile size
+            sum_draws = _padded(rng.random((self.num_folds, n)), width)
+            var_draws = _padded(rng.random((len(self.variables), n)), width)
+            normal_draws = (_padded(rng.standard_normal((len(self.variables), n)), width) if len(self.gauss)
+                            else np.zeros((1, 1)))
         else:
             sum_draws = var_draws = normal_draws = np.zeros((1, 1))
         kernels.down(buf, active, n, self.root, index, real, out, self.cat, self.lp, self.lpbest, self.gauss,
@@ -317,6 +319,13 @@ class Circuit:
         gaussian = np.stack([g[:, 0] + g[:, 3], g[:, 1], g[:, 2] + g[:, 3] * self.gstd**2], axis=1)
         return {"log_likelihood": log_likelihood, "weights": wflow.sum(axis=0),
                 "counts": counts, "gaussian": gaussian}
+
+
+def _padded(draws: np.ndarray, width: int) -> np.ndarray:
+    """Draws (rows, n) padded with zeros to (rows, width): the padding columns of the last tile."""
+    out = np.zeros((len(draws), width))
+    out[:, :draws.shape[1]] = draws
+    return out
 
 
 def _rows_of(cat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
