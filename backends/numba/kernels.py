@@ -24,6 +24,11 @@ Layers (one row of ``ops`` each, in plan order):
   the sparse edges of all layers), edge j reads input ``scol[j]`` of its fold
   and has weight ``weights[j + W - sptr[R]]`` (W the layer's WEIGHT column).
 
+Dense folds of at least ``blas`` edges per sample (an argument of ``forward`` and
+``flows``) take their products through BLAS's gemm (numba's ``np.dot``, SciPy's
+sgemm/dgemm) when SciPy is installed: the forward's W @ e and the flows' W^T r and
+r e^T. Without SciPy every fold runs the kernels' own loops.
+
 ``fexp`` and ``flog`` are written with arithmetic and bit operations only, so
 LLVM vectorises the loops that call them (``math.exp`` would be a scalar call
 per element here: there is no vector math library). On float64 values they
@@ -188,30 +193,6 @@ def log_normal32(x: Any) -> Any:
     return f + (p * f * f2 + fk * _LN2_LO_F - _F(0.5) * f2) + fk * _LN2_HI_F
 
 
-def sexp(x: float) -> float:
-    """exp of a shifted input (x <= 88) inside kernels: exp_shift32 for float32 values, else exp64."""
-    return math.exp(x)
-
-
-def slog(x: float) -> float:
-    """log of a shifted sum (normal, positive) inside kernels: log_normal32 for float32, else log64."""
-    return math.log(x)
-
-
-@overload(sexp)
-def _sexp(x):  # type: ignore[no-untyped-def]
-    if x == types.float32:
-        return lambda x: exp_shift32(x)
-    return lambda x: exp64(x)
-
-
-@overload(slog)
-def _slog(x):  # type: ignore[no-untyped-def]
-    if x == types.float32:
-        return lambda x: log_normal32(x)
-    return lambda x: log64(x)
-
-
 def fexp(x: float) -> float:
     """exp inside kernels: exp32 for float32 values (buffers of a float32 model), else exp64."""
     return math.exp(x)
@@ -222,18 +203,29 @@ def flog(x: float) -> float:
     return math.log(x) if x > 0 else -math.inf
 
 
-@overload(fexp)
-def _fexp(x):  # type: ignore[no-untyped-def]
-    if x == types.float32:
-        return lambda x: exp32(x)
-    return lambda x: exp64(x)
+def sexp(x: float) -> float:
+    """exp of a shifted input (x <= 88) inside kernels: exp_shift32 for float32 values, else exp64."""
+    return math.exp(x)
 
 
-@overload(flog)
-def _flog(x):  # type: ignore[no-untyped-def]
-    if x == types.float32:
-        return lambda x: log32(x)
-    return lambda x: log64(x)
+def slog(x: float) -> float:
+    """log of a shifted sum (normal, positive) inside kernels: log_normal32 for float32, else log64."""
+    return math.log(x)
+
+
+def _by_dtype(generic: Any, single: Any, double: Any) -> None:
+    """Give numba `generic` as `single` on float32 values and as `double` on any other."""
+    @overload(generic)
+    def _typed(x):  # type: ignore[no-untyped-def]
+        if x == types.float32:
+            return lambda x: single(x)
+        return lambda x: double(x)
+
+
+_by_dtype(fexp, exp32, exp64)
+_by_dtype(flog, log32, log64)
+_by_dtype(sexp, exp_shift32, exp64)
+_by_dtype(slog, log_normal32, log64)
 
 
 def guard(x: float) -> float:
