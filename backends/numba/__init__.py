@@ -18,12 +18,12 @@ from pcdsl.plan import InputLayer, LayeredPlan, ProductLayer, SumLayer
 from pcdsl.reference import Flows
 
 from . import kernels
-from .runtime import BUFFER_VALUES, Circuit
+from .runtime import BUFFER_VALUES, TILE, Circuit
 
 UNSUPPORTED: dict[str, str] = {}  # every construct of pcdsl.backends.CONSTRUCTS is lowered
 
 
-def lower(plan: LayeredPlan, device: str = "cpu", dtype: str = "float32", tile: int = 32,
+def lower(plan: LayeredPlan, device: str = "cpu", dtype: str = "float32", tile: int = TILE,
           buffer_values: int = BUFFER_VALUES) -> NumbaModel:
     """`buffer_values`: the most values (slots x samples) a log_prob or flows buffer holds; larger
     batches run in pieces (see ``runtime.BUFFER_VALUES``)."""
@@ -127,7 +127,7 @@ class NumbaModel(PlanModel):
     """A compiled circuit on the numba kernels, with the query API of the torch backend.
     Data: (batch, variables) arrays; -1 or NaN marks a missing value. Results: numpy arrays."""
 
-    def __init__(self, plan: LayeredPlan, dtype: str = "float32", tile: int = 32, buffer_values: int = BUFFER_VALUES):
+    def __init__(self, plan: LayeredPlan, dtype: str = "float32", tile: int = TILE, buffer_values: int = BUFFER_VALUES):
         self.plan = plan
         self.circuit = Circuit(flatten(plan), plan.variables, plan.cardinalities, plan.root, plan.num_slots,
                                dtype=dtype, tile=tile, buffer_values=buffer_values)

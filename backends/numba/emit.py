@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 _INIT = '''"""Circuit {name!r}, compiled by pcdsl for the numba backend. Needs numpy and numba only.
 
     import {module}
-    model = {module}.load()            # or load(dtype="float32", tile=32)
+    model = {module}.load()            # or load(dtype="float32", tile=128)
     model.log_prob(x)                  # x: (batch, {num_vars}) in the order of VARIABLES; -1 / NaN = missing
 
 Also model.conditional(x, query), model.map(x), model.sample(n, evidence=None, seed=0) and
@@ -49,7 +49,7 @@ ROOT = {root!r}
 NUM_SLOTS = {num_slots!r}
 
 
-def load(dtype: str = "float64", tile: int = 32) -> Circuit:
+def load(dtype: str = "float64", tile: int = 128) -> Circuit:
     """The circuit with its parameters, ready to query."""
     with np.load(Path(__file__).with_name("arrays.npz"), allow_pickle=False) as stored:
         arrays = {{key: stored[key] for key in stored.files}}

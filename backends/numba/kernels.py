@@ -26,6 +26,11 @@ Layers (one row of ``ops`` each, in plan order):
   edge is ``log W + x`` (no exp or log: pruned circuits keep many such units), and only the
   inputs that units of two or more edges read (``slive``, like sindex) are exponentiated.
 
+Dense folds of at least ``blas`` edges per sample (an argument of ``forward`` and
+``flows``) take their products through BLAS's gemm (numba's ``np.dot``, SciPy's
+sgemm/dgemm) when SciPy is installed: the forward's W @ e and the flows' W^T r and
+r e^T. Without SciPy every fold runs the kernels' own loops.
+
 ``fexp`` and ``flog`` are written with arithmetic and bit operations only, so
 LLVM vectorises the loops that call them (``math.exp`` would be a scalar call
 per element here: there is no vector math library). On float64 values they
@@ -152,6 +157,44 @@ def log32(x: Any) -> Any:
     return result if x > _F(0.0) else _F(-np.inf)
 
 
+_MAGIC_F = _F(12582912.0 + 127.0)  # 1.5 * 2^23 (adding it rounds to an integer) + the exponent bias
+_OFFSET = np.int32(0x3F3504F3)  # the bits of sqrt(1/2): mantissas from it on map to [sqrt(1/2), sqrt(2))
+
+
+@njit(fastmath=FAST, error_model="numpy", cache=True)
+def exp_shift32(x: Any) -> Any:
+    """exp32 for x <= 88 (the shifted inputs of a sum: x - mx <= 0, or a flow's ratio, at most
+    -log guard), with fewer operations: n comes out of the float's bits (adding 1.5 * 2^23 rounds
+    to it), and only the lower clamp remains. Same polynomial, same accuracy; -inf gives 0."""
+    y = max(x, _F(-87.0))
+    t = y * _LOG2E_F + _MAGIC_F  # its low mantissa bits hold n + 127, n = round(y / ln 2)
+    n = t - _MAGIC_F
+    r = y - n * _LN2_HI_F - n * _LN2_LO_F
+    p = _EXP32[0]
+    for c in _EXP32[1:]:
+        p = p * r + c
+    p = p * r * r + r + _F(1.0)
+    scale = np.int32(np.float32(t).view(np.int32) << np.int32(23)).view(np.float32)  # 2^n
+    return p * scale if x > _F(-87.0) else _F(0.0)
+
+
+@njit(fastmath=FAST, error_model="numpy", cache=True)
+def log_normal32(x: Any) -> Any:
+    """log32 for normal positive x only (a sum's shifted total: those below `guard` are recomputed
+    anyway), without its branches: subtracting sqrt(1/2)'s bits splits x into 2^k * z with z in
+    [sqrt(1/2), sqrt(2)). Same polynomial, same accuracy."""
+    bits = np.float32(x).view(np.int32)
+    k = (bits - _OFFSET) >> np.int32(23)
+    z = np.int32(bits - (k << np.int32(23))).view(np.float32)
+    f = z - _F(1.0)
+    f2 = f * f
+    p = _LOG32[0]
+    for c in _LOG32[1:]:
+        p = p * f + c
+    fk = np.float32(k)
+    return f + (p * f * f2 + fk * _LN2_LO_F - _F(0.5) * f2) + fk * _LN2_HI_F
+
+
 def fexp(x: float) -> float:
     """exp inside kernels: exp32 for float32 values (buffers of a float32 model), else exp64."""
     return math.exp(x)
@@ -162,18 +205,29 @@ def flog(x: float) -> float:
     return math.log(x) if x > 0 else -math.inf
 
 
-@overload(fexp)
-def _fexp(x):  # type: ignore[no-untyped-def]
-    if x == types.float32:
-        return lambda x: exp32(x)
-    return lambda x: exp64(x)
+def sexp(x: float) -> float:
+    """exp of a shifted input (x <= 88) inside kernels: exp_shift32 for float32 values, else exp64."""
+    return math.exp(x)
 
 
-@overload(flog)
-def _flog(x):  # type: ignore[no-untyped-def]
-    if x == types.float32:
-        return lambda x: log32(x)
-    return lambda x: log64(x)
+def slog(x: float) -> float:
+    """log of a shifted sum (normal, positive) inside kernels: log_normal32 for float32, else log64."""
+    return math.log(x)
+
+
+def _by_dtype(generic: Any, single: Any, double: Any) -> None:
+    """Give numba `generic` as `single` on float32 values and as `double` on any other."""
+    @overload(generic)
+    def _typed(x):  # type: ignore[no-untyped-def]
+        if x == types.float32:
+            return lambda x: single(x)
+        return lambda x: double(x)
+
+
+_by_dtype(fexp, exp32, exp64)
+_by_dtype(flog, log32, log64)
+_by_dtype(sexp, exp_shift32, exp64)
+_by_dtype(slog, log_normal32, log64)
 
 
 def guard(x: float) -> float:
@@ -187,6 +241,42 @@ def _guard(x):  # type: ignore[no-untyped-def]
     if x == types.float32:
         return lambda x: _F(2.0**-100)
     return lambda x: 2.0**-960
+
+
+def _blas_available() -> bool:
+    """Whether numba's np.dot can reach a BLAS (it calls SciPy's sgemm/dgemm)."""
+    try:
+        import scipy.linalg.cython_blas  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# Wide folds (units x inputs >= the kernels' `blas` argument) take their products through BLAS's
+# gemm: its register-blocked AVX-512 kernels run several times faster than the loops LLVM makes here.
+BLAS = _blas_available()
+# At most this many multiply-adds per gemm call: OpenBLAS runs larger products on its own threads,
+# which would compete with the kernels' (on a loaded machine such a call can run 100x slower).
+GEMM_CHUNK = 1 << 18
+
+
+def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """out = a @ b (2-D arrays, contiguous in C or F order): BLAS where SciPy is installed."""
+    np.dot(a, b, out)
+
+
+@overload(gemm)
+def _gemm(a, b, out):  # type: ignore[no-untyped-def]
+    if BLAS:
+        return lambda a, b, out: np.dot(a, b, out)
+
+    def loops(a, b, out):  # type: ignore[no-untyped-def]  # never run: the runtime passes blas=-1
+        for i in range(a.shape[0]):
+            out[i, :] = 0.0
+            for k in range(a.shape[1]):
+                for j in range(b.shape[1]):
+                    out[i, j] += a[i, k] * b[k, j]
+    return loops
 
 
 @njit(fastmath=FAST, error_model="numpy", cache=True)
@@ -237,22 +327,27 @@ def _shifted(b, sindex, row, inputs, e, mx):  # type: ignore[no-untyped-def]
     for c in range(inputs):
         child = sindex[row + c]
         for t in range(t_size):
-            e[c, t] = fexp(b[child, t] - mx[t])
+            e[c, t] = sexp(b[child, t] - mx[t])
 
 
 @njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
-def _sum(b, op, sindex, weights, logw, e, mx, acc):  # type: ignore[no-untyped-def]
-    """acc (4, T): four output units at a time, so each row of e is loaded once per four. A unit
-    whose shifted sum falls below `guard` (its weighted terms lie far below the column's shift)
-    is recomputed with its own shift by `exact_sum`."""
+def _sum(b, op, sindex, weights, logw, e, mx, acc, blas):  # type: ignore[no-untyped-def]
+    """acc (at least (4, T)): four output units at a time, so each row of e is loaded once per
+    four; folds of `blas` or more edges per sample (blas >= 0) go through `_sum_gemm` (acc then
+    (units, T) at least). A unit whose shifted sum falls below `guard` (its weighted terms lie far
+    below the column's shift) is recomputed with its own shift by `exact_sum`."""
     start, folds, units, inputs = op[START], op[A], op[B], op[C]
     t_size = b.shape[1]
     small = guard(b[0, 0])
+    wide = 0 <= blas <= units * inputs
     for f in range(folds):
         row = op[INDEX] + f * inputs
         _shifted(b, sindex, row, inputs, e, mx)
         first = start + f * units
         w = op[WEIGHT] + f * units * inputs
+        if wide:
+            _sum_gemm(b, sindex, row, inputs, weights, logw, w, first, units, e, mx, acc, small)
+            continue
         m = 0
         while m + 4 <= units:
             acc[:, :] = 0.0
@@ -268,7 +363,7 @@ def _sum(b, op, sindex, weights, logw, e, mx, acc):  # type: ignore[no-untyped-d
                     acc[3, t] += a3 * ec
             for j in range(4):
                 for t in range(t_size):
-                    b[first + m + j, t] = flog(acc[j, t]) + mx[t]
+                    b[first + m + j, t] = slog(acc[j, t]) + mx[t]
             if _lost(acc, 4, small):
                 _repair(b, sindex, row, inputs, logw, w0, first + m, 4, acc, small)
             m += 4
@@ -280,10 +375,29 @@ def _sum(b, op, sindex, weights, logw, e, mx, acc):  # type: ignore[no-untyped-d
                 for t in range(t_size):
                     acc[0, t] += a0 * e[c, t]
             for t in range(t_size):
-                b[first + m, t] = flog(acc[0, t]) + mx[t]
+                b[first + m, t] = slog(acc[0, t]) + mx[t]
             if _lost(acc, 1, small):
                 _repair(b, sindex, row, inputs, logw, w0, first + m, 1, acc, small)
             m += 1
+
+
+@njit(fastmath=FAST, error_model="numpy", cache=True)
+def _sum_gemm(b, sindex, row, inputs, weights, logw, w, first, units, e, mx, acc, small):  # type: ignore[no-untyped-def]
+    """One fold's units through `gemm`: acc[m] = W[m] @ e for blocks of units (each call within
+    GEMM_CHUNK), then out = log acc + mx; units below `small` go to `_repair`."""
+    t_size = b.shape[1]
+    step = max(1, GEMM_CHUNK // (inputs * t_size))
+    for lo in range(0, units, step):
+        hi = min(units, lo + step)
+        gemm(weights[w + lo * inputs:w + hi * inputs].reshape(hi - lo, inputs), e[:inputs], acc[lo:hi])
+    lost = 0
+    for m in range(units):
+        out, a = b[first + m], acc[m]
+        for t in range(t_size):
+            out[t] = slog(a[t]) + mx[t]
+            lost += a[t] < small
+    if lost:
+        _repair(b, sindex, row, inputs, logw, w, first, units, acc, small)
 
 
 @njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
@@ -440,11 +554,22 @@ def _sparse_max(b, op, sindex, sptr, scol, logw, acc):  # type: ignore[no-untype
 # ---- passes over the whole batch ---------------------------------------------------------------
 
 
+@njit(cache=True)
+def _most_units(ops):  # type: ignore[no-untyped-def]
+    """The most units of a dense sum layer's fold."""
+    most = 1
+    for layer in range(ops.shape[0]):
+        if ops[layer, KIND] == SUM:
+            most = max(most, ops[layer, B])
+    return most
+
+
 @njit(parallel=True, fastmath=FAST, error_model="numpy", cache=True)
 def forward(buf, idx, real, cat, lp, lpmax, gauss, gmean, gstd, ops, pindex, sindex, sptr, scol, slive, weights, logw,
-            widest, mode, chunks):  # type: ignore[no-untyped-def]
+            widest, mode, chunks, blas):  # type: ignore[no-untyped-def]
     """Fill buf (tiles, slots, T) bottom-up; mode SUM_MODE (log-likelihood) or MAX_MODE.
-    `widest`: the largest fan-in of a sum layer; `chunks`: how many threads share the tiles."""
+    `widest`: the largest fan-in of a sum layer; `chunks`: how many threads share the tiles;
+    `blas`: dense folds of at least this many edges per sample take `gemm` (-1: none)."""
     tiles, _, t_size = buf.shape
     # Inputs unit by unit over the whole batch, so a unit's row of lp stays in cache.
     for u in prange(cat.shape[0]):
@@ -472,7 +597,7 @@ def forward(buf, idx, real, cat, lp, lpmax, gauss, gmean, gstd, ops, pindex, sin
     for chunk in prange(chunks):
         e = np.empty((widest, t_size), dtype=buf.dtype)
         mx = np.empty(t_size, dtype=buf.dtype)
-        acc = np.empty((4, t_size), dtype=buf.dtype)
+        acc = np.empty((max(4, _most_units(ops)), t_size), dtype=buf.dtype)
         for tile in range(chunk, tiles, chunks):
             b = buf[tile]
             b[0, :] = 0.0  # the constant slots: log 1 and log 0
@@ -489,7 +614,7 @@ def forward(buf, idx, real, cat, lp, lpmax, gauss, gmean, gstd, ops, pindex, sin
                 elif mode == MAX_MODE:
                     _sum_max(b, op, sindex, logw, acc)
                 else:
-                    _sum(b, op, sindex, weights, logw, e, mx, acc)
+                    _sum(b, op, sindex, weights, logw, e, mx, acc, blas)
 
 
 @njit(error_model="numpy", cache=True)
@@ -513,7 +638,7 @@ def _ratios(b, fl, first, units, mx, r, low):  # type: ignore[no-untyped-def]
     for m in range(units):
         for t in range(t_size):
             v = b[first + m, t]
-            r[m, t] = fl[first + m, t] * fexp(mx[t] - v) if v > -np.inf and v - mx[t] >= low else 0.0
+            r[m, t] = fl[first + m, t] * sexp(mx[t] - v) if v > -np.inf and v - mx[t] >= low else 0.0
     far = 0  # rare, so counted first (a loop that vectorises) and sent edge by edge only when some
     for m in range(units):
         for t in range(t_size):
@@ -612,13 +737,16 @@ def _sparse_exact_flows(b, fl, sindex, sptr, scol, logw, wflow, row, first, rows
 
 
 @njit(inline="always", fastmath=FAST_REDUCE, error_model="numpy", cache=True)
-def _sum_flows(b, fl, op, sindex, weights, logw, wflow, e, mx, r, z):  # type: ignore[no-untyped-def]
+def _sum_flows(b, fl, op, sindex, weights, logw, wflow, e, mx, r, z, zc, g, blas):  # type: ignore[no-untyped-def]
     """Flows of one sum layer for one tile: child flow += e_c * sum_m W[m, c] r_m and weight flow
-    += W[m, c] * sum_t r_m e_c, with r_m = flow_m exp(mx - value_m). Four inputs at a time. Units
-    far below the column's shift (those `_sum` recomputed) go edge by edge (`_exact_flows`)."""
+    += W[m, c] * sum_t r_m e_c, with r_m = flow_m exp(mx - value_m). Four inputs at a time, or
+    as two products through `_flows_gemm` for folds of `blas` edges or more (z and zc (widest, T),
+    g (most * widest,) scratch). Units far below the column's shift (those `_sum` recomputed) go
+    edge by edge (`_exact_flows`)."""
     start, folds, units, inputs = op[START], op[A], op[B], op[C]
     t_size = b.shape[1]
     low = math.log(guard(b[0, 0]))
+    wide = 0 <= blas <= units * inputs
     for f in range(folds):
         row = op[INDEX] + f * inputs
         _shifted(b, sindex, row, inputs, e, mx)
@@ -630,6 +758,9 @@ def _sum_flows(b, fl, op, sindex, weights, logw, wflow, e, mx, r, z):  # type: i
         for m in range(units):  # consumed: leave the rows empty for the next pass (see `flows`)
             for t in range(t_size):
                 fl[first + m, t] = 0.0
+        if wide:
+            _flows_gemm(fl, sindex, row, inputs, weights, wflow, w, units, e, r, z, zc, g)
+            continue
         c = 0
         while c + 4 <= inputs:
             z[:, :] = 0.0
@@ -673,6 +804,30 @@ def _sum_flows(b, fl, op, sindex, weights, logw, wflow, e, mx, r, z):  # type: i
 
 
 @njit(fastmath=FAST, error_model="numpy", cache=True)
+def _flows_gemm(fl, sindex, row, inputs, weights, wflow, w, units, e, r, z, zc, g):  # type: ignore[no-untyped-def]
+    """`_sum_flows` of one fold as two products: zc = W^T r (the inputs' flows, e_c * zc[c]) and
+    g = r e^T (the weights', W[m, c] * g[m, c]); in blocks of units so each gemm call stays within
+    GEMM_CHUNK (the blocks of zc add up through z)."""
+    t_size = fl.shape[1]
+    wm = weights[w:w + units * inputs].reshape(units, inputs)
+    step = max(1, GEMM_CHUNK // (inputs * t_size))
+    for lo in range(0, units, step):
+        hi = min(units, lo + step)
+        gemm(wm[lo:hi].T, r[lo:hi], zc[:inputs] if lo == 0 else z[:inputs])
+        if lo > 0:
+            for c in range(inputs):
+                for t in range(t_size):
+                    zc[c, t] += z[c, t]
+        gemm(r[lo:hi], e[:inputs].T, g[lo * inputs:hi * inputs].reshape(hi - lo, inputs))
+    for c in range(inputs):
+        child = fl[sindex[row + c]]
+        for t in range(t_size):
+            child[t] += e[c, t] * zc[c, t]
+    for j in range(units * inputs):
+        wflow[w + j] += weights[w + j] * g[j]
+
+
+@njit(fastmath=FAST, error_model="numpy", cache=True)
 def _exact_flows(b, fl, sindex, logw, wflow, row, first, w, units, inputs, mx, low):  # type: ignore[no-untyped-def]
     """Edge flows flow_m W[m, c] exp(x_c - value_m) (each at most flow_m) of the units whose value
     lies more than -low below the column's shift mx."""
@@ -690,9 +845,9 @@ def _exact_flows(b, fl, sindex, logw, wflow, row, first, w, units, inputs, mx, l
 
 @njit(parallel=True, fastmath=FAST_REDUCE, error_model="numpy", cache=True)
 def flows(buf, flow, n, root, idx, real, cat, corder, crows, gauss, gmean, ops, pindex, sindex, sptr, scol, slive,
-          weights, logw, widest, most, wflow, counts, cat_missing, gstats):  # type: ignore[no-untyped-def]
+          weights, logw, widest, most, wflow, counts, cat_missing, gstats, blas):  # type: ignore[no-untyped-def]
     """Top-down expected counts from a buffer filled by `forward` in SUM_MODE (`widest`, `most`:
-    the largest fan-in and unit count of a sum layer).
+    the largest fan-in and unit count of a sum layer; `blas` as in `forward`).
 
     `flow` (like `buf`) must hold zeros (but in the constant slots 0 and 1) and is left so: each
     layer empties the rows it read once it has passed their flow down, the inputs theirs once
@@ -713,15 +868,16 @@ def flows(buf, flow, n, root, idx, real, cat, corder, crows, gauss, gmean, ops, 
         e = np.empty((widest, t_size), dtype=buf.dtype)
         r = np.empty((most, t_size), dtype=buf.dtype)
         mx = np.empty(t_size, dtype=buf.dtype)
-        z = np.empty((4, t_size), dtype=buf.dtype)
+        z = np.empty((max(4, widest), t_size), dtype=buf.dtype)
         zc = np.empty((widest, t_size), dtype=buf.dtype)
+        g = np.empty(most * widest, dtype=buf.dtype)
         for tile in range(chunk, tiles, chunks):
             b, fl = buf[tile], flow[tile]
             _seed(fl, root, tile * t_size, n, False)
             for layer in range(ops.shape[0] - 1, -1, -1):
                 op = ops[layer]
                 if op[KIND] == SUM:
-                    _sum_flows(b, fl, op, sindex, weights, logw, wflow[chunk], e, mx, r, z)
+                    _sum_flows(b, fl, op, sindex, weights, logw, wflow[chunk], e, mx, r, z, zc, g, blas)
                     continue
                 if op[KIND] == SPARSE:
                     _sparse_flows(b, fl, op, sindex, sptr, scol, slive, weights, logw, wflow[chunk], e, mx, r, zc)

@@ -56,6 +56,13 @@ DTYPES = {"float32": np.float32, "float64": np.float64}
 # this many values (at least one tile per thread), so memory stays bounded on circuits of a million
 # slots; the results are those of one piece, per sample (log_prob) or summed in float64 (flows).
 BUFFER_VALUES = 1 << 27
+# Dense sum folds with at least this many edges per sample (units x inputs) take their products
+# through BLAS's gemm (kernels.gemm), when SciPy is there: below it the call costs more than it saves.
+BLAS_EDGES = 256
+# Samples per tile: at most TILE (a wider tile pays each fold's fixed costs, its gemm calls and its
+# weight-flow updates, once for more samples), halved down to MIN_TILE while a batch would leave a
+# thread without a tile.
+TILE, MIN_TILE = 128, 32
 
 
 class Circuit:
@@ -64,7 +71,7 @@ class Circuit:
 
     def __init__(self, arrays: dict[str, np.ndarray], variables: tuple[str, ...],
                  cardinalities: tuple[int | None, ...], root: int, num_slots: int, dtype: str = "float64",
-                 tile: int = 32, buffer_values: int = BUFFER_VALUES):
+                 tile: int = TILE, buffer_values: int = BUFFER_VALUES):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         if tile < 1:
@@ -89,6 +96,8 @@ class Circuit:
         self.discrete = np.array([c is not None for c in self.cardinalities])
         self.limits = np.array([c if c is not None else 0 for c in self.cardinalities])
         self._buffers: dict[str, np.ndarray] = {}
+        # the kernels' `blas` argument: folds of this many edges or more go through gemm (-1: none)
+        self.blas = BLAS_EDGES if kernels.BLAS else -1
         self.set_arrays({k: arrays[k] for k in PARAMETERS})
 
     @_serialised
@@ -142,7 +151,8 @@ class Circuit:
             raise ValueError(f"value {rows[r, v]:g} of variable '{self.variables[v]}' is not one of "
                              f"0..{self.limits[v] - 1} (missing values are -1)")
         n = len(rows)
-        width = max(1, math.ceil(n / self.tile)) * self.tile
+        tile = self._tile_for(n)
+        width = max(1, math.ceil(n / tile)) * tile
         index = np.full((len(self.variables), width), -1, dtype=np.int64)
         index[:, :n] = np.where(missing | ~self.discrete, -1, rows).T
         real = np.full((len(self.variables), width), np.nan)
@@ -152,18 +162,27 @@ class Circuit:
     def _buffer(self, name: str, columns: int, dtype: np.dtype, zeros: bool = False) -> np.ndarray:
         """A (tiles, slots, T) buffer kept between calls (fresh ones this size cost page faults):
         the first tiles of the largest one asked for so far; a new one holds zeros if `zeros`."""
-        tiles = columns // self.tile
+        tile = self._tile_for(columns)  # the tile `_evidence` chose: the same for the padded width
+        tiles = columns // tile
         buf = self._buffers.get(name)
-        if buf is None or len(buf) < tiles or buf.dtype != dtype:
+        if buf is None or len(buf) < tiles or buf.dtype != dtype or buf.shape[2] != tile:
             make = np.zeros if zeros else np.empty
-            buf = self._buffers[name] = make((tiles, self.num_slots, self.tile), dtype=dtype)
+            buf = self._buffers[name] = make((tiles, self.num_slots, tile), dtype=dtype)
         return buf[:tiles]
+
+    def _tile_for(self, n: int) -> int:
+        """Samples per tile for a batch of n: `tile`, halved (not below MIN_TILE) while the batch
+        would fill fewer tiles than there are threads."""
+        threads, tile = numba.get_num_threads(), self.tile
+        while tile > MIN_TILE and math.ceil(n / tile) < threads:
+            tile //= 2
+        return tile
 
     def _forward(self, index: np.ndarray, real: np.ndarray, mode: int) -> np.ndarray:
         buf = self._buffer("values", index.shape[1], self.dtype)
         kernels.forward(buf, index, real, self.cat, self.lp, self.lpmax, self.gauss, self.gmean, self.gstd,
                         self.ops, self.pindex, self.sindex, self.sptr, self.scol, self.slive, self.weights, self.logw,
-                        self.widest, mode, self._chunks(buf))
+                        self.widest, mode, self._chunks(buf), self.blas)
         return buf
 
     @staticmethod
@@ -221,9 +240,11 @@ class Circuit:
         rng = np.random.default_rng(seed)
         width = index.shape[1]
         if mode == kernels.SAMPLE_DOWN:
-            sum_draws = rng.random((self.num_folds, width))
-            var_draws = rng.random((len(self.variables), width))
-            normal_draws = rng.standard_normal((len(self.variables), width)) if len(self.gauss) else np.zeros((1, 1))
+            # drawn for the n real samples only, so the samples do not depend on the tile size
+            sum_draws = _padded(rng.random((self.num_folds, n)), width)
+            var_draws = _padded(rng.random((len(self.variables), n)), width)
+            normal_draws = (_padded(rng.standard_normal((len(self.variables), n)), width) if len(self.gauss)
+                            else np.zeros((1, 1)))
         else:
             sum_draws = var_draws = normal_draws = np.zeros((1, 1))
         kernels.down(buf, active, n, self.root, index, real, out, self.cat, self.lp, self.lpbest, self.gauss,
@@ -287,7 +308,8 @@ class Circuit:
             chunks = self._chunks(buf)
             kernels.flows(buf, flow, n, self.root, index, real, self.cat, self.corder, self.crows, self.gauss,
                           self.gmean, self.ops, self.pindex, self.sindex, self.sptr, self.scol, self.slive,
-                          self.weights, self.logw, self.widest, self.most, wflow[:chunks], counts, missing, g)
+                          self.weights, self.logw, self.widest, self.most, wflow[:chunks], counts, missing, g,
+                          self.blas)
             log_likelihood += float(self._root(buf, n).sum())
         if missing.any():  # a missing value counts in expectation: probs * flow (one row of lp each)
             first = self.cat[self.corder[self.crows[:-1]]]
@@ -314,6 +336,13 @@ def _live_inputs(ops: np.ndarray, sindex: np.ndarray, sptr: np.ndarray, scol: np
         cols = scol[indptr[0]:indptr[-1]]
         live[op[kernels.INDEX] + (unit[wide] // units) * inputs + cols[wide]] = 1
     return live
+
+
+def _padded(draws: np.ndarray, width: int) -> np.ndarray:
+    """Draws (rows, n) padded with zeros to (rows, width): the padding columns of the last tile."""
+    out = np.zeros((len(draws), width))
+    out[:, :draws.shape[1]] = draws
+    return out
 
 
 def _rows_of(cat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
