@@ -55,15 +55,11 @@ def circuit(structure: str, units: int, train: np.ndarray) -> Any:
 
 def emitted(backend: str, plan: Any, folder: Path, name: str) -> Any:
     """The emitted module of `plan`, imported, loaded in float32."""
-    import torch
-
     emit = importlib.import_module(f"pcdsl.backends.{backend}.emit")
     emit.emit_module(plan, folder, name)
     sys.path.insert(0, str(folder))
     module = importlib.import_module(name)
-    if backend == "numba":
-        return module.load(dtype="float32")
-    return module.Circuit.from_file(dtype=torch.float32)
+    return module.load(dtype="float32")
 
 
 def paired(a: Any, b: Any, repeats: int) -> tuple[float, float]:
