@@ -153,6 +153,8 @@ def test_emitted_package_refuses_a_file_that_is_not_a_circuit(tmp_path: Path, mo
     _compile("tiny.pc", None, tmp_path)
     save_file({"w": np.zeros(3)}, str(tmp_path / "circuit" / "arrays.safetensors"))
     monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [m for m in sys.modules if m.split(".")[0] == "circuit"]:  # none left over: ours, fresh
+        del sys.modules[name]
     package = importlib.import_module("circuit")
     for name in [m for m in sys.modules if m.split(".")[0] == "circuit"]:
         del sys.modules[name]
