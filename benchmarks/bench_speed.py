@@ -270,7 +270,7 @@ def run_one(structure: str, units: int, batch: int, threads: int, repeats: int) 
     # Timers wrap the model's own rules (and its evidence step), so this follows the backend
     # whatever its buffer layout; "other" = the pass's wall time minus the timed parts.
     kind_of = {InputLayer: "input", ProductLayer: "product", SumLayer: "sum"}
-    rules = model.rules
+    rules = model.circuit.rules  # the runtime's rules (pcdsl.backends.torch.runtime)
     acc: dict[str, float] = defaultdict(float)
     saved: dict[str, tuple] = {}
 
@@ -295,8 +295,8 @@ def run_one(structure: str, units: int, batch: int, threads: int, repeats: int) 
         rule.forward = timed(rule.forward, kind, "forward" if kind == "sum" else None)
         if hasattr(rule, "flows"):
             rule.flows = timed(rule.flows, kind + " (flows)")
-    if hasattr(model, "_batch"):
-        model._batch = timed(model._batch, "evidence")
+    if hasattr(model.circuit, "_batch"):
+        model.circuit._batch = timed(model.circuit._batch, "evidence")
 
     def profile(fn, runs: int = 5) -> dict:
         """The breakdown of the run with the median total (parts of one run add up)."""

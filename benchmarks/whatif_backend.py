@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from pcdsl.backends.torch import InputRule
+from pcdsl.backends.torch.layers import InputRule
 
 import pcdsl
 from pcdsl.plan import ONE, ZERO
@@ -46,7 +46,7 @@ def median_seconds(fn: Callable[[], Any], reps: int = 5) -> float:
 
 def patch_inputs(model: Any) -> None:
     """(1): categorical inputs gather into the buffer; input flows by scatter-add."""
-    for rule in model.rules:
+    for rule in model.circuit.rules:
         if isinstance(rule, InputRule) and rule.layer.family == "categorical":
             rule.forward, rule.flows = _gather_forward(rule), _scatter_flows(rule)
 
@@ -95,7 +95,7 @@ def patch_workspace(model: Any) -> None:
                 rule.forward(buf, batch, mode)
         return buf
 
-    model._forward = types.MethodType(_forward, model)
+    model.circuit._forward = types.MethodType(_forward, model.circuit)
 
 
 def backend_table(x: torch.Tensor, edges: Any) -> None:

@@ -12,6 +12,8 @@ The rules they implement are written down in ``docs/numerics.md``. In short:
   learning rule (EM, SGD), in every family.
 - Gaussian leaves are evaluated in float64 up to the log-density (then rounded to the model's
   dtype), and their sufficient statistics are centred on the unit's current mean.
+
+This module imports nothing: emitted torch packages (``pcdsl compile -o``) carry a copy of it.
 """
 
 from __future__ import annotations

@@ -22,106 +22,45 @@ contiguous. Layers run in order:
 
 Nodes are layered by height (inputs 0, others 1 + the highest child), so
 everything a layer reads was written by an earlier layer.
+
+The records themselves (the layers, the plan) are defined in :mod:`pcdsl.layout`, which needs
+only numpy (emitted torch packages carry a copy); this module builds them and re-exports them.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Collection
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 
+from pcdsl import layout
 from pcdsl.ir.graph import CircuitGraph, Node, NodeKind
+from pcdsl.layout import (  # noqa: F401 (re-exported for pcdsl)
+    FIRST_SLOT,
+    ONE,
+    SPARSE_DENSITY,
+    ZERO,
+    InputLayer,
+    Layer,
+    ProductLayer,
+    SparseSum,
+    SumLayer,
+    contiguous_start,
+    same_pattern,
+)
 from pcdsl.params import Parameters, input_group, weight_group
 
-ONE, ZERO = 0, 1  # the constant slots: log 1 and log 0
-FIRST_SLOT = 2
 
+class LayeredPlan(layout.LayeredPlan):
+    """The plan of a circuit (:class:`pcdsl.layout.LayeredPlan`), drawn in Jupyter."""
 
-@dataclass(frozen=True)
-class InputLayer:
-    """Leaves of one family and width. Parameters live in one table with a row per unit of each
-    parameter group (``tables``, in order); ``rows`` maps every unit to its row, so tied leaves
-    (e.g. one patch circuit shared by every patch position) read one table, never a copy each."""
+    def _repr_svg_(self) -> str | None:
+        """Jupyter's picture of the layers (needs graphviz; None falls back to the text)."""
+        from pcdsl.drawing import picture
 
-    family: str  # "categorical" | "gaussian"
-    start: int  # output slots [start, start + len(var))
-    var: np.ndarray  # (U,) variable of each unit
-    nodes: tuple[str, ...]
-    params: dict[str, np.ndarray]  # per table row: categorical log_probs (R, K) padded with -inf; gaussian mean, std
-    families: tuple[str, ...] = ()  # each node's own family (bernoulli, indicator, ...)
-    node_units: tuple[int, ...] = ()
-    groups: tuple[str, ...] = ()  # each node's parameter group (tied leaves share one)
-    rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # (U,) table row of each unit
-    tables: tuple[str, ...] = ()  # the parameter groups of the table, each `width` rows, in row order
-
-    @property
-    def stop(self) -> int:
-        return self.start + len(self.var)
-
-    @property
-    def width(self) -> int:
-        """Units per node (every node of a layer has as many)."""
-        return self.node_units[0] if self.node_units else 0
-
-    def table_nodes(self) -> list[int]:
-        """For each table, the index of the first node that reads it (its family and variable)."""
-        first: dict[str, int] = {}
-        for i, group in enumerate(self.groups):
-            first.setdefault(group, i)
-        return [first[g] for g in self.tables]
-
-    def table_cardinalities(self, cardinalities: tuple[int | None, ...]) -> list[int | None]:
-        """The cardinality of each table's variable (None for a real one)."""
-        return [cardinalities[int(self.var[i * self.width])] for i in self.table_nodes()]
-
-
-@dataclass(frozen=True)
-class ProductLayer:
-    start: int
-    index: np.ndarray  # (U, K) slots to add
-    nodes: tuple[str, ...]
-
-    @property
-    def stop(self) -> int:
-        return self.start + self.index.shape[0]
-
-
-# A sum layer runs sparse when at most this share of its (F, M, C) weights is non-zero. Above it,
-# the dense batched matrix product costs less than the edge lists. Measured (numba, HCLT-32 over
-# Fashion-MNIST pruned by flow, the sum layers alone, one thread): at 25% kept the sparse forward
-# costs what the dense one does and the sparse flows half; extrapolated, forward+flows break even
-# near 50%. The per-edge rate is 3-6x below the dense kernel's (short loops over a tile), so
-# below ~25% the exps and logs that do not shrink with the edges dominate.
-SPARSE_DENSITY = 0.35
-
-
-@dataclass(frozen=True, eq=False)
-class SparseSum:
-    """The non-zero edges of a sum layer as CSR over its F * M output rows (row f * M + m):
-    edges ``indptr[r]:indptr[r + 1]`` of row r read the fold's inputs ``cols`` (0..C-1, ascending
-    within a row, the order the dense loop visits them)."""
-
-    indptr: np.ndarray  # (F * M + 1,) int64
-    cols: np.ndarray  # (E,) int64
-
-    @property
-    def edges(self) -> int:
-        return len(self.cols)
-
-    def rows(self) -> np.ndarray:
-        """(E,) the output row of each edge."""
-        return np.repeat(np.arange(len(self.indptr) - 1, dtype=np.int64), np.diff(self.indptr))
-
-    def flat(self, inputs: int) -> np.ndarray:
-        """(E,) each edge's position in the layer's flattened (F, M, C) weights."""
-        return self.rows() * inputs + self.cols
-
-    def same(self, other: SparseSum | None) -> bool:
-        """The same edges as `other`."""
-        return other is not None and np.array_equal(self.indptr, other.indptr) and \
-            np.array_equal(self.cols, other.cols)
+        return picture(self)._repr_svg_()
 
 
 def sparse_pattern(weights: np.ndarray, density: float = SPARSE_DENSITY) -> SparseSum | None:
@@ -137,76 +76,6 @@ def sparse_pattern(weights: np.ndarray, density: float = SPARSE_DENSITY) -> Spar
     indptr = np.zeros(live.shape[0] + 1, dtype=np.int64)
     np.cumsum(np.bincount(rows, minlength=live.shape[0]), out=indptr[1:])
     return SparseSum(indptr, cols.astype(np.int64))
-
-
-def same_pattern(a: SumLayer, b: SumLayer) -> bool:
-    """Whether two versions of a sum layer run alike (both dense, or sparse with one edge set)."""
-    return (a.sparse is None and b.sparse is None) or (a.sparse is not None and a.sparse.same(b.sparse))
-
-
-@dataclass(frozen=True)
-class SumLayer:
-    start: int  # output slots [start, start + F * M), node-major
-    index: np.ndarray  # (F, C) input slots
-    weights: np.ndarray  # (F, M, C)
-    nodes: tuple[str, ...]  # the node of each fold (a block-diagonal sum has one fold per block)
-    groups: tuple[str, ...]  # weight group of each fold (tied sums share one)
-    rows: tuple[int, ...] = ()  # first row of each fold in its group's weights (0 without blocks)
-    sparse: SparseSum | None = None  # the non-zero edges, when the plan runs this layer sparse
-
-    @property
-    def edges(self) -> int:
-        """The edges the layer runs: all F * M * C dense, the non-zero ones sparse."""
-        return int(np.prod(self.shape)) if self.sparse is None else self.sparse.edges
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return self.weights.shape  # type: ignore[return-value]
-
-    @property
-    def stop(self) -> int:
-        f, m, _ = self.shape
-        return self.start + f * m
-
-
-Layer = InputLayer | ProductLayer | SumLayer
-
-
-@dataclass(frozen=True)
-class LayeredPlan:
-    name: str
-    num_slots: int
-    num_vars: int
-    cardinalities: tuple[int | None, ...]  # None for real variables
-    variables: tuple[str, ...]
-    layers: tuple[Layer, ...]
-    root: int  # the root's slot
-    slot_of: dict[str, int]  # first slot of each node group
-    fixed: frozenset[str] = frozenset()  # parameter groups learning keeps (Parameters.fixed)
-    sparse_density: float = SPARSE_DENSITY  # sum layers at most this dense run on their edges (0: never)
-
-    def input_layers(self) -> list[InputLayer]:
-        return [layer for layer in self.layers if isinstance(layer, InputLayer)]
-
-    def summary(self) -> str:
-        """Sizes in one line: variables, layers by kind, units, edges, parameters."""
-        kinds = [type(layer).__name__.removesuffix("Layer").lower() for layer in self.layers]
-        counts = ", ".join(f"{kinds.count(k)} {k}" for k in ("input", "product", "sum") if k in kinds)
-        edges = sum(layer.index.size if isinstance(layer, ProductLayer) else
-                    layer.edges if isinstance(layer, SumLayer) else 0 for layer in self.layers)
-        stored = sum(p.size for layer in self.input_layers() for p in layer.params.values())
-        stored += sum(layer.weights.size for layer in self.layers if isinstance(layer, SumLayer))
-        return (f"'{self.name}': {self.num_vars} variables, {len(self.layers)} layers ({counts}), "
-                f"{self.num_slots - FIRST_SLOT} units, {edges} edges, {stored} parameter entries")
-
-    def __repr__(self) -> str:
-        return f"LayeredPlan({self.summary()})"
-
-    def _repr_svg_(self) -> str | None:
-        """Jupyter's picture of the layers (needs graphviz; None falls back to the text)."""
-        from pcdsl.drawing import picture
-
-        return picture(self)._repr_svg_()
 
 
 def heights(graph: CircuitGraph) -> dict[str, int]:
@@ -255,14 +124,6 @@ def _order_for_consumers(graph: CircuitGraph, layers: list[list[Node]]) -> None:
                 # a product layer gathers column by column; a sum layer row by row
                 key = (depth, j, position, 0) if node.kind is NodeKind.PRODUCT else (depth, 0, position, j)
                 rank.setdefault(child, key)
-
-
-def contiguous_start(index: np.ndarray) -> int | None:
-    """The first slot when `index` reads consecutive slots, else None."""
-    flat = index.reshape(-1)
-    if flat.size and np.array_equal(flat, np.arange(flat[0], flat[0] + flat.size)):
-        return int(flat[0])
-    return None
 
 
 def _bucket_key(graph: CircuitGraph, node: Node, height: int) -> tuple:

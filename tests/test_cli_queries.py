@@ -121,8 +121,8 @@ def test_compile_of_a_model_file_emits_its_parameters(tmp_path: Path) -> None:
     params.weights["root"] = np.array([[0.123, 0.877]])
     model = str(save_model(tmp_path / "m.safetensors", graph, params))
     assert main(["compile", model, "-o", str(tmp_path / "out"), "--seed", "9"]) == 0
-    tensors = load_file(str(tmp_path / "out" / "circuit.safetensors"))
-    weights = [v for k, v in tensors.items() if k.endswith("_weights")]
+    tensors = load_file(str(tmp_path / "out" / "circuit" / "arrays.safetensors"))
+    weights = [v for k, v in tensors.items() if k.endswith(".weights")]
     assert any(np.allclose(w.reshape(-1), [0.123, 0.877]) for w in weights)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 import textwrap
@@ -54,8 +55,11 @@ _CHILD = textwrap.dedent("""
         sys.modules.pop("circuit", None)
         importlib.invalidate_caches()
         circuit = importlib.import_module("circuit")
-        model = circuit.Circuit.from_file(dtype=torch.float64)
-        np.save("log_prob.npy", model.log_prob(torch.from_numpy(np.load("x.npy"))).numpy())
+        model = circuit.load(dtype="float64")
+        x = np.load("x.npy")
+        np.save("log_prob.npy", model.log_prob(torch.from_numpy(x)).numpy())
+        np.save("map.npy", model.map(x)[0])
+        np.save("flows.npy", [model.flows(x)["log_likelihood"]])
         with open("variables.txt", "w") as f:
             f.write("\\n".join(model.variables))
         sys.path.pop(0)
@@ -96,11 +100,16 @@ def emitted(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize(("file", "circuit"), CASES, ids=[f for f, _ in CASES])
-def test_emitted_module_matches_torch_backend(file: str, circuit: str | None, emitted: Path) -> None:
+def test_emitted_package_matches_torch_backend_without_pcdsl(file: str, circuit: str | None, emitted: Path) -> None:
+    """Scored in a child interpreter where pcdsl cannot be imported (see `emitted`)."""
     folder = emitted / file
-    source = (folder / "circuit.py").read_text()
-    assert "import pcdsl" not in source and "from pcdsl" not in source
-    assert str(emitted) not in source and str(EXAMPLES) not in source  # no absolute paths
+    files = sorted(p.name for p in (folder / "circuit").iterdir() if p.name != "__pycache__")
+    assert files == ["__init__.py", "arrays.safetensors", "layers.py", "layout.py", "numerics.py", "runtime.py",
+                     "sparse.py"]
+    for path in (folder / "circuit").glob("*.py"):
+        source = path.read_text()
+        assert "import pcdsl" not in source and "from pcdsl" not in source, path.name
+        assert str(emitted) not in source and str(EXAMPLES) not in source  # no absolute paths
     graph = pcdsl.load(EXAMPLES / file, circuit)
     assert (folder / "variables.txt").read_text().splitlines() == [v.name for v in graph.variables]
     x, got = np.load(folder / "x.npy"), np.load(folder / "log_prob.npy")
@@ -109,23 +118,50 @@ def test_emitted_module_matches_torch_backend(file: str, circuit: str | None, em
     model = pcdsl.compile(graph, params=params, dtype="float64")
     np.testing.assert_allclose(got, model.log_prob(x), rtol=0, atol=ATOL)  # type: ignore[attr-defined]
     assert abs(got[-1]) < ATOL  # marginalising everything gives log 1
+    np.testing.assert_array_equal(np.load(folder / "map.npy"), model.map(x)[0])  # type: ignore[attr-defined]
+    expected = model.flows(x).log_likelihood  # type: ignore[attr-defined]
+    assert abs(float(np.load(folder / "flows.npy")[0]) - expected) < 1e-9 * max(1.0, abs(expected))
 
 
 def test_emission_is_deterministic(tmp_path: Path) -> None:
     _compile("hclt_nltcs.pc", "nltcs_hclt", tmp_path / "a")
     _compile("hclt_nltcs.pc", "nltcs_hclt", tmp_path / "b")
-    for name in ("circuit.py", "circuit.safetensors"):
-        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
-    assert not [p for p in (tmp_path / "a").iterdir() if p.name.startswith(".")]  # no temp files left
+    names = sorted(p.name for p in (tmp_path / "a" / "circuit").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "b" / "circuit").iterdir())
+    for name in names:
+        assert (tmp_path / "a" / "circuit" / name).read_bytes() == (tmp_path / "b" / "circuit" / name).read_bytes()
+    assert not [p for p in (tmp_path / "a" / "circuit").iterdir() if p.name.startswith(".")]  # no temp files left
 
 
-def test_emitted_source_names_layers_in_plan_order(tmp_path: Path) -> None:
+def test_emitted_torch_package_runs_the_backends_own_code(tmp_path: Path) -> None:
+    """The package's modules are the in-process backend's, byte for byte: emitted code is the fast code."""
+    from pcdsl.backends.torch import emit, layers, runtime, sparse
+
+    from pcdsl import layout, numerics
+
     _compile("groups.pc", None, tmp_path)
-    source = (tmp_path / "circuit.py").read_text()
-    forward = source.split("def _values")[1].split("    def ")[0]
-    calls = [line.strip().split(" = ")[-1] for line in forward.splitlines() if "self.layer" in line]
-    assert calls == ["self.layer0(category, real, missing, mode)", *[f"self.layer{i}(buf, mode)" for i in range(1, 5)]]
-    assert "for " not in forward  # unrolled: no loop in the forward pass
+    package = tmp_path / "circuit"
+    for module in (runtime, layers, sparse, layout, numerics):
+        path = Path(module.__file__ or "")
+        assert (package / path.name).read_bytes() == path.read_bytes(), path.name
+    assert set(emit.SOURCES) == {p.name for p in package.glob("*.py")} - {"__init__.py"}
+
+
+def test_emitted_package_refuses_a_file_that_is_not_a_circuit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from safetensors.numpy import save_file
+
+    _compile("tiny.pc", None, tmp_path)
+    save_file({"w": np.zeros(3)}, str(tmp_path / "circuit" / "arrays.safetensors"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [m for m in sys.modules if m.split(".")[0] == "circuit"]:  # none left over: ours, fresh
+        del sys.modules[name]
+    package = importlib.import_module("circuit")
+    for name in [m for m in sys.modules if m.split(".")[0] == "circuit"]:
+        del sys.modules[name]
+    with pytest.raises(ValueError, match=r"arrays.safetensors: not a circuit written by pcdsl compile"):
+        package.load()
+    with pytest.raises(ValueError, match="dtype must be one of float32, float64"):
+        package.load(dtype="float16")
 
 
 def test_dump_plan(capsys: pytest.CaptureFixture[str]) -> None:

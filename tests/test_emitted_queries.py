@@ -55,7 +55,7 @@ def emitted(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     finally:
         sys.path.remove(str(folder))
     out = {"graph": graph, "plan": plan, "x": _data(graph),
-           "torch": torch_module.Circuit.from_file(dtype=torch.float64),
+           "torch": torch_module.load(dtype="float64"),
            "memory": pcdsl.compile(graph, "torch", params=params, dtype="float64")}
     if numba_package is not None:
         out["numba"] = numba_package.load(dtype="float64")
@@ -100,18 +100,15 @@ def test_sampling_keeps_evidence_and_follows_the_counts(emitted: dict[str, Any])
             runtime.sample(3, evidence=x[:2])
 
 
-def test_sampling_draws_from_the_distribution() -> None:
-    """tiny: p(a = 1) = 0.3 * 0.2 + 0.7 * 0.9 = 0.69; the emitted module's draws agree."""
-    from pcdsl.backends.torch.emit import emit_source
+def test_sampling_draws_from_the_distribution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tiny: p(a = 1) = 0.3 * 0.2 + 0.7 * 0.9 = 0.69; the emitted package's draws agree."""
+    from pcdsl.backends.torch.emit import emit_module
 
     graph = pcdsl.load(EXAMPLES / "tiny.pc")
-    plan = compile_plan(graph, initialise(graph))
-    namespace: dict[str, Any] = {}
-    exec(compile(emit_source(plan, "unused.safetensors"), "<emitted>", "exec"), namespace)
-    from pcdsl.backends.torch.emit import plan_tensors
-
-    tensors = {k: torch.as_tensor(v) for k, v in plan_tensors(plan).items()}
-    model = namespace["Circuit"]({**tensors, "model_dtype": torch.zeros((), dtype=torch.float64)})
+    emit_module(compile_plan(graph, initialise(graph)), tmp_path, "tiny_draws")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = importlib.import_module("tiny_draws").load(dtype="float64")
+    sys.modules.pop("tiny_draws", None)
     draws = model.sample(20_000, seed=0)
     assert abs(draws[:, 0].mean() - 0.69) < 0.015
 

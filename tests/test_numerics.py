@@ -110,7 +110,7 @@ def test_the_emitted_torch_module_takes_the_same_care(tmp_path) -> None:  # type
     finally:
         sys.path.remove(str(tmp_path))
     x = np.array([[20.0, 0.0], [0.0, 0.0]])
-    got = module.Circuit.from_file(dtype=torch.float32).log_prob(torch.as_tensor(x)).numpy()
+    got = module.load(dtype="float32").log_prob(torch.as_tensor(x)).numpy()
     assert _close(got, reference.log_prob(graph, params, x), 1e-6)
 
 

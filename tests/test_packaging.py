@@ -30,7 +30,8 @@ def test_installed_wheel_parses_an_example(tmp_path: Path) -> None:
                               str(wheel)], capture_output=True, text=True, timeout=300)
     assert install.returncode == 0, install.stderr
     assert (target / "pcdsl" / "grammar" / "pc.lark").is_file()
-    for backend in ("torch/layers.py", "torch/emit.py", "numba/kernels.py", "numba/runtime.py", "numba/emit.py"):
+    for backend in ("torch/layers.py", "torch/runtime.py", "torch/layout.py", "torch/emit.py", "numba/kernels.py",
+                    "numba/runtime.py", "numba/emit.py"):
         assert (target / "pcdsl" / "backends" / backend).is_file(), backend  # every backend ships
     proc = _run(f"""
         import pcdsl, pcdsl.backends

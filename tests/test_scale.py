@@ -44,7 +44,7 @@ def test_a_batch_in_pieces_answers_as_in_one(backend: str, seed: int) -> None:
     whole = lower(plan, backend, dtype="float64", buffer_values=1 << 40, **options)
     pieces = lower(plan, backend, dtype="float64", buffer_values=plan.num_slots * 8, **options)
     # torch: 8 samples a piece; numba: whole tiles for each thread, so at most 8 samples per thread
-    count = len(pieces.circuit._pieces(53)) if backend == "numba" else -(-53 // pieces.piece)  # type: ignore[attr-defined]
+    count = len(pieces.circuit._pieces(53)) if backend == "numba" else -(-53 // pieces.circuit.piece)  # type: ignore[attr-defined]
     assert count > 2
     x = _data(graph, 53, seed)
     np.testing.assert_allclose(_np(pieces.log_prob(x)), _np(whole.log_prob(x)), rtol=0, atol=ATOL)

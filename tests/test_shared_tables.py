@@ -224,7 +224,7 @@ def test_emitted_code_of_a_shared_circuit(backend: str, tmp_path: Path, monkeypa
 
         emit_module(plan, tmp_path, "shared_torch")
         module = importlib.import_module("shared_torch")
-        got = module.Circuit.from_file(dtype=torch.float64).log_prob(torch.from_numpy(x)).numpy()
+        got = module.load(dtype="float64").log_prob(torch.from_numpy(x)).numpy()
     else:
         from pcdsl.backends.numba.emit import emit_module
 

@@ -118,6 +118,36 @@ def test_new_parameters_that_move_the_zeros_rebuild_the_sparse_layers(backend: s
     assert np.allclose(flows.log_likelihood, reference.log_prob(graph, params, x).sum(), atol=TOL * len(x))
 
 
+def test_the_emitted_torch_package_runs_sparse_layers_on_their_edges(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The emitted package runs the backend's sparse rules (with its own copy of the CPU
+    threshold, unpatched here: a circuit that keeps 5% of its edges is sparse enough)."""
+    pytest.importorskip("safetensors")
+    import importlib
+    import sys
+
+    from pcdsl.backends.torch.emit import emit_module
+    from pcdsl.backends.torch.layers import SumRule
+
+    graph, params = pruned_circuit(2, keep=0.05)
+    plan = compile_plan(graph, params, sparse_density=SPARSE)
+    emit_module(plan, tmp_path, "sparse_emitted")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    package = importlib.import_module("sparse_emitted")
+    for name in [m for m in sys.modules if m.split(".")[0] == "sparse_emitted"]:
+        del sys.modules[name]
+    emitted = package.load(dtype="float64")
+    assert any(type(rule).__name__ == "SumRule" and rule.edges is not None for rule in emitted.rules)
+    model = lower(plan, "torch", dtype="float64")
+    assert any(isinstance(rule, SumRule) and rule.edges is not None for rule in model.circuit.rules)
+    x = _data(graph, params, 40, 2)
+    np.testing.assert_allclose(emitted.log_prob(x), model.log_prob(x), rtol=0, atol=TOL)
+    np.testing.assert_allclose(emitted.map(x)[0], model.map(x)[0], rtol=0, atol=TOL)
+    got, expected = emitted.flows(x), model.circuit.flows(x)  # each layer's statistics
+    assert got.keys() == expected.keys()
+    for key, value in got.items():
+        np.testing.assert_allclose(value, expected[key], rtol=TOL, atol=TOL, err_msg=key)
+
+
 def test_the_torch_module_on_sparse_layers_gives_the_dense_gradients() -> None:
     torch = pytest.importorskip("torch")
     from pcdsl.backends.torch.module import CircuitModule

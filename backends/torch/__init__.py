@@ -1,134 +1,61 @@
 """The torch backend: a LayeredPlan lowered to tensor ops, on any device.
 
-Every query is built from three passes over the layers (see ``layers.py``):
-forward (sum- or max-product), flows (top-down expected counts) and down
-(top-down choice of active units). Loops run over layers, never over nodes.
+The passes and queries live in ``runtime.py`` (:class:`.runtime.Circuit`, on the rules of
+``layers.py``), which needs only torch and numpy: ``pcdsl compile -o`` copies it into the emitted
+package as it is. :class:`TorchModel` wraps a ``Circuit`` with what pcdsl adds: argument checks of
+the shared query API, parameters in by group, flows out by group, and :meth:`TorchModel.module`.
 """
 
 from __future__ import annotations
 
-import functools
-import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-import numpy as np
 import torch
 from pcdsl.backends import PlanModel, add_weight_flows, api, split_input_flows
 
-from pcdsl.plan import ONE, ZERO, LayeredPlan
+from pcdsl.plan import LayeredPlan
 from pcdsl.reference import Flows
 
-from .layers import RULES, Batch, InputRule, Scratch, SumRule
+from .layers import InputRule, SumRule
+from .runtime import BUFFER_VALUES, Circuit, Leaves, add_stats, as_dtype
 
 if TYPE_CHECKING:
     from .module import CircuitModule
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+__all__ = ["BUFFER_VALUES", "UNSUPPORTED", "Circuit", "Leaves", "TorchModel", "add_stats", "lower"]
 
 UNSUPPORTED: dict[str, str] = {}  # every construct of pcdsl.backends.CONSTRUCTS is lowered
 
 
-# log_prob, conditional and flows run a large batch in pieces whose value buffer (slots x samples)
-# holds at most this many values, so memory stays bounded on circuits of a million slots; results are
-# per sample (log_prob) or summed over the pieces (flows). Twice numba's bound: every piece costs
-# torch one batched matrix product per sum layer, whose per-matrix overhead grows with the pieces.
-BUFFER_VALUES = 1 << 28
-
-
 def lower(plan: LayeredPlan, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32",
           buffer_values: int = BUFFER_VALUES) -> TorchModel:
-    return TorchModel(plan, torch.device(device), _DTYPES[dtype] if isinstance(dtype, str) else dtype,
-                      buffer_values)
-
-
-@dataclass
-class Leaves:
-    """Input units whose values the caller gives (neural leaves): their slots (U,), their
-    log-likelihoods (U, B), and after a flow pass the flows that reached them (U, B)."""
-
-    slots: torch.Tensor
-    values: torch.Tensor
-    flows: torch.Tensor | None = None
-
-
-def add_stats(totals: list[dict[str, torch.Tensor]], more: list[dict[str, torch.Tensor]]) -> None:
-    """Add one piece's per-rule statistics to the running totals, in place."""
-    for total, stats in zip(totals, more, strict=True):
-        for key, value in stats.items():
-            total[key] = total[key] + value if key in total else value
+    return TorchModel(plan, torch.device(device), as_dtype(dtype), buffer_values)
 
 
 class TorchModel(PlanModel):
     """A compiled circuit. Data: (batch, variables) numpy arrays or tensors; -1 or NaN marks a
-    missing value (NaN for real variables). Results come back in the type they were given."""
+    missing value (NaN for real variables). Results come back in the type they were given.
+    ``circuit`` is the :class:`.runtime.Circuit` that runs the passes."""
 
     def __init__(self, plan: LayeredPlan, device: torch.device, dtype: torch.dtype,
                  buffer_values: int = BUFFER_VALUES):
         self.plan = plan
         self.device, self.dtype = device, dtype
-        self.piece = max(1, buffer_values // plan.num_slots)  # samples per piece of a batch
-        self.scratch = Scratch()  # temporaries the rules share, kept between calls
-        self.rules = [RULES[type(layer)](layer, device, dtype, self.scratch) for layer in plan.layers]
-        self._buffers: dict[str, torch.Tensor] = {}
-        self.discrete = torch.tensor([c is not None for c in plan.cardinalities], device=device)
-        big = torch.iinfo(torch.long).max  # real variables: no bound on the (unused) index
-        self.limits = torch.tensor([c if c is not None else big for c in plan.cardinalities], device=device)
+        self.circuit = Circuit(plan, device, dtype, buffer_values)
 
     def _load(self, layers: list[int] | None) -> None:
-        for i in range(len(self.rules)) if layers is None else layers:
-            self.rules[i].load(self.plan.layers[i])  # type: ignore[arg-type]
+        self.circuit.load(self.plan, layers)
 
-    # ---- evidence ------------------------------------------------------------------------
-    def _batch(self, x: Any) -> tuple[Batch, torch.Tensor]:
-        t = torch.as_tensor(x, device=self.device)
-        if t.ndim == 1:
-            t = t[None, :]
-        if t.ndim != 2 or t.shape[1] != self.plan.num_vars:
-            raise ValueError(f"data must have shape (batch, {self.plan.num_vars}), got {tuple(t.shape)}")
-        real = t.to(torch.float64)
-        missing = torch.isnan(real) | (self.discrete[None, :] & (real == -1))
-        index = torch.where(missing, torch.zeros_like(real), real).to(torch.long)
-        self._check_domains(index, missing)
-        batch = Batch(index.T.contiguous(), real.T.contiguous(), missing.T.contiguous())
-        return batch, real
+    @property
+    def sync_free(self) -> bool:
+        """Whether the sum rules run a pass without reading anything back to the host (see
+        :attr:`.runtime.Circuit.sync_free`)."""
+        return self.circuit.sync_free
 
-    def _check_domains(self, index: torch.Tensor, missing: torch.Tensor) -> None:
-        bad = ~missing & self.discrete[None, :] & ((index < 0) | (index >= self.limits[None, :]))
-        if bool(bad.any()):
-            row, v = (int(i) for i in bad.nonzero()[0])
-            raise ValueError(f"value {int(index[row, v])} of variable '{self.plan.variables[v]}' is outside "
-                             f"0..{int(self.limits[v]) - 1} (missing values are -1)")
-
-    @staticmethod
-    def _out(result: torch.Tensor, like: Any) -> Any:
-        return result if isinstance(like, torch.Tensor) else result.detach().cpu().numpy()
-
-    # ---- passes ------------------------------------------------------------------------------
-    def _scratch(self, name: str, batch_size: int) -> torch.Tensor:
-        """A (slots, batch) buffer kept between calls: fresh buffers this size cost page faults
-        (the front of the largest one asked for). Results handed to callers are copies, never
-        views of a scratch buffer."""
-        size = self.plan.num_slots * batch_size
-        flat = self._buffers.get(name)
-        if flat is None or flat.numel() < size:
-            flat = self._buffers[name] = torch.empty(size, device=self.device, dtype=self.dtype)
-        return flat[:size].view(self.plan.num_slots, batch_size)
-
-    def _pieces(self, x: Any) -> list[Any]:
-        """The rows of a batch in pieces of near-equal sizes, at most `piece` rows each (a small
-        last piece would cost as many small matrix products as a large one)."""
-        rows = x if isinstance(x, torch.Tensor) else np.asarray(x)
-        if rows.ndim != 2 or len(rows) <= self.piece:
-            return [x]
-        return [rows[lo:hi] for lo, hi in self.piece_bounds(len(rows))]
-
-    def piece_bounds(self, rows: int) -> list[tuple[int, int]]:
-        """(start, stop) of each piece of a batch of `rows` rows."""
-        count = max(1, -(-rows // self.piece))
-        bounds = [rows * i // count for i in range(count + 1)]
-        return list(itertools.pairwise(bounds))
+    @sync_free.setter
+    def sync_free(self, value: bool) -> None:
+        self.circuit.sync_free = value
 
     def module(self, leaves: Sequence[str] = ()) -> CircuitModule:
         """This circuit as a ``torch.nn.Module`` (its own copy of the parameters, on this model's
@@ -138,125 +65,18 @@ class TorchModel(PlanModel):
 
         return CircuitModule(self.plan, leaves=leaves, device=self.device, dtype=self.dtype)
 
-    @functools.cached_property
-    def input_rules(self) -> int:
-        """How many rules are input layers: they come first (the plan layers by height)."""
-        return sum(isinstance(rule, InputRule) for rule in self.rules)
-
-    @property
-    def sync_free(self) -> bool:
-        """Whether the sum rules run a pass without reading anything back to the host (on a GPU by
-        default); the model then reads one flag after the pass (see :meth:`_checked`)."""
-        return any(getattr(rule, "sync_free", False) for rule in self.rules)
-
-    @sync_free.setter
-    def sync_free(self, value: bool) -> None:
-        for rule in self.rules:
-            if isinstance(rule, SumRule):
-                rule.sync_free = value
-
-    def _checked(self, run: Any) -> Any:
-        """`run()`, a pass; if a sync-free rule met more underflowed units than it repairs, the
-        pass again with the syncing rules (rare: the answer is the same either way)."""
-        if not self.sync_free:
-            return run()
-        flag = self.scratch.overflow(self.device)
-        flag.zero_()
-        result = run()
-        if not bool(flag):
-            return result
-        self.sync_free = False
-        try:
-            return run()
-        finally:
-            self.sync_free = True
-
-    def _forward(self, batch: Batch, mode: str = "sum", leaves: Leaves | None = None) -> torch.Tensor:
-        """The value buffer (slots, batch); `leaves` overwrite their input units' values."""
-        return self._checked(lambda: self._forward_once(batch, mode, leaves))  # type: ignore[no-any-return]
-
-    @torch.no_grad()
-    def _forward_once(self, batch: Batch, mode: str, leaves: Leaves | None) -> torch.Tensor:
-        buf = self._scratch("values", batch.index.shape[1])
-        buf[ONE], buf[ZERO] = 0.0, -torch.inf
-        for i, rule in enumerate(self.rules):
-            if i == self.input_rules and leaves is not None:
-                buf[leaves.slots] = leaves.values.to(buf.dtype)
-            rule.forward(buf, batch, mode)
-        if self.input_rules == len(self.rules) and leaves is not None:  # a circuit of one leaf
-            buf[leaves.slots] = leaves.values.to(buf.dtype)
-        return buf
-
-    def _flow_pass(self, buf: torch.Tensor, batch: Batch, root_flow: float | torch.Tensor,
-                   leaves: Leaves | None = None, expected_missing: bool = True) -> list[dict[str, torch.Tensor]]:
-        """Top-down flows from `root_flow` (per sample) at the root over a buffer `_forward` filled:
-        each rule's statistics, summed over the batch. The flows reaching `leaves` are kept in
-        ``leaves.flows`` (U, B) and go no further. `expected_missing`: a missing value adds its
-        flow to every category in expectation (EM); False: to none (the gradient)."""
-        return self._checked(  # type: ignore[no-any-return]
-            lambda: self._flow_pass_once(buf, batch, root_flow, leaves, expected_missing))
-
-    @torch.no_grad()
-    def _flow_pass_once(self, buf: torch.Tensor, batch: Batch, root_flow: float | torch.Tensor,
-                        leaves: Leaves | None, expected_missing: bool) -> list[dict[str, torch.Tensor]]:
-        flow = self._scratch("flows", buf.shape[1]).zero_()
-        flow[self.plan.root] = root_flow
-        stats: list[dict[str, torch.Tensor]] = [{} for _ in self.rules]
-        for i in range(len(self.rules) - 1, -1, -1):
-            if i == self.input_rules - 1 and leaves is not None:  # every input unit's flow is final here
-                leaves.flows = flow[leaves.slots].clone()
-                flow[leaves.slots] = 0.0
-            rule = self.rules[i]
-            stats[i] = rule.flows(buf, flow, batch, expected_missing) if isinstance(rule, InputRule) \
-                else rule.flows(buf, flow, batch)
-        return stats
-
-    # ---- queries --------------------------------------------------------------------------------
-    def _log_prob(self, x: Any) -> torch.Tensor:
-        parts = [self._forward(self._batch(piece)[0])[self.plan.root].clone() for piece in self._pieces(x)]
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
-
+    # ---- queries (arguments checked and results typed by pcdsl.backends.api) ----------------------
     @api.log_prob
     def log_prob(self, x: Any) -> Any:
         """log p(x) per row; missing entries are marginalised."""
-        return self._out(self._log_prob(x), x)
+        return self.circuit.log_prob(x)
 
     @api.conditional
     def conditional(self, x: Any, query: Any) -> Any:
         """log p(x_Q | x_E): Q the query variables (indices, names or a mask), E the other observed ones.
 
         NaN where p(x_E) = 0: the conditional is undefined there."""
-        columns = self._columns(query)
-        full = torch.as_tensor(x, device=self.device, dtype=torch.float64).clone()
-        evidence = full.clone()
-        evidence[..., columns] = torch.where(self.discrete[columns], -1.0, torch.nan).to(evidence.dtype)
-        return self._out(self._log_prob(full) - self._log_prob(evidence), x)
-
-    def _columns(self, query: Any) -> torch.Tensor:
-        q = np.asarray(query)
-        if q.dtype == bool:
-            q = np.flatnonzero(q)
-        elif q.dtype.kind in "US":
-            names = {n: i for i, n in enumerate(self.plan.variables)}
-            q = np.array([names[str(n)] for n in q.reshape(-1)])
-        return torch.as_tensor(q.reshape(-1).astype(np.int64), device=self.device)
-
-    @torch.no_grad()
-    def _down(self, batch: Batch, real: torch.Tensor, mode: str, seed: int | None) -> torch.Tensor:
-        buf = self._forward(batch, "max" if mode == "map" else "sum")
-        gen = None
-        if mode == "sample":
-            gen = torch.Generator(device=self.device)
-            gen.manual_seed(seed or 0)
-        active = self._scratch("active", buf.shape[1]).zero_()
-        active[self.plan.root] = 1.0
-        out = real.clone()
-        for rule in reversed(self.rules):
-            rule.down(active, buf, batch, out, mode, gen)
-        # evidence of probability zero has no completion: NaN in its missing entries
-        impossible = buf[self.plan.root] == -torch.inf
-        out[impossible[:, None] & batch.missing.T] = torch.nan
-        return out
+        return self.circuit.conditional(x, query)
 
     @api.map_state
     def map(self, x: Any) -> tuple[Any, Any]:
@@ -265,63 +85,37 @@ class TorchModel(PlanModel):
         The completion is the exact MPE for deterministic circuits; otherwise it is the
         max-product (Viterbi) approximation. The log-probability is exact either way. Rows whose
         evidence has probability zero get NaN in their missing entries and log p = -inf."""
-        batch, real = self._batch(x)
-        completed = self._down(batch, real, "map", None)
-        lp = self._log_prob(completed)
-        return self._out(completed, x), self._out(lp, x)
+        return self.circuit.map(x)
 
     @api.sample
     def sample(self, n: int, evidence: Any = None, seed: int = 0) -> Any:
         """n ancestral samples; with evidence (one row or n rows), from p(missing | observed).
         Where the evidence has probability zero (undefined), the missing entries are NaN."""
-        if evidence is None:
-            rows = torch.full((n, self.plan.num_vars), torch.nan, dtype=torch.float64, device=self.device)
-        else:
-            rows = torch.as_tensor(evidence, device=self.device, dtype=torch.float64)
-            rows = rows[None, :] if rows.ndim == 1 else rows
-            rows = rows.expand(n, -1) if rows.shape[0] == 1 else rows
-        batch, real = self._batch(rows)
-        out = self._down(batch, real, "sample", seed)
-        return out if isinstance(evidence, torch.Tensor) else out.cpu().numpy()
+        return self.circuit.sample(n, evidence, seed)
 
     @api.flows
     def flows(self, x: Any) -> Flows:
         """Expected sufficient statistics of every parameter, summed over the batch."""
         return cast(Flows, self.passes(x)[1])
 
-    @torch.no_grad()
     def passes(self, x: Any, leaf_slots: torch.Tensor | None = None, leaf_values: torch.Tensor | None = None,
                flows: bool = True) -> tuple[torch.Tensor, Flows | None]:
-        """log p(x) per row and, if `flows`, the flows summed over the rows, in pieces of at most
-        `piece` rows. Neural leaves: the input units at `leaf_slots` (U,) take the log-likelihoods
-        `leaf_values` (rows, U) instead of their own (their flows stop there). No argument checks:
-        the public queries make them."""
-        totals: list[dict[str, torch.Tensor]] = [{} for _ in self.rules]  # each layer's, over the pieces
-        rows = []
-        for lo, hi in self.piece_bounds(len(x)):
-            batch, _ = self._batch(x[lo:hi])
-            leaves = None if leaf_slots is None or leaf_values is None else \
-                Leaves(leaf_slots, leaf_values[lo:hi].detach().T.to(self.device))
-            buf = self._forward(batch, leaves=leaves)
-            rows.append(buf[self.plan.root].clone())
-            if flows:
-                add_stats(totals, self._flow_pass(buf, batch, 1.0, leaves))
-        log_p = torch.cat(rows)
+        """log p(x) per row and, if `flows`, the flows summed over the rows (:meth:`.runtime.Circuit.passes`,
+        by parameter group). No argument checks: the public queries make them."""
+        log_p, totals = self.circuit.passes(x, leaf_slots, leaf_values, flows)
         return log_p, (self.as_flows(totals, float(log_p.double().sum())) if flows else None)
 
-    @torch.no_grad()
     def node_values(self, x: Any, slots: Any) -> torch.Tensor:
         """(rows, len(slots)) log-values of the units at buffer `slots` (``plan.slot_of[group]`` +
         unit) on the rows of x, in pieces."""
-        at = torch.as_tensor(np.asarray(slots, dtype=np.int64), device=self.device)
-        parts = [self._forward(self._batch(x[lo:hi])[0])[at].T.clone() for lo, hi in self.piece_bounds(len(x))]
-        return torch.cat(parts)
+        return self.circuit.node_values(x, slots)
 
     def as_flows(self, totals: list[dict[str, torch.Tensor]], log_likelihood: float = 0.0) -> Flows:
-        """Each rule's statistics (:meth:`_flow_pass`) handed to the parameter groups."""
+        """Each rule's statistics (:meth:`.runtime.Circuit.passes`) handed to the parameter groups."""
         result = Flows(log_likelihood=log_likelihood)
-        for i in range(len(self.rules) - 1, -1, -1):
-            rule = self.rules[i]
+        rules = self.circuit.rules
+        for i in range(len(rules) - 1, -1, -1):
+            rule = rules[i]
             if isinstance(rule, SumRule):
                 add_weight_flows(rule.layer, totals[i]["weights"], result, self.weight_rows)
             elif isinstance(rule, InputRule):

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pcdsl.numerics import underflow_guard
-from pcdsl.plan import InputLayer, ProductLayer, SumLayer, contiguous_start, same_pattern
-
+from .layout import InputLayer, ProductLayer, SumLayer, contiguous_start, same_pattern
+from .numerics import underflow_guard
 from .sparse import SparseEdges, runs_sparse
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)

@@ -324,10 +324,11 @@ class _LogLikelihood(torch.autograd.Function):
         model = run.model
         _install(model, tables)
         parts, kept = [], None
-        bounds = model.piece_bounds(len(x))
+        circuit = model.circuit
+        bounds = circuit.piece_bounds(len(x))
         for lo, hi in bounds:
-            batch, _ = model._batch(x[lo:hi])
-            buf = model._forward(batch, leaves=leaf_piece(model, run.leaf_slots, values, lo, hi))
+            batch, _ = circuit._batch(x[lo:hi])
+            buf = circuit._forward(batch, leaves=leaf_piece(model, run.leaf_slots, values, lo, hi))
             parts.append(buf[model.plan.root].clone())
             if len(bounds) == 1:  # one piece: keep its values for the backward pass
                 kept = buf.clone()
@@ -340,14 +341,15 @@ class _LogLikelihood(torch.autograd.Function):
         x, values, *tables = ctx.saved_tensors
         model: TorchModel = ctx.run.model
         _install(model, tables)
-        totals: list[dict[str, torch.Tensor]] = [{} for _ in model.rules]
+        circuit = model.circuit
+        totals: list[dict[str, torch.Tensor]] = [{} for _ in circuit.rules]
         leaf_grads = []
-        for lo, hi in model.piece_bounds(len(x)):
-            batch, _ = model._batch(x[lo:hi])
+        for lo, hi in circuit.piece_bounds(len(x)):
+            batch, _ = circuit._batch(x[lo:hi])
             leaves = leaf_piece(model, ctx.run.leaf_slots, values, lo, hi)
-            buf = ctx.kept if ctx.kept is not None else model._forward(batch, leaves=leaves)
-            add_stats(totals, model._flow_pass(buf, batch, grad[lo:hi].to(model.dtype), leaves,
-                                               expected_missing=False))
+            buf = ctx.kept if ctx.kept is not None else circuit._forward(batch, leaves=leaves)
+            add_stats(totals, circuit._flow_pass(buf, batch, grad[lo:hi].to(model.dtype), leaves,
+                                                 expected_missing=False))
             if leaves is not None:
                 assert leaves.flows is not None
                 leaf_grads.append(leaves.flows.T)
@@ -360,7 +362,7 @@ class _LogLikelihood(torch.autograd.Function):
 def _install(model: TorchModel, tables: Sequence[torch.Tensor]) -> None:
     """Write parameter blocks into the backend's rules, in place (the order of :meth:`_tables`)."""
     it = iter(tables)
-    for rule in model.rules:
+    for rule in model.circuit.rules:
         if isinstance(rule, SumRule):
             rule.log_weights.copy_(next(it))
             torch.exp(rule.log_weights, out=rule.weights)
@@ -377,7 +379,7 @@ def _table_gradients(model: TorchModel, totals: list[dict[str, torch.Tensor]]) -
     """The flows as gradients of each parameter block: sums' edge flows are d/d(log-weight),
     observed counts d/d(log-probability); Gaussians d/dmean = dx / var, d/dstd = (dxx / var - n) / std."""
     out = []
-    for rule, stats in zip(model.rules, totals, strict=True):
+    for rule, stats in zip(model.circuit.rules, totals, strict=True):
         if isinstance(rule, SumRule):
             out.append(stats["weights"])
         elif isinstance(rule, InputRule) and rule.layer.family == "gaussian":

@@ -1,6 +1,6 @@
 """Sparse sum layers on torch: a layer's kept edges as one block-diagonal CSR matrix.
 
-The plan marks a sum layer sparse (:class:`pcdsl.plan.SparseSum`) when most of its weights are
+The plan marks a sum layer sparse (:class:`pcdsl.layout.SparseSum`) when most of its weights are
 exact zeros (pruned circuits). Its F folds of (M, C) weights are then one (F * M, F * C) CSR
 matrix S over the folds' inputs, side by side, so a pass is one sparse product:
 
@@ -21,7 +21,7 @@ import warnings
 import numpy as np
 import torch
 
-from pcdsl.plan import SumLayer
+from .layout import SumLayer
 
 # On the CPU a sparse layer runs sparse below this share of non-zero weights (measured on a 2-core
 # box: torch's CSR product costs 3-4x its dense bmm per edge; numba's kernels do better, see there).
