@@ -44,7 +44,7 @@ from pcdsl.plan import InputLayer, LayeredPlan, SumLayer, plan_parameters
 
 from . import TorchModel, add_stats, lower
 from .layers import InputRule, SumRule
-from .module_params import TINY, em_step, leaf_piece, load_module_parameters, module_parameters
+from .module_params import TINY, em_step, load_module_parameters, module_parameters
 
 LeafValues = torch.Tensor | Mapping[str, torch.Tensor] | None
 
@@ -328,7 +328,7 @@ class _LogLikelihood(torch.autograd.Function):
         bounds = circuit.piece_bounds(len(x))
         for lo, hi in bounds:
             batch, _ = circuit._batch(x[lo:hi])
-            buf = circuit._forward(batch, leaves=leaf_piece(model, run.leaf_slots, values, lo, hi))
+            buf = circuit._forward(batch, leaves=circuit.leaves(run.leaf_slots, values, lo, hi))
             parts.append(buf[model.plan.root].clone())
             if len(bounds) == 1:  # one piece: keep its values for the backward pass
                 kept = buf.clone()
@@ -346,7 +346,7 @@ class _LogLikelihood(torch.autograd.Function):
         leaf_grads = []
         for lo, hi in circuit.piece_bounds(len(x)):
             batch, _ = circuit._batch(x[lo:hi])
-            leaves = leaf_piece(model, ctx.run.leaf_slots, values, lo, hi)
+            leaves = circuit.leaves(ctx.run.leaf_slots, values, lo, hi)
             buf = ctx.kept if ctx.kept is not None else circuit._forward(batch, leaves=leaves)
             add_stats(totals, circuit._flow_pass(buf, batch, grad[lo:hi].to(model.dtype), leaves,
                                                  expected_missing=False))

@@ -15,19 +15,10 @@ import torch
 
 from pcdsl.params import Parameters
 
-from . import Leaves, TorchModel
-
 if TYPE_CHECKING:
     from .module import CircuitModule
 
 TINY = 1e-300  # a non-zero probability below this is stored as log of it (exp underflows anyway)
-
-
-def leaf_piece(model: TorchModel, slots: torch.Tensor, values: torch.Tensor | None, lo: int, hi: int) -> Leaves | None:
-    """Rows lo..hi of the neural leaves' values, unit-major on the model's device."""
-    if values is None:
-        return None
-    return Leaves(slots, values[lo:hi].detach().T.to(model.device))
 
 
 def module_parameters(module: CircuitModule) -> Parameters:

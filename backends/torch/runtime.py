@@ -153,16 +153,9 @@ class Circuit:
             flat = self._buffers[name] = torch.empty(size, device=self.device, dtype=self.dtype)
         return flat[:size].view(self.plan.num_slots, batch_size)
 
-    def _pieces(self, x: Any) -> list[Any]:
-        """The rows of a batch in pieces of near-equal sizes, at most `piece` rows each (a small
-        last piece would cost as many small matrix products as a large one)."""
-        rows = x if isinstance(x, torch.Tensor) else np.asarray(x)
-        if rows.ndim != 2 or len(rows) <= self.piece:
-            return [x]
-        return [rows[lo:hi] for lo, hi in self.piece_bounds(len(rows))]
-
     def piece_bounds(self, rows: int) -> list[tuple[int, int]]:
-        """(start, stop) of each piece of a batch of `rows` rows."""
+        """(start, stop) of each piece of a batch of `rows` rows: near-equal sizes, at most `piece`
+        rows each (a small last piece would cost as many small matrix products as a large one)."""
         count = max(1, -(-rows // self.piece))
         bounds = [rows * i // count for i in range(count + 1)]
         return list(itertools.pairwise(bounds))
@@ -258,8 +251,7 @@ class Circuit:
         return out
 
     def _log_prob(self, x: Any) -> torch.Tensor:
-        parts = [self._forward(self._batch(piece)[0])[self.plan.root].clone() for piece in self._pieces(x)]
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+        return self.passes(x, flows=False)[0]
 
     def _columns(self, query: Any) -> torch.Tensor:
         """Query variables as column indices: names (one or several), indices or a boolean mask."""
@@ -354,13 +346,17 @@ class Circuit:
         log_p = []
         for lo, hi in self.piece_bounds(len(rows)):
             batch, _ = self._batch(rows[lo:hi])
-            leaves = None if leaf_slots is None or leaf_values is None else \
-                Leaves(leaf_slots, leaf_values[lo:hi].detach().T.to(self.device))
+            leaves = None if leaf_slots is None else self.leaves(leaf_slots, leaf_values, lo, hi)
             buf = self._forward(batch, leaves=leaves)
             log_p.append(buf[self.plan.root].clone())
             if flows:
                 add_stats(totals, self._flow_pass(buf, batch, 1.0, leaves))
         return torch.cat(log_p), totals
+
+    def leaves(self, slots: torch.Tensor, values: torch.Tensor | None, lo: int, hi: int) -> Leaves | None:
+        """Neural leaves at `slots` taking rows lo..hi of `values` (rows, U), unit-major on this
+        circuit's device; None without values."""
+        return None if values is None else Leaves(slots, values[lo:hi].detach().T.to(self.device))
 
     @torch.no_grad()
     def node_values(self, x: Any, slots: Any) -> torch.Tensor:
