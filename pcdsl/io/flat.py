@@ -199,12 +199,10 @@ def _nodes(flat: Flat, keep: np.ndarray) -> tuple[list[Node], Parameters, bool]:
         mask = scope[i] = Scope.union(scope[c] for c in kids)
         if kinds[i] == PRODUCT:
             suspect = suspect or len(mask) != sum(len(scope[c]) for c in kids)
-        else:
-            suspect = suspect or any(scope[c] != scope[kids[0]] for c in kids)
-        if kinds[i] == PRODUCT:
             nodes.append(Node(names[i], NodeKind.PRODUCT, 1, tuple(names[c] for c in kids), mask, pattern="hadamard",
                               span=span))
         else:
+            suspect = suspect or any(scope[c] != scope[kids[0]] for c in kids)
             merged, w = merge_children(kids, weights[offsets[i]:offsets[i + 1]])
             params.weights[names[i]] = w[None, :]
             nodes.append(Node(names[i], NodeKind.SUM, 1, tuple(names[c] for c in merged), mask, weights=w[None, :],
