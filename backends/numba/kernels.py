@@ -331,11 +331,51 @@ def _shifted(b, sindex, row, inputs, e, mx):  # type: ignore[no-untyped-def]
 
 
 @njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
+def _fold_sums(weights, w, units, inputs, e, acc, wide):  # type: ignore[no-untyped-def]
+    """acc[m] = sum_c W[m, c] e[c] for one fold's units (W[m, c] = weights[w + m * inputs + c];
+    acc at least (units, T)): through `gemm` when `wide` (blocks of units, each call within
+    GEMM_CHUNK), else four units per pass, so each row of e is loaded once per four."""
+    t_size = acc.shape[1]
+    if wide:
+        step = max(1, GEMM_CHUNK // (inputs * t_size))
+        for lo in range(0, units, step):
+            hi = min(units, lo + step)
+            gemm(weights[w + lo * inputs:w + hi * inputs].reshape(hi - lo, inputs), e[:inputs], acc[lo:hi])
+        return
+    m = 0
+    while m + 4 <= units:
+        a0, a1, a2, a3 = acc[m], acc[m + 1], acc[m + 2], acc[m + 3]
+        for t in range(t_size):
+            a0[t] = a1[t] = a2[t] = a3[t] = 0.0
+        w0 = w + m * inputs
+        for c in range(inputs):
+            b0, b1 = weights[w0 + c], weights[w0 + inputs + c]
+            b2, b3 = weights[w0 + 2 * inputs + c], weights[w0 + 3 * inputs + c]
+            for t in range(t_size):
+                ec = e[c, t]
+                a0[t] += b0 * ec
+                a1[t] += b1 * ec
+                a2[t] += b2 * ec
+                a3[t] += b3 * ec
+        m += 4
+    while m < units:
+        a0 = acc[m]
+        for t in range(t_size):
+            a0[t] = 0.0
+        w0 = w + m * inputs
+        for c in range(inputs):
+            b0 = weights[w0 + c]
+            for t in range(t_size):
+                a0[t] += b0 * e[c, t]
+        m += 1
+
+
+@njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
 def _sum(b, op, sindex, weights, logw, e, mx, acc, blas):  # type: ignore[no-untyped-def]
-    """acc (at least (4, T)): four output units at a time, so each row of e is loaded once per
-    four; folds of `blas` or more edges per sample (blas >= 0) go through `_sum_gemm` (acc then
-    (units, T) at least). A unit whose shifted sum falls below `guard` (its weighted terms lie far
-    below the column's shift) is recomputed with its own shift by `exact_sum`."""
+    """acc (at least (units, T)) takes each fold's shifted sums (`_fold_sums`; folds of `blas` or
+    more edges per sample, blas >= 0, through gemm), then out = log acc + mx. A unit whose shifted
+    sum falls below `guard` (its weighted terms lie far below the column's shift) is recomputed
+    with its own shift by `exact_sum`."""
     start, folds, units, inputs = op[START], op[A], op[B], op[C]
     t_size = b.shape[1]
     small = guard(b[0, 0])
@@ -345,59 +385,15 @@ def _sum(b, op, sindex, weights, logw, e, mx, acc, blas):  # type: ignore[no-unt
         _shifted(b, sindex, row, inputs, e, mx)
         first = start + f * units
         w = op[WEIGHT] + f * units * inputs
-        if wide:
-            _sum_gemm(b, sindex, row, inputs, weights, logw, w, first, units, e, mx, acc, small)
-            continue
-        m = 0
-        while m + 4 <= units:
-            acc[:, :] = 0.0
-            w0 = w + m * inputs
-            for c in range(inputs):
-                a0, a1 = weights[w0 + c], weights[w0 + inputs + c]
-                a2, a3 = weights[w0 + 2 * inputs + c], weights[w0 + 3 * inputs + c]
-                for t in range(t_size):
-                    ec = e[c, t]
-                    acc[0, t] += a0 * ec
-                    acc[1, t] += a1 * ec
-                    acc[2, t] += a2 * ec
-                    acc[3, t] += a3 * ec
-            for j in range(4):
-                for t in range(t_size):
-                    b[first + m + j, t] = slog(acc[j, t]) + mx[t]
-            if _lost(acc, 4, small):
-                _repair(b, sindex, row, inputs, logw, w0, first + m, 4, acc, small)
-            m += 4
-        while m < units:
-            acc[0, :] = 0.0
-            w0 = w + m * inputs
-            for c in range(inputs):
-                a0 = weights[w0 + c]
-                for t in range(t_size):
-                    acc[0, t] += a0 * e[c, t]
+        _fold_sums(weights, w, units, inputs, e, acc, wide)
+        lost = 0
+        for m in range(units):
+            out, a = b[first + m], acc[m]
             for t in range(t_size):
-                b[first + m, t] = slog(acc[0, t]) + mx[t]
-            if _lost(acc, 1, small):
-                _repair(b, sindex, row, inputs, logw, w0, first + m, 1, acc, small)
-            m += 1
-
-
-@njit(fastmath=FAST, error_model="numpy", cache=True)
-def _sum_gemm(b, sindex, row, inputs, weights, logw, w, first, units, e, mx, acc, small):  # type: ignore[no-untyped-def]
-    """One fold's units through `gemm`: acc[m] = W[m] @ e for blocks of units (each call within
-    GEMM_CHUNK), then out = log acc + mx; units below `small` go to `_repair`."""
-    t_size = b.shape[1]
-    step = max(1, GEMM_CHUNK // (inputs * t_size))
-    for lo in range(0, units, step):
-        hi = min(units, lo + step)
-        gemm(weights[w + lo * inputs:w + hi * inputs].reshape(hi - lo, inputs), e[:inputs], acc[lo:hi])
-    lost = 0
-    for m in range(units):
-        out, a = b[first + m], acc[m]
-        for t in range(t_size):
-            out[t] = slog(a[t]) + mx[t]
-            lost += a[t] < small
-    if lost:
-        _repair(b, sindex, row, inputs, logw, w, first, units, acc, small)
+                out[t] = slog(a[t]) + mx[t]
+                lost += a[t] < small
+        if lost:
+            _repair(b, sindex, row, inputs, logw, w, first, units, acc, small)
 
 
 @njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
@@ -599,22 +595,28 @@ def forward(buf, idx, real, cat, lp, lpmax, gauss, gmean, gstd, ops, pindex, sin
         mx = np.empty(t_size, dtype=buf.dtype)
         acc = np.empty((max(4, _most_units(ops)), t_size), dtype=buf.dtype)
         for tile in range(chunk, tiles, chunks):
-            b = buf[tile]
-            b[0, :] = 0.0  # the constant slots: log 1 and log 0
-            b[1, :] = -np.inf
-            for layer in range(ops.shape[0]):
-                op = ops[layer]
-                if op[KIND] == PRODUCT:
-                    _product(b, op, pindex)
-                elif op[KIND] == SPARSE:
-                    if mode == MAX_MODE:
-                        _sparse_max(b, op, sindex, sptr, scol, logw, acc)
-                    else:
-                        _sparse_sum(b, op, sindex, sptr, scol, slive, weights, logw, e, mx)
-                elif mode == MAX_MODE:
-                    _sum_max(b, op, sindex, logw, acc)
-                else:
-                    _sum(b, op, sindex, weights, logw, e, mx, acc, blas)
+            tile_layers(buf[tile], ops, pindex, sindex, sptr, scol, slive, weights, logw, mode, e, mx, acc, blas)
+
+
+@njit(fastmath=FAST, error_model="numpy", cache=True)
+def tile_layers(b, ops, pindex, sindex, sptr, scol, slive, weights, logw, mode, e, mx, acc, blas):  # type: ignore[no-untyped-def]
+    """Every layer of one tile b (slots, T) whose input slots are filled (scratch: e (widest, T),
+    mx (T,), acc (at least (4, T) and a fold's units))."""
+    b[0, :] = 0.0  # the constant slots: log 1 and log 0
+    b[1, :] = -np.inf
+    for layer in range(ops.shape[0]):
+        op = ops[layer]
+        if op[KIND] == PRODUCT:
+            _product(b, op, pindex)
+        elif op[KIND] == SPARSE:
+            if mode == MAX_MODE:
+                _sparse_max(b, op, sindex, sptr, scol, logw, acc)
+            else:
+                _sparse_sum(b, op, sindex, sptr, scol, slive, weights, logw, e, mx)
+        elif mode == MAX_MODE:
+            _sum_max(b, op, sindex, logw, acc)
+        else:
+            _sum(b, op, sindex, weights, logw, e, mx, acc, blas)
 
 
 @njit(error_model="numpy", cache=True)
@@ -739,10 +741,9 @@ def _sparse_exact_flows(b, fl, sindex, sptr, scol, logw, wflow, row, first, rows
 @njit(inline="always", fastmath=FAST_REDUCE, error_model="numpy", cache=True)
 def _sum_flows(b, fl, op, sindex, weights, logw, wflow, e, mx, r, z, zc, g, blas):  # type: ignore[no-untyped-def]
     """Flows of one sum layer for one tile: child flow += e_c * sum_m W[m, c] r_m and weight flow
-    += W[m, c] * sum_t r_m e_c, with r_m = flow_m exp(mx - value_m). Four inputs at a time, or
-    as two products through `_flows_gemm` for folds of `blas` edges or more (z and zc (widest, T),
-    g (most * widest,) scratch). Units far below the column's shift (those `_sum` recomputed) go
-    edge by edge (`_exact_flows`)."""
+    += W[m, c] * sum_t r_m e_c, with r_m = flow_m exp(mx - value_m) (`_fold_flows`; z and zc
+    (widest, T), g (most * widest,) scratch). Units far below the column's shift (those `_sum`
+    recomputed) go edge by edge (`_exact_flows`)."""
     start, folds, units, inputs = op[START], op[A], op[B], op[C]
     t_size = b.shape[1]
     low = math.log(guard(b[0, 0]))
@@ -758,49 +759,58 @@ def _sum_flows(b, fl, op, sindex, weights, logw, wflow, e, mx, r, z, zc, g, blas
         for m in range(units):  # consumed: leave the rows empty for the next pass (see `flows`)
             for t in range(t_size):
                 fl[first + m, t] = 0.0
-        if wide:
-            _flows_gemm(fl, sindex, row, inputs, weights, wflow, w, units, e, r, z, zc, g)
-            continue
-        c = 0
-        while c + 4 <= inputs:
-            z[:, :] = 0.0
-            for m in range(units):
-                at = w + m * inputs + c
-                w0, w1, w2, w3 = weights[at], weights[at + 1], weights[at + 2], weights[at + 3]
-                d0 = d1 = d2 = d3 = 0.0
-                for t in range(t_size):
-                    rm = r[m, t]
-                    z[0, t] += w0 * rm
-                    z[1, t] += w1 * rm
-                    z[2, t] += w2 * rm
-                    z[3, t] += w3 * rm
-                    d0 += rm * e[c, t]
-                    d1 += rm * e[c + 1, t]
-                    d2 += rm * e[c + 2, t]
-                    d3 += rm * e[c + 3, t]
-                wflow[at] += w0 * d0
-                wflow[at + 1] += w1 * d1
-                wflow[at + 2] += w2 * d2
-                wflow[at + 3] += w3 * d3
-            for j in range(4):
-                child = sindex[row + c + j]
-                for t in range(t_size):
-                    fl[child, t] += e[c + j, t] * z[j, t]
-            c += 4
-        while c < inputs:
-            z[0, :] = 0.0
-            for m in range(units):
-                at = w + m * inputs + c
-                w0 = weights[at]
-                d0 = 0.0
-                for t in range(t_size):
-                    z[0, t] += w0 * r[m, t]
-                    d0 += r[m, t] * e[c, t]
-                wflow[at] += w0 * d0
-            child = sindex[row + c]
+        _fold_flows(fl, sindex, row, inputs, weights, wflow, w, units, e, r, z, zc, g, wide)
+
+
+@njit(inline="always", fastmath=FAST_REDUCE, error_model="numpy", cache=True)
+def _fold_flows(fl, sindex, row, inputs, weights, wflow, w, units, e, r, z, zc, g, wide):  # type: ignore[no-untyped-def]
+    """One fold's flows from its inputs' terms e (inputs, T) and its units' ratios r (units, T):
+    child c's flow += e_c * sum_m W[m, c] r_m, weight flow += W[m, c] * sum_t r_m e_c. Through
+    `_flows_gemm` when `wide`, else four inputs per pass."""
+    if wide:
+        _flows_gemm(fl, sindex, row, inputs, weights, wflow, w, units, e, r, z, zc, g)
+        return
+    t_size = fl.shape[1]
+    c = 0
+    while c + 4 <= inputs:
+        z[:4, :] = 0.0
+        for m in range(units):
+            at = w + m * inputs + c
+            w0, w1, w2, w3 = weights[at], weights[at + 1], weights[at + 2], weights[at + 3]
+            d0 = d1 = d2 = d3 = 0.0
             for t in range(t_size):
-                fl[child, t] += e[c, t] * z[0, t]
-            c += 1
+                rm = r[m, t]
+                z[0, t] += w0 * rm
+                z[1, t] += w1 * rm
+                z[2, t] += w2 * rm
+                z[3, t] += w3 * rm
+                d0 += rm * e[c, t]
+                d1 += rm * e[c + 1, t]
+                d2 += rm * e[c + 2, t]
+                d3 += rm * e[c + 3, t]
+            wflow[at] += w0 * d0
+            wflow[at + 1] += w1 * d1
+            wflow[at + 2] += w2 * d2
+            wflow[at + 3] += w3 * d3
+        for j in range(4):
+            child = sindex[row + c + j]
+            for t in range(t_size):
+                fl[child, t] += e[c + j, t] * z[j, t]
+        c += 4
+    while c < inputs:
+        z[0, :] = 0.0
+        for m in range(units):
+            at = w + m * inputs + c
+            w0 = weights[at]
+            d0 = 0.0
+            for t in range(t_size):
+                z[0, t] += w0 * r[m, t]
+                d0 += r[m, t] * e[c, t]
+            wflow[at] += w0 * d0
+        child = sindex[row + c]
+        for t in range(t_size):
+            fl[child, t] += e[c, t] * z[0, t]
+        c += 1
 
 
 @njit(fastmath=FAST, error_model="numpy", cache=True)
@@ -844,52 +854,77 @@ def _exact_flows(b, fl, sindex, logw, wflow, row, first, w, units, inputs, mx, l
 
 
 @njit(parallel=True, fastmath=FAST_REDUCE, error_model="numpy", cache=True)
-def flows(buf, flow, n, root, idx, real, cat, corder, crows, gauss, gmean, ops, pindex, sindex, sptr, scol, slive,
-          weights, logw, widest, most, wflow, counts, cat_missing, gstats, blas):  # type: ignore[no-untyped-def]
-    """Top-down expected counts from a buffer filled by `forward` in SUM_MODE (`widest`, `most`:
-    the largest fan-in and unit count of a sum layer; `blas` as in `forward`).
+def flows(buf, flow, n, root, ops, pindex, sindex, sptr, scol, slive, weights, logw, widest, most, wflow,
+          blas):  # type: ignore[no-untyped-def]
+    """Top-down flows of every layer from a buffer filled by `forward` in SUM_MODE (`widest`,
+    `most`: the largest fan-in and unit count of a sum layer; `blas` as in `forward`); the input
+    units' flows stay in `flow` for `input_counts`.
 
-    `flow` (like `buf`) must hold zeros (but in the constant slots 0 and 1) and is left so: each
-    layer empties the rows it read once it has passed their flow down, the inputs theirs once
-    counted. Zeroing the whole buffer per pass would cost a pass over memory of its own.
+    `flow` (like `buf`) must hold zeros (but in the constant slots 0 and 1) and is left so once
+    `input_counts` has run: each layer empties the rows it read once it has passed their flow
+    down, the inputs theirs once counted. Zeroing the whole buffer per pass would cost a pass
+    over memory of its own.
+
+    Output (zeroed by the caller): wflow (chunks, weights) the sum-weight flows of each chunk of
+    tiles (one chunk per thread; the caller adds them up)."""
+    tiles, _, t_size = buf.shape
+    chunks = wflow.shape[0]
+    for chunk in prange(chunks):
+        scratch = flow_scratch(widest, most, t_size, buf.dtype)
+        for tile in range(chunk, tiles, chunks):
+            _seed(flow[tile], root, tile * t_size, n, False)
+            tile_flows(buf[tile], flow[tile], ops, pindex, sindex, sptr, scol, slive, weights, logw, wflow[chunk],
+                       scratch, blas)
+
+
+@njit(cache=True)
+def flow_scratch(widest, most, t_size, dtype):  # type: ignore[no-untyped-def]
+    """A thread's scratch for `tile_flows`: e, zc (widest, T); r (most, T); mx (T,); z; g."""
+    return (np.empty((widest, t_size), dtype=dtype), np.empty((most, t_size), dtype=dtype),
+            np.empty(t_size, dtype=dtype), np.empty((max(4, widest), t_size), dtype=dtype),
+            np.empty((widest, t_size), dtype=dtype), np.empty(most * widest, dtype=dtype))
+
+
+@njit(fastmath=FAST_REDUCE, error_model="numpy", cache=True)
+def _product_flows(fl, op, pindex):  # type: ignore[no-untyped-def]
+    """A product layer passes each unit's flow whole to its children, then empties its rows."""
+    start, units, fan_in, off = op[START], op[A], op[B], op[INDEX]
+    t_size = fl.shape[1]
+    for u in range(units):
+        for k in range(fan_in):
+            child = pindex[off + u * fan_in + k]
+            for t in range(t_size):
+                fl[child, t] += fl[start + u, t]
+        for t in range(t_size):
+            fl[start + u, t] = 0.0
+
+
+@njit(fastmath=FAST_REDUCE, error_model="numpy", cache=True)
+def tile_flows(b, fl, ops, pindex, sindex, sptr, scol, slive, weights, logw, wflow, scratch, blas):  # type: ignore[no-untyped-def]
+    """Every layer's flows, top down, for one seeded tile (b values, fl flows: (slots, T))."""
+    e, r, mx, z, zc, g = scratch
+    for layer in range(ops.shape[0] - 1, -1, -1):
+        op = ops[layer]
+        if op[KIND] == SUM:
+            _sum_flows(b, fl, op, sindex, weights, logw, wflow, e, mx, r, z, zc, g, blas)
+        elif op[KIND] == SPARSE:
+            _sparse_flows(b, fl, op, sindex, sptr, scol, slive, weights, logw, wflow, e, mx, r, zc)
+        else:
+            _product_flows(fl, op, pindex)
+
+
+@njit(parallel=True, fastmath=FAST_REDUCE, error_model="numpy", cache=True)
+def input_counts(flow, idx, real, cat, corder, crows, gauss, gmean, counts, cat_missing, gstats):  # type: ignore[no-untyped-def]
+    """The input units' flows (left in `flow` by `flows`) into their statistics, emptying their rows.
 
     Categorical units reading one row of lp (tied leaves) are listed together: row r's units are
     corder[crows[r]:crows[r + 1]], so each row of counts has one writer.
 
-    Outputs (zeroed by the caller): wflow (chunks, weights) the sum-weight flows of each chunk
-    of tiles (one chunk per thread; the caller adds them up); counts (lp size,) categorical
-    flows of observed values; cat_missing (rows of lp,) flows that reached a row's units where
-    their variable is missing; gstats (gaussian units, 4): flow, flow * d, flow * d^2 over observed
-    values, d = x - mean (centred on the unit's mean: raw moments would cancel), and flow over
-    missing ones."""
-    tiles, _, t_size = buf.shape
-    chunks = wflow.shape[0]
-    for chunk in prange(chunks):
-        e = np.empty((widest, t_size), dtype=buf.dtype)
-        r = np.empty((most, t_size), dtype=buf.dtype)
-        mx = np.empty(t_size, dtype=buf.dtype)
-        z = np.empty((max(4, widest), t_size), dtype=buf.dtype)
-        zc = np.empty((widest, t_size), dtype=buf.dtype)
-        g = np.empty(most * widest, dtype=buf.dtype)
-        for tile in range(chunk, tiles, chunks):
-            b, fl = buf[tile], flow[tile]
-            _seed(fl, root, tile * t_size, n, False)
-            for layer in range(ops.shape[0] - 1, -1, -1):
-                op = ops[layer]
-                if op[KIND] == SUM:
-                    _sum_flows(b, fl, op, sindex, weights, logw, wflow[chunk], e, mx, r, z, zc, g, blas)
-                    continue
-                if op[KIND] == SPARSE:
-                    _sparse_flows(b, fl, op, sindex, sptr, scol, slive, weights, logw, wflow[chunk], e, mx, r, zc)
-                    continue
-                start, units, fan_in, off = op[START], op[A], op[B], op[INDEX]
-                for u in range(units):
-                    for k in range(fan_in):
-                        child = pindex[off + u * fan_in + k]
-                        for t in range(t_size):
-                            fl[child, t] += fl[start + u, t]
-                    for t in range(t_size):
-                        fl[start + u, t] = 0.0
+    Outputs (zeroed by the caller): counts (lp size,) categorical flows of observed values;
+    cat_missing (rows of lp,) flows that reached a row's units where their variable is missing;
+    gstats (gaussian units, 4): flow, flow * d, flow * d^2 over observed values, d = x - mean
+    (centred on the unit's mean: raw moments would cancel), and flow over missing ones."""
+    tiles, _, t_size = flow.shape
     # Inputs row by row of lp: each row's units add to it in turn (no two threads write one row).
     for r in prange(crows.shape[0] - 1):
         for j in range(crows[r], crows[r + 1]):

@@ -306,10 +306,10 @@ class Circuit:
             buf = self._forward(index, real, kernels.SUM_MODE)
             flow = self._buffer("flows", index.shape[1], self.dtype, zeros=True)  # `kernels.flows` keeps it so
             chunks = self._chunks(buf)
-            kernels.flows(buf, flow, n, self.root, index, real, self.cat, self.corder, self.crows, self.gauss,
-                          self.gmean, self.ops, self.pindex, self.sindex, self.sptr, self.scol, self.slive,
-                          self.weights, self.logw, self.widest, self.most, wflow[:chunks], counts, missing, g,
-                          self.blas)
+            kernels.flows(buf, flow, n, self.root, self.ops, self.pindex, self.sindex, self.sptr, self.scol,
+                          self.slive, self.weights, self.logw, self.widest, self.most, wflow[:chunks], self.blas)
+            kernels.input_counts(flow, index, real, self.cat, self.corder, self.crows, self.gauss, self.gmean,
+                                 counts, missing, g)
             log_likelihood += float(self._root(buf, n).sum())
         if missing.any():  # a missing value counts in expectation: probs * flow (one row of lp each)
             first = self.cat[self.corder[self.crows[:-1]]]
