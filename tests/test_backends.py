@@ -82,7 +82,7 @@ _CACHE_PROBE = """
 import json, sys
 import numpy as np
 import pcdsl
-from pcdsl.backends.numba import kernels
+from pcdsl.backends.numba import kernels, scaled
 
 graph = pcdsl.load(sys.argv[1], "nltcs_hclt")
 model = pcdsl.compile(graph, "numba", dtype="float32")
@@ -90,7 +90,9 @@ x = np.zeros((3, 16))
 x[0, 2] = -1
 model.log_prob(x), model.flows(x), model.map(x), model.sample(2)
 print(json.dumps({name: [sum(f.stats.cache_hits.values()), sum(f.stats.cache_misses.values())]
-                  for name, f in (("forward", kernels.forward), ("flows", kernels.flows), ("down", kernels.down))}))
+                  for name, f in (("forward", kernels.forward), ("scaled forward", scaled.forward),
+                                  ("scaled flows", scaled.flows), ("input counts", kernels.input_counts),
+                                  ("down", kernels.down))}))
 """
 
 

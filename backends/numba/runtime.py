@@ -12,12 +12,12 @@ import functools
 import math
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numba
 import numpy as np
 
-from . import kernels
+from . import kernels, scaled
 
 # One query at a time per process: queries share scratch buffers, and each already uses every
 # thread. (A process that runs torch too is better off with NUMBA_THREADING_LAYER=workqueue: the
@@ -63,6 +63,9 @@ BLAS_EDGES = 256
 # weight-flow updates, once for more samples), halved down to MIN_TILE while a batch would leave a
 # thread without a tile.
 TILE, MIN_TILE = 128, 32
+# log_prob and flows run in scaled probabilities (scaled.py) unless its tables (one row of
+# probabilities per categorical unit) would hold more values than this; then in logs.
+SCALED_TABLE_VALUES = 1 << 28
 
 
 class Circuit:
@@ -98,6 +101,9 @@ class Circuit:
         self._buffers: dict[str, np.ndarray] = {}
         # the kernels' `blas` argument: folds of this many edges or more go through gemm (-1: none)
         self.blas = BLAS_EDGES if kernels.BLAS else -1
+        self.groups = _scale_groups(self.cat, self.gauss, self.ops, self.pindex, self.num_slots)
+        # whether log_prob and flows run scaled.py's kernels (kernels.py's, all in logs, otherwise)
+        self.scaled = int(self.cat[:, 3].sum()) <= SCALED_TABLE_VALUES
         self.set_arrays({k: arrays[k] for k in PARAMETERS})
 
     @_serialised
@@ -111,6 +117,7 @@ class Circuit:
         with np.errstate(divide="ignore"):
             self.logw = np.log(self.weights)
         self._lp_extremes()
+        self._scaled_tables()
 
     @_serialised
     def set_slices(self, parts: dict[str, list[tuple[int, np.ndarray]]]) -> None:
@@ -124,6 +131,7 @@ class Circuit:
                         self.logw[start:start + len(values)] = np.log(array[start:start + len(values)])
         if parts.get("lp"):
             self._lp_extremes()
+            self._scaled_tables()
 
     def _lp_extremes(self) -> None:
         """lpmax and lpbest: each categorical unit's largest log-probability and its category."""
@@ -136,6 +144,28 @@ class Circuit:
             rowmax[rows] = values.max(axis=1)
             rowbest[rows] = values.argmax(axis=1)
         self.lpmax, self.lpbest = rowmax[self.crow], rowbest[self.crow]
+
+    def _scaled_tables(self) -> None:
+        """scaled.py's input tables from lp: gmax, each input group's largest log-probability of
+        each value (-inf where all its units give the value probability 0), and ltab, each
+        categorical unit's exp(lp - gmax) over its values (0 where lp is -inf)."""
+        if not self.scaled:
+            return
+        g = self.groups
+        cards = self.cat[:, 3]
+        self.ltab = np.zeros(int(cards.sum()), dtype=self.dtype)
+        self.gmax = np.full(len(g.gmax_ids), -np.inf)
+        for size in np.unique(cards):
+            units = np.flatnonzero(cards == size)  # a group's units: one cardinality, a run of `cat`
+            rows = self.lp[self.cat[units, 2][:, None] + np.arange(size)].astype(np.float64)
+            ids = g.cat_group[units]
+            first = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+            top = np.maximum.reduceat(rows, first, axis=0)
+            self.gmax[g.gmax_off[ids[first]][:, None] + np.arange(size)] = top
+            top = np.repeat(top, np.diff(np.r_[first, len(units)]), axis=0)
+            with np.errstate(invalid="ignore"):
+                table = np.exp(rows - top)
+            self.ltab[g.ltab_off[units][:, None] + np.arange(size)] = np.nan_to_num(table, nan=0.0)
 
     # ---- evidence ------------------------------------------------------------------------
     def _evidence(self, x: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
@@ -159,15 +189,18 @@ class Circuit:
         real[:, :n] = np.where(missing, np.nan, rows).T
         return index, real, rows, n
 
-    def _buffer(self, name: str, columns: int, dtype: np.dtype, zeros: bool = False) -> np.ndarray:
-        """A (tiles, slots, T) buffer kept between calls (fresh ones this size cost page faults):
-        the first tiles of the largest one asked for so far; a new one holds zeros if `zeros`."""
+    def _buffer(self, name: str, columns: int, dtype: np.dtype, zeros: bool = False,
+                rows: int | None = None) -> np.ndarray:
+        """A (tiles, rows, T) buffer (rows: the slots unless given) kept between calls (fresh ones
+        this size cost page faults): the first tiles of the largest one asked for so far; a new one
+        holds zeros if `zeros`."""
         tile = self._tile_for(columns)  # the tile `_evidence` chose: the same for the padded width
         tiles = columns // tile
+        rows = self.num_slots if rows is None else rows
         buf = self._buffers.get(name)
-        if buf is None or len(buf) < tiles or buf.dtype != dtype or buf.shape[2] != tile:
+        if buf is None or len(buf) < tiles or buf.dtype != dtype or buf.shape[1:] != (rows, tile):
             make = np.zeros if zeros else np.empty
-            buf = self._buffers[name] = make((tiles, self.num_slots, tile), dtype=dtype)
+            buf = self._buffers[name] = make((tiles, rows, tile), dtype=dtype)
         return buf[:tiles]
 
     def _tile_for(self, n: int) -> int:
@@ -184,6 +217,26 @@ class Circuit:
                         self.ops, self.pindex, self.sindex, self.sptr, self.scol, self.slive, self.weights, self.logw,
                         self.widest, mode, self._chunks(buf), self.blas)
         return buf
+
+    def _forward_scaled(self, index: np.ndarray, real: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """scaled.py's forward: (values, scales, lost) for `_log_root` and scaled.flows."""
+        g = self.groups
+        buf = self._buffer("values", index.shape[1], self.dtype)
+        scale = self._buffer("scales", index.shape[1], np.dtype(np.float64), rows=g.count)
+        lost = np.zeros(len(buf), dtype=np.uint8)
+        scaled.forward(buf, scale, lost, self.root, index, real, self.cat, self.lp, self.ltab, g.ltab_off, g.inputs,
+                       self.gmax, self.gauss, g.gauss_group, self.gmean, self.gstd, self.ops, self.pindex,
+                       self.sindex, self.sptr, self.scol, self.slive, self.weights, self.logw, g.slot_group,
+                       g.product_first, g.product_ptr, self.widest, self.most, self._chunks(buf), self.blas)
+        return buf, scale, lost
+
+    def _log_root(self, values: np.ndarray, scale: np.ndarray, lost: np.ndarray, n: int) -> np.ndarray:
+        """The root's log-likelihoods from scaled.forward's results (the lost tiles hold logs)."""
+        root = values[:, self.root, :].astype(np.float64)
+        scaled_tiles = lost == 0
+        with np.errstate(divide="ignore"):
+            root[scaled_tiles] = np.log(root[scaled_tiles]) + scale[scaled_tiles, self.groups.slot_group[self.root]]
+        return root.reshape(-1)[:n]
 
     @staticmethod
     def _chunks(buf: np.ndarray) -> int:
@@ -209,7 +262,10 @@ class Circuit:
         parts = []
         for piece in self._pieces(len(rows)):
             index, real, _, n = self._evidence(rows[piece])
-            parts.append(self._root(self._forward(index, real, kernels.SUM_MODE), n))
+            if self.scaled:
+                parts.append(self._log_root(*self._forward_scaled(index, real), n))
+            else:
+                parts.append(self._root(self._forward(index, real, kernels.SUM_MODE), n))
         return np.concatenate(parts)
 
     @_serialised
@@ -303,14 +359,22 @@ class Circuit:
         log_likelihood = 0.0
         for piece in self._pieces(len(data)):  # the kernel adds each piece's flows to the same arrays
             index, real, _, n = self._evidence(data[piece])
-            buf = self._forward(index, real, kernels.SUM_MODE)
-            flow = self._buffer("flows", index.shape[1], self.dtype, zeros=True)  # `kernels.flows` keeps it so
-            chunks = self._chunks(buf)
-            kernels.flows(buf, flow, n, self.root, self.ops, self.pindex, self.sindex, self.sptr, self.scol,
-                          self.slive, self.weights, self.logw, self.widest, self.most, wflow[:chunks], self.blas)
+            flow = self._buffer("flows", index.shape[1], self.dtype, zeros=True)  # the kernels keep it so
+            if self.scaled:
+                buf, scale, lost = self._forward_scaled(index, real)
+                chunks = self._chunks(buf)
+                scaled.flows(buf, scale, lost, flow, n, self.root, self.ops, self.pindex, self.sindex, self.sptr,
+                             self.scol, self.slive, self.weights, self.logw, self.groups.slot_group, self.widest,
+                             self.most, wflow[:chunks], self.blas)
+                log_likelihood += float(self._log_root(buf, scale, lost, n).sum())
+            else:
+                buf = self._forward(index, real, kernels.SUM_MODE)
+                chunks = self._chunks(buf)
+                kernels.flows(buf, flow, n, self.root, self.ops, self.pindex, self.sindex, self.sptr, self.scol,
+                              self.slive, self.weights, self.logw, self.widest, self.most, wflow[:chunks], self.blas)
+                log_likelihood += float(self._root(buf, n).sum())
             kernels.input_counts(flow, index, real, self.cat, self.corder, self.crows, self.gauss, self.gmean,
                                  counts, missing, g)
-            log_likelihood += float(self._root(buf, n).sum())
         if missing.any():  # a missing value counts in expectation: probs * flow (one row of lp each)
             first = self.cat[self.corder[self.crows[:-1]]]
             for size in np.unique(first[:, 3]):
@@ -320,6 +384,62 @@ class Circuit:
         gaussian = np.stack([g[:, 0] + g[:, 3], g[:, 1], g[:, 2] + g[:, 3] * self.gstd**2], axis=1)
         return {"log_likelihood": log_likelihood, "weights": wflow.sum(axis=0),
                 "counts": counts, "gaussian": gaussian}
+
+
+class ScaleGroups(NamedTuple):
+    """The groups of slots that share a log scale in scaled.py (see there), as flat arrays."""
+    count: int  # groups, the constant slots' group 0 included
+    slot_group: np.ndarray  # (slots,) each slot's group
+    cat_group: np.ndarray  # (U,) each categorical unit's group (its variable's units: a run of `cat`)
+    inputs: np.ndarray  # (I, 3) per input group: its group, variable, offset of its row of gmax
+    gmax_ids: np.ndarray  # (sum of the input groups' cardinalities,) the group of each entry of gmax
+    gmax_off: np.ndarray  # (groups,) where a group's row of gmax starts (input groups only)
+    ltab_off: np.ndarray  # (U,) where each categorical unit's row of ltab starts
+    gauss_group: np.ndarray  # (G,) each gaussian unit's group (one each)
+    product_first: np.ndarray  # the product groups' first units (in their layer), layer by layer
+    product_ptr: np.ndarray  # (L + 1,) layer l's product groups: product_first[ptr[l]:ptr[l + 1]]
+
+
+def _scale_groups(cat: np.ndarray, gauss: np.ndarray, ops: np.ndarray, pindex: np.ndarray,
+                  num_slots: int) -> ScaleGroups:
+    """Group the slots for scaled.py: the constants; each variable's run of categorical units;
+    each gaussian unit; runs of product units whose children lie in the same groups; sum folds."""
+    slot_group = np.zeros(num_slots, dtype=np.int64)
+    var, card = cat[:, 1], cat[:, 3]
+    new = np.r_[True, (var[1:] != var[:-1]) | (card[1:] != card[:-1])] if len(cat) else np.zeros(0, dtype=bool)
+    cat_group = np.cumsum(new).astype(np.int64)  # groups 1, 2, ...
+    count = 1 + int(new.sum())
+    slot_group[cat[:, 0]] = cat_group
+    first = np.flatnonzero(new)
+    sizes = card[first]
+    gmax_off = np.zeros(count, dtype=np.int64)
+    gmax_off[cat_group[first]] = np.cumsum(sizes) - sizes
+    inputs = np.stack([cat_group[first], var[first], gmax_off[cat_group[first]]], axis=1).reshape(-1, 3)
+    gmax_ids = np.repeat(cat_group[first], sizes)
+    ltab_off = (np.cumsum(card) - card).astype(np.int64)
+    gauss_group = np.arange(count, count + len(gauss), dtype=np.int64)
+    slot_group[gauss[:, 0]] = gauss_group
+    count += len(gauss)
+    product_first: list[np.ndarray] = []
+    product_ptr = np.zeros(len(ops) + 1, dtype=np.int64)
+    for layer, op in enumerate(ops):
+        start = int(op[kernels.START])
+        if op[kernels.KIND] == kernels.PRODUCT:
+            units, fan_in, off = int(op[kernels.A]), int(op[kernels.B]), int(op[kernels.INDEX])
+            kids = slot_group[pindex[off:off + units * fan_in]].reshape(units, fan_in)
+            runs = np.r_[True, (kids[1:] != kids[:-1]).any(axis=1)]
+            slot_group[start:start + units] = count + np.cumsum(runs) - 1
+            count += int(runs.sum())
+            product_first.append(np.flatnonzero(runs))
+        else:
+            folds, units = int(op[kernels.A]), int(op[kernels.B])
+            slot_group[start:start + folds * units] = count + np.repeat(np.arange(folds), units)
+            count += folds
+        product_ptr[layer + 1] = product_ptr[layer] + (len(product_first[-1]) if op[kernels.KIND] == kernels.PRODUCT
+                                                       else 0)
+    return ScaleGroups(count, slot_group, cat_group, inputs, gmax_ids, gmax_off, ltab_off, gauss_group,
+                       np.concatenate(product_first).astype(np.int64) if product_first else np.zeros(0, np.int64),
+                       product_ptr)
 
 
 def _live_inputs(ops: np.ndarray, sindex: np.ndarray, sptr: np.ndarray, scol: np.ndarray) -> np.ndarray:

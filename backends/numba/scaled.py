@@ -1,0 +1,366 @@
+"""Likelihoods and flows in scaled probabilities: the fast path of ``log_prob`` and ``flows``.
+
+``kernels.py`` keeps every value as a log, so a sum fold pays an exp per input and a log per
+unit for each sample: at 32 units that costs as much as the fold's matrix product. Here a value
+is a probability in two parts: ``buf[tile, slot, t]`` holds it relative to its *group*, and
+``scale[tile, group, t]`` (float64) holds the group's log scale, so value = log(buf) + scale.
+The groups (``sgroup``: each slot's group, built by the runtime):
+
+- group 0: the constant slots (1 and 0), scale 0;
+- an input group: the categorical units of one variable (consecutive in ``cat``); its scale is
+  the largest log-probability of the observed value among its units (``gmax``), so the units
+  read exp(lp - gmax) from a table made once per parameter update (``ltab``); no exp per sample;
+  a gaussian unit is a group of its own (scale its log-density, value 1);
+- a product group: consecutive units of a product layer whose children lie in the same groups
+  (``pgroups``); value = product of the children's values, scale = sum of their groups' scales;
+- a sum fold: its units; e_c = value_c exp(scale_c - mx) with mx the largest scale among its
+  inputs' groups (one exp per input group and sample, not per input), z = W @ e (BLAS gemm for
+  wide folds), and the fold is renormalised: value = z / max_m z, scale = mx + log max_m z (one
+  log per fold and sample, not per unit).
+
+A group's scale is -inf when all its values are 0 (its factor in a sum is then 0).
+
+Exactness. Terms that underflow (a product of small values, a factor exp(scale_c - mx) of a
+group far below the largest) are at most the dtype's smallest normal number relative to the
+fold's shift; they are negligible while max_m z stays at or above ``kernels.guard`` (2^-100 in
+float32, 2^-960 in float64: 2^-26 and 2^-62 of the total), and the root's value too. A tile
+where either fails is recomputed in logs by ``kernels.tile_layers`` (``lost[tile]`` = 1), and
+its flows by ``kernels.tile_flows``: the results are those of the log kernels to rounding.
+MAP and sampling need log values of every node: they run ``kernels.forward``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from .kernels import (A, B, C, FAST, FAST_REDUCE, INDEX, KIND, LOG_SQRT_2PI, PRODUCT, ROWS, SPARSE, START,
+                      SUM_MODE, WEIGHT, _fold_flows, _fold_sums, _product_flows, _seed, exp64, flow_scratch,
+                      guard, log64, tile_flows, tile_layers)
+
+
+# ---- one tile, one layer ----------------------------------------------------------------------
+
+
+@njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
+def _inputs(b, s, sgroup, sindex, row, inputs, e, mx, fac):  # type: ignore[no-untyped-def]
+    """e[c] = value_c exp(scale_c - mx) for the inputs of one fold, mx (float64, T) the largest
+    finite scale among their groups (0 if none): one exp per run of inputs in one group."""
+    t_size = b.shape[1]
+    for t in range(t_size):
+        mx[t] = -np.inf
+    last = -1
+    for c in range(inputs):
+        group = sgroup[sindex[row + c]]
+        if group != last:
+            last = group
+            for t in range(t_size):
+                mx[t] = max(mx[t], s[group, t])
+    for t in range(t_size):
+        mx[t] = mx[t] if mx[t] > -np.inf else 0.0
+    last = -1
+    for c in range(inputs):
+        child = sindex[row + c]
+        group = sgroup[child]
+        if group != last:
+            last = group
+            for t in range(t_size):
+                fac[t] = exp64(s[group, t] - mx[t])
+        for t in range(t_size):
+            e[c, t] = b[child, t] * fac[t]
+
+
+@njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
+def _renormalise(b, s, first, units, group, acc, mx, top, small):  # type: ignore[no-untyped-def]
+    """Write one fold's sums acc (units, T) relative to their column max: value = acc / max,
+    scale = mx + log max. Returns False (writing nothing) when a column's max is below `small`."""
+    t_size = b.shape[1]
+    for t in range(t_size):
+        top[t] = 0.0
+    for m in range(units):
+        a = acc[m]
+        for t in range(t_size):
+            top[t] = max(top[t], a[t])
+    low = 0
+    for t in range(t_size):
+        low += top[t] < small
+    if low:
+        return False
+    scale = s[group]
+    for t in range(t_size):
+        scale[t] = mx[t] + log64(np.float64(top[t]))
+        top[t] = 1.0 / top[t]
+    for m in range(units):
+        out, a = b[first + m], acc[m]
+        for t in range(t_size):
+            out[t] = a[t] * top[t]
+    return True
+
+
+@njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
+def _product(b, s, op, pindex, sgroup, pgroups, lo, hi):  # type: ignore[no-untyped-def]
+    """Values multiply; each product group's scale (groups pgroups[lo:hi], by first unit) is the
+    sum of its children's groups' scales."""
+    start, units, fan_in, off = op[START], op[A], op[B], op[INDEX]
+    t_size = b.shape[1]
+    for u in range(units):
+        row = off + u * fan_in
+        out, first = b[start + u], b[pindex[row]]
+        for t in range(t_size):
+            out[t] = first[t]
+        for k in range(1, fan_in):
+            child = b[pindex[row + k]]
+            for t in range(t_size):
+                out[t] *= child[t]
+    for p in range(lo, hi):
+        u = pgroups[p]
+        row = off + u * fan_in
+        out, first = s[sgroup[start + u]], s[sgroup[pindex[row]]]
+        for t in range(t_size):
+            out[t] = first[t]
+        for k in range(1, fan_in):
+            child = s[sgroup[pindex[row + k]]]
+            for t in range(t_size):
+                out[t] += child[t]
+
+
+@njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
+def _sum(b, s, op, sindex, sgroup, weights, e, mx, fac, top, acc, blas):  # type: ignore[no-untyped-def]
+    """A dense sum layer: per fold e (`_inputs`), acc = W @ e (`kernels._fold_sums`), renormalised.
+    Returns False when a fold's column max fell below `guard` (the tile goes back to logs)."""
+    start, folds, units, inputs = op[START], op[A], op[B], op[C]
+    small = guard(b[0, 0])
+    wide = 0 <= blas <= units * inputs
+    for f in range(folds):
+        row = op[INDEX] + f * inputs
+        _inputs(b, s, sgroup, sindex, row, inputs, e, mx, fac)
+        _fold_sums(weights, op[WEIGHT] + f * units * inputs, units, inputs, e, acc, wide)
+        first = start + f * units
+        if not _renormalise(b, s, first, units, sgroup[first], acc, mx, top, small):
+            return False
+    return True
+
+
+@njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
+def _sparse_sum(b, s, op, sindex, sgroup, sptr, scol, weights, e, mx, fac, top, acc):  # type: ignore[no-untyped-def]
+    """A sparse sum layer (see kernels.py for sptr and scol): each unit adds its kept edges'
+    terms, four per pass; then as `_sum`."""
+    start, folds, units, inputs = op[START], op[A], op[B], op[C]
+    t_size = b.shape[1]
+    small = guard(b[0, 0])
+    w = op[WEIGHT] - sptr[op[ROWS]]  # edge j's weight: weights[w + j]
+    for f in range(folds):
+        row = op[INDEX] + f * inputs
+        rows = op[ROWS] + f * units
+        _inputs(b, s, sgroup, sindex, row, inputs, e, mx, fac)
+        for m in range(units):
+            j, hi = sptr[rows + m], sptr[rows + m + 1]
+            a = acc[m]
+            for t in range(t_size):
+                a[t] = 0.0
+            while j + 4 <= hi:
+                a0, a1, a2, a3 = weights[w + j], weights[w + j + 1], weights[w + j + 2], weights[w + j + 3]
+                e0, e1, e2, e3 = e[scol[j]], e[scol[j + 1]], e[scol[j + 2]], e[scol[j + 3]]
+                for t in range(t_size):
+                    a[t] += a0 * e0[t] + a1 * e1[t] + a2 * e2[t] + a3 * e3[t]
+                j += 4
+            while j < hi:
+                a0, e0 = weights[w + j], e[scol[j]]
+                for t in range(t_size):
+                    a[t] += a0 * e0[t]
+                j += 1
+        first = start + f * units
+        if not _renormalise(b, s, first, units, sgroup[first], acc, mx, top, small):
+            return False
+    return True
+
+
+@njit(inline="always", fastmath=FAST_REDUCE, error_model="numpy", cache=True)
+def _ratios(b, s, fl, first, units, group, mx, fac, r):  # type: ignore[no-untyped-def]
+    """r[m] = flow_m / z_m for one fold's units, z_m = value_m exp(scale - mx) its sum relative to
+    the inputs' shift mx (0 where the flow is 0); then the units' flow rows are emptied."""
+    t_size = b.shape[1]
+    scale = s[group]
+    for t in range(t_size):
+        fac[t] = exp64(mx[t] - scale[t])  # 1 / max_m z_m: at most 1 / guard
+    for m in range(units):
+        v, f, rm = b[first + m], fl[first + m], r[m]
+        for t in range(t_size):
+            rm[t] = f[t] * fac[t] / v[t] if f[t] != 0.0 else 0.0
+            f[t] = 0.0
+
+
+@njit(inline="always", fastmath=FAST_REDUCE, error_model="numpy", cache=True)
+def _sum_flows(b, s, fl, op, sindex, sgroup, weights, wflow, e, mx, fac, r, z, zc, g, blas):  # type: ignore[no-untyped-def]
+    """A dense sum layer's flows: the log kernels' products (`kernels._fold_flows`) on this
+    module's e and r (no exp or log per input or unit)."""
+    start, folds, units, inputs = op[START], op[A], op[B], op[C]
+    wide = 0 <= blas <= units * inputs
+    for f in range(folds):
+        row = op[INDEX] + f * inputs
+        first = start + f * units
+        _inputs(b, s, sgroup, sindex, row, inputs, e, mx, fac)
+        _ratios(b, s, fl, first, units, sgroup[first], mx, fac, r)
+        _fold_flows(fl, sindex, row, inputs, weights, wflow, op[WEIGHT] + f * units * inputs, units, e, r, z, zc, g,
+                    wide)
+
+
+@njit(inline="always", fastmath=FAST_REDUCE, error_model="numpy", cache=True)
+def _sparse_flows(b, s, fl, op, sindex, sgroup, sptr, scol, weights, wflow, e, mx, fac, r, zc):  # type: ignore[no-untyped-def]
+    """A sparse sum layer's flows: zc[c] gathers sum_m W[m, c] r_m edge by edge, then input c's
+    flow += e_c zc[c]; edge j's weight flow += W_j sum_t r_m e_c."""
+    start, folds, units, inputs = op[START], op[A], op[B], op[C]
+    t_size = b.shape[1]
+    w = op[WEIGHT] - sptr[op[ROWS]]
+    for f in range(folds):
+        row = op[INDEX] + f * inputs
+        rows = op[ROWS] + f * units
+        first = start + f * units
+        _inputs(b, s, sgroup, sindex, row, inputs, e, mx, fac)
+        _ratios(b, s, fl, first, units, sgroup[first], mx, fac, r)
+        for c in range(inputs):
+            for t in range(t_size):
+                zc[c, t] = 0.0
+        for m in range(units):
+            rm = r[m]
+            for j in range(sptr[rows + m], sptr[rows + m + 1]):
+                a, c = weights[w + j], scol[j]
+                ec, zcc = e[c], zc[c]
+                d = 0.0
+                for t in range(t_size):
+                    zcc[t] += a * rm[t]
+                    d += rm[t] * ec[t]
+                wflow[w + j] += a * d
+        for c in range(inputs):
+            child = fl[sindex[row + c]]
+            for t in range(t_size):
+                child[t] += e[c, t] * zc[c, t]
+
+
+# ---- one tile in logs (the fallback) ----------------------------------------------------------
+
+
+@njit(fastmath=FAST, error_model="numpy", cache=True)
+def _log_inputs(b, col, idx, real, cat, lp, gauss, gmean, gstd):  # type: ignore[no-untyped-def]
+    """The input slots of one tile (samples col..col + T) as log values, as `kernels.forward` writes them."""
+    t_size = b.shape[1]
+    for u in range(cat.shape[0]):
+        slot, var, off = cat[u, 0], cat[u, 1], cat[u, 2]
+        for t in range(t_size):
+            x = idx[var, col + t]
+            b[slot, t] = lp[off + x] if x >= 0 else 0.0
+    for u in range(gauss.shape[0]):
+        slot, var = gauss[u, 0], gauss[u, 1]
+        top = -math.log(gstd[u]) - LOG_SQRT_2PI
+        for t in range(t_size):
+            x = real[var, col + t]
+            z = (x - gmean[u]) / gstd[u]
+            b[slot, t] = 0.0 if np.isnan(x) else top - 0.5 * z * z
+
+
+# ---- passes over the whole batch ---------------------------------------------------------------
+
+
+@njit(parallel=True, fastmath=FAST, error_model="numpy", cache=True)
+def forward(buf, scale, lost, root, idx, real, cat, lp, ltab, loff, lgroups, gmax, gauss, ggroup, gmean, gstd, ops,
+            pindex, sindex, sptr, scol, slive, weights, logw, sgroup, pgroups, pgptr, widest, most, chunks,
+            blas):  # type: ignore[no-untyped-def]
+    """Fill buf (tiles, slots, T) and scale (tiles, groups, T) bottom-up (log-likelihoods).
+
+    ltab: one row per categorical unit u, from loff[u]: exp(lp - gmax) over its values, gmax its
+    group's largest log-probability of each value; lgroups (I, 3): per input group its group
+    id, variable and the offset of its row of gmax; ggroup (G,): each gaussian unit's group. pgroups: the
+    product groups' first units, layer l's from pgptr[l] to pgptr[l + 1]. lost (tiles,) uint8
+    comes back 1 for the tiles recomputed in logs (their buf holds log values)."""
+    tiles, _, t_size = buf.shape
+    for u in prange(cat.shape[0]):
+        slot, var, size = cat[u, 0], cat[u, 1], cat[u, 3]
+        row = ltab[loff[u]:loff[u] + size]
+        for tile in range(tiles):
+            out, values = buf[tile, slot], idx[var, tile * t_size:(tile + 1) * t_size]
+            for t in range(t_size):
+                x = values[t]
+                out[t] = row[x] if x >= 0 else 1.0
+    for i in prange(lgroups.shape[0]):
+        group, var, off = lgroups[i, 0], lgroups[i, 1], lgroups[i, 2]
+        for tile in range(tiles):
+            out, values = scale[tile, group], idx[var, tile * t_size:(tile + 1) * t_size]
+            for t in range(t_size):
+                x = values[t]
+                out[t] = gmax[off + x] if x >= 0 else 0.0
+    for u in prange(gauss.shape[0]):
+        slot, var, group = gauss[u, 0], gauss[u, 1], ggroup[u]
+        top = -math.log(gstd[u]) - LOG_SQRT_2PI
+        for tile in range(tiles):
+            for t in range(t_size):
+                x = real[var, tile * t_size + t]
+                z = (x - gmean[u]) / gstd[u]
+                buf[tile, slot, t] = 1.0
+                scale[tile, group, t] = 0.0 if np.isnan(x) else top - 0.5 * z * z
+    for chunk in prange(chunks):
+        e = np.empty((widest, t_size), dtype=buf.dtype)
+        acc = np.empty((max(4, most), t_size), dtype=buf.dtype)
+        fac = np.empty(t_size, dtype=buf.dtype)
+        mx = np.empty(t_size)
+        top = np.empty(t_size, dtype=buf.dtype)
+        for tile in range(chunk, tiles, chunks):
+            b, s = buf[tile], scale[tile]
+            ok = _tile(b, s, root, ops, pindex, sindex, sptr, scol, weights, sgroup, pgroups, pgptr, e, mx, fac, top,
+                       acc, blas)
+            lost[tile] = not ok
+            if not ok:
+                _log_inputs(b, tile * t_size, idx, real, cat, lp, gauss, gmean, gstd)
+                tile_layers(b, ops, pindex, sindex, sptr, scol, slive, weights, logw, SUM_MODE, e, top, acc, blas)
+
+
+@njit(fastmath=FAST, error_model="numpy", cache=True)
+def _tile(b, s, root, ops, pindex, sindex, sptr, scol, weights, sgroup, pgroups, pgptr, e, mx, fac, top, acc,
+          blas):  # type: ignore[no-untyped-def]
+    """Every layer of one tile in scaled values; False where the tile must go back to logs."""
+    b[0, :] = 1.0  # the constant slots (group 0, scale 0): 1 and 0
+    b[1, :] = 0.0
+    s[0, :] = 0.0
+    for layer in range(ops.shape[0]):
+        op = ops[layer]
+        if op[KIND] == PRODUCT:
+            _product(b, s, op, pindex, sgroup, pgroups, pgptr[layer], pgptr[layer + 1])
+        elif op[KIND] == SPARSE:
+            if not _sparse_sum(b, s, op, sindex, sgroup, sptr, scol, weights, e, mx, fac, top, acc):
+                return False
+        elif not _sum(b, s, op, sindex, sgroup, weights, e, mx, fac, top, acc, blas):
+            return False
+    small = guard(b[0, 0])
+    low = 0
+    for t in range(b.shape[1]):
+        low += b[root, t] < small
+    return low == 0
+
+
+@njit(parallel=True, fastmath=FAST_REDUCE, error_model="numpy", cache=True)
+def flows(buf, scale, lost, flow, n, root, ops, pindex, sindex, sptr, scol, slive, weights, logw, sgroup, widest,
+          most, wflow, blas):  # type: ignore[no-untyped-def]
+    """`kernels.flows` from a buffer filled by this module's `forward` (tiles it sent back to
+    logs run `kernels.tile_flows`); the input units' flows stay for `kernels.input_counts`."""
+    tiles, _, t_size = buf.shape
+    chunks = wflow.shape[0]
+    for chunk in prange(chunks):
+        scratch = flow_scratch(widest, most, t_size, buf.dtype)
+        e, r, _, z, zc, g = scratch
+        fac = np.empty(t_size, dtype=buf.dtype)
+        mx = np.empty(t_size)
+        for tile in range(chunk, tiles, chunks):
+            b, s, fl = buf[tile], scale[tile], flow[tile]
+            _seed(fl, root, tile * t_size, n, False)
+            if lost[tile]:
+                tile_flows(b, fl, ops, pindex, sindex, sptr, scol, slive, weights, logw, wflow[chunk], scratch, blas)
+                continue
+            for layer in range(ops.shape[0] - 1, -1, -1):
+                op = ops[layer]
+                if op[KIND] == SPARSE:
+                    _sparse_flows(b, s, fl, op, sindex, sgroup, sptr, scol, weights, wflow[chunk], e, mx, fac, r, zc)
+                elif op[KIND] == PRODUCT:
+                    _product_flows(fl, op, pindex)
+                else:
+                    _sum_flows(b, s, fl, op, sindex, sgroup, weights, wflow[chunk], e, mx, fac, r, z, zc, g, blas)
