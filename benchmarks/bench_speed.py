@@ -414,7 +414,7 @@ def run_numba(structure: str, units: int, batch: int, threads: int, repeats: int
     def cut(subset):  # the layer table, and the scaled kernels' groups that follow it
         circuit.ops = np.ascontiguousarray(subset)
         circuit.groups = runtime._scale_groups(circuit.cat, circuit.gauss, circuit.ops, circuit.pindex,
-                                               circuit.num_slots)
+                                               circuit.sindex, circuit.num_slots)
 
     for name, subset in (("input", ops[:0]), ("input+product", ops[kinds == kernels.PRODUCT]), ("all", ops)):
         cut(subset)

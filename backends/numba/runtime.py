@@ -101,7 +101,7 @@ class Circuit:
         self._buffers: dict[str, np.ndarray] = {}
         # the kernels' `blas` argument: folds of this many edges or more go through gemm (-1: none)
         self.blas = BLAS_EDGES if kernels.BLAS else -1
-        self.groups = _scale_groups(self.cat, self.gauss, self.ops, self.pindex, self.num_slots)
+        self.groups = _scale_groups(self.cat, self.gauss, self.ops, self.pindex, self.sindex, self.num_slots)
         # whether log_prob and flows run scaled.py's kernels (kernels.py's, all in logs, otherwise)
         self.scaled = int(self.cat[:, 3].sum()) <= SCALED_TABLE_VALUES
         self.set_arrays({k: arrays[k] for k in PARAMETERS})
@@ -227,7 +227,7 @@ class Circuit:
         scaled.forward(buf, scale, lost, self.root, index, real, self.cat, self.lp, self.ltab, g.ltab_off, g.inputs,
                        self.gmax, self.gauss, g.gauss_group, self.gmean, self.gstd, self.ops, self.pindex,
                        self.sindex, self.sptr, self.scol, self.slive, self.weights, self.logw, g.slot_group,
-                       g.product_first, g.product_ptr, self.widest, self.most, self._chunks(buf), self.blas)
+                       g.direct, g.product_first, g.product_ptr, self.widest, self.most, self._chunks(buf), self.blas)
         return buf, scale, lost
 
     def _log_root(self, values: np.ndarray, scale: np.ndarray, lost: np.ndarray, n: int) -> np.ndarray:
@@ -364,8 +364,8 @@ class Circuit:
                 buf, scale, lost = self._forward_scaled(index, real)
                 chunks = self._chunks(buf)
                 scaled.flows(buf, scale, lost, flow, n, self.root, self.ops, self.pindex, self.sindex, self.sptr,
-                             self.scol, self.slive, self.weights, self.logw, self.groups.slot_group, self.widest,
-                             self.most, wflow[:chunks], self.blas)
+                             self.scol, self.slive, self.weights, self.logw, self.groups.slot_group,
+                             self.groups.direct, self.widest, self.most, wflow[:chunks], self.blas)
                 log_likelihood += float(self._log_root(buf, scale, lost, n).sum())
             else:
                 buf = self._forward(index, real, kernels.SUM_MODE)
@@ -398,9 +398,10 @@ class ScaleGroups(NamedTuple):
     gauss_group: np.ndarray  # (G,) each gaussian unit's group (one each)
     product_first: np.ndarray  # the product groups' first units (in their layer), layer by layer
     product_ptr: np.ndarray  # (L + 1,) layer l's product groups: product_first[ptr[l]:ptr[l + 1]]
+    direct: np.ndarray  # (folds,) uint8: 1 where a sum fold's inputs are consecutive slots of one group
 
 
-def _scale_groups(cat: np.ndarray, gauss: np.ndarray, ops: np.ndarray, pindex: np.ndarray,
+def _scale_groups(cat: np.ndarray, gauss: np.ndarray, ops: np.ndarray, pindex: np.ndarray, sindex: np.ndarray,
                   num_slots: int) -> ScaleGroups:
     """Group the slots for scaled.py: the constants; each variable's run of categorical units;
     each gaussian unit; runs of product units whose children lie in the same groups; sum folds."""
@@ -437,9 +438,16 @@ def _scale_groups(cat: np.ndarray, gauss: np.ndarray, ops: np.ndarray, pindex: n
             count += folds
         product_ptr[layer + 1] = product_ptr[layer] + (len(product_first[-1]) if op[kernels.KIND] == kernels.PRODUCT
                                                        else 0)
+    sums = ops[ops[:, kernels.KIND] != kernels.PRODUCT]
+    direct = np.zeros(int(sums[:, kernels.A].sum()), dtype=np.uint8)
+    for op in sums:
+        folds, width, off, fold = (int(op[k]) for k in (kernels.A, kernels.C, kernels.INDEX, kernels.FOLD))
+        slots = sindex[off:off + folds * width].reshape(folds, width)
+        groups = slot_group[slots]
+        direct[fold:fold + folds] = (np.diff(slots, axis=1) == 1).all(axis=1) & (groups == groups[:, :1]).all(axis=1)
     return ScaleGroups(count, slot_group, cat_group, inputs, gmax_ids, gmax_off, ltab_off, gauss_group,
                        np.concatenate(product_first).astype(np.int64) if product_first else np.zeros(0, np.int64),
-                       product_ptr)
+                       product_ptr, direct)
 
 
 def _live_inputs(ops: np.ndarray, sindex: np.ndarray, sptr: np.ndarray, scol: np.ndarray) -> np.ndarray:

@@ -36,9 +36,9 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .kernels import (A, B, C, FAST, FAST_REDUCE, INDEX, KIND, LOG_SQRT_2PI, PRODUCT, ROWS, SPARSE, START,
-                      SUM_MODE, WEIGHT, _fold_flows, _fold_sums, _product_flows, _seed, exp64, flow_scratch,
-                      guard, log64, tile_flows, tile_layers)
+from .kernels import (A, B, C, FAST, FAST_REDUCE, FOLD, INDEX, KIND, LOG_SQRT_2PI, PRODUCT, ROWS, SPARSE, START,
+                      SUM_MODE, WEIGHT, _fold_flows, _fold_sums, _product_flows, _seed, flow_scratch, guard, sexp,
+                      slog, tile_flows, tile_layers)
 
 
 # ---- one tile, one layer ----------------------------------------------------------------------
@@ -67,20 +67,40 @@ def _inputs(b, s, sgroup, sindex, row, inputs, e, mx, fac):  # type: ignore[no-u
         if group != last:
             last = group
             for t in range(t_size):
-                fac[t] = exp64(s[group, t] - mx[t])
+                fac[t] = s[group, t] - mx[t]  # <= 0, rounded to the buffer's dtype: its exp vectorises
+            for t in range(t_size):
+                fac[t] = sexp(fac[t])
         for t in range(t_size):
             e[c, t] = b[child, t] * fac[t]
 
 
 @njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
-def _renormalise(b, s, first, units, group, acc, mx, top, small):  # type: ignore[no-untyped-def]
-    """Write one fold's sums acc (units, T) relative to their column max: value = acc / max,
-    scale = mx + log max. Returns False (writing nothing) when a column's max is below `small`."""
-    t_size = b.shape[1]
+def _terms(b, s, sgroup, sindex, row, inputs, e, mx, fac, direct):  # type: ignore[no-untyped-def]
+    """A fold's input terms (inputs, T) and shift mx: where its inputs are consecutive slots of one
+    group (`direct`), the slots themselves and that group's scale (no copy, no exp), else e
+    filled by `_inputs`."""
+    if direct:
+        first = sindex[row]
+        scale = s[sgroup[first]]
+        for t in range(b.shape[1]):
+            mx[t] = scale[t] if scale[t] > -np.inf else 0.0
+        return b[first:first + inputs]
+    _inputs(b, s, sgroup, sindex, row, inputs, e, mx, fac)
+    return e
+
+
+@njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
+def _renormalise(out, scale, mx, top, small):  # type: ignore[no-untyped-def]
+    """One fold's sums out (units, T; its rows of the buffer) keep the inputs' shift (scale = mx)
+    while every column's max lies within [small^0.2, small^-0.2] (2^-20 to 2^20 in float32:
+    products of such values stay far from underflow); otherwise they are divided by their
+    column max, in place, and scale = mx + log max. False (the tile goes back to logs) when a
+    column's max is below `small`."""
+    t_size = out.shape[1]
     for t in range(t_size):
         top[t] = 0.0
-    for m in range(units):
-        a = acc[m]
+    for m in range(out.shape[0]):
+        a = out[m]
         for t in range(t_size):
             top[t] = max(top[t], a[t])
     low = 0
@@ -88,14 +108,22 @@ def _renormalise(b, s, first, units, group, acc, mx, top, small):  # type: ignor
         low += top[t] < small
     if low:
         return False
-    scale = s[group]
+    lo = small ** 0.2
+    hi = 1.0 / lo
+    far = 0
     for t in range(t_size):
-        scale[t] = mx[t] + log64(np.float64(top[t]))
-        top[t] = 1.0 / top[t]
-    for m in range(units):
-        out, a = b[first + m], acc[m]
+        far += (top[t] < lo) | (top[t] > hi)
+    if far == 0:
         for t in range(t_size):
-            out[t] = a[t] * top[t]
+            scale[t] = mx[t]
+        return True
+    for t in range(t_size):
+        scale[t] = mx[t] + slog(top[t])  # top is normal: the buffer dtype's log, vectorised
+        top[t] = 1.0 / top[t]
+    for m in range(out.shape[0]):
+        a = out[m]
+        for t in range(t_size):
+            a[t] *= top[t]
     return True
 
 
@@ -127,24 +155,26 @@ def _product(b, s, op, pindex, sgroup, pgroups, lo, hi):  # type: ignore[no-unty
 
 
 @njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
-def _sum(b, s, op, sindex, sgroup, weights, e, mx, fac, top, acc, blas):  # type: ignore[no-untyped-def]
-    """A dense sum layer: per fold e (`_inputs`), acc = W @ e (`kernels._fold_sums`), renormalised.
-    Returns False when a fold's column max fell below `guard` (the tile goes back to logs)."""
+def _sum(b, s, op, sindex, sgroup, direct, weights, e, mx, fac, top, blas):  # type: ignore[no-untyped-def]
+    """A dense sum layer: per fold its terms (`_terms`), W @ terms written into the fold's rows
+    (`kernels._fold_sums`), renormalised there. False when a fold's column max fell below
+    `guard` (the tile goes back to logs)."""
     start, folds, units, inputs = op[START], op[A], op[B], op[C]
     small = guard(b[0, 0])
     wide = 0 <= blas <= units * inputs
     for f in range(folds):
         row = op[INDEX] + f * inputs
-        _inputs(b, s, sgroup, sindex, row, inputs, e, mx, fac)
-        _fold_sums(weights, op[WEIGHT] + f * units * inputs, units, inputs, e, acc, wide)
+        terms = _terms(b, s, sgroup, sindex, row, inputs, e, mx, fac, direct[op[FOLD] + f])
         first = start + f * units
-        if not _renormalise(b, s, first, units, sgroup[first], acc, mx, top, small):
+        out = b[first:first + units]
+        _fold_sums(weights, op[WEIGHT] + f * units * inputs, units, inputs, terms, out, wide)
+        if not _renormalise(out, s[sgroup[first]], mx, top, small):
             return False
     return True
 
 
 @njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
-def _sparse_sum(b, s, op, sindex, sgroup, sptr, scol, weights, e, mx, fac, top, acc):  # type: ignore[no-untyped-def]
+def _sparse_sum(b, s, op, sindex, sgroup, direct, sptr, scol, weights, e, mx, fac, top):  # type: ignore[no-untyped-def]
     """A sparse sum layer (see kernels.py for sptr and scol): each unit adds its kept edges'
     terms, four per pass; then as `_sum`."""
     start, folds, units, inputs = op[START], op[A], op[B], op[C]
@@ -154,25 +184,25 @@ def _sparse_sum(b, s, op, sindex, sgroup, sptr, scol, weights, e, mx, fac, top, 
     for f in range(folds):
         row = op[INDEX] + f * inputs
         rows = op[ROWS] + f * units
-        _inputs(b, s, sgroup, sindex, row, inputs, e, mx, fac)
+        terms = _terms(b, s, sgroup, sindex, row, inputs, e, mx, fac, direct[op[FOLD] + f])
+        first = start + f * units
         for m in range(units):
             j, hi = sptr[rows + m], sptr[rows + m + 1]
-            a = acc[m]
+            a = b[first + m]
             for t in range(t_size):
                 a[t] = 0.0
             while j + 4 <= hi:
                 a0, a1, a2, a3 = weights[w + j], weights[w + j + 1], weights[w + j + 2], weights[w + j + 3]
-                e0, e1, e2, e3 = e[scol[j]], e[scol[j + 1]], e[scol[j + 2]], e[scol[j + 3]]
+                e0, e1, e2, e3 = terms[scol[j]], terms[scol[j + 1]], terms[scol[j + 2]], terms[scol[j + 3]]
                 for t in range(t_size):
                     a[t] += a0 * e0[t] + a1 * e1[t] + a2 * e2[t] + a3 * e3[t]
                 j += 4
             while j < hi:
-                a0, e0 = weights[w + j], e[scol[j]]
+                a0, e0 = weights[w + j], terms[scol[j]]
                 for t in range(t_size):
                     a[t] += a0 * e0[t]
                 j += 1
-        first = start + f * units
-        if not _renormalise(b, s, first, units, sgroup[first], acc, mx, top, small):
+        if not _renormalise(b[first:first + units], s[sgroup[first]], mx, top, small):
             return False
     return True
 
@@ -184,7 +214,9 @@ def _ratios(b, s, fl, first, units, group, mx, fac, r):  # type: ignore[no-untyp
     t_size = b.shape[1]
     scale = s[group]
     for t in range(t_size):
-        fac[t] = exp64(mx[t] - scale[t])  # 1 / max_m z_m: at most 1 / guard
+        fac[t] = mx[t] - scale[t]  # at most -log guard
+    for t in range(t_size):
+        fac[t] = sexp(fac[t])  # 1 / max_m z_m
     for m in range(units):
         v, f, rm = b[first + m], fl[first + m], r[m]
         for t in range(t_size):
@@ -193,24 +225,24 @@ def _ratios(b, s, fl, first, units, group, mx, fac, r):  # type: ignore[no-untyp
 
 
 @njit(inline="always", fastmath=FAST_REDUCE, error_model="numpy", cache=True)
-def _sum_flows(b, s, fl, op, sindex, sgroup, weights, wflow, e, mx, fac, r, z, zc, g, blas):  # type: ignore[no-untyped-def]
+def _sum_flows(b, s, fl, op, sindex, sgroup, direct, weights, wflow, e, mx, fac, r, z, zc, g, blas):  # type: ignore[no-untyped-def]
     """A dense sum layer's flows: the log kernels' products (`kernels._fold_flows`) on this
-    module's e and r (no exp or log per input or unit)."""
+    module's terms and ratios (no exp or log per input or unit)."""
     start, folds, units, inputs = op[START], op[A], op[B], op[C]
     wide = 0 <= blas <= units * inputs
     for f in range(folds):
         row = op[INDEX] + f * inputs
         first = start + f * units
-        _inputs(b, s, sgroup, sindex, row, inputs, e, mx, fac)
+        terms = _terms(b, s, sgroup, sindex, row, inputs, e, mx, fac, direct[op[FOLD] + f])
         _ratios(b, s, fl, first, units, sgroup[first], mx, fac, r)
-        _fold_flows(fl, sindex, row, inputs, weights, wflow, op[WEIGHT] + f * units * inputs, units, e, r, z, zc, g,
-                    wide)
+        _fold_flows(fl, sindex, row, inputs, weights, wflow, op[WEIGHT] + f * units * inputs, units, terms, r, z,
+                    zc, g, wide)
 
 
 @njit(inline="always", fastmath=FAST_REDUCE, error_model="numpy", cache=True)
-def _sparse_flows(b, s, fl, op, sindex, sgroup, sptr, scol, weights, wflow, e, mx, fac, r, zc):  # type: ignore[no-untyped-def]
+def _sparse_flows(b, s, fl, op, sindex, sgroup, direct, sptr, scol, weights, wflow, e, mx, fac, r, zc):  # type: ignore[no-untyped-def]
     """A sparse sum layer's flows: zc[c] gathers sum_m W[m, c] r_m edge by edge, then input c's
-    flow += e_c zc[c]; edge j's weight flow += W_j sum_t r_m e_c."""
+    flow += term_c zc[c]; edge j's weight flow += W_j sum_t r_m term_c."""
     start, folds, units, inputs = op[START], op[A], op[B], op[C]
     t_size = b.shape[1]
     w = op[WEIGHT] - sptr[op[ROWS]]
@@ -218,7 +250,7 @@ def _sparse_flows(b, s, fl, op, sindex, sgroup, sptr, scol, weights, wflow, e, m
         row = op[INDEX] + f * inputs
         rows = op[ROWS] + f * units
         first = start + f * units
-        _inputs(b, s, sgroup, sindex, row, inputs, e, mx, fac)
+        terms = _terms(b, s, sgroup, sindex, row, inputs, e, mx, fac, direct[op[FOLD] + f])
         _ratios(b, s, fl, first, units, sgroup[first], mx, fac, r)
         for c in range(inputs):
             for t in range(t_size):
@@ -227,7 +259,7 @@ def _sparse_flows(b, s, fl, op, sindex, sgroup, sptr, scol, weights, wflow, e, m
             rm = r[m]
             for j in range(sptr[rows + m], sptr[rows + m + 1]):
                 a, c = weights[w + j], scol[j]
-                ec, zcc = e[c], zc[c]
+                ec, zcc = terms[c], zc[c]
                 d = 0.0
                 for t in range(t_size):
                     zcc[t] += a * rm[t]
@@ -236,7 +268,7 @@ def _sparse_flows(b, s, fl, op, sindex, sgroup, sptr, scol, weights, wflow, e, m
         for c in range(inputs):
             child = fl[sindex[row + c]]
             for t in range(t_size):
-                child[t] += e[c, t] * zc[c, t]
+                child[t] += terms[c, t] * zc[c, t]
 
 
 # ---- one tile in logs (the fallback) ----------------------------------------------------------
@@ -265,8 +297,8 @@ def _log_inputs(b, col, idx, real, cat, lp, gauss, gmean, gstd):  # type: ignore
 
 @njit(parallel=True, fastmath=FAST, error_model="numpy", cache=True)
 def forward(buf, scale, lost, root, idx, real, cat, lp, ltab, loff, lgroups, gmax, gauss, ggroup, gmean, gstd, ops,
-            pindex, sindex, sptr, scol, slive, weights, logw, sgroup, pgroups, pgptr, widest, most, chunks,
-            blas):  # type: ignore[no-untyped-def]
+            pindex, sindex, sptr, scol, slive, weights, logw, sgroup, direct, pgroups, pgptr, widest, most,
+            chunks, blas):  # type: ignore[no-untyped-def]
     """Fill buf (tiles, slots, T) and scale (tiles, groups, T) bottom-up (log-likelihoods).
 
     ltab: one row per categorical unit u, from loff[u]: exp(lp - gmax) over its values, gmax its
@@ -307,8 +339,8 @@ def forward(buf, scale, lost, root, idx, real, cat, lp, ltab, loff, lgroups, gma
         top = np.empty(t_size, dtype=buf.dtype)
         for tile in range(chunk, tiles, chunks):
             b, s = buf[tile], scale[tile]
-            ok = _tile(b, s, root, ops, pindex, sindex, sptr, scol, weights, sgroup, pgroups, pgptr, e, mx, fac, top,
-                       acc, blas)
+            ok = _tile(b, s, root, ops, pindex, sindex, sptr, scol, weights, sgroup, direct, pgroups, pgptr, e, mx,
+                       fac, top, blas)
             lost[tile] = not ok
             if not ok:
                 _log_inputs(b, tile * t_size, idx, real, cat, lp, gauss, gmean, gstd)
@@ -316,7 +348,7 @@ def forward(buf, scale, lost, root, idx, real, cat, lp, ltab, loff, lgroups, gma
 
 
 @njit(fastmath=FAST, error_model="numpy", cache=True)
-def _tile(b, s, root, ops, pindex, sindex, sptr, scol, weights, sgroup, pgroups, pgptr, e, mx, fac, top, acc,
+def _tile(b, s, root, ops, pindex, sindex, sptr, scol, weights, sgroup, direct, pgroups, pgptr, e, mx, fac, top,
           blas):  # type: ignore[no-untyped-def]
     """Every layer of one tile in scaled values; False where the tile must go back to logs."""
     b[0, :] = 1.0  # the constant slots (group 0, scale 0): 1 and 0
@@ -327,9 +359,9 @@ def _tile(b, s, root, ops, pindex, sindex, sptr, scol, weights, sgroup, pgroups,
         if op[KIND] == PRODUCT:
             _product(b, s, op, pindex, sgroup, pgroups, pgptr[layer], pgptr[layer + 1])
         elif op[KIND] == SPARSE:
-            if not _sparse_sum(b, s, op, sindex, sgroup, sptr, scol, weights, e, mx, fac, top, acc):
+            if not _sparse_sum(b, s, op, sindex, sgroup, direct, sptr, scol, weights, e, mx, fac, top):
                 return False
-        elif not _sum(b, s, op, sindex, sgroup, weights, e, mx, fac, top, acc, blas):
+        elif not _sum(b, s, op, sindex, sgroup, direct, weights, e, mx, fac, top, blas):
             return False
     small = guard(b[0, 0])
     low = 0
@@ -339,8 +371,8 @@ def _tile(b, s, root, ops, pindex, sindex, sptr, scol, weights, sgroup, pgroups,
 
 
 @njit(parallel=True, fastmath=FAST_REDUCE, error_model="numpy", cache=True)
-def flows(buf, scale, lost, flow, n, root, ops, pindex, sindex, sptr, scol, slive, weights, logw, sgroup, widest,
-          most, wflow, blas):  # type: ignore[no-untyped-def]
+def flows(buf, scale, lost, flow, n, root, ops, pindex, sindex, sptr, scol, slive, weights, logw, sgroup, direct,
+          widest, most, wflow, blas):  # type: ignore[no-untyped-def]
     """`kernels.flows` from a buffer filled by this module's `forward` (tiles it sent back to
     logs run `kernels.tile_flows`); the input units' flows stay for `kernels.input_counts`."""
     tiles, _, t_size = buf.shape
@@ -359,8 +391,10 @@ def flows(buf, scale, lost, flow, n, root, ops, pindex, sindex, sptr, scol, sliv
             for layer in range(ops.shape[0] - 1, -1, -1):
                 op = ops[layer]
                 if op[KIND] == SPARSE:
-                    _sparse_flows(b, s, fl, op, sindex, sgroup, sptr, scol, weights, wflow[chunk], e, mx, fac, r, zc)
+                    _sparse_flows(b, s, fl, op, sindex, sgroup, direct, sptr, scol, weights, wflow[chunk], e, mx, fac, r,
+                                  zc)
                 elif op[KIND] == PRODUCT:
                     _product_flows(fl, op, pindex)
                 else:
-                    _sum_flows(b, s, fl, op, sindex, sgroup, weights, wflow[chunk], e, mx, fac, r, z, zc, g, blas)
+                    _sum_flows(b, s, fl, op, sindex, sgroup, direct, weights, wflow[chunk], e, mx, fac, r, z, zc, g,
+                               blas)
