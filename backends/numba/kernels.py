@@ -550,6 +550,40 @@ def _sparse_max(b, op, sindex, sptr, scol, logw, acc):  # type: ignore[no-untype
 # ---- passes over the whole batch ---------------------------------------------------------------
 
 
+@njit(parallel=True, cache=True)
+def evidence(rows, discrete, limits, index, real):  # type: ignore[no-untyped-def]
+    """Rows (n, V) of float64 data into variable-major index (V, width) (categories, -1 where
+    missing or not discrete) and, unless it has no columns, real (V, width) (values, NaN where
+    missing); columns n.. of both pad (missing). Missing: NaN, or -1 for a discrete variable.
+    Returns the flat position r * V + v of the first discrete value that is not one of
+    0..limits[v] - 1 (-1 if none). Blocks of 64 rows, variable by variable: each variable's
+    row of index is written 64 columns at a time."""
+    n, num_vars = rows.shape
+    width = index.shape[1]
+    with_real = real.shape[1] > 0
+    blocks = (width + 63) // 64
+    first_bad = np.full(blocks, -1, dtype=np.int64)
+    for block in prange(blocks):
+        lo, hi = block * 64, min(width, block * 64 + 64)
+        for v in range(num_vars):
+            disc, limit = discrete[v], limits[v]
+            for r in range(lo, hi):
+                x = rows[r, v] if r < n else np.nan
+                missing = np.isnan(x) or (disc and x == -1.0)
+                if with_real:
+                    real[v, r] = np.nan if missing else x
+                index[v, r] = -1
+                if disc and not missing:
+                    if 0.0 <= x < limit and x == np.floor(x):
+                        index[v, r] = np.int64(x)
+                    elif first_bad[block] < 0 or r * num_vars + v < first_bad[block]:
+                        first_bad[block] = r * num_vars + v
+    for block in range(blocks):
+        if first_bad[block] >= 0:
+            return first_bad[block]
+    return -1
+
+
 @njit(cache=True)
 def _most_units(ops):  # type: ignore[no-untyped-def]
     """The most units of a dense sum layer's fold."""

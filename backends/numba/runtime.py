@@ -171,22 +171,21 @@ class Circuit:
     def _evidence(self, x: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         """(index, real, rows, n): variable-major (V, tiles * T) category indices (-1 missing) and
         real values (NaN missing), padded with missing columns; the rows as float64 (n, V)."""
-        rows = np.array(x, dtype=np.float64, ndmin=2)
+        rows = np.asarray(x, dtype=np.float64)
+        rows = rows.reshape(1, -1) if rows.ndim == 1 else rows
         if rows.ndim != 2 or rows.shape[1] != len(self.variables):
             raise ValueError(f"data must have shape (batch, {len(self.variables)}), got {np.shape(x)}")
-        missing = np.isnan(rows) | (self.discrete & (rows == -1))
-        bad = ~missing & self.discrete & ((rows < 0) | (rows >= self.limits) | (rows != np.floor(rows)))
-        if bad.any():
-            r, v = (int(i) for i in np.argwhere(bad)[0])
-            raise ValueError(f"value {rows[r, v]:g} of variable '{self.variables[v]}' is not one of "
-                             f"0..{self.limits[v] - 1} (missing values are -1)")
+        rows = np.ascontiguousarray(rows)
         n = len(rows)
         tile = self._tile_for(n)
         width = max(1, math.ceil(n / tile)) * tile
-        index = np.full((len(self.variables), width), -1, dtype=np.int64)
-        index[:, :n] = np.where(missing | ~self.discrete, -1, rows).T
-        real = np.full((len(self.variables), width), np.nan)
-        real[:, :n] = np.where(missing, np.nan, rows).T
+        index = np.empty((len(self.variables), width), dtype=np.int64)
+        real = np.empty((len(self.variables), width if len(self.gauss) else 0))  # only gaussian units read it
+        bad = kernels.evidence(rows, self.discrete, self.limits, index, real)
+        if bad >= 0:
+            r, v = divmod(int(bad), len(self.variables))
+            raise ValueError(f"value {rows[r, v]:g} of variable '{self.variables[v]}' is not one of "
+                             f"0..{self.limits[v] - 1} (missing values are -1)")
         return index, real, rows, n
 
     def _buffer(self, name: str, columns: int, dtype: np.dtype, zeros: bool = False,
@@ -258,7 +257,8 @@ class Circuit:
     @_serialised
     def log_prob(self, x: Any) -> np.ndarray:
         """log p(x) per row; missing entries are marginalised."""
-        rows = np.array(x, dtype=np.float64, ndmin=2)
+        rows = np.asarray(x, dtype=np.float64)
+        rows = rows.reshape(1, -1) if rows.ndim == 1 else rows
         parts = []
         for piece in self._pieces(len(rows)):
             index, real, _, n = self._evidence(rows[piece])
@@ -351,7 +351,8 @@ class Circuit:
         probs * flow), ``gaussian`` (G, 3): flow, flow * (x - mean), flow * (x - mean)^2 (centred on
         the unit's mean; a missing value counts in expectation: 0 and std^2); and
         ``log_likelihood``, the batch's summed log-likelihood."""
-        data = np.array(x, dtype=np.float64, ndmin=2)
+        data = np.asarray(x, dtype=np.float64)
+        data = data.reshape(1, -1) if data.ndim == 1 else data
         wflow = np.zeros((numba.get_num_threads(), len(self.weights)))
         counts = np.zeros(len(self.lp))
         missing = np.zeros(len(self.crows) - 1)
