@@ -954,13 +954,16 @@ def input_counts(flow, idx, real, cat, corder, crows, gauss, gmean, counts, cat_
     Categorical units reading one row of lp (tied leaves) are listed together: row r's units are
     corder[crows[r]:crows[r + 1]], so each row of counts has one writer.
 
-    Outputs (zeroed by the caller): counts (lp size,) categorical flows of observed values;
-    cat_missing (rows of lp,) flows that reached a row's units where their variable is missing;
+    Outputs: counts (lp size,) categorical flows of observed values (each row zeroed here, so a
+    fresh np.zeros array faults each page once, on a write); zeroed by the caller: cat_missing
+    (rows of lp,) flows that reached a row's units where their variable is missing;
     gstats (gaussian units, 4): flow, flow * d, flow * d^2 over observed values, d = x - mean
     (centred on the unit's mean: raw moments would cancel), and flow over missing ones."""
     tiles, _, t_size = flow.shape
     # Inputs row by row of lp: each row's units add to it in turn (no two threads write one row).
     for r in prange(crows.shape[0] - 1):
+        first = cat[corder[crows[r]]]
+        counts[first[2]:first[2] + first[3]] = 0.0  # written before it is read: a fresh page faults once
         for j in range(crows[r], crows[r + 1]):
             u = corder[j]
             slot, var, off = cat[u, 0], cat[u, 1], cat[u, 2]
