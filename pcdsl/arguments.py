@@ -171,6 +171,11 @@ def evidence(x: Any, variables: Sequence[str], cardinalities: Sequence[int | Non
     most ``MAX_MAGNITUDE`` (NaN: missing). One row may come as a 1-D array."""
     rows = _as_rows(x, len(variables), name)
     discrete = [c is not None for c in cardinalities]
+    if all(discrete) and not is_tensor(x) and np.asarray(x).dtype.kind in "biu":  # integers: whole already
+        ints = np.asarray(x).reshape(rows.shape)
+        if bool(((ints < -1) | (ints >= np.array(cardinalities))).any()):
+            _refuse(rows, variables, cardinalities, name)
+        return rows
     limits: Any
     is_discrete: Any
     if is_tensor(rows):
