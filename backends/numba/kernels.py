@@ -889,7 +889,7 @@ def _exact_flows(b, fl, sindex, logw, wflow, row, first, w, units, inputs, mx, l
 
 @njit(parallel=True, fastmath=FAST_REDUCE, error_model="numpy", cache=True)
 def flows(buf, flow, n, root, ops, pindex, sindex, sptr, scol, slive, weights, logw, widest, most, wflow,
-          blas):  # type: ignore[no-untyped-def]
+          blas, clear):  # type: ignore[no-untyped-def]
     """Top-down flows of every layer from a buffer filled by `forward` in SUM_MODE (`widest`,
     `most`: the largest fan-in and unit count of a sum layer; `blas` as in `forward`); the input
     units' flows stay in `flow` for `input_counts`.
@@ -899,11 +899,13 @@ def flows(buf, flow, n, root, ops, pindex, sindex, sptr, scol, slive, weights, l
     down, the inputs theirs once counted. Zeroing the whole buffer per pass would cost a pass
     over memory of its own.
 
-    Output (zeroed by the caller): wflow (chunks, weights) the sum-weight flows of each chunk of
-    tiles (one chunk per thread; the caller adds them up)."""
+    Output (added to; zeroed first when `clear`): wflow (chunks, weights) the sum-weight flows of
+    each chunk of tiles (one chunk per thread; the caller adds them up)."""
     tiles, _, t_size = buf.shape
     chunks = wflow.shape[0]
     for chunk in prange(chunks):
+        if clear:
+            wflow[chunk, :] = 0.0
         scratch = flow_scratch(widest, most, t_size, buf.dtype)
         for tile in range(chunk, tiles, chunks):
             _seed(flow[tile], root, tile * t_size, n, False)
@@ -948,22 +950,22 @@ def tile_flows(b, fl, ops, pindex, sindex, sptr, scol, slive, weights, logw, wfl
 
 
 @njit(parallel=True, fastmath=FAST_REDUCE, error_model="numpy", cache=True)
-def input_counts(flow, idx, real, cat, corder, crows, gauss, gmean, counts, cat_missing, gstats):  # type: ignore[no-untyped-def]
+def input_counts(flow, idx, real, cat, corder, crows, gauss, gmean, counts, cat_missing, gstats, clear):  # type: ignore[no-untyped-def]
     """The input units' flows (left in `flow` by `flows`) into their statistics, emptying their rows.
 
     Categorical units reading one row of lp (tied leaves) are listed together: row r's units are
     corder[crows[r]:crows[r + 1]], so each row of counts has one writer.
 
-    Outputs: counts (lp size,) categorical flows of observed values (each row zeroed here, so a
-    fresh np.zeros array faults each page once, on a write); zeroed by the caller: cat_missing
-    (rows of lp,) flows that reached a row's units where their variable is missing;
+    Outputs (added to; counts' rows are zeroed first when `clear`): counts (lp size,) categorical
+    flows of observed values; cat_missing (rows of lp,) flows that reached a row's units where their variable is missing;
     gstats (gaussian units, 4): flow, flow * d, flow * d^2 over observed values, d = x - mean
     (centred on the unit's mean: raw moments would cancel), and flow over missing ones."""
     tiles, _, t_size = flow.shape
     # Inputs row by row of lp: each row's units add to it in turn (no two threads write one row).
     for r in prange(crows.shape[0] - 1):
-        first = cat[corder[crows[r]]]
-        counts[first[2]:first[2] + first[3]] = 0.0  # written before it is read: a fresh page faults once
+        if clear:  # a fresh np.zeros array faults each page once if it is written before it is read
+            first = cat[corder[crows[r]]]
+            counts[first[2]:first[2] + first[3]] = 0.0
         for j in range(crows[r], crows[r + 1]):
             u = corder[j]
             slot, var, off = cat[u, 0], cat[u, 1], cat[u, 2]

@@ -353,12 +353,14 @@ class Circuit:
         ``log_likelihood``, the batch's summed log-likelihood."""
         data = np.asarray(x, dtype=np.float64)
         data = data.reshape(1, -1) if data.ndim == 1 else data
+        # np.zeros maps zero pages; the kernels write the rows they use before reading them (`clear`,
+        # first piece only), so each page faults once instead of twice (read, then write)
         wflow = np.zeros((numba.get_num_threads(), len(self.weights)))
         counts = np.zeros(len(self.lp))
         missing = np.zeros(len(self.crows) - 1)
         g = np.zeros((len(self.gauss), 4))
         log_likelihood = 0.0
-        for piece in self._pieces(len(data)):  # the kernel adds each piece's flows to the same arrays
+        for i, piece in enumerate(self._pieces(len(data))):  # the kernels add each piece's flows to the same arrays
             index, real, _, n = self._evidence(data[piece])
             flow = self._buffer("flows", index.shape[1], self.dtype, zeros=True)  # the kernels keep it so
             if self.scaled:
@@ -366,16 +368,17 @@ class Circuit:
                 chunks = self._chunks(buf)
                 scaled.flows(buf, scale, lost, flow, n, self.root, self.ops, self.pindex, self.sindex, self.sptr,
                              self.scol, self.slive, self.weights, self.logw, self.groups.slot_group,
-                             self.groups.direct, self.widest, self.most, wflow[:chunks], self.blas)
+                             self.groups.direct, self.widest, self.most, wflow[:chunks], self.blas, i == 0)
                 log_likelihood += float(self._log_root(buf, scale, lost, n).sum())
             else:
                 buf = self._forward(index, real, kernels.SUM_MODE)
                 chunks = self._chunks(buf)
                 kernels.flows(buf, flow, n, self.root, self.ops, self.pindex, self.sindex, self.sptr, self.scol,
-                              self.slive, self.weights, self.logw, self.widest, self.most, wflow[:chunks], self.blas)
+                              self.slive, self.weights, self.logw, self.widest, self.most, wflow[:chunks], self.blas,
+                              i == 0)
                 log_likelihood += float(self._root(buf, n).sum())
             kernels.input_counts(flow, index, real, self.cat, self.corder, self.crows, self.gauss, self.gmean,
-                                 counts, missing, g)
+                                 counts, missing, g, i == 0)
         if missing.any():  # a missing value counts in expectation: probs * flow (one row of lp each)
             first = self.cat[self.corder[self.crows[:-1]]]
             for size in np.unique(first[:, 3]):

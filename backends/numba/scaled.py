@@ -372,12 +372,15 @@ def _tile(b, s, root, ops, pindex, sindex, sptr, scol, weights, sgroup, direct, 
 
 @njit(parallel=True, fastmath=FAST_REDUCE, error_model="numpy", cache=True)
 def flows(buf, scale, lost, flow, n, root, ops, pindex, sindex, sptr, scol, slive, weights, logw, sgroup, direct,
-          widest, most, wflow, blas):  # type: ignore[no-untyped-def]
+          widest, most, wflow, blas, clear):  # type: ignore[no-untyped-def]
     """`kernels.flows` from a buffer filled by this module's `forward` (tiles it sent back to
-    logs run `kernels.tile_flows`); the input units' flows stay for `kernels.input_counts`."""
+    logs run `kernels.tile_flows`); the input units' flows stay for `kernels.input_counts`. wflow
+    as there (zeroed first when `clear`)."""
     tiles, _, t_size = buf.shape
     chunks = wflow.shape[0]
     for chunk in prange(chunks):
+        if clear:
+            wflow[chunk, :] = 0.0
         scratch = flow_scratch(widest, most, t_size, buf.dtype)
         e, r, _, z, zc, g = scratch
         fac = np.empty(t_size, dtype=buf.dtype)
