@@ -103,8 +103,8 @@ circuit far_apart {
 
 def test_tiles_that_underflow_go_back_to_logs_and_give_their_results(tmp_path: Path) -> None:
     """float32: where a = 0, p1 lies 100 nats below p0, and the root reads it only (through
-    `low`): the root's fold sums fall below the smallest float. Those tiles are recomputed in logs, the others stay scaled,
-    and every result is the log kernels'."""
+    `low`): the root's fold sums fall below the smallest float. Those tiles are recomputed in
+    logs, the others stay scaled, and every result is the log kernels'."""
     source = tmp_path / "far.pc"
     source.write_text(FAR_APART)
     graph = pcdsl.load(source)

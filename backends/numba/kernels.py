@@ -957,8 +957,8 @@ def input_counts(flow, idx, real, cat, corder, crows, gauss, gmean, counts, cat_
     corder[crows[r]:crows[r + 1]], so each row of counts has one writer.
 
     Outputs (added to; counts' rows are zeroed first when `clear`): counts (lp size,) categorical
-    flows of observed values; cat_missing (rows of lp,) flows that reached a row's units where their variable is missing;
-    gstats (gaussian units, 4): flow, flow * d, flow * d^2 over observed values, d = x - mean
+    flows of observed values; cat_missing (rows of lp,) flows that reached a row's units where
+    their variable is missing; gstats (gaussian units, 4): flow, flow * d, flow * d^2 over observed values, d = x - mean
     (centred on the unit's mean: raw moments would cancel), and flow over missing ones."""
     tiles, _, t_size = flow.shape
     # Inputs row by row of lp: each row's units add to it in turn (no two threads write one row).

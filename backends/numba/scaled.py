@@ -36,10 +36,33 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .kernels import (A, B, C, FAST, FAST_REDUCE, FOLD, INDEX, KIND, LOG_SQRT_2PI, PRODUCT, ROWS, SPARSE, START,
-                      SUM_MODE, WEIGHT, _fold_flows, _fold_sums, _product_flows, _seed, flow_scratch, guard, sexp,
-                      slog, tile_flows, tile_layers)
-
+from .kernels import (
+    FAST,
+    FAST_REDUCE,
+    FOLD,
+    INDEX,
+    KIND,
+    LOG_SQRT_2PI,
+    PRODUCT,
+    ROWS,
+    SPARSE,
+    START,
+    SUM_MODE,
+    WEIGHT,
+    A,
+    B,
+    C,
+    _fold_flows,
+    _fold_sums,
+    _product_flows,
+    _seed,
+    flow_scratch,
+    guard,
+    sexp,
+    slog,
+    tile_flows,
+    tile_layers,
+)
 
 # ---- one tile, one layer ----------------------------------------------------------------------
 
@@ -394,8 +417,8 @@ def flows(buf, scale, lost, flow, n, root, ops, pindex, sindex, sptr, scol, sliv
             for layer in range(ops.shape[0] - 1, -1, -1):
                 op = ops[layer]
                 if op[KIND] == SPARSE:
-                    _sparse_flows(b, s, fl, op, sindex, sgroup, direct, sptr, scol, weights, wflow[chunk], e, mx, fac, r,
-                                  zc)
+                    _sparse_flows(b, s, fl, op, sindex, sgroup, direct, sptr, scol, weights, wflow[chunk], e, mx, fac,
+                                  r, zc)
                 elif op[KIND] == PRODUCT:
                     _product_flows(fl, op, pindex)
                 else:
