@@ -221,7 +221,7 @@ class Circuit:
         """scaled.py's forward: (values, scales, lost) for `_log_root` and scaled.flows."""
         g = self.groups
         buf = self._buffer("values", index.shape[1], self.dtype)
-        scale = self._buffer("scales", index.shape[1], np.dtype(np.float64), rows=g.count)
+        scale = self._buffer("scales", index.shape[1], np.dtype(np.float64), rows=g.groups)
         lost = np.zeros(len(buf), dtype=np.uint8)
         scaled.forward(buf, scale, lost, self.root, index, real, self.cat, self.lp, self.ltab, g.ltab_off, g.inputs,
                        self.gmax, self.gauss, g.gauss_group, self.gmean, self.gstd, self.ops, self.pindex,
@@ -392,7 +392,7 @@ class Circuit:
 
 class ScaleGroups(NamedTuple):
     """The groups of slots that share a log scale in scaled.py (see there), as flat arrays."""
-    count: int  # groups, the constant slots' group 0 included
+    groups: int  # how many, the constant slots' group 0 included
     slot_group: np.ndarray  # (slots,) each slot's group
     cat_group: np.ndarray  # (U,) each categorical unit's group (its variable's units: a run of `cat`)
     inputs: np.ndarray  # (I, 3) per input group: its group, variable, offset of its row of gmax
