@@ -202,6 +202,13 @@ class Circuit:
             buf = self._buffers[name] = make((tiles, rows, tile), dtype=dtype)
         return buf[:tiles]
 
+    def _stats(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A float64 array kept between calls for the kernels' statistics (contents undefined)."""
+        array = self._buffers.get(name)
+        if array is None or array.shape != shape:
+            array = self._buffers[name] = np.empty(shape)
+        return array
+
     def _tile_for(self, n: int) -> int:
         """Samples per tile for a batch of n: `tile`, halved (not below MIN_TILE) while the batch
         would fill fewer tiles than there are threads."""
@@ -353,32 +360,36 @@ class Circuit:
         ``log_likelihood``, the batch's summed log-likelihood."""
         data = np.asarray(x, dtype=np.float64)
         data = data.reshape(1, -1) if data.ndim == 1 else data
-        # np.zeros maps zero pages; the kernels write the rows they use before reading them (`clear`,
-        # first piece only), so each page faults once instead of twice (read, then write)
-        wflow = np.zeros((numba.get_num_threads(), len(self.weights)))
-        counts = np.zeros(len(self.lp))
+        # weight flows and counts go into buffers kept between calls, zeroed by the kernels on the
+        # first piece (`clear`), then copied out: a fresh array of this size faults a page per 4 KiB,
+        # and faults taken by the kernels' threads at once cost several times more than one copy
+        wflow = self._stats("wflow", (numba.get_num_threads(), len(self.weights)))
+        counts = self._stats("counts", (len(self.lp),))
         missing = np.zeros(len(self.crows) - 1)
         g = np.zeros((len(self.gauss), 4))
         log_likelihood = 0.0
+        used = 0  # rows of wflow the kernels have written
         for i, piece in enumerate(self._pieces(len(data))):  # the kernels add each piece's flows to the same arrays
             index, real, _, n = self._evidence(data[piece])
             flow = self._buffer("flows", index.shape[1], self.dtype, zeros=True)  # the kernels keep it so
-            if self.scaled:
-                buf, scale, lost = self._forward_scaled(index, real)
-                chunks = self._chunks(buf)
+            buf, scale, lost = self._forward_scaled(index, real) if self.scaled else (
+                self._forward(index, real, kernels.SUM_MODE), None, None)
+            chunks = self._chunks(buf)
+            wflow[used:chunks] = 0.0  # rows a later piece adds to but the first did not clear
+            if scale is not None:
                 scaled.flows(buf, scale, lost, flow, n, self.root, self.ops, self.pindex, self.sindex, self.sptr,
                              self.scol, self.slive, self.weights, self.logw, self.groups.slot_group,
                              self.groups.direct, self.widest, self.most, wflow[:chunks], self.blas, i == 0)
                 log_likelihood += float(self._log_root(buf, scale, lost, n).sum())
             else:
-                buf = self._forward(index, real, kernels.SUM_MODE)
-                chunks = self._chunks(buf)
                 kernels.flows(buf, flow, n, self.root, self.ops, self.pindex, self.sindex, self.sptr, self.scol,
                               self.slive, self.weights, self.logw, self.widest, self.most, wflow[:chunks], self.blas,
                               i == 0)
                 log_likelihood += float(self._root(buf, n).sum())
+            used = max(used, chunks)
             kernels.input_counts(flow, index, real, self.cat, self.corder, self.crows, self.gauss, self.gmean,
                                  counts, missing, g, i == 0)
+        counts, weights = counts.copy(), wflow[:used].sum(axis=0)
         if missing.any():  # a missing value counts in expectation: probs * flow (one row of lp each)
             first = self.cat[self.corder[self.crows[:-1]]]
             for size in np.unique(first[:, 3]):
@@ -386,7 +397,7 @@ class Circuit:
                 at = first[hit, 2][:, None] + np.arange(size)
                 counts[at] += missing[hit, None] * np.exp(self.lp[at].astype(np.float64))
         gaussian = np.stack([g[:, 0] + g[:, 3], g[:, 1], g[:, 2] + g[:, 3] * self.gstd**2], axis=1)
-        return {"log_likelihood": log_likelihood, "weights": wflow.sum(axis=0),
+        return {"log_likelihood": log_likelihood, "weights": weights,
                 "counts": counts, "gaussian": gaussian}
 
 
