@@ -1,4 +1,8 @@
-"""numba kernels that run a layered plan, compiled once for every circuit.
+"""numba kernels that run a layered plan in logs, compiled once for every circuit.
+
+``log_prob`` and ``flows`` run ``scaled.py`` (values as probabilities relative to a log scale per
+group of slots, no exp or log per input or unit), which falls back to these kernels tile by tile
+where underflow would take digits; MAP and sampling run these.
 
 A circuit reaches the kernels as flat arrays (see ``runtime.py``), so the same
 machine code runs any circuit: nothing is compiled per circuit, and
