@@ -376,7 +376,7 @@ class Circuit:
                 self._forward(index, real, kernels.SUM_MODE), None, None)
             chunks = self._chunks(buf)
             wflow[used:chunks] = 0.0  # rows a later piece adds to but the first did not clear
-            if scale is not None:
+            if scale is not None and lost is not None:
                 scaled.flows(buf, scale, lost, flow, n, self.root, self.ops, self.pindex, self.sindex, self.sptr,
                              self.scol, self.slive, self.weights, self.logw, self.groups.slot_group,
                              self.groups.direct, self.widest, self.most, wflow[:chunks], self.blas, i == 0)
