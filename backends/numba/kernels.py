@@ -302,7 +302,9 @@ def exact_sum(b, sindex, row, inputs, logw, w, t):  # type: ignore[no-untyped-de
 
 
 @njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
-def _product(b, op, pindex):  # type: ignore[no-untyped-def]
+def _product(b, op, pindex, multiply):  # type: ignore[no-untyped-def]
+    """A product layer: each unit adds its children's logs, or multiplies their values when
+    `multiply` (scaled.py; a constant at every call, so the loops carry no branch)."""
     start, units, fan_in, off = op[START], op[A], op[B], op[INDEX]
     t_size = b.shape[1]
     for u in range(units):
@@ -312,8 +314,12 @@ def _product(b, op, pindex):  # type: ignore[no-untyped-def]
             out[t] = first[t]
         for k in range(1, fan_in):
             child = b[pindex[row + k]]
-            for t in range(t_size):
-                out[t] += child[t]
+            if multiply:
+                for t in range(t_size):
+                    out[t] *= child[t]
+            else:
+                for t in range(t_size):
+                    out[t] += child[t]
 
 
 @njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
@@ -645,7 +651,7 @@ def tile_layers(b, ops, pindex, sindex, sptr, scol, slive, weights, logw, mode, 
     for layer in range(ops.shape[0]):
         op = ops[layer]
         if op[KIND] == PRODUCT:
-            _product(b, op, pindex)
+            _product(b, op, pindex, False)
         elif op[KIND] == SPARSE:
             if mode == MAX_MODE:
                 _sparse_max(b, op, sindex, sptr, scol, logw, acc)
@@ -889,32 +895,6 @@ def _exact_flows(b, fl, sindex, logw, wflow, row, first, w, units, inputs, mx, l
                     edge = parent * exp64(float(logw[at + c]) + float(b[child, t]) - float(v))
                     fl[child, t] += edge
                     wflow[at + c] += edge
-
-
-@njit(parallel=True, fastmath=FAST_REDUCE, error_model="numpy", cache=True)
-def flows(buf, flow, n, root, ops, pindex, sindex, sptr, scol, slive, weights, logw, widest, most, wflow,
-          blas, clear):  # type: ignore[no-untyped-def]
-    """Top-down flows of every layer from a buffer filled by `forward` in SUM_MODE (`widest`,
-    `most`: the largest fan-in and unit count of a sum layer; `blas` as in `forward`); the input
-    units' flows stay in `flow` for `input_counts`.
-
-    `flow` (like `buf`) must hold zeros (but in the constant slots 0 and 1) and is left so once
-    `input_counts` has run: each layer empties the rows it read once it has passed their flow
-    down, the inputs theirs once counted. Zeroing the whole buffer per pass would cost a pass
-    over memory of its own.
-
-    Output (added to; zeroed first when `clear`): wflow (chunks, weights) the sum-weight flows of
-    each chunk of tiles (one chunk per thread; the caller adds them up)."""
-    tiles, _, t_size = buf.shape
-    chunks = wflow.shape[0]
-    for chunk in prange(chunks):
-        if clear:
-            wflow[chunk, :] = 0.0
-        scratch = flow_scratch(widest, most, t_size, buf.dtype)
-        for tile in range(chunk, tiles, chunks):
-            _seed(flow[tile], root, tile * t_size, n, False)
-            tile_flows(buf[tile], flow[tile], ops, pindex, sindex, sptr, scol, slive, weights, logw, wflow[chunk],
-                       scratch, blas)
 
 
 @njit(cache=True)

@@ -372,20 +372,18 @@ class Circuit:
         for i, piece in enumerate(self._pieces(len(data))):  # the kernels add each piece's flows to the same arrays
             index, real, _, n = self._evidence(data[piece])
             flow = self._buffer("flows", index.shape[1], self.dtype, zeros=True)  # the kernels keep it so
-            buf, scale, lost = self._forward_scaled(index, real) if self.scaled else (
-                self._forward(index, real, kernels.SUM_MODE), None, None)
+            if self.scaled:
+                buf, scale, lost = self._forward_scaled(index, real)
+                log_likelihood += float(self._log_root(buf, scale, lost, n).sum())
+            else:  # every tile in logs: scaled.flows runs the log kernels on each
+                buf = self._forward(index, real, kernels.SUM_MODE)
+                scale, lost = np.zeros((len(buf), 1, 1)), np.ones(len(buf), dtype=np.uint8)
+                log_likelihood += float(self._root(buf, n).sum())
             chunks = self._chunks(buf)
             wflow[used:chunks] = 0.0  # rows a later piece adds to but the first did not clear
-            if scale is not None and lost is not None:
-                scaled.flows(buf, scale, lost, flow, n, self.root, self.ops, self.pindex, self.sindex, self.sptr,
-                             self.scol, self.slive, self.weights, self.logw, self.groups.slot_group,
-                             self.groups.direct, self.widest, self.most, wflow[:chunks], self.blas, i == 0)
-                log_likelihood += float(self._log_root(buf, scale, lost, n).sum())
-            else:
-                kernels.flows(buf, flow, n, self.root, self.ops, self.pindex, self.sindex, self.sptr, self.scol,
-                              self.slive, self.weights, self.logw, self.widest, self.most, wflow[:chunks], self.blas,
-                              i == 0)
-                log_likelihood += float(self._root(buf, n).sum())
+            scaled.flows(buf, scale, lost, flow, n, self.root, self.ops, self.pindex, self.sindex, self.sptr,
+                         self.scol, self.slive, self.weights, self.logw, self.groups.slot_group, self.groups.direct,
+                         self.widest, self.most, wflow[:chunks], self.blas, i == 0)
             used = max(used, chunks)
             kernels.input_counts(flow, index, real, self.cat, self.corder, self.crows, self.gauss, self.gmean,
                                  counts, missing, g, i == 0)

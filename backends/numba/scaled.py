@@ -54,6 +54,7 @@ from .kernels import (
     C,
     _fold_flows,
     _fold_sums,
+    _product,
     _product_flows,
     _seed,
     flow_scratch,
@@ -151,20 +152,12 @@ def _renormalise(out, scale, mx, top, small):  # type: ignore[no-untyped-def]
 
 
 @njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
-def _product(b, s, op, pindex, sgroup, pgroups, lo, hi):  # type: ignore[no-untyped-def]
-    """Values multiply; each product group's scale (groups pgroups[lo:hi], by first unit) is the
-    sum of its children's groups' scales."""
-    start, units, fan_in, off = op[START], op[A], op[B], op[INDEX]
+def _product_layer(b, s, op, pindex, sgroup, pgroups, lo, hi):  # type: ignore[no-untyped-def]
+    """Values multiply (`kernels._product`); each product group's scale (groups pgroups[lo:hi], by
+    first unit) is the sum of its children's groups' scales."""
+    _product(b, op, pindex, True)
+    start, fan_in, off = op[START], op[B], op[INDEX]
     t_size = b.shape[1]
-    for u in range(units):
-        row = off + u * fan_in
-        out, first = b[start + u], b[pindex[row]]
-        for t in range(t_size):
-            out[t] = first[t]
-        for k in range(1, fan_in):
-            child = b[pindex[row + k]]
-            for t in range(t_size):
-                out[t] *= child[t]
     for p in range(lo, hi):
         u = pgroups[p]
         row = off + u * fan_in
@@ -380,7 +373,7 @@ def _tile(b, s, root, ops, pindex, sindex, sptr, scol, weights, sgroup, direct, 
     for layer in range(ops.shape[0]):
         op = ops[layer]
         if op[KIND] == PRODUCT:
-            _product(b, s, op, pindex, sgroup, pgroups, pgptr[layer], pgptr[layer + 1])
+            _product_layer(b, s, op, pindex, sgroup, pgroups, pgptr[layer], pgptr[layer + 1])
         elif op[KIND] == SPARSE:
             if not _sparse_sum(b, s, op, sindex, sgroup, direct, sptr, scol, weights, e, mx, fac, top):
                 return False
@@ -396,9 +389,19 @@ def _tile(b, s, root, ops, pindex, sindex, sptr, scol, weights, sgroup, direct, 
 @njit(parallel=True, fastmath=FAST_REDUCE, error_model="numpy", cache=True)
 def flows(buf, scale, lost, flow, n, root, ops, pindex, sindex, sptr, scol, slive, weights, logw, sgroup, direct,
           widest, most, wflow, blas, clear):  # type: ignore[no-untyped-def]
-    """`kernels.flows` from a buffer filled by this module's `forward` (tiles it sent back to
-    logs run `kernels.tile_flows`); the input units' flows stay for `kernels.input_counts`. wflow
-    as there (zeroed first when `clear`)."""
+    """Top-down flows of every layer from a buffer filled by this module's `forward`: tiles with
+    lost[tile] = 1 hold logs (sent back there, or every tile of a buffer from `kernels.forward`
+    in SUM_MODE, scale then unread) and run `kernels.tile_flows`. `widest`, `most`: the largest
+    fan-in and unit count of a sum layer; `blas` as in `forward`. The input units' flows stay in
+    `flow` for `kernels.input_counts`.
+
+    `flow` (like `buf`) must hold zeros (but in the constant slots 0 and 1) and is left so once
+    `input_counts` has run: each layer empties the rows it read once it has passed their flow
+    down, the inputs theirs once counted. Zeroing the whole buffer per pass would cost a pass
+    over memory of its own.
+
+    Output (added to; zeroed first when `clear`): wflow (chunks, weights) the sum-weight flows of
+    each chunk of tiles (one chunk per thread; the caller adds them up)."""
     tiles, _, t_size = buf.shape
     chunks = wflow.shape[0]
     for chunk in prange(chunks):
