@@ -467,6 +467,25 @@ def _live_shifted(b, sindex, row, live, e, mx):  # type: ignore[no-untyped-def]
 
 
 @njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
+def _edges_sum(acc, weights, w, scol, j, hi, e):  # type: ignore[no-untyped-def]
+    """acc = sum of weights[w + k] * e[scol[k]] over the edges k = j .. hi - 1 of one unit, four
+    edges per pass (one load and store of acc per four rows of e)."""
+    for t in range(acc.shape[0]):
+        acc[t] = 0.0
+    while j + 4 <= hi:
+        a0, a1, a2, a3 = weights[w + j], weights[w + j + 1], weights[w + j + 2], weights[w + j + 3]
+        e0, e1, e2, e3 = e[scol[j]], e[scol[j + 1]], e[scol[j + 2]], e[scol[j + 3]]
+        for t in range(acc.shape[0]):
+            acc[t] += a0 * e0[t] + a1 * e1[t] + a2 * e2[t] + a3 * e3[t]
+        j += 4
+    while j < hi:
+        a0, e0 = weights[w + j], e[scol[j]]
+        for t in range(acc.shape[0]):
+            acc[t] += a0 * e0[t]
+        j += 1
+
+
+@njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
 def _sparse_sum(b, op, sindex, sptr, scol, slive, weights, logw, e, mx):  # type: ignore[no-untyped-def]
     """`_sum` over the kept edges of each unit. A unit of one edge is log W + x (no exp, no log: it
     costs what a product does), one of none log 0; the others add their edges' exps, taken only
@@ -495,19 +514,7 @@ def _sparse_sum(b, op, sindex, sptr, scol, slive, weights, logw, e, mx):  # type
                         out[t] = lw + child[t]
                 continue
             acc = sums[m]
-            for t in range(t_size):
-                acc[t] = 0.0
-            while j + 4 <= hi:  # four edges per pass: one load and store of acc per four rows of e
-                a0, a1, a2, a3 = weights[w + j], weights[w + j + 1], weights[w + j + 2], weights[w + j + 3]
-                e0, e1, e2, e3 = e[scol[j]], e[scol[j + 1]], e[scol[j + 2]], e[scol[j + 3]]
-                for t in range(t_size):
-                    acc[t] += a0 * e0[t] + a1 * e1[t] + a2 * e2[t] + a3 * e3[t]
-                j += 4
-            while j < hi:
-                a0, e0 = weights[w + j], e[scol[j]]
-                for t in range(t_size):
-                    acc[t] += a0 * e0[t]
-                j += 1
+            _edges_sum(acc, weights, w, scol, j, hi, e)
             for t in range(t_size):
                 out[t] = flog(acc[t]) + mx[t]
             if _lost(sums[m:m + 1], 1, small):

@@ -52,6 +52,7 @@ from .kernels import (
     A,
     B,
     C,
+    _edges_sum,
     _fold_flows,
     _fold_sums,
     _product,
@@ -194,7 +195,6 @@ def _sparse_sum(b, s, op, sindex, sgroup, direct, sptr, scol, weights, e, mx, fa
     """A sparse sum layer (see kernels.py for sptr and scol): each unit adds its kept edges'
     terms, four per pass; then as `_sum`."""
     start, folds, units, inputs = op[START], op[A], op[B], op[C]
-    t_size = b.shape[1]
     small = guard(b[0, 0])
     w = op[WEIGHT] - sptr[op[ROWS]]  # edge j's weight: weights[w + j]
     for f in range(folds):
@@ -203,21 +203,7 @@ def _sparse_sum(b, s, op, sindex, sgroup, direct, sptr, scol, weights, e, mx, fa
         terms = _terms(b, s, sgroup, sindex, row, inputs, e, mx, fac, direct[op[FOLD] + f])
         first = start + f * units
         for m in range(units):
-            j, hi = sptr[rows + m], sptr[rows + m + 1]
-            a = b[first + m]
-            for t in range(t_size):
-                a[t] = 0.0
-            while j + 4 <= hi:
-                a0, a1, a2, a3 = weights[w + j], weights[w + j + 1], weights[w + j + 2], weights[w + j + 3]
-                e0, e1, e2, e3 = terms[scol[j]], terms[scol[j + 1]], terms[scol[j + 2]], terms[scol[j + 3]]
-                for t in range(t_size):
-                    a[t] += a0 * e0[t] + a1 * e1[t] + a2 * e2[t] + a3 * e3[t]
-                j += 4
-            while j < hi:
-                a0, e0 = weights[w + j], terms[scol[j]]
-                for t in range(t_size):
-                    a[t] += a0 * e0[t]
-                j += 1
+            _edges_sum(b[first + m], weights, w, scol, sptr[rows + m], sptr[rows + m + 1], terms)
         if not _renormalise(b[first:first + units], s[sgroup[first]], mx, top, small):
             return False
     return True
