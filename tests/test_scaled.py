@@ -134,3 +134,42 @@ def test_evidence_of_probability_zero_gives_minus_infinity_and_no_flow() -> None
     assert np.isneginf(ll[::3]).all() and np.isfinite(np.delete(ll, np.s_[::3])).all()
     np.testing.assert_allclose(ll, ll_log, rtol=TOL, atol=TOL)
     _flows_close(flows, flows_log, TOL)
+
+
+FAR_OUT = """
+circuit far_out {
+  var u : real
+  var a : bool
+  leaf g0 = gaussian(u, mean = 0.0, std = 1e-5)
+  leaf a0 = bernoulli(a, p = 0.2)
+  leaf a1 = bernoulli(a, p = 0.9)
+  prod p0 = g0 * a0
+  prod p1 = g0 * a1
+  sum root = 0.3 p0 + 0.7 p1
+}
+"""
+
+
+def test_a_gaussian_density_that_underflows_to_zero_is_zero_on_both_paths(tmp_path: Path) -> None:
+    """x = 1e150 with std 1e-5: z^2 overflows, the density is 0 (log -inf). The scaled path must
+    not read it as a value of 1 at scale -inf (products of it feed a fold directly)."""
+    source = tmp_path / "far_out.pc"
+    source.write_text(FAR_OUT)
+    model = pcdsl.compile(pcdsl.load(source), "numba", dtype="float64")
+    x = np.array([[1e150, 1.0], [3.0, 1.0], [np.nan, 0.0]])
+    ll, flows, ll_log, flows_log, _ = _both_ways(model, x)
+    assert np.isneginf(ll[0]) and np.isfinite(ll[1:]).all()
+    np.testing.assert_allclose(ll, ll_log, rtol=TOL)
+    _flows_close(flows, flows_log, TOL)
+
+
+def test_counts_are_zero_outside_each_rows_cardinality() -> None:
+    """lp's rows are as wide as a layer's widest variable: their padding never counts, call
+    after call (the count buffer is kept between calls)."""
+    graph, params = random_circuit(0, num_vars=5)
+    circuit = lower(compile_plan(graph, params), "numba", dtype="float64").circuit
+    padding = np.isneginf(circuit.lp)
+    assert padding.any()
+    for seed in range(3):
+        counts = circuit.flows(reference.sample(graph, params, 50, seed=seed))["counts"]
+        assert (counts[padding] == 0).all() and counts.sum() > 0

@@ -947,16 +947,20 @@ def input_counts(flow, idx, real, cat, corder, crows, gauss, gmean, counts, cat_
     Categorical units reading one row of lp (tied leaves) are listed together: row r's units are
     corder[crows[r]:crows[r + 1]], so each row of counts has one writer.
 
-    Outputs (added to; counts' rows are zeroed first when `clear`): counts (lp size,) categorical
+    Outputs (added to; where counts' rows are counted in, zeroed first when `clear`: the padding
+    of lp's rows is left as it is): counts (lp size,) categorical
     flows of observed values; cat_missing (rows of lp,) flows that reached a row's units where
     their variable is missing; gstats (gaussian units, 4): flow, flow * d, flow * d^2 over observed values, d = x - mean
     (centred on the unit's mean: raw moments would cancel), and flow over missing ones."""
     tiles, _, t_size = flow.shape
     # Inputs row by row of lp: each row's units add to it in turn (no two threads write one row).
     for r in prange(crows.shape[0] - 1):
-        if clear:  # a fresh np.zeros array faults each page once if it is written before it is read
-            first = cat[corder[crows[r]]]
-            counts[first[2]:first[2] + first[3]] = 0.0
+        if clear:  # the row's entries any of its units counts in (tied units may differ in cardinality)
+            size = 0
+            for j in range(crows[r], crows[r + 1]):
+                size = max(size, cat[corder[j], 3])
+            off = cat[corder[crows[r]], 2]
+            counts[off:off + size] = 0.0
         for j in range(crows[r], crows[r + 1]):
             u = corder[j]
             slot, var, off = cat[u, 0], cat[u, 1], cat[u, 2]

@@ -203,10 +203,11 @@ class Circuit:
         return buf[:tiles]
 
     def _stats(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
-        """A float64 array kept between calls for the kernels' statistics (contents undefined)."""
+        """A float64 array kept between calls for the kernels' statistics: zeros when new; the
+        kernels zero what they add to (entries they never write, lp's padding, stay 0)."""
         array = self._buffers.get(name)
         if array is None or array.shape != shape:
-            array = self._buffers[name] = np.empty(shape)
+            array = self._buffers[name] = np.zeros(shape)
         return array
 
     def _tile_for(self, n: int) -> int:

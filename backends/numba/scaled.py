@@ -331,8 +331,9 @@ def forward(buf, scale, lost, root, idx, real, cat, lp, ltab, loff, lgroups, gma
             for t in range(t_size):
                 x = real[var, tile * t_size + t]
                 z = (x - gmean[u]) / gstd[u]
-                buf[tile, slot, t] = 1.0
-                scale[tile, group, t] = 0.0 if np.isnan(x) else top - 0.5 * z * z
+                density = 0.0 if np.isnan(x) else top - 0.5 * z * z  # -inf where z * z overflows
+                buf[tile, slot, t] = 1.0 if density > -np.inf else 0.0  # a group of scale -inf holds 0
+                scale[tile, group, t] = density
     for chunk in prange(chunks):
         e = np.empty((widest, t_size), dtype=buf.dtype)
         acc = np.empty((max(4, most), t_size), dtype=buf.dtype)
