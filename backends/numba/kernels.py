@@ -601,6 +601,25 @@ def evidence(rows, discrete, limits, index, real):  # type: ignore[no-untyped-de
     return -1
 
 
+@njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
+def categorical_row(out, row, values, free):  # type: ignore[no-untyped-def]
+    """out[t] = row[values[t]], or `free` where the value is missing (-1)."""
+    for t in range(out.shape[0]):
+        x = values[t]
+        out[t] = row[x] if x >= 0 else free
+
+
+@njit(inline="always", error_model="numpy", cache=True)
+def gaussian_row(out, xs, mean, std, free):  # type: ignore[no-untyped-def]
+    """out[t] = log N(xs[t]; mean, std) (-inf where (x - mean) / std squared overflows), or `free`
+    where the value is missing (NaN)."""
+    top = -math.log(std) - LOG_SQRT_2PI
+    for t in range(out.shape[0]):
+        x = xs[t]
+        z = (x - mean) / std
+        out[t] = free if np.isnan(x) else top - 0.5 * z * z
+
+
 @njit(cache=True)
 def _most_units(ops):  # type: ignore[no-untyped-def]
     """The most units of a dense sum layer's fold."""
@@ -622,24 +641,13 @@ def forward(buf, idx, real, cat, lp, lpmax, gauss, gmean, gstd, ops, pindex, sin
     for u in prange(cat.shape[0]):
         slot, var, off, size = cat[u, 0], cat[u, 1], cat[u, 2], cat[u, 3]
         free = lpmax[u] if mode == MAX_MODE else 0.0
-        row = lp[off:off + size]
         for tile in range(tiles):
-            out = buf[tile, slot]
-            values = idx[var, tile * t_size:(tile + 1) * t_size]
-            for t in range(t_size):
-                x = values[t]
-                out[t] = row[x] if x >= 0 else free
+            categorical_row(buf[tile, slot], lp[off:off + size], idx[var, tile * t_size:(tile + 1) * t_size], free)
     for u in prange(gauss.shape[0]):
         slot, var = gauss[u, 0], gauss[u, 1]
-        mean, std = gmean[u], gstd[u]
-        top = -math.log(std) - LOG_SQRT_2PI
-        free = top if mode == MAX_MODE else 0.0
+        free = -math.log(gstd[u]) - LOG_SQRT_2PI if mode == MAX_MODE else 0.0
         for tile in range(tiles):
-            col = tile * t_size
-            for t in range(t_size):
-                x = real[var, col + t]
-                z = (x - mean) / std
-                buf[tile, slot, t] = free if np.isnan(x) else top - 0.5 * z * z
+            gaussian_row(buf[tile, slot], real[var, tile * t_size:(tile + 1) * t_size], gmean[u], gstd[u], free)
     # Then the layers, tile by tile.
     for chunk in prange(chunks):
         e = np.empty((widest, t_size), dtype=buf.dtype)

@@ -31,8 +31,6 @@ MAP and sampling need log values of every node: they run ``kernels.forward``.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import njit, prange
 
@@ -42,7 +40,6 @@ from .kernels import (
     FOLD,
     INDEX,
     KIND,
-    LOG_SQRT_2PI,
     PRODUCT,
     ROWS,
     SPARSE,
@@ -58,7 +55,9 @@ from .kernels import (
     _product,
     _product_flows,
     _seed,
+    categorical_row,
     flow_scratch,
+    gaussian_row,
     guard,
     sexp,
     slog,
@@ -281,17 +280,11 @@ def _log_inputs(b, col, idx, real, cat, lp, gauss, gmean, gstd):  # type: ignore
     """The input slots of one tile (samples col..col + T) as log values, as `kernels.forward` writes them."""
     t_size = b.shape[1]
     for u in range(cat.shape[0]):
-        slot, var, off = cat[u, 0], cat[u, 1], cat[u, 2]
-        for t in range(t_size):
-            x = idx[var, col + t]
-            b[slot, t] = lp[off + x] if x >= 0 else 0.0
+        slot, var, off, size = cat[u, 0], cat[u, 1], cat[u, 2], cat[u, 3]
+        categorical_row(b[slot], lp[off:off + size], idx[var, col:col + t_size], 0.0)
     for u in range(gauss.shape[0]):
         slot, var = gauss[u, 0], gauss[u, 1]
-        top = -math.log(gstd[u]) - LOG_SQRT_2PI
-        for t in range(t_size):
-            x = real[var, col + t]
-            z = (x - gmean[u]) / gstd[u]
-            b[slot, t] = 0.0 if np.isnan(x) else top - 0.5 * z * z
+        gaussian_row(b[slot], real[var, col:col + t_size], gmean[u], gstd[u], 0.0)
 
 
 # ---- passes over the whole batch ---------------------------------------------------------------
@@ -311,29 +304,20 @@ def forward(buf, scale, lost, root, idx, real, cat, lp, ltab, loff, lgroups, gma
     tiles, _, t_size = buf.shape
     for u in prange(cat.shape[0]):
         slot, var, size = cat[u, 0], cat[u, 1], cat[u, 3]
-        row = ltab[loff[u]:loff[u] + size]
         for tile in range(tiles):
-            out, values = buf[tile, slot], idx[var, tile * t_size:(tile + 1) * t_size]
-            for t in range(t_size):
-                x = values[t]
-                out[t] = row[x] if x >= 0 else 1.0
+            categorical_row(buf[tile, slot], ltab[loff[u]:loff[u] + size], idx[var, tile * t_size:(tile + 1) * t_size],
+                            1.0)
     for i in prange(lgroups.shape[0]):
         group, var, off = lgroups[i, 0], lgroups[i, 1], lgroups[i, 2]
         for tile in range(tiles):
-            out, values = scale[tile, group], idx[var, tile * t_size:(tile + 1) * t_size]
-            for t in range(t_size):
-                x = values[t]
-                out[t] = gmax[off + x] if x >= 0 else 0.0
-    for u in prange(gauss.shape[0]):
+            categorical_row(scale[tile, group], gmax[off:], idx[var, tile * t_size:(tile + 1) * t_size], 0.0)
+    for u in prange(gauss.shape[0]):  # its own group: the log-density is the scale, the value 1
         slot, var, group = gauss[u, 0], gauss[u, 1], ggroup[u]
-        top = -math.log(gstd[u]) - LOG_SQRT_2PI
         for tile in range(tiles):
+            density = scale[tile, group]
+            gaussian_row(density, real[var, tile * t_size:(tile + 1) * t_size], gmean[u], gstd[u], 0.0)
             for t in range(t_size):
-                x = real[var, tile * t_size + t]
-                z = (x - gmean[u]) / gstd[u]
-                density = 0.0 if np.isnan(x) else top - 0.5 * z * z  # -inf where z * z overflows
-                buf[tile, slot, t] = 1.0 if density > -np.inf else 0.0  # a group of scale -inf holds 0
-                scale[tile, group, t] = density
+                buf[tile, slot, t] = 1.0 if density[t] > -np.inf else 0.0  # a group of scale -inf holds 0
     for chunk in prange(chunks):
         e = np.empty((widest, t_size), dtype=buf.dtype)
         acc = np.empty((max(4, most), t_size), dtype=buf.dtype)
