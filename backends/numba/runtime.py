@@ -154,7 +154,7 @@ class Circuit:
         g = self.groups
         cards = self.cat[:, 3]
         self.ltab = np.zeros(int(cards.sum()), dtype=self.dtype)
-        self.gmax = np.full(len(g.gmax_ids), -np.inf)
+        self.gmax = np.full(g.gmax_size, -np.inf)
         for size in np.unique(cards):
             units = np.flatnonzero(cards == size)  # a group's units: one cardinality, a run of `cat`
             rows = self.lp[self.cat[units, 2][:, None] + np.arange(size)].astype(np.float64)
@@ -171,8 +171,7 @@ class Circuit:
     def _evidence(self, x: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         """(index, real, rows, n): variable-major (V, tiles * T) category indices (-1 missing) and
         real values (NaN missing), padded with missing columns; the rows as float64 (n, V)."""
-        rows = np.asarray(x, dtype=np.float64)
-        rows = rows.reshape(1, -1) if rows.ndim == 1 else rows
+        rows = _rows(x)
         if rows.ndim != 2 or rows.shape[1] != len(self.variables):
             raise ValueError(f"data must have shape (batch, {len(self.variables)}), got {np.shape(x)}")
         rows = np.ascontiguousarray(rows)
@@ -265,8 +264,7 @@ class Circuit:
     @_serialised
     def log_prob(self, x: Any) -> np.ndarray:
         """log p(x) per row; missing entries are marginalised."""
-        rows = np.asarray(x, dtype=np.float64)
-        rows = rows.reshape(1, -1) if rows.ndim == 1 else rows
+        rows = _rows(x)
         parts = []
         for piece in self._pieces(len(rows)):
             index, real, _, n = self._evidence(rows[piece])
@@ -359,8 +357,7 @@ class Circuit:
         probs * flow), ``gaussian`` (G, 3): flow, flow * (x - mean), flow * (x - mean)^2 (centred on
         the unit's mean; a missing value counts in expectation: 0 and std^2); and
         ``log_likelihood``, the batch's summed log-likelihood."""
-        data = np.asarray(x, dtype=np.float64)
-        data = data.reshape(1, -1) if data.ndim == 1 else data
+        data = _rows(x)
         # weight flows and counts go into buffers kept between calls, zeroed by the kernels on the
         # first piece (`clear`), then copied out: a fresh array of this size faults a page per 4 KiB,
         # and faults taken by the kernels' threads at once cost several times more than one copy
@@ -406,7 +403,7 @@ class ScaleGroups(NamedTuple):
     slot_group: np.ndarray  # (slots,) each slot's group
     cat_group: np.ndarray  # (U,) each categorical unit's group (its variable's units: a run of `cat`)
     inputs: np.ndarray  # (I, 3) per input group: its group, variable, offset of its row of gmax
-    gmax_ids: np.ndarray  # (sum of the input groups' cardinalities,) the group of each entry of gmax
+    gmax_size: int  # entries of gmax: the input groups' cardinalities added up
     gmax_off: np.ndarray  # (groups,) where a group's row of gmax starts (input groups only)
     ltab_off: np.ndarray  # (U,) where each categorical unit's row of ltab starts
     gauss_group: np.ndarray  # (G,) each gaussian unit's group (one each)
@@ -430,7 +427,6 @@ def _scale_groups(cat: np.ndarray, gauss: np.ndarray, ops: np.ndarray, pindex: n
     gmax_off = np.zeros(count, dtype=np.int64)
     gmax_off[cat_group[first]] = np.cumsum(sizes) - sizes
     inputs = np.stack([cat_group[first], var[first], gmax_off[cat_group[first]]], axis=1).reshape(-1, 3)
-    gmax_ids = np.repeat(cat_group[first], sizes)
     ltab_off = (np.cumsum(card) - card).astype(np.int64)
     gauss_group = np.arange(count, count + len(gauss), dtype=np.int64)
     slot_group[gauss[:, 0]] = gauss_group
@@ -446,12 +442,12 @@ def _scale_groups(cat: np.ndarray, gauss: np.ndarray, ops: np.ndarray, pindex: n
             slot_group[start:start + units] = count + np.cumsum(runs) - 1
             count += int(runs.sum())
             product_first.append(np.flatnonzero(runs))
+            product_ptr[layer + 1] = product_ptr[layer] + int(runs.sum())
         else:
             folds, units = int(op[kernels.A]), int(op[kernels.B])
             slot_group[start:start + folds * units] = count + np.repeat(np.arange(folds), units)
             count += folds
-        product_ptr[layer + 1] = product_ptr[layer] + (len(product_first[-1]) if op[kernels.KIND] == kernels.PRODUCT
-                                                       else 0)
+            product_ptr[layer + 1] = product_ptr[layer]
     sums = ops[ops[:, kernels.KIND] != kernels.PRODUCT]
     direct = np.zeros(int(sums[:, kernels.A].sum()), dtype=np.uint8)
     for op in sums:
@@ -459,9 +455,15 @@ def _scale_groups(cat: np.ndarray, gauss: np.ndarray, ops: np.ndarray, pindex: n
         slots = sindex[off:off + folds * width].reshape(folds, width)
         groups = slot_group[slots]
         direct[fold:fold + folds] = (np.diff(slots, axis=1) == 1).all(axis=1) & (groups == groups[:, :1]).all(axis=1)
-    return ScaleGroups(count, slot_group, cat_group, inputs, gmax_ids, gmax_off, ltab_off, gauss_group,
+    return ScaleGroups(count, slot_group, cat_group, inputs, int(sizes.sum()), gmax_off, ltab_off, gauss_group,
                        np.concatenate(product_first).astype(np.int64) if product_first else np.zeros(0, np.int64),
                        product_ptr, direct)
+
+
+def _rows(x: Any) -> np.ndarray:
+    """Data as float64 rows (no copy when it is already); one row may come as a 1-D array."""
+    rows = np.asarray(x, dtype=np.float64)
+    return rows.reshape(1, -1) if rows.ndim == 1 else rows
 
 
 def _live_inputs(ops: np.ndarray, sindex: np.ndarray, sptr: np.ndarray, scol: np.ndarray) -> np.ndarray:
