@@ -133,7 +133,8 @@ def add_weight_flows(layer: SumLayer, flows: Any, result: Flows, params_rows: di
     for slot, (group, row) in enumerate(zip(layer.groups, layer.rows, strict=True)):
         total = params_rows[group]
         if total == m:
-            result.weights[group] = result.weights.get(group, 0) + flows[slot]
+            prev = result.weights.get(group)  # the block as it is (a view) unless a tied layer adds to it
+            result.weights[group] = flows[slot] if prev is None else prev + flows[slot]
             continue
         if group not in result.weights:
             like = flows[slot]

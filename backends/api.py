@@ -129,7 +129,11 @@ def flows(method: _Method) -> _Method:
 
 def _scaled(result: Flows, factor: float, like: Any) -> Flows:
     """Flows with every statistic times `factor`, typed like `like`."""
+    tensor = is_tensor(like)
+
     def one(value: Any) -> Any:
+        if factor == 1.0 and not tensor and type(value) is np.ndarray:
+            return value  # already what the caller gets (the common case: no per-array work)
         return _typed(value * factor if factor != 1.0 else value, like)
 
     weights = {group: one(f) for group, f in result.weights.items()}

@@ -173,3 +173,31 @@ def test_counts_are_zero_outside_each_rows_cardinality() -> None:
     for seed in range(3):
         counts = circuit.flows(reference.sample(graph, params, 50, seed=seed))["counts"]
         assert (counts[padding] == 0).all() and counts.sum() > 0
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_flows_arrays_handed_out_are_never_written_while_held(seed: int) -> None:
+    """flows hands out its statistics arrays without a copy and takes one back into use only once
+    nothing holds it: a result kept (or a view of it) stays as it was, and a result written to and
+    dropped leaves no trace in the next (lp's padding included)."""
+    graph, params = random_circuit(seed, num_vars=5)
+    model = lower(compile_plan(graph, params), "numba", dtype="float64")
+    x1, x2 = _data(graph, params, 40, seed), _data(graph, params, 40, seed + 1)
+    fresh = {k: np.array(v, copy=True) if isinstance(v, np.ndarray) else v for k, v in model.circuit.flows(x1).items()}
+    held = model.circuit.flows(x1)
+    view = held["counts"][:3]
+    kept = {k: np.array(v, copy=True) if isinstance(v, np.ndarray) else v for k, v in held.items()}
+    model.circuit.flows(x2)
+    _flows_close(held, kept, 0.0)
+    np.testing.assert_array_equal(view, kept["counts"][:3])
+    del held, view
+    scribbled = model.circuit.flows(x2)
+    for key in ("weights", "counts"):
+        scribbled[key][:] = 7.0
+    del scribbled
+    _flows_close(model.circuit.flows(x1), fresh, TOL)
+    by_group = model.flows(x1)  # the backend's result: views of the same arrays
+    before = {g: np.array(v, copy=True) for g, v in by_group.weights.items()}
+    model.flows(x2)
+    for group, value in by_group.weights.items():
+        np.testing.assert_array_equal(value, before[group])

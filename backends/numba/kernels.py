@@ -948,6 +948,44 @@ def tile_flows(b, fl, ops, pindex, sindex, sptr, scol, slive, weights, logw, wfl
             _product_flows(fl, op, pindex)
 
 
+@njit(inline="always", fastmath=FAST_REDUCE, error_model="numpy", cache=True)
+def _count4(flow, idx, cat, units, counts, missing):  # type: ignore[no-untyped-def]
+    """`input_counts` for four units, each alone in its row of lp, side by side."""
+    tiles, _, t_size = flow.shape
+    u0, u1, u2, u3 = units[0], units[1], units[2], units[3]
+    row0 = counts[cat[u0, 2]:cat[u0, 2] + cat[u0, 3]]
+    row1 = counts[cat[u1, 2]:cat[u1, 2] + cat[u1, 3]]
+    row2 = counts[cat[u2, 2]:cat[u2, 2] + cat[u2, 3]]
+    row3 = counts[cat[u3, 2]:cat[u3, 2] + cat[u3, 3]]
+    m0 = m1 = m2 = m3 = 0.0
+    for tile in range(tiles):
+        cols = slice(tile * t_size, (tile + 1) * t_size)
+        f0, f1, f2, f3 = flow[tile, cat[u0, 0]], flow[tile, cat[u1, 0]], flow[tile, cat[u2, 0]], flow[tile, cat[u3, 0]]
+        x0, x1, x2, x3 = idx[cat[u0, 1], cols], idx[cat[u1, 1], cols], idx[cat[u2, 1], cols], idx[cat[u3, 1], cols]
+        for t in range(t_size):
+            if x0[t] >= 0:
+                row0[x0[t]] += f0[t]
+            else:
+                m0 += f0[t]
+            if x1[t] >= 0:
+                row1[x1[t]] += f1[t]
+            else:
+                m1 += f1[t]
+            if x2[t] >= 0:
+                row2[x2[t]] += f2[t]
+            else:
+                m2 += f2[t]
+            if x3[t] >= 0:
+                row3[x3[t]] += f3[t]
+            else:
+                m3 += f3[t]
+            f0[t] = f1[t] = f2[t] = f3[t] = 0.0
+    missing[0] += m0
+    missing[1] += m1
+    missing[2] += m2
+    missing[3] += m3
+
+
 @njit(parallel=True, fastmath=FAST_REDUCE, error_model="numpy", cache=True)
 def input_counts(flow, idx, real, cat, corder, crows, gauss, gmean, counts, cat_missing, gstats, clear):  # type: ignore[no-untyped-def]
     """The input units' flows (left in `flow` by `flows`) into their statistics, emptying their rows.
@@ -961,27 +999,37 @@ def input_counts(flow, idx, real, cat, corder, crows, gauss, gmean, counts, cat_
     their variable is missing; gstats (gaussian units, 4): flow, flow * d, flow * d^2 over observed values, d = x - mean
     (centred on the unit's mean: raw moments would cancel), and flow over missing ones."""
     tiles, _, t_size = flow.shape
-    # Inputs row by row of lp: each row's units add to it in turn (no two threads write one row).
-    for r in prange(crows.shape[0] - 1):
-        if clear:  # the row's entries any of its units counts in (tied units may differ in cardinality)
-            size = 0
+    # Rows of lp in blocks of four: each row's units add to it in turn (no two threads write one
+    # row). Four rows of one unit each run side by side: a row's adds wait on each other where
+    # samples repeat a value (a background pixel), four rows' do not.
+    rows = crows.shape[0] - 1
+    for block in prange((rows + 3) // 4):
+        lo = block * 4
+        hi = min(rows, lo + 4)
+        for r in range(lo, hi):
+            if clear:  # the row's entries any of its units counts in (tied units may differ in cardinality)
+                size = 0
+                for j in range(crows[r], crows[r + 1]):
+                    size = max(size, cat[corder[j], 3])
+                off = cat[corder[crows[r]], 2]
+                counts[off:off + size] = 0.0
+        if hi - lo == 4 and crows[hi] - crows[lo] == 4:
+            _count4(flow, idx, cat, corder[crows[lo]:crows[hi]], counts, cat_missing[lo:hi])
+            continue
+        for r in range(lo, hi):
             for j in range(crows[r], crows[r + 1]):
-                size = max(size, cat[corder[j], 3])
-            off = cat[corder[crows[r]], 2]
-            counts[off:off + size] = 0.0
-        for j in range(crows[r], crows[r + 1]):
-            u = corder[j]
-            slot, var, off = cat[u, 0], cat[u, 1], cat[u, 2]
-            row = counts[off:off + cat[u, 3]]
-            for tile in range(tiles):
-                f, values = flow[tile, slot], idx[var, tile * t_size:(tile + 1) * t_size]
-                for t in range(t_size):
-                    x = values[t]
-                    if x >= 0:
-                        row[x] += f[t]
-                    else:
-                        cat_missing[r] += f[t]
-                    f[t] = 0.0
+                u = corder[j]
+                slot, var, off = cat[u, 0], cat[u, 1], cat[u, 2]
+                row = counts[off:off + cat[u, 3]]
+                for tile in range(tiles):
+                    f, values = flow[tile, slot], idx[var, tile * t_size:(tile + 1) * t_size]
+                    for t in range(t_size):
+                        x = values[t]
+                        if x >= 0:
+                            row[x] += f[t]
+                        else:
+                            cat_missing[r] += f[t]
+                        f[t] = 0.0
     for u in prange(gauss.shape[0]):
         slot, var = gauss[u, 0], gauss[u, 1]
         for tile in range(tiles):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any, NamedTuple, TypeVar
@@ -96,6 +97,7 @@ class Circuit:
         self.most = int(max(1, sums[:, kernels.B].max(initial=1)))
         self.num_folds = int(sums[:, kernels.A].sum())
         self.corder, self.crows, self.crow = _rows_of(self.cat)
+        self._unwritten = _uncovered(self.cat, len(arrays["lp"]))
         self.discrete = np.array([c is not None for c in self.cardinalities])
         self.limits = np.array([c if c is not None else 0 for c in self.cardinalities])
         self._buffers: dict[str, np.ndarray] = {}
@@ -202,11 +204,18 @@ class Circuit:
         return buf[:tiles]
 
     def _stats(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
-        """A float64 array kept between calls for the kernels' statistics: zeros when new; the
-        kernels zero what they add to (entries they never write, lp's padding, stay 0)."""
+        """A float64 array for the kernels' statistics, kept between calls: fresh arrays of this
+        size fault a page per 4 KiB inside the kernels' threads. ``flows`` hands these arrays out
+        (no copy); one comes back into use only once nothing outside holds it (nor a view of it:
+        a view holds its base), else a fresh one (zeros) takes its place. The kernels zero what
+        they add to; `_unwritten` entries (lp's padding) are zeroed here, as a caller may have
+        written to an array before letting it go."""
         array = self._buffers.get(name)
-        if array is None or array.shape != shape:
+        # references: the dict, `array` and getrefcount's argument (CPython counts them exactly)
+        if array is None or array.shape != shape or sys.getrefcount(array) > 3:
             array = self._buffers[name] = np.zeros(shape)
+        elif name == "counts":
+            array[self._unwritten] = 0.0
         return array
 
     def _tile_for(self, n: int) -> int:
@@ -385,7 +394,7 @@ class Circuit:
             used = max(used, chunks)
             kernels.input_counts(flow, index, real, self.cat, self.corder, self.crows, self.gauss, self.gmean,
                                  counts, missing, g, i == 0)
-        counts, weights = counts.copy(), wflow[:used].sum(axis=0)
+        weights = np.sum(wflow[:used], axis=0, out=self._stats("weights", (len(self.weights),)))
         if missing.any():  # a missing value counts in expectation: probs * flow (one row of lp each)
             first = self.cat[self.corder[self.crows[:-1]]]
             for size in np.unique(first[:, 3]):
@@ -480,6 +489,14 @@ def _live_inputs(ops: np.ndarray, sindex: np.ndarray, sptr: np.ndarray, scol: np
         cols = scol[indptr[0]:indptr[-1]]
         live[op[kernels.INDEX] + (unit[wide] // units) * inputs + cols[wide]] = 1
     return live
+
+
+def _uncovered(cat: np.ndarray, size: int) -> np.ndarray:
+    """The entries of lp (of `size`) that no categorical unit's row covers: its padding."""
+    edges = np.zeros(size + 1, dtype=np.int64)
+    np.add.at(edges, cat[:, 2], 1)
+    np.add.at(edges, cat[:, 2] + cat[:, 3], -1)
+    return np.flatnonzero(np.cumsum(edges[:-1]) == 0)
 
 
 def _padded(draws: np.ndarray, width: int) -> np.ndarray:
