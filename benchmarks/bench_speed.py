@@ -12,10 +12,12 @@ at each ``--units`` K, compiles it with ``pcdsl.compile(graph, backend, dtype="f
 one batch of real images (median of several runs after a warm-up, as the peers do):
 
 - forward ``log_prob`` and forward+``flows`` samples/s, and peak RSS (VmHWM since a reset);
-- the sum layers alone (each ``SumRule.forward`` over a prepared buffer), in G edge-evals/s,
-  beside the machine's limits for the same (F, M, C) fold shapes and batch measured in the
-  same process: a plain folded ``log(W @ exp(x - m)) + m`` with ``torch.bmm`` (fresh outputs,
-  and into reused ``out=`` buffers), and a plain ``torch.bmm`` of the same size;
+- the sum layers alone, in G edge-evals/s (torch: each ``SumRule.forward`` over a prepared
+  buffer; numba: the scaled forward kernel with the layer table cut to its sum layers, less the
+  same kernel with no layers), beside the machine's limits for the same (F, M, C) fold shapes
+  and batch measured in the torch process: a plain folded ``log(W @ exp(x - m)) + m`` with
+  ``torch.bmm`` (fresh outputs, and into reused ``out=`` buffers), and a plain ``torch.bmm`` of
+  the same size;
 - time per layer kind (evidence, input, product, sum) of the forward and of flows;
 - the mean log-likelihood (bits/dim) and its agreement with the float64 model.
 
@@ -380,7 +382,7 @@ def run_numba(structure: str, units: int, batch: int, threads: int, repeats: int
 
     os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="pcdsl-bench-numba-")
     import numba
-    from pcdsl.backends.numba import kernels, runtime
+    from pcdsl.backends.numba import kernels
 
     import pcdsl
     from pcdsl.ir.graph import NodeKind
@@ -406,22 +408,23 @@ def run_numba(structure: str, units: int, batch: int, threads: int, repeats: int
     f64_maxdiff = float(np.abs(ll[:n64] - ll64).max())
     rss_built, tf, fwd_peak, tb, flows_peak = throughput(model, xb, repeats)
 
-    # where the forward's time goes: the same kernel with the layer table cut down
+    # Where the forward's time goes, timed on the kernel itself (no evidence, no Python): the
+    # scaled forward on this batch with the layer table cut to no layers (the input layers only),
+    # to the sum layers only, and whole. The buffers keep the values of the last whole pass, so
+    # each sum reads what it reads in a real pass; the cut tables keep the whole table's scale
+    # groups (sum layers carry their own fold ids; only product layers index groups by layer).
     circuit = model.circuit
     ops = circuit.ops
-    kinds = ops[:, kernels.KIND]
-    parts = {}
-    def cut(subset):  # the layer table, and the scaled kernels' groups that follow it
+    sums = np.ascontiguousarray(ops[ops[:, kernels.KIND] != kernels.PRODUCT])
+    index, real, _, _ = circuit._evidence(xb)
+    parts, lost = {}, 0
+    for name, subset in (("input", ops[:0]), ("input+sum", sums), ("all", ops)):
         circuit.ops = np.ascontiguousarray(subset)
-        circuit.groups = runtime._scale_groups(circuit.cat, circuit.gauss, circuit.ops, circuit.pindex,
-                                               circuit.sindex, circuit.num_slots)
-
-    for name, subset in (("input", ops[:0]), ("input+product", ops[kinds == kernels.PRODUCT]), ("all", ops)):
-        cut(subset)
-        parts[name] = bench_small(lambda: model.log_prob(xb), repeats=5)
-    cut(ops)
-    t_sums = parts["all"] - parts["input+product"]
-    profile = {"input": parts["input"], "product": parts["input+product"] - parts["input"], "sum": t_sums,
+        lost += int(circuit._forward_scaled(index, real)[2].sum())
+        parts[name] = bench_small(lambda: circuit._forward_scaled(index, real), repeats=5)
+    circuit.ops = ops
+    t_sums = parts["input+sum"] - parts["input"]
+    profile = {"input": parts["input"], "sum": t_sums, "product": parts["all"] - parts["input+sum"],
                "total": parts["all"]}
 
     def rate(t):
@@ -440,7 +443,7 @@ def run_numba(structure: str, units: int, batch: int, threads: int, repeats: int
         "fwd_median_s": tf["median_s"], "fwd_n": tf["n"], "fwd_peak_rss_mib": round(fwd_peak, 1),
         "flows_median_s": tb["median_s"], "flows_n": tb["n"], "flows_peak_rss_mib": round(flows_peak, 1),
         "fwd_samples_per_s": round(batch / tf["median_s"], 1), "flows_samples_per_s": round(batch / tb["median_s"], 1),
-        "sum_layers_s": t_sums, "sum_layers_Gedges_per_s": rate(t_sums),
+        "sum_layers_s": t_sums, "sum_layers_Gedges_per_s": rate(t_sums), "profile_lost_tiles": lost,
         "profile_fwd_s": {k: round(v, 5) for k, v in profile.items()},
     }
 
@@ -499,8 +502,9 @@ def table(records: list[dict], peers: list[dict]) -> str:
         bb = max((p.get("fwdbwd_samples_per_s", 0) for p in match), default=0)
         ratios.append((ours, bf, bb))
     out += ["", "| structure | K | numba / torch fwd | numba / torch fwd+flows | faster pcdsl fwd / best peer fwd "
-            "| faster pcdsl fwd+flows / best peer fwd+bwd | sum layers / limit (lee fresh) |",
-            "|---|---:|---:|---:|---:|---:|---:|"]
+            "| faster pcdsl fwd+flows / best peer fwd+bwd | sum layers / limit (lee fresh) | sum layers / bmm "
+            "| fwd+flows / fwd samples/s |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for ours, bf, bb in ratios:
         by = {o["backend"]: o for o in ours}
         nb, tc = by.get("numba"), by.get("torch-cpu")
@@ -515,7 +519,13 @@ def table(records: list[dict], peers: list[dict]) -> str:
         limit = ", ".join(f"{BACKEND_NAMES[o['backend']]} "
                           f"{o['sum_layers_Gedges_per_s'] / o['limit_lee_Gedges_per_s']:.0%}"
                           for o in ours if o.get("limit_lee_Gedges_per_s"))
-        out.append(f"| {fwd['structure']} | {fwd['K']} | {vs[0]} | {vs[1]} | {peer_f} | {peer_b} | {limit or '-'} |")
+        bmm = ", ".join(f"{BACKEND_NAMES[o['backend']]} "
+                        f"{o['sum_layers_Gedges_per_s'] / o['limit_bmm_Gedges_per_s']:.0%}"
+                        for o in ours if o.get("limit_bmm_Gedges_per_s"))
+        keeps = ", ".join(f"{BACKEND_NAMES[o['backend']]} {o['flows_samples_per_s'] / o['fwd_samples_per_s']:.0%}"
+                          for o in ours)
+        out.append(f"| {fwd['structure']} | {fwd['K']} | {vs[0]} | {vs[1]} | {peer_f} | {peer_b} | {limit or '-'} "
+                   f"| {bmm or '-'} | {keeps} |")
     return "\n".join(out)
 
 
