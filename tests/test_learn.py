@@ -232,3 +232,32 @@ def test_train_can_start_from_a_model_file(tmp_path: Path, capsys: pytest.Captur
     assert main(["train", *common, "--init", str(first), "--full-epochs", "1", "-o", again]) == 0
     assert main(["train", str(EXAMPLES / "tiny.pc"), "--data", f"{NLTCS}.valid.data", "--init", str(first)]) == 1
     assert "different circuit structure" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_add_flows_over_batches_equals_one_batch_and_keeps_its_inputs(backend: str) -> None:
+    """Flows added batch by batch (in place into the total from the second batch on) equal the
+    flows of all rows at once; the batches' own flows are not written to."""
+    from pcdsl.backends import lower
+
+    from pcdsl.learn.em import add_flows
+    from pcdsl.plan import compile_plan
+
+    graph, params = random_circuit(4, num_vars=5)
+    model = lower(compile_plan(graph, params), backend, dtype="float64")
+    x = reference.sample(graph, params, 90, seed=4)
+    whole = model.flows(x)
+    total = None
+    for rows in (slice(0, 30), slice(30, 60), slice(60, 90)):
+        more = model.flows(x[rows])
+        before = {g: np.array(f, copy=True) for g, f in more.weights.items()}
+        total = add_flows(total, more)
+        for group, f in more.weights.items():
+            np.testing.assert_array_equal(np.asarray(f), before[group])
+    assert total is not None
+    assert total.log_likelihood == pytest.approx(whole.log_likelihood, rel=1e-9)
+    for group, f in whole.weights.items():
+        np.testing.assert_allclose(total.weights[group], np.asarray(f), rtol=1e-9, atol=1e-12)
+    for node, stats in whole.inputs.items():
+        for key, value in stats.items():
+            np.testing.assert_allclose(total.inputs[node][key], np.asarray(value), rtol=1e-9, atol=1e-12)

@@ -49,17 +49,28 @@ def _np(value: Any) -> np.ndarray:
 
 
 def add_flows(total: Flows | None, more: Flows) -> Flows:
-    """Accumulate flows (as float64 numpy arrays) over batches."""
+    """Accumulate flows (as float64 numpy arrays) over batches: `total` (None: a new one) is
+    added to in place and returned; `more` is left as it is (its arrays are copied, not kept)."""
     if total is None:
         total = Flows()
     total.log_likelihood += more.log_likelihood
     for group, f in more.weights.items():
-        total.weights[group] = total.weights.get(group, 0) + _np(f).astype(np.float64)
+        _add(total.weights, group, f)
     for node, stats in more.inputs.items():
         slot = total.inputs.setdefault(node, {})
         for key, value in stats.items():
-            slot[key] = slot.get(key, 0) + _np(value).astype(np.float64)
+            _add(slot, key, value)
     return total
+
+
+def _add(totals: dict[str, Any], key: str, value: Any) -> None:
+    """totals[key] += value in float64: in place once the total is a float64 array of its own
+    (a fresh array per batch would cost its page faults again), else a new one."""
+    have = totals.get(key)
+    if isinstance(have, np.ndarray) and have.dtype == np.float64 and have.base is None and have.flags.writeable:
+        np.add(have, _np(value), out=have)
+    else:
+        totals[key] = (0 if have is None else have) + _np(value).astype(np.float64)
 
 
 def em_update(params: Parameters, flows: Flows, step: float = 1.0, pseudocount: float = 0.1,
