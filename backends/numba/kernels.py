@@ -979,7 +979,8 @@ def input_counts(flow, idx, real, cat, corder, crows, gauss, gmean, counts, cat_
     """The input units' flows (left in `flow` by `flows`) into their statistics, emptying their rows.
 
     Categorical units reading one row of lp (tied leaves) are listed together: row r's units are
-    corder[crows[r]:crows[r + 1]], so each row of counts has one writer.
+    corder[crows[r]:crows[r + 1]], so each row of counts has one writer (a row may list none: the
+    runtime leaves out units the root does not reach, whose flow is 0).
 
     Outputs (added to; where counts' rows are counted in, zeroed first when `clear`: the padding
     of lp's rows is left as it is): counts (lp size,) categorical
@@ -989,7 +990,7 @@ def input_counts(flow, idx, real, cat, corder, crows, gauss, gmean, counts, cat_
     tiles, _, t_size = flow.shape
     # Inputs row by row of lp: each row's units add to it in turn (no two threads write one row).
     for r in prange(crows.shape[0] - 1):
-        if clear:  # the row's entries any of its units counts in (tied units may differ in cardinality)
+        if clear and crows[r + 1] > crows[r]:  # the entries its units count in (tied units: cardinalities may differ)
             size = 0
             for j in range(crows[r], crows[r + 1]):
                 size = max(size, cat[corder[j], 3])
