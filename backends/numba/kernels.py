@@ -385,10 +385,10 @@ def _fold_sums(weights, w, units, inputs, e, acc, wide):  # type: ignore[no-unty
 
 @njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
 def _sum(b, op, sindex, weights, logw, e, mx, acc, blas, flive):  # type: ignore[no-untyped-def]
-    """acc (at least (units, T)) takes each live fold's (flive: a mask over folds) shifted sums (`_fold_sums`; folds of `blas` or
-    more edges per sample, blas >= 0, through gemm), then out = log acc + mx. A unit whose shifted
-    sum falls below `guard` (its weighted terms lie far below the column's shift) is recomputed
-    with its own shift by `exact_sum`."""
+    """acc (at least (units, T)) takes each live fold's (flive: a mask over folds) shifted sums
+    (`_fold_sums`; folds of `blas` or more edges per sample, blas >= 0, through gemm), then
+    out = log acc + mx. A unit whose shifted sum falls below `guard` (its weighted terms lie far
+    below the column's shift) is recomputed with its own shift by `exact_sum`."""
     start, folds, units, inputs = op[START], op[A], op[B], op[C]
     t_size = b.shape[1]
     small = guard(b[0, 0])
@@ -492,9 +492,10 @@ def _edges_sum(acc, weights, w, scol, j, hi, e):  # type: ignore[no-untyped-def]
 
 @njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
 def _sparse_sum(b, op, sindex, sptr, scol, slive, weights, logw, e, mx, live, flive):  # type: ignore[no-untyped-def]
-    """`_sum` over the kept edges of each live unit (live, flive: masks over slots and folds). A unit of one edge is log W + x (no exp, no log: it
-    costs what a product does), one of none log 0; the others add their edges' exps, taken only
-    of the inputs they read (`slive`). Units that fall below `guard` go to `_sparse_repair`."""
+    """`_sum` over the kept edges of each live unit (live, flive: masks over slots and folds). A
+    unit of one edge is log W + x (no exp, no log: it costs what a product does), one of none
+    log 0; the others add their edges' exps, taken only of the inputs they read (`slive`). Units
+    that fall below `guard` go to `_sparse_repair`."""
     start, folds, units, inputs = op[START], op[A], op[B], op[C]
     t_size = b.shape[1]
     small = guard(b[0, 0])
@@ -742,9 +743,10 @@ def _sparse_ratios(b, fl, first, sptr, rows, units, mx, r, low, live):  # type: 
 
 @njit(inline="always", fastmath=FAST_REDUCE, error_model="numpy", cache=True)
 def _sparse_flows(b, fl, op, sindex, sptr, scol, slive, weights, logw, wflow, e, mx, r, zc, live, flive):  # type: ignore[no-untyped-def]
-    """`_sum_flows` over the kept edges of the live units (dead ones have no flow: skipped). A unit of one edge passes its flow on whole (its value is
-    log W + x: the edge carries all of it); for the others zc[c] (widest, T) gathers
-    sum_m W[m, c] r_m edge by edge, then each live input's flow is e_c * zc[c]."""
+    """`_sum_flows` over the kept edges of the live units (dead ones have no flow: skipped). A
+    unit of one edge passes its flow on whole (its value is log W + x: the edge carries all of
+    it); for the others zc[c] (widest, T) gathers sum_m W[m, c] r_m edge by edge, then each live
+    input's flow is e_c * zc[c]."""
     start, folds, units, inputs = op[START], op[A], op[B], op[C]
     t_size = b.shape[1]
     low = math.log(guard(b[0, 0]))

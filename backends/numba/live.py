@@ -75,7 +75,7 @@ def live_masks(ops: np.ndarray, pindex: np.ndarray, sindex: np.ndarray, sptr: np
     for op in ops[ops[:, KIND] != PRODUCT]:
         start, off, f, units, width = (int(op[k]) for k in (START, INDEX, A, B, C))
         alive = live[start:start + f * units].reshape(f, units)
-        folds.append(alive.any(axis=1))
+        folds.append(np.asarray(alive.any(axis=1)))
         if op[KIND] == SPARSE:
             rows = int(op[ROWS])
             indptr = sptr[rows:rows + f * units + 1]
