@@ -33,30 +33,32 @@ class Live(NamedTuple):
     crows: np.ndarray  # list only live units; a row without any is empty)
 
 
-def live_slots(ops: np.ndarray, pindex: np.ndarray, sindex: np.ndarray, sptr: np.ndarray, scol: np.ndarray,
-               root: int, num_slots: int) -> np.ndarray:
-    """(slots,) bool: the slots the root reaches (the constant slots 0 and 1 count as live)."""
+def reach(ops: np.ndarray, pindex: np.ndarray, sindex: np.ndarray, sptr: np.ndarray, scol: np.ndarray, root: int,
+          num_slots: int) -> tuple[np.ndarray, np.ndarray]:
+    """(slots,) bool, the slots the root reaches (the constant slots 0 and 1 count as live), and
+    (like sindex) uint8, the fold inputs that live units read."""
     live = np.zeros(num_slots, dtype=bool)
     live[[0, 1, root]] = True
-    for op in ops[::-1]:  # the layers read only earlier slots: top down, each layer's parents are known
+    read = np.zeros(len(sindex), dtype=np.uint8)
+    for op in ops[::-1]:  # layers read only earlier slots: top down, a layer's liveness is final when reached
         start, off = int(op[START]), int(op[INDEX])
         if op[KIND] == PRODUCT:
             units, fan_in = int(op[A]), int(op[B])
             kids = pindex[off:off + units * fan_in].reshape(units, fan_in)
             live[kids[live[start:start + units]]] = True
             continue
-        folds, units, inputs = int(op[A]), int(op[B]), int(op[C])
+        folds, units, width = int(op[A]), int(op[B]), int(op[C])
         alive = live[start:start + folds * units]
-        index = sindex[off:off + folds * inputs].reshape(folds, inputs)
-        if op[KIND] == SPARSE:
-            rows = int(op[ROWS])
-            indptr = sptr[rows:rows + folds * units + 1]
+        if op[KIND] == SPARSE:  # a live unit's kept edges
+            indptr = sptr[int(op[ROWS]):int(op[ROWS]) + folds * units + 1]
             unit = np.repeat(np.arange(folds * units), np.diff(indptr))  # each edge's row f * units + m
             edges = alive[unit]
-            live[index[unit[edges] // units, scol[indptr[0]:indptr[-1]][edges]]] = True
-        else:
-            live[index[alive.reshape(folds, units).any(axis=1)]] = True
-    return live
+            read[off + unit[edges] // units * width + scol[indptr[0]:indptr[-1]][edges]] = 1
+        else:  # every input of a live fold
+            read[off:off + folds * width] = np.repeat(alive.reshape(folds, units).any(axis=1), width)
+        span = slice(off, off + folds * width)
+        live[sindex[span][read[span] != 0]] = True
+    return live, read
 
 
 def live_masks(ops: np.ndarray, pindex: np.ndarray, sindex: np.ndarray, sptr: np.ndarray, scol: np.ndarray,
@@ -64,34 +66,23 @@ def live_masks(ops: np.ndarray, pindex: np.ndarray, sindex: np.ndarray, sptr: np
                root: int, num_slots: int) -> Live:
     """The masks of `Live` for a circuit's flat arrays (``runtime.ARRAYS``; slive, corder and crows
     as the runtime makes them); `whole_masks` when no unit is dead."""
-    live = live_slots(ops, pindex, sindex, sptr, scol, root, num_slots)
+    live, read = reach(ops, pindex, sindex, sptr, scol, root, num_slots)
     holds = np.zeros(num_slots, dtype=bool)  # the slots that hold a unit (the plan may leave gaps)
     holds[cat[:, 0]] = holds[gauss[:, 0]] = True
     for op in ops:
         size = int(op[A]) * (1 if op[KIND] == PRODUCT else int(op[B]))
         holds[int(op[START]):int(op[START]) + size] = True
-    folds: list[np.ndarray] = []
-    inputs = np.zeros(len(sindex), dtype=np.uint8)
-    for op in ops[ops[:, KIND] != PRODUCT]:
-        start, off, f, units, width = (int(op[k]) for k in (START, INDEX, A, B, C))
-        alive = live[start:start + f * units].reshape(f, units)
-        folds.append(np.asarray(alive.any(axis=1)))
-        if op[KIND] == SPARSE:
-            rows = int(op[ROWS])
-            indptr = sptr[rows:rows + f * units + 1]
-            unit = np.repeat(np.arange(f * units), np.diff(indptr))
-            edges = alive.reshape(-1)[unit]
-            inputs[off + (unit[edges] // units) * width + scol[indptr[0]:indptr[-1]][edges]] = 1
-        else:
-            inputs[off:off + f * width] = np.repeat(folds[-1], width)
     if live[holds].all():
         return whole_masks(ops, sindex, slive, cat, corder, crows, num_slots)
+    sums = ops[ops[:, KIND] != PRODUCT]
+    folds = [live[int(op[START]):int(op[START]) + int(op[A]) * int(op[B])].reshape(int(op[A]), -1).any(axis=1)
+             for op in sums]
     fold_mask = np.concatenate(folds) if folds else np.zeros(0, dtype=bool)
     cunits = np.flatnonzero(live[cat[:, 0]]).astype(np.int64)
     keep = live[cat[corder, 0]]  # the units in corder's order that stay
     crows_live = np.zeros(len(crows), dtype=np.int64)
     np.cumsum(np.add.reduceat(keep.astype(np.int64), crows[:-1]) if len(corder) else [], out=crows_live[1:])
-    return Live(False, live.astype(np.uint8), fold_mask.astype(np.uint8), inputs, slive & inputs, cunits,
+    return Live(False, live.astype(np.uint8), fold_mask.astype(np.uint8), read, slive & read, cunits,
                 corder[keep].astype(np.int64), crows_live)
 
 
