@@ -92,3 +92,25 @@ def test_circuits_without_dead_units_run_whole() -> None:
     circuit = lower(compile_plan(graph, params), "numba", dtype="float64").circuit
     assert circuit.live.everything and circuit.live is circuit.whole
     assert circuit.live.slots.all() and circuit.live.folds.all() and len(circuit.live.cunits) == len(circuit.cat)
+
+
+@pytest.mark.slow  # the emitted package compiles its kernels afresh (about a minute)
+def test_an_emitted_package_skips_dead_units_too(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import importlib
+    import sys
+
+    from pcdsl.backends.numba.emit import emit_module
+
+    graph, params = pruned_circuit(3, 0.0)
+    plan = compile_plan(graph, params, sparse_density=0.5)
+    emit_module(plan, tmp_path, "pruned_live")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        emitted = importlib.import_module("pruned_live").load()
+    finally:
+        sys.path.remove(str(tmp_path))
+    model = lower(plan, "numba", dtype="float64").circuit
+    assert not emitted.live.everything
+    x = _data(graph, params, 100, 3)
+    np.testing.assert_allclose(emitted.log_prob(x), model.log_prob(x), rtol=TOL, atol=TOL)
+    _same_flows(emitted.flows(x), model.flows(x))
