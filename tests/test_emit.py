@@ -233,7 +233,7 @@ def test_emitted_numba_package_runs_without_pcdsl_or_torch(file: str, circuit: s
     argv = ["compile", str(EXAMPLES / file), "--backend", "numba", "-o", str(tmp_path), "--seed", str(SEED)]
     assert main([*argv, "--circuit", circuit] if circuit else argv) == 0
     files = sorted(p.name for p in (tmp_path / "circuit").iterdir())
-    assert files == ["__init__.py", "arrays.npz", "kernels.py", "runtime.py", "scaled.py"]
+    assert files == ["__init__.py", "arrays.npz", "kernels.py", "live.py", "runtime.py", "scaled.py"]
     for name in ("__init__.py", "kernels.py", "runtime.py"):
         source = (tmp_path / "circuit" / name).read_text()
         assert not any(f"{verb} {module}" in source for verb in ("import", "from") for module in ("pcdsl", "torch"))

@@ -175,13 +175,14 @@ def test_counts_are_zero_outside_each_rows_cardinality() -> None:
         assert (counts[padding] == 0).all() and counts.sum() > 0
 
 
-@pytest.mark.parametrize("seed", [0, 3])
-def test_flows_arrays_handed_out_are_never_written_while_held(seed: int) -> None:
+@pytest.mark.parametrize(("seed", "keep"), [(0, None), (3, None), (0, 0.1), (2, 0.0)])
+def test_flows_arrays_handed_out_are_never_written_while_held(seed: int, keep: float | None) -> None:
     """flows hands out its statistics arrays without a copy and takes one back into use only once
     nothing holds it: a result kept (or a view of it) stays as it was, and a result written to and
-    dropped leaves no trace in the next (lp's padding included)."""
-    graph, params = random_circuit(seed, num_vars=5)
-    model = lower(compile_plan(graph, params), "numba", dtype="float64")
+    dropped leaves no trace in the next (lp's padding and dead units' rows included)."""
+    graph, params = random_circuit(seed, num_vars=5) if keep is None else pruned_circuit(seed, keep)
+    model = lower(compile_plan(graph, params, sparse_density=0.5), "numba", dtype="float64")
+    assert keep is None or not model.circuit.live.everything
     x1, x2 = _data(graph, params, 40, seed), _data(graph, params, 40, seed + 1)
     fresh = {k: np.array(v, copy=True) if isinstance(v, np.ndarray) else v for k, v in model.circuit.flows(x1).items()}
     held = model.circuit.flows(x1)

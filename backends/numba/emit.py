@@ -2,7 +2,7 @@
 
 :func:`emit_module` writes the folder ``<name>/``:
 
-- ``kernels.py``, ``scaled.py`` and ``runtime.py``: this backend's kernels and query runtime,
+- ``kernels.py``, ``scaled.py``, ``live.py`` and ``runtime.py``: this backend's kernels and query runtime,
   copied as they are (they import only numpy and numba);
 - ``arrays.npz``: the circuit's flat arrays (``runtime.ARRAYS``), no pickle;
 - ``__init__.py``: the circuit's variables and layout, and ``load()``.
@@ -70,6 +70,7 @@ def emit_module(plan: LayeredPlan, out_dir: Path, module_name: str = "circuit") 
     for name, data in (("kernels.py", (HERE / "kernels.py").read_bytes()),
                        ("runtime.py", (HERE / "runtime.py").read_bytes()),
                        ("scaled.py", (HERE / "scaled.py").read_bytes()),
+                       ("live.py", (HERE / "live.py").read_bytes()),
                        ("arrays.npz", arrays.getvalue()),
                        ("__init__.py", source(plan, module_name).encode())):
         write_atomic(package / name, data)

@@ -302,12 +302,15 @@ def exact_sum(b, sindex, row, inputs, logw, w, t):  # type: ignore[no-untyped-de
 
 
 @njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
-def _product(b, op, pindex, multiply):  # type: ignore[no-untyped-def]
-    """A product layer: each unit adds its children's logs, or multiplies their values when
-    `multiply` (scaled.py; a constant at every call, so the loops carry no branch)."""
+def _product(b, op, pindex, multiply, live):  # type: ignore[no-untyped-def]
+    """A product layer: each live unit (live: a mask over slots) adds its children's logs, or
+    multiplies their values when `multiply` (scaled.py; a constant at every call, so the loops
+    carry no branch)."""
     start, units, fan_in, off = op[START], op[A], op[B], op[INDEX]
     t_size = b.shape[1]
     for u in range(units):
+        if not live[start + u]:
+            continue
         row = off + u * fan_in
         out, first = b[start + u], b[pindex[row]]
         for t in range(t_size):
@@ -381,16 +384,18 @@ def _fold_sums(weights, w, units, inputs, e, acc, wide):  # type: ignore[no-unty
 
 
 @njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
-def _sum(b, op, sindex, weights, logw, e, mx, acc, blas):  # type: ignore[no-untyped-def]
-    """acc (at least (units, T)) takes each fold's shifted sums (`_fold_sums`; folds of `blas` or
-    more edges per sample, blas >= 0, through gemm), then out = log acc + mx. A unit whose shifted
-    sum falls below `guard` (its weighted terms lie far below the column's shift) is recomputed
-    with its own shift by `exact_sum`."""
+def _sum(b, op, sindex, weights, logw, e, mx, acc, blas, flive):  # type: ignore[no-untyped-def]
+    """acc (at least (units, T)) takes each live fold's (flive: a mask over folds) shifted sums
+    (`_fold_sums`; folds of `blas` or more edges per sample, blas >= 0, through gemm), then
+    out = log acc + mx. A unit whose shifted sum falls below `guard` (its weighted terms lie far
+    below the column's shift) is recomputed with its own shift by `exact_sum`."""
     start, folds, units, inputs = op[START], op[A], op[B], op[C]
     t_size = b.shape[1]
     small = guard(b[0, 0])
     wide = 0 <= blas <= units * inputs
     for f in range(folds):
+        if not flive[op[FOLD] + f]:
+            continue
         row = op[INDEX] + f * inputs
         _shifted(b, sindex, row, inputs, e, mx)
         first = start + f * units
@@ -486,23 +491,28 @@ def _edges_sum(acc, weights, w, scol, j, hi, e):  # type: ignore[no-untyped-def]
 
 
 @njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
-def _sparse_sum(b, op, sindex, sptr, scol, slive, weights, logw, e, mx):  # type: ignore[no-untyped-def]
-    """`_sum` over the kept edges of each unit. A unit of one edge is log W + x (no exp, no log: it
-    costs what a product does), one of none log 0; the others add their edges' exps, taken only
-    of the inputs they read (`slive`). Units that fall below `guard` go to `_sparse_repair`."""
+def _sparse_sum(b, op, sindex, sptr, scol, slive, weights, logw, e, mx, live, flive):  # type: ignore[no-untyped-def]
+    """`_sum` over the kept edges of each live unit (live, flive: masks over slots and folds). A
+    unit of one edge is log W + x (no exp, no log: it costs what a product does), one of none
+    log 0; the others add their edges' exps, taken only of the inputs they read (`slive`). Units
+    that fall below `guard` go to `_sparse_repair`."""
     start, folds, units, inputs = op[START], op[A], op[B], op[C]
     t_size = b.shape[1]
     small = guard(b[0, 0])
     w = op[WEIGHT] - sptr[op[ROWS]]  # edge j's weight: weights[w + j]
     sums = np.empty((units, t_size), dtype=b.dtype)
     for f in range(folds):
+        if not flive[op[FOLD] + f]:
+            continue
         row = op[INDEX] + f * inputs
         rows = op[ROWS] + f * units
-        live = slive[row:row + inputs]
-        if live.any():
-            _live_shifted(b, sindex, row, live, e, mx)
+        read = slive[row:row + inputs]
+        if read.any():
+            _live_shifted(b, sindex, row, read, e, mx)
         first = start + f * units
         for m in range(units):
+            if not live[first + m]:
+                continue
             j, hi = sptr[rows + m], sptr[rows + m + 1]
             out = b[first + m]
             if hi - j <= 1:
@@ -632,13 +642,17 @@ def _most_units(ops):  # type: ignore[no-untyped-def]
 
 @njit(parallel=True, fastmath=FAST, error_model="numpy", cache=True)
 def forward(buf, idx, real, cat, lp, lpmax, gauss, gmean, gstd, ops, pindex, sindex, sptr, scol, slive, weights, logw,
-            widest, mode, chunks, blas):  # type: ignore[no-untyped-def]
+            widest, mode, chunks, blas, cunits, live, flive):  # type: ignore[no-untyped-def]
     """Fill buf (tiles, slots, T) bottom-up; mode SUM_MODE (log-likelihood) or MAX_MODE.
     `widest`: the largest fan-in of a sum layer; `chunks`: how many threads share the tiles;
-    `blas`: dense folds of at least this many edges per sample take `gemm` (-1: none)."""
+    `blas`: dense folds of at least this many edges per sample take `gemm` (-1: none).
+    Only the categorical units `cunits` (rows of cat), the product and sparse units of the slot
+    mask `live` and the folds of the mask `flive` run (see live.py; slive must leave out inputs
+    that only dead units read); the other slots are left as they are."""
     tiles, _, t_size = buf.shape
     # Inputs unit by unit over the whole batch, so a unit's row of lp stays in cache.
-    for u in prange(cat.shape[0]):
+    for i in prange(cunits.shape[0]):
+        u = cunits[i]
         slot, var, off, size = cat[u, 0], cat[u, 1], cat[u, 2], cat[u, 3]
         free = lpmax[u] if mode == MAX_MODE else 0.0
         for tile in range(tiles):
@@ -654,28 +668,30 @@ def forward(buf, idx, real, cat, lp, lpmax, gauss, gmean, gstd, ops, pindex, sin
         mx = np.empty(t_size, dtype=buf.dtype)
         acc = np.empty((max(4, _most_units(ops)), t_size), dtype=buf.dtype)
         for tile in range(chunk, tiles, chunks):
-            tile_layers(buf[tile], ops, pindex, sindex, sptr, scol, slive, weights, logw, mode, e, mx, acc, blas)
+            tile_layers(buf[tile], ops, pindex, sindex, sptr, scol, slive, weights, logw, mode, e, mx, acc, blas,
+                        live, flive)
 
 
 @njit(fastmath=FAST, error_model="numpy", cache=True)
-def tile_layers(b, ops, pindex, sindex, sptr, scol, slive, weights, logw, mode, e, mx, acc, blas):  # type: ignore[no-untyped-def]
+def tile_layers(b, ops, pindex, sindex, sptr, scol, slive, weights, logw, mode, e, mx, acc, blas, live,
+                flive):  # type: ignore[no-untyped-def]
     """Every layer of one tile b (slots, T) whose input slots are filled (scratch: e (widest, T),
-    mx (T,), acc (at least (4, T) and a fold's units))."""
+    mx (T,), acc (at least (4, T) and a fold's units)): the live units and folds (`forward`)."""
     b[0, :] = 0.0  # the constant slots: log 1 and log 0
     b[1, :] = -np.inf
     for layer in range(ops.shape[0]):
         op = ops[layer]
         if op[KIND] == PRODUCT:
-            _product(b, op, pindex, False)
+            _product(b, op, pindex, False, live)
         elif op[KIND] == SPARSE:
             if mode == MAX_MODE:
                 _sparse_max(b, op, sindex, sptr, scol, logw, acc)
             else:
-                _sparse_sum(b, op, sindex, sptr, scol, slive, weights, logw, e, mx)
+                _sparse_sum(b, op, sindex, sptr, scol, slive, weights, logw, e, mx, live, flive)
         elif mode == MAX_MODE:
             _sum_max(b, op, sindex, logw, acc)
         else:
-            _sum(b, op, sindex, weights, logw, e, mx, acc, blas)
+            _sum(b, op, sindex, weights, logw, e, mx, acc, blas, flive)
 
 
 @njit(error_model="numpy", cache=True)
@@ -709,12 +725,12 @@ def _ratios(b, fl, first, units, mx, r, low):  # type: ignore[no-untyped-def]
 
 
 @njit(inline="always", fastmath=FAST_REDUCE, error_model="numpy", cache=True)
-def _sparse_ratios(b, fl, first, sptr, rows, units, mx, r, low):  # type: ignore[no-untyped-def]
-    """`_ratios` for the units of two or more edges (from sptr[rows]); the others are left out."""
+def _sparse_ratios(b, fl, first, sptr, rows, units, mx, r, low, live):  # type: ignore[no-untyped-def]
+    """`_ratios` for the live units of two or more edges (from sptr[rows]); the others are left out."""
     t_size = b.shape[1]
     far = 0
     for m in range(units):
-        if sptr[rows + m + 1] - sptr[rows + m] < 2:
+        if sptr[rows + m + 1] - sptr[rows + m] < 2 or not live[first + m]:
             continue
         for t in range(t_size):
             v = b[first + m, t]
@@ -726,31 +742,34 @@ def _sparse_ratios(b, fl, first, sptr, rows, units, mx, r, low):  # type: ignore
 
 
 @njit(inline="always", fastmath=FAST_REDUCE, error_model="numpy", cache=True)
-def _sparse_flows(b, fl, op, sindex, sptr, scol, slive, weights, logw, wflow, e, mx, r, zc):  # type: ignore[no-untyped-def]
-    """`_sum_flows` over the kept edges. A unit of one edge passes its flow on whole (its value is
-    log W + x: the edge carries all of it); for the others zc[c] (widest, T) gathers
-    sum_m W[m, c] r_m edge by edge, then each live input's flow is e_c * zc[c]."""
+def _sparse_flows(b, fl, op, sindex, sptr, scol, slive, weights, logw, wflow, e, mx, r, zc, live, flive):  # type: ignore[no-untyped-def]
+    """`_sum_flows` over the kept edges of the live units (dead ones have no flow: skipped). A
+    unit of one edge passes its flow on whole (its value is log W + x: the edge carries all of
+    it); for the others zc[c] (widest, T) gathers sum_m W[m, c] r_m edge by edge, then each live
+    input's flow is e_c * zc[c]."""
     start, folds, units, inputs = op[START], op[A], op[B], op[C]
     t_size = b.shape[1]
     low = math.log(guard(b[0, 0]))
     w = op[WEIGHT] - sptr[op[ROWS]]  # edge j's weight: weights[w + j]
     for f in range(folds):
+        if not flive[op[FOLD] + f]:
+            continue
         row = op[INDEX] + f * inputs
         rows = op[ROWS] + f * units
         first = start + f * units
-        live = slive[row:row + inputs]
-        if live.any():
-            _live_shifted(b, sindex, row, live, e, mx)
-            far = _sparse_ratios(b, fl, first, sptr, rows, units, mx, r, low)
+        read = slive[row:row + inputs]
+        if read.any():
+            _live_shifted(b, sindex, row, read, e, mx)
+            far = _sparse_ratios(b, fl, first, sptr, rows, units, mx, r, low, live)
             if far:
                 _sparse_exact_flows(b, fl, sindex, sptr, scol, logw[w:], wflow[w:], row, first, rows, units, mx, low)
             for c in range(inputs):
-                if live[c]:
+                if read[c]:
                     for t in range(t_size):
                         zc[c, t] = 0.0
             for m in range(units):
                 lo, hi = sptr[rows + m], sptr[rows + m + 1]
-                if hi - lo < 2:
+                if hi - lo < 2 or not live[first + m]:
                     continue
                 for j in range(lo, hi):
                     a, c = weights[w + j], scol[j]
@@ -761,11 +780,13 @@ def _sparse_flows(b, fl, op, sindex, sptr, scol, slive, weights, logw, wflow, e,
                         d += rm * e[c, t]
                     wflow[w + j] += a * d
             for c in range(inputs):
-                if live[c]:
+                if read[c]:
                     child = sindex[row + c]
                     for t in range(t_size):
                         fl[child, t] += e[c, t] * zc[c, t]
         for m in range(units):
+            if not live[first + m]:
+                continue
             lo, hi = sptr[rows + m], sptr[rows + m + 1]
             if hi - lo == 1:
                 parent, value, child = fl[first + m], b[first + m], fl[sindex[row + scol[lo]]]
@@ -798,16 +819,18 @@ def _sparse_exact_flows(b, fl, sindex, sptr, scol, logw, wflow, row, first, rows
 
 
 @njit(inline="always", fastmath=FAST_REDUCE, error_model="numpy", cache=True)
-def _sum_flows(b, fl, op, sindex, weights, logw, wflow, e, mx, r, z, zc, g, blas):  # type: ignore[no-untyped-def]
+def _sum_flows(b, fl, op, sindex, weights, logw, wflow, e, mx, r, z, zc, g, blas, flive):  # type: ignore[no-untyped-def]
     """Flows of one sum layer for one tile: child flow += e_c * sum_m W[m, c] r_m and weight flow
     += W[m, c] * sum_t r_m e_c, with r_m = flow_m exp(mx - value_m) (`_fold_flows`; z and zc
     (widest, T), g (most * widest,) scratch). Units far below the column's shift (those `_sum`
-    recomputed) go edge by edge (`_exact_flows`)."""
+    recomputed) go edge by edge (`_exact_flows`). Dead folds (flive 0) have no flow: skipped."""
     start, folds, units, inputs = op[START], op[A], op[B], op[C]
     t_size = b.shape[1]
     low = math.log(guard(b[0, 0]))
     wide = 0 <= blas <= units * inputs
     for f in range(folds):
+        if not flive[op[FOLD] + f]:
+            continue
         row = op[INDEX] + f * inputs
         _shifted(b, sindex, row, inputs, e, mx)
         first = start + f * units
@@ -921,11 +944,14 @@ def flow_scratch(widest, most, t_size, dtype):  # type: ignore[no-untyped-def]
 
 
 @njit(fastmath=FAST_REDUCE, error_model="numpy", cache=True)
-def _product_flows(fl, op, pindex):  # type: ignore[no-untyped-def]
-    """A product layer passes each unit's flow whole to its children, then empties its rows."""
+def _product_flows(fl, op, pindex, live):  # type: ignore[no-untyped-def]
+    """A product layer passes each live unit's flow whole to its children, then empties its rows
+    (dead units have no flow)."""
     start, units, fan_in, off = op[START], op[A], op[B], op[INDEX]
     t_size = fl.shape[1]
     for u in range(units):
+        if not live[start + u]:
+            continue
         for k in range(fan_in):
             child = pindex[off + u * fan_in + k]
             for t in range(t_size):
@@ -935,17 +961,19 @@ def _product_flows(fl, op, pindex):  # type: ignore[no-untyped-def]
 
 
 @njit(fastmath=FAST_REDUCE, error_model="numpy", cache=True)
-def tile_flows(b, fl, ops, pindex, sindex, sptr, scol, slive, weights, logw, wflow, scratch, blas):  # type: ignore[no-untyped-def]
-    """Every layer's flows, top down, for one seeded tile (b values, fl flows: (slots, T))."""
+def tile_flows(b, fl, ops, pindex, sindex, sptr, scol, slive, weights, logw, wflow, scratch, blas, live,
+               flive):  # type: ignore[no-untyped-def]
+    """Every layer's flows, top down, for one seeded tile (b values, fl flows: (slots, T)); the
+    live units and folds only (see `forward`)."""
     e, r, mx, z, zc, g = scratch
     for layer in range(ops.shape[0] - 1, -1, -1):
         op = ops[layer]
         if op[KIND] == SUM:
-            _sum_flows(b, fl, op, sindex, weights, logw, wflow, e, mx, r, z, zc, g, blas)
+            _sum_flows(b, fl, op, sindex, weights, logw, wflow, e, mx, r, z, zc, g, blas, flive)
         elif op[KIND] == SPARSE:
-            _sparse_flows(b, fl, op, sindex, sptr, scol, slive, weights, logw, wflow, e, mx, r, zc)
+            _sparse_flows(b, fl, op, sindex, sptr, scol, slive, weights, logw, wflow, e, mx, r, zc, live, flive)
         else:
-            _product_flows(fl, op, pindex)
+            _product_flows(fl, op, pindex, live)
 
 
 @njit(inline="always", fastmath=FAST_REDUCE, error_model="numpy", cache=True)
@@ -991,7 +1019,8 @@ def input_counts(flow, idx, real, cat, corder, crows, gauss, gmean, counts, cat_
     """The input units' flows (left in `flow` by `flows`) into their statistics, emptying their rows.
 
     Categorical units reading one row of lp (tied leaves) are listed together: row r's units are
-    corder[crows[r]:crows[r + 1]], so each row of counts has one writer.
+    corder[crows[r]:crows[r + 1]], so each row of counts has one writer (a row may list none: the
+    runtime leaves out units the root does not reach, whose flow is 0).
 
     Outputs (added to; where counts' rows are counted in, zeroed first when `clear`: the padding
     of lp's rows is left as it is): counts (lp size,) categorical
@@ -1007,13 +1036,14 @@ def input_counts(flow, idx, real, cat, corder, crows, gauss, gmean, counts, cat_
         lo = block * 4
         hi = min(rows, lo + 4)
         for r in range(lo, hi):
-            if clear:  # the row's entries any of its units counts in (tied units may differ in cardinality)
+            if clear and crows[r + 1] > crows[r]:  # its units' entries (tied units: cardinalities may differ)
                 size = 0
                 for j in range(crows[r], crows[r + 1]):
                     size = max(size, cat[corder[j], 3])
                 off = cat[corder[crows[r]], 2]
                 counts[off:off + size] = 0.0
-        if hi - lo == 4 and crows[hi] - crows[lo] == 4:
+        if hi - lo == 4 and crows[lo + 1] - crows[lo] == crows[lo + 2] - crows[lo + 1] == 1 and \
+                crows[lo + 3] - crows[lo + 2] == crows[hi] - crows[lo + 3] == 1:
             _count4(flow, idx, cat, corder[crows[lo]:crows[hi]], counts, cat_missing[lo:hi])
             continue
         for r in range(lo, hi):

@@ -19,6 +19,7 @@ import numba
 import numpy as np
 
 from . import kernels, scaled
+from .live import Live, live_masks, whole_masks
 
 # One query at a time per process: queries share scratch buffers, and each already uses every
 # thread. (A process that runs torch too is better off with NUMBA_THREADING_LAYER=workqueue: the
@@ -97,7 +98,15 @@ class Circuit:
         self.most = int(max(1, sums[:, kernels.B].max(initial=1)))
         self.num_folds = int(sums[:, kernels.A].sum())
         self.corder, self.crows, self.crow = _rows_of(self.cat)
-        self._unwritten = _uncovered(self.cat, len(arrays["lp"]))
+        # log_prob and flows run the units the root reaches (pruning leaves others); MAP and sampling all
+        self.live = live_masks(self.ops, self.pindex, self.sindex, self.sptr, self.scol, self.slive, self.cat,
+                               self.gauss, self.corder, self.crows, self.root, self.num_slots)
+        self.whole = self.live if self.live.everything else whole_masks(self.ops, self.sindex, self.slive, self.cat,
+                                                                        self.corder, self.crows, self.num_slots)
+        self.skip = True  # whether log_prob and flows skip dead units (False: the same results, slower)
+        # the entries of counts input_counts never writes (lp's padding, dead units' rows), by `skip`
+        self._unwritten = {skip: _uncovered(self.cat[k.corder], len(arrays["lp"]))
+                           for skip, k in ((True, self.live), (False, self.whole))}
         self.discrete = np.array([c is not None for c in self.cardinalities])
         self.limits = np.array([c if c is not None else 0 for c in self.cardinalities])
         self._buffers: dict[str, np.ndarray] = {}
@@ -208,14 +217,14 @@ class Circuit:
         size fault a page per 4 KiB inside the kernels' threads. ``flows`` hands these arrays out
         (no copy); one comes back into use only once nothing outside holds it (nor a view of it:
         a view holds its base), else a fresh one (zeros) takes its place. The kernels zero what
-        they add to; `_unwritten` entries (lp's padding) are zeroed here, as a caller may have
-        written to an array before letting it go."""
+        they add to; entries they never write (lp's padding, dead units' rows) are zeroed here, as
+        a caller may have written to an array before letting it go."""
         array = self._buffers.get(name)
         # references: the dict, `array` and getrefcount's argument (CPython counts them exactly)
         if array is None or array.shape != shape or sys.getrefcount(array) > 3:
             array = self._buffers[name] = np.zeros(shape)
         elif name == "counts":
-            array[self._unwritten] = 0.0
+            array[self._unwritten[self.skip]] = 0.0
         return array
 
     def _tile_for(self, n: int) -> int:
@@ -226,23 +235,31 @@ class Circuit:
             tile //= 2
         return tile
 
-    def _forward(self, index: np.ndarray, real: np.ndarray, mode: int) -> np.ndarray:
+    @property
+    def _live(self) -> Live:
+        """The units log_prob and flows run: the live ones, unless `skip` is off."""
+        return self.live if self.skip else self.whole
+
+    def _forward(self, index: np.ndarray, real: np.ndarray, mode: int, whole: bool = False) -> np.ndarray:
+        """kernels.forward over the live units (every unit when `whole`: MAP and sampling)."""
         buf = self._buffer("values", index.shape[1], self.dtype)
+        k = self.whole if whole else self._live
         kernels.forward(buf, index, real, self.cat, self.lp, self.lpmax, self.gauss, self.gmean, self.gstd,
-                        self.ops, self.pindex, self.sindex, self.sptr, self.scol, self.slive, self.weights, self.logw,
-                        self.widest, mode, self._chunks(buf), self.blas)
+                        self.ops, self.pindex, self.sindex, self.sptr, self.scol, k.slive, self.weights, self.logw,
+                        self.widest, mode, self._chunks(buf), self.blas, k.cunits, k.slots, k.folds)
         return buf
 
     def _forward_scaled(self, index: np.ndarray, real: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """scaled.py's forward: (values, scales, lost) for `_log_root` and scaled.flows."""
-        g = self.groups
+        g, k = self.groups, self._live
         buf = self._buffer("values", index.shape[1], self.dtype)
         scale = self._buffer("scales", index.shape[1], np.dtype(np.float64), rows=g.groups)
         lost = np.zeros(len(buf), dtype=np.uint8)
         scaled.forward(buf, scale, lost, self.root, index, real, self.cat, self.lp, self.ltab, g.ltab_off, g.inputs,
                        self.gmax, self.gauss, g.gauss_group, self.gmean, self.gstd, self.ops, self.pindex,
-                       self.sindex, self.sptr, self.scol, self.slive, self.weights, self.logw, g.slot_group,
-                       g.direct, g.product_first, g.product_ptr, self.widest, self.most, self._chunks(buf), self.blas)
+                       self.sindex, self.sptr, self.scol, k.slive, self.weights, self.logw, g.slot_group,
+                       g.direct, g.product_first, g.product_ptr, self.widest, self.most, self._chunks(buf), self.blas,
+                       k.cunits, k.slots, k.folds, k.inputs)
         return buf, scale, lost
 
     def _log_root(self, values: np.ndarray, scale: np.ndarray, lost: np.ndarray, n: int) -> np.ndarray:
@@ -305,7 +322,7 @@ class Circuit:
 
     def _down(self, x: Any, mode: int, seed: int) -> np.ndarray:
         index, real, rows, n = self._evidence(x)
-        buf = self._forward(index, real, kernels.MAX_MODE if mode == kernels.MAP_DOWN else kernels.SUM_MODE)
+        buf = self._forward(index, real, kernels.MAX_MODE if mode == kernels.MAP_DOWN else kernels.SUM_MODE, True)
         active = self._buffer("active", index.shape[1], np.dtype(np.uint8))
         out = rows.copy()
         rng = np.random.default_rng(seed)
@@ -388,11 +405,12 @@ class Circuit:
                 log_likelihood += float(self._root(buf, n).sum())
             chunks = self._chunks(buf)
             wflow[used:chunks] = 0.0  # rows a later piece adds to but the first did not clear
+            k = self._live
             scaled.flows(buf, scale, lost, flow, n, self.root, self.ops, self.pindex, self.sindex, self.sptr,
-                         self.scol, self.slive, self.weights, self.logw, self.groups.slot_group, self.groups.direct,
-                         self.widest, self.most, wflow[:chunks], self.blas, i == 0)
+                         self.scol, k.slive, self.weights, self.logw, self.groups.slot_group, self.groups.direct,
+                         self.widest, self.most, wflow[:chunks], self.blas, i == 0, k.slots, k.folds, k.inputs)
             used = max(used, chunks)
-            kernels.input_counts(flow, index, real, self.cat, self.corder, self.crows, self.gauss, self.gmean,
+            kernels.input_counts(flow, index, real, self.cat, k.corder, k.crows, self.gauss, self.gmean,
                                  counts, missing, g, i == 0)
         weights = np.sum(wflow[:used], axis=0, out=self._stats("weights", (len(self.weights),)))
         if missing.any():  # a missing value counts in expectation: probs * flow (one row of lp each)
@@ -492,7 +510,7 @@ def _live_inputs(ops: np.ndarray, sindex: np.ndarray, sptr: np.ndarray, scol: np
 
 
 def _uncovered(cat: np.ndarray, size: int) -> np.ndarray:
-    """The entries of lp (of `size`) that no categorical unit's row covers: its padding."""
+    """The entries of lp (of `size`) that no row of the categorical units `cat` covers."""
     edges = np.zeros(size + 1, dtype=np.int64)
     np.add.at(edges, cat[:, 2], 1)
     np.add.at(edges, cat[:, 2] + cat[:, 3], -1)

@@ -69,14 +69,17 @@ from .kernels import (
 
 
 @njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
-def _inputs(b, s, sgroup, sindex, row, inputs, e, mx, fac):  # type: ignore[no-untyped-def]
-    """e[c] = value_c exp(scale_c - mx) for the inputs of one fold, mx (float64, T) the largest
-    finite scale among their groups (0 if none): one exp per run of inputs in one group."""
+def _inputs(b, s, sgroup, sindex, row, inputs, e, mx, fac, read):  # type: ignore[no-untyped-def]
+    """e[c] = value_c exp(scale_c - mx) for the inputs of one fold that live units read (read[row
+    + c] != 0; the others' rows of e are left as they are), mx (float64, T) the largest finite
+    scale among their groups (0 if none): one exp per run of inputs in one group."""
     t_size = b.shape[1]
     for t in range(t_size):
         mx[t] = -np.inf
     last = -1
     for c in range(inputs):
+        if not read[row + c]:
+            continue
         group = sgroup[sindex[row + c]]
         if group != last:
             last = group
@@ -86,6 +89,8 @@ def _inputs(b, s, sgroup, sindex, row, inputs, e, mx, fac):  # type: ignore[no-u
         mx[t] = mx[t] if mx[t] > -np.inf else 0.0
     last = -1
     for c in range(inputs):
+        if not read[row + c]:
+            continue
         child = sindex[row + c]
         group = sgroup[child]
         if group != last:
@@ -99,23 +104,24 @@ def _inputs(b, s, sgroup, sindex, row, inputs, e, mx, fac):  # type: ignore[no-u
 
 
 @njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
-def _terms(b, s, sgroup, sindex, row, inputs, e, mx, fac, direct):  # type: ignore[no-untyped-def]
+def _terms(b, s, sgroup, sindex, row, inputs, e, mx, fac, direct, read):  # type: ignore[no-untyped-def]
     """A fold's input terms (inputs, T) and shift mx: where its inputs are consecutive slots of one
     group (`direct`), the slots themselves and that group's scale (no copy, no exp), else e
-    filled by `_inputs`."""
+    filled by `_inputs` (the inputs live units read: `read`)."""
     if direct:
         first = sindex[row]
         scale = s[sgroup[first]]
         for t in range(b.shape[1]):
             mx[t] = scale[t] if scale[t] > -np.inf else 0.0
         return b[first:first + inputs]
-    _inputs(b, s, sgroup, sindex, row, inputs, e, mx, fac)
+    _inputs(b, s, sgroup, sindex, row, inputs, e, mx, fac, read)
     return e
 
 
 @njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
-def _renormalise(out, scale, mx, top, small):  # type: ignore[no-untyped-def]
-    """One fold's sums out (units, T; its rows of the buffer) keep the inputs' shift (scale = mx)
+def _renormalise(out, scale, mx, top, small, live):  # type: ignore[no-untyped-def]
+    """One fold's sums out (units, T; its rows of the buffer; only the rows with live[m] != 0 count
+    and change) keep the inputs' shift (scale = mx)
     while every column's max lies within [small^0.2, small^-0.2] (2^-20 to 2^20 in float32:
     products of such values stay far from underflow); otherwise they are divided by their
     column max, in place, and scale = mx + log max. False (the tile goes back to logs) when a
@@ -124,6 +130,8 @@ def _renormalise(out, scale, mx, top, small):  # type: ignore[no-untyped-def]
     for t in range(t_size):
         top[t] = 0.0
     for m in range(out.shape[0]):
+        if not live[m]:
+            continue
         a = out[m]
         for t in range(t_size):
             top[t] = max(top[t], a[t])
@@ -145,6 +153,8 @@ def _renormalise(out, scale, mx, top, small):  # type: ignore[no-untyped-def]
         scale[t] = mx[t] + slog(top[t])  # top is normal: the buffer dtype's log, vectorised
         top[t] = 1.0 / top[t]
     for m in range(out.shape[0]):
+        if not live[m]:
+            continue
         a = out[m]
         for t in range(t_size):
             a[t] *= top[t]
@@ -152,10 +162,11 @@ def _renormalise(out, scale, mx, top, small):  # type: ignore[no-untyped-def]
 
 
 @njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
-def _product_layer(b, s, op, pindex, sgroup, pgroups, lo, hi):  # type: ignore[no-untyped-def]
-    """Values multiply (`kernels._product`); each product group's scale (groups pgroups[lo:hi], by
-    first unit) is the sum of its children's groups' scales."""
-    _product(b, op, pindex, True)
+def _product_layer(b, s, op, pindex, sgroup, pgroups, lo, hi, live):  # type: ignore[no-untyped-def]
+    """Values of the live units multiply (`kernels._product`); each product group's scale (groups
+    pgroups[lo:hi], by first unit: its units' children lie in the same groups) is the sum of its
+    children's groups' scales (right wherever the group has a live unit)."""
+    _product(b, op, pindex, True, live)
     start, fan_in, off = op[START], op[B], op[INDEX]
     t_size = b.shape[1]
     for p in range(lo, hi):
@@ -171,47 +182,53 @@ def _product_layer(b, s, op, pindex, sgroup, pgroups, lo, hi):  # type: ignore[n
 
 
 @njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
-def _sum(b, s, op, sindex, sgroup, direct, weights, e, mx, fac, top, blas):  # type: ignore[no-untyped-def]
-    """A dense sum layer: per fold its terms (`_terms`), W @ terms written into the fold's rows
-    (`kernels._fold_sums`), renormalised there. False when a fold's column max fell below
-    `guard` (the tile goes back to logs)."""
+def _sum(b, s, op, sindex, sgroup, direct, weights, e, mx, fac, top, blas, live, flive, read):  # type: ignore[no-untyped-def]
+    """A dense sum layer: per live fold (flive) its terms (`_terms`), W @ terms written into the
+    fold's rows (`kernels._fold_sums`), renormalised there. False when a fold's column max fell
+    below `guard` (the tile goes back to logs)."""
     start, folds, units, inputs = op[START], op[A], op[B], op[C]
     small = guard(b[0, 0])
     wide = 0 <= blas <= units * inputs
     for f in range(folds):
+        if not flive[op[FOLD] + f]:
+            continue
         row = op[INDEX] + f * inputs
-        terms = _terms(b, s, sgroup, sindex, row, inputs, e, mx, fac, direct[op[FOLD] + f])
+        terms = _terms(b, s, sgroup, sindex, row, inputs, e, mx, fac, direct[op[FOLD] + f], read)
         first = start + f * units
         out = b[first:first + units]
         _fold_sums(weights, op[WEIGHT] + f * units * inputs, units, inputs, terms, out, wide)
-        if not _renormalise(out, s[sgroup[first]], mx, top, small):
+        if not _renormalise(out, s[sgroup[first]], mx, top, small, live[first:first + units]):
             return False
     return True
 
 
 @njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
-def _sparse_sum(b, s, op, sindex, sgroup, direct, sptr, scol, weights, e, mx, fac, top):  # type: ignore[no-untyped-def]
-    """A sparse sum layer (see kernels.py for sptr and scol): each unit adds its kept edges'
+def _sparse_sum(b, s, op, sindex, sgroup, direct, sptr, scol, weights, e, mx, fac, top, live, flive, read):  # type: ignore[no-untyped-def]
+    """A sparse sum layer (see kernels.py for sptr and scol): each live unit adds its kept edges'
     terms, four per pass; then as `_sum`."""
     start, folds, units, inputs = op[START], op[A], op[B], op[C]
     small = guard(b[0, 0])
     w = op[WEIGHT] - sptr[op[ROWS]]  # edge j's weight: weights[w + j]
     for f in range(folds):
+        if not flive[op[FOLD] + f]:
+            continue
         row = op[INDEX] + f * inputs
         rows = op[ROWS] + f * units
-        terms = _terms(b, s, sgroup, sindex, row, inputs, e, mx, fac, direct[op[FOLD] + f])
+        terms = _terms(b, s, sgroup, sindex, row, inputs, e, mx, fac, direct[op[FOLD] + f], read)
         first = start + f * units
         for m in range(units):
-            _edges_sum(b[first + m], weights, w, scol, sptr[rows + m], sptr[rows + m + 1], terms)
-        if not _renormalise(b[first:first + units], s[sgroup[first]], mx, top, small):
+            if live[first + m]:
+                _edges_sum(b[first + m], weights, w, scol, sptr[rows + m], sptr[rows + m + 1], terms)
+        if not _renormalise(b[first:first + units], s[sgroup[first]], mx, top, small, live[first:first + units]):
             return False
     return True
 
 
 @njit(inline="always", fastmath=FAST_REDUCE, error_model="numpy", cache=True)
-def _ratios(b, s, fl, first, units, group, mx, fac, r):  # type: ignore[no-untyped-def]
+def _ratios(b, s, fl, first, units, group, mx, fac, r, live):  # type: ignore[no-untyped-def]
     """r[m] = flow_m / z_m for one fold's units, z_m = value_m exp(scale - mx) its sum relative to
-    the inputs' shift mx (0 where the flow is 0); then the units' flow rows are emptied."""
+    the inputs' shift mx (0 where the flow is 0, and for dead units: live[first + m] = 0, whose
+    rows are not read); then the units' flow rows are emptied."""
     t_size = b.shape[1]
     scale = s[group]
     for t in range(t_size):
@@ -220,43 +237,55 @@ def _ratios(b, s, fl, first, units, group, mx, fac, r):  # type: ignore[no-untyp
         fac[t] = sexp(fac[t])  # 1 / max_m z_m
     for m in range(units):
         v, f, rm = b[first + m], fl[first + m], r[m]
+        if not live[first + m]:
+            rm[:] = 0.0
+            continue
         for t in range(t_size):
             rm[t] = f[t] * fac[t] / v[t] if f[t] != 0.0 else 0.0
             f[t] = 0.0
 
 
 @njit(inline="always", fastmath=FAST_REDUCE, error_model="numpy", cache=True)
-def _sum_flows(b, s, fl, op, sindex, sgroup, direct, weights, wflow, e, mx, fac, r, z, zc, g, blas):  # type: ignore[no-untyped-def]
+def _sum_flows(b, s, fl, op, sindex, sgroup, direct, weights, wflow, e, mx, fac, r, z, zc, g, blas, live, flive,
+               read):  # type: ignore[no-untyped-def]
     """A dense sum layer's flows: the log kernels' products (`kernels._fold_flows`) on this
-    module's terms and ratios (no exp or log per input or unit)."""
+    module's terms and ratios (no exp or log per input or unit); dead folds have none."""
     start, folds, units, inputs = op[START], op[A], op[B], op[C]
     wide = 0 <= blas <= units * inputs
     for f in range(folds):
+        if not flive[op[FOLD] + f]:
+            continue
         row = op[INDEX] + f * inputs
         first = start + f * units
-        terms = _terms(b, s, sgroup, sindex, row, inputs, e, mx, fac, direct[op[FOLD] + f])
-        _ratios(b, s, fl, first, units, sgroup[first], mx, fac, r)
+        terms = _terms(b, s, sgroup, sindex, row, inputs, e, mx, fac, direct[op[FOLD] + f], read)
+        _ratios(b, s, fl, first, units, sgroup[first], mx, fac, r, live)
         _fold_flows(fl, sindex, row, inputs, weights, wflow, op[WEIGHT] + f * units * inputs, units, terms, r, z,
                     zc, g, wide)
 
 
 @njit(inline="always", fastmath=FAST_REDUCE, error_model="numpy", cache=True)
-def _sparse_flows(b, s, fl, op, sindex, sgroup, direct, sptr, scol, weights, wflow, e, mx, fac, r, zc):  # type: ignore[no-untyped-def]
-    """A sparse sum layer's flows: zc[c] gathers sum_m W[m, c] r_m edge by edge, then input c's
-    flow += term_c zc[c]; edge j's weight flow += W_j sum_t r_m term_c."""
+def _sparse_flows(b, s, fl, op, sindex, sgroup, direct, sptr, scol, weights, wflow, e, mx, fac, r, zc, live, flive,
+                  read):  # type: ignore[no-untyped-def]
+    """A sparse sum layer's flows: zc[c] gathers sum_m W[m, c] r_m edge by edge over the live
+    units, then input c's flow += term_c zc[c] (the inputs live units read); edge j's weight
+    flow += W_j sum_t r_m term_c."""
     start, folds, units, inputs = op[START], op[A], op[B], op[C]
     t_size = b.shape[1]
     w = op[WEIGHT] - sptr[op[ROWS]]
     for f in range(folds):
+        if not flive[op[FOLD] + f]:
+            continue
         row = op[INDEX] + f * inputs
         rows = op[ROWS] + f * units
         first = start + f * units
-        terms = _terms(b, s, sgroup, sindex, row, inputs, e, mx, fac, direct[op[FOLD] + f])
-        _ratios(b, s, fl, first, units, sgroup[first], mx, fac, r)
+        terms = _terms(b, s, sgroup, sindex, row, inputs, e, mx, fac, direct[op[FOLD] + f], read)
+        _ratios(b, s, fl, first, units, sgroup[first], mx, fac, r, live)
         for c in range(inputs):
             for t in range(t_size):
                 zc[c, t] = 0.0
         for m in range(units):
+            if not live[first + m]:
+                continue
             rm = r[m]
             for j in range(sptr[rows + m], sptr[rows + m + 1]):
                 a, c = weights[w + j], scol[j]
@@ -267,6 +296,8 @@ def _sparse_flows(b, s, fl, op, sindex, sgroup, direct, sptr, scol, weights, wfl
                     d += rm[t] * ec[t]
                 wflow[w + j] += a * d
         for c in range(inputs):
+            if not read[row + c]:
+                continue
             child = fl[sindex[row + c]]
             for t in range(t_size):
                 child[t] += terms[c, t] * zc[c, t]
@@ -276,10 +307,12 @@ def _sparse_flows(b, s, fl, op, sindex, sgroup, direct, sptr, scol, weights, wfl
 
 
 @njit(fastmath=FAST, error_model="numpy", cache=True)
-def _log_inputs(b, col, idx, real, cat, lp, gauss, gmean, gstd):  # type: ignore[no-untyped-def]
-    """The input slots of one tile (samples col..col + T) as log values, as `kernels.forward` writes them."""
+def _log_inputs(b, col, idx, real, cat, lp, gauss, gmean, gstd, cunits):  # type: ignore[no-untyped-def]
+    """The input slots of one tile (samples col..col + T; the categorical units `cunits`) as log
+    values, as `kernels.forward` writes them."""
     t_size = b.shape[1]
-    for u in range(cat.shape[0]):
+    for i in range(cunits.shape[0]):
+        u = cunits[i]
         slot, var, off, size = cat[u, 0], cat[u, 1], cat[u, 2], cat[u, 3]
         categorical_row(b[slot], lp[off:off + size], idx[var, col:col + t_size], 0.0)
     for u in range(gauss.shape[0]):
@@ -293,16 +326,22 @@ def _log_inputs(b, col, idx, real, cat, lp, gauss, gmean, gstd):  # type: ignore
 @njit(parallel=True, fastmath=FAST, error_model="numpy", cache=True)
 def forward(buf, scale, lost, root, idx, real, cat, lp, ltab, loff, lgroups, gmax, gauss, ggroup, gmean, gstd, ops,
             pindex, sindex, sptr, scol, slive, weights, logw, sgroup, direct, pgroups, pgptr, widest, most,
-            chunks, blas):  # type: ignore[no-untyped-def]
+            chunks, blas, cunits, live, flive, read):  # type: ignore[no-untyped-def]
     """Fill buf (tiles, slots, T) and scale (tiles, groups, T) bottom-up (log-likelihoods).
 
     ltab: one row per categorical unit u, from loff[u]: exp(lp - gmax) over its values, gmax its
     group's largest log-probability of each value; lgroups (I, 3): per input group its group
     id, variable and the offset of its row of gmax; ggroup (G,): each gaussian unit's group. pgroups: the
     product groups' first units, layer l's from pgptr[l] to pgptr[l + 1]. lost (tiles,) uint8
-    comes back 1 for the tiles recomputed in logs (their buf holds log values)."""
+    comes back 1 for the tiles recomputed in logs (their buf holds log values).
+
+    Only the live units run (live.py): the categorical units `cunits` (rows of cat), the product
+    and sparse units of the slot mask `live`, the folds of the mask `flive`; `read` (like sindex)
+    marks the fold inputs live units read, and slive must leave out those only dead units read.
+    Dead slots keep whatever they held; no live unit reads them."""
     tiles, _, t_size = buf.shape
-    for u in prange(cat.shape[0]):
+    for i in prange(cunits.shape[0]):
+        u = cunits[i]
         slot, var, size = cat[u, 0], cat[u, 1], cat[u, 3]
         for tile in range(tiles):
             categorical_row(buf[tile, slot], ltab[loff[u]:loff[u] + size], idx[var, tile * t_size:(tile + 1) * t_size],
@@ -327,16 +366,17 @@ def forward(buf, scale, lost, root, idx, real, cat, lp, ltab, loff, lgroups, gma
         for tile in range(chunk, tiles, chunks):
             b, s = buf[tile], scale[tile]
             ok = _tile(b, s, root, ops, pindex, sindex, sptr, scol, weights, sgroup, direct, pgroups, pgptr, e, mx,
-                       fac, top, blas)
+                       fac, top, blas, live, flive, read)
             lost[tile] = not ok
             if not ok:
-                _log_inputs(b, tile * t_size, idx, real, cat, lp, gauss, gmean, gstd)
-                tile_layers(b, ops, pindex, sindex, sptr, scol, slive, weights, logw, SUM_MODE, e, top, acc, blas)
+                _log_inputs(b, tile * t_size, idx, real, cat, lp, gauss, gmean, gstd, cunits)
+                tile_layers(b, ops, pindex, sindex, sptr, scol, slive, weights, logw, SUM_MODE, e, top, acc, blas,
+                            live, flive)
 
 
 @njit(fastmath=FAST, error_model="numpy", cache=True)
 def _tile(b, s, root, ops, pindex, sindex, sptr, scol, weights, sgroup, direct, pgroups, pgptr, e, mx, fac, top,
-          blas):  # type: ignore[no-untyped-def]
+          blas, live, flive, read):  # type: ignore[no-untyped-def]
     """Every layer of one tile in scaled values; False where the tile must go back to logs."""
     b[0, :] = 1.0  # the constant slots (group 0, scale 0): 1 and 0
     b[1, :] = 0.0
@@ -344,11 +384,12 @@ def _tile(b, s, root, ops, pindex, sindex, sptr, scol, weights, sgroup, direct, 
     for layer in range(ops.shape[0]):
         op = ops[layer]
         if op[KIND] == PRODUCT:
-            _product_layer(b, s, op, pindex, sgroup, pgroups, pgptr[layer], pgptr[layer + 1])
+            _product_layer(b, s, op, pindex, sgroup, pgroups, pgptr[layer], pgptr[layer + 1], live)
         elif op[KIND] == SPARSE:
-            if not _sparse_sum(b, s, op, sindex, sgroup, direct, sptr, scol, weights, e, mx, fac, top):
+            if not _sparse_sum(b, s, op, sindex, sgroup, direct, sptr, scol, weights, e, mx, fac, top, live, flive,
+                               read):
                 return False
-        elif not _sum(b, s, op, sindex, sgroup, direct, weights, e, mx, fac, top, blas):
+        elif not _sum(b, s, op, sindex, sgroup, direct, weights, e, mx, fac, top, blas, live, flive, read):
             return False
     small = guard(b[0, 0])
     low = 0
@@ -359,12 +400,13 @@ def _tile(b, s, root, ops, pindex, sindex, sptr, scol, weights, sgroup, direct, 
 
 @njit(parallel=True, fastmath=FAST_REDUCE, error_model="numpy", cache=True)
 def flows(buf, scale, lost, flow, n, root, ops, pindex, sindex, sptr, scol, slive, weights, logw, sgroup, direct,
-          widest, most, wflow, blas, clear):  # type: ignore[no-untyped-def]
+          widest, most, wflow, blas, clear, live, flive, read):  # type: ignore[no-untyped-def]
     """Top-down flows of every layer from a buffer filled by this module's `forward`: tiles with
     lost[tile] = 1 hold logs (sent back there, or every tile of a buffer from `kernels.forward`
     in SUM_MODE, scale then unread) and run `kernels.tile_flows`. `widest`, `most`: the largest
     fan-in and unit count of a sum layer; `blas` as in `forward`. The input units' flows stay in
-    `flow` for `kernels.input_counts`.
+    `flow` for `kernels.input_counts`. Live units only (live, flive, read as in `forward`): dead
+    slots' flows stay 0.
 
     `flow` (like `buf`) must hold zeros (but in the constant slots 0 and 1) and is left so once
     `input_counts` has run: each layer empties the rows it read once it has passed their flow
@@ -386,15 +428,16 @@ def flows(buf, scale, lost, flow, n, root, ops, pindex, sindex, sptr, scol, sliv
             b, s, fl = buf[tile], scale[tile], flow[tile]
             _seed(fl, root, tile * t_size, n, False)
             if lost[tile]:
-                tile_flows(b, fl, ops, pindex, sindex, sptr, scol, slive, weights, logw, wflow[chunk], scratch, blas)
+                tile_flows(b, fl, ops, pindex, sindex, sptr, scol, slive, weights, logw, wflow[chunk], scratch, blas,
+                           live, flive)
                 continue
             for layer in range(ops.shape[0] - 1, -1, -1):
                 op = ops[layer]
                 if op[KIND] == SPARSE:
                     _sparse_flows(b, s, fl, op, sindex, sgroup, direct, sptr, scol, weights, wflow[chunk], e, mx, fac,
-                                  r, zc)
+                                  r, zc, live, flive, read)
                 elif op[KIND] == PRODUCT:
-                    _product_flows(fl, op, pindex)
+                    _product_flows(fl, op, pindex, live)
                 else:
                     _sum_flows(b, s, fl, op, sindex, sgroup, direct, weights, wflow[chunk], e, mx, fac, r, z, zc, g,
-                               blas)
+                               blas, live, flive, read)
