@@ -301,7 +301,7 @@ def exact_sum(b, sindex, row, inputs, logw, w, t):  # type: ignore[no-untyped-de
 # ---- one tile, one layer ----------------------------------------------------------------------
 
 
-@njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
+@njit(fastmath=FAST, error_model="numpy", cache=True)
 def _product(b, op, pindex, multiply, live):  # type: ignore[no-untyped-def]
     """A product layer: each live unit (live: a mask over slots) adds its children's logs, or
     multiplies their values when `multiply` (scaled.py; a constant at every call, so the loops
@@ -325,7 +325,7 @@ def _product(b, op, pindex, multiply, live):  # type: ignore[no-untyped-def]
                     out[t] += child[t]
 
 
-@njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
+@njit(fastmath=FAST, error_model="numpy", cache=True)
 def _shifted(b, sindex, row, inputs, e, mx):  # type: ignore[no-untyped-def]
     """e[c] = exp(x_c - mx) for the inputs of one fold, mx their column max (0 if all -inf)."""
     t_size = b.shape[1]
@@ -343,7 +343,7 @@ def _shifted(b, sindex, row, inputs, e, mx):  # type: ignore[no-untyped-def]
             e[c, t] = sexp(b[child, t] - mx[t])
 
 
-@njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
+@njit(fastmath=FAST, error_model="numpy", cache=True)
 def _fold_sums(weights, w, units, inputs, e, acc, wide):  # type: ignore[no-untyped-def]
     """acc[m] = sum_c W[m, c] e[c] for one fold's units (W[m, c] = weights[w + m * inputs + c];
     acc at least (units, T)): through `gemm` when `wide` (blocks of units, each call within
@@ -383,7 +383,7 @@ def _fold_sums(weights, w, units, inputs, e, acc, wide):  # type: ignore[no-unty
         m += 1
 
 
-@njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
+@njit(fastmath=FAST, error_model="numpy", cache=True)
 def _sum(b, op, sindex, weights, logw, e, mx, acc, blas, flive):  # type: ignore[no-untyped-def]
     """acc (at least (units, T)) takes each live fold's (flive: a mask over folds) shifted sums
     (`_fold_sums`; folds of `blas` or more edges per sample, blas >= 0, through gemm), then
@@ -411,7 +411,7 @@ def _sum(b, op, sindex, weights, logw, e, mx, acc, blas, flive):  # type: ignore
             _repair(b, sindex, row, inputs, logw, w, first, units, acc, small)
 
 
-@njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
+@njit(fastmath=FAST, error_model="numpy", cache=True)
 def _lost(acc, rows, small):  # type: ignore[no-untyped-def]
     """How many of acc's first `rows` rows' entries lie below `small` (a count: the loop vectorises)."""
     count = 0
@@ -431,7 +431,7 @@ def _repair(b, sindex, row, inputs, logw, w0, out, count, acc, small):  # type: 
                 b[out + j, t] = exact_sum(b, sindex, row, inputs, logw, w0 + j * inputs, t)
 
 
-@njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
+@njit(fastmath=FAST, error_model="numpy", cache=True)
 def _sum_max(b, op, sindex, logw, acc):  # type: ignore[no-untyped-def]
     start, folds, units, inputs = op[START], op[A], op[B], op[C]
     t_size = b.shape[1]
@@ -450,7 +450,7 @@ def _sum_max(b, op, sindex, logw, acc):  # type: ignore[no-untyped-def]
                 b[out, t] = acc[0, t]
 
 
-@njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
+@njit(fastmath=FAST, error_model="numpy", cache=True)
 def _live_shifted(b, sindex, row, live, e, mx):  # type: ignore[no-untyped-def]
     """`_shifted` over the live inputs of a fold only (live[c] != 0: those a unit of two or more
     edges reads; mx their column max, 0 if all -inf)."""
@@ -471,7 +471,7 @@ def _live_shifted(b, sindex, row, live, e, mx):  # type: ignore[no-untyped-def]
                 e[c, t] = fexp(b[child, t] - mx[t])
 
 
-@njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
+@njit(fastmath=FAST, error_model="numpy", cache=True)
 def _edges_sum(acc, weights, w, scol, j, hi, e):  # type: ignore[no-untyped-def]
     """acc = sum of weights[w + k] * e[scol[k]] over the edges k = j .. hi - 1 of one unit, four
     edges per pass (one load and store of acc per four rows of e)."""
@@ -490,7 +490,7 @@ def _edges_sum(acc, weights, w, scol, j, hi, e):  # type: ignore[no-untyped-def]
         j += 1
 
 
-@njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
+@njit(fastmath=FAST, error_model="numpy", cache=True)
 def _sparse_sum(b, op, sindex, sptr, scol, slive, weights, logw, e, mx, live, flive):  # type: ignore[no-untyped-def]
     """`_sum` over the kept edges of each live unit (live, flive: masks over slots and folds). A
     unit of one edge is log W + x (no exp, no log: it costs what a product does), one of none
@@ -554,7 +554,7 @@ def _sparse_repair(b, sindex, row, scol, logw, lo, hi, out, acc, small):  # type
             b[out, t] = _sparse_exact(b, sindex, row, scol, logw, lo, hi, t)
 
 
-@njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
+@njit(fastmath=FAST, error_model="numpy", cache=True)
 def _sparse_max(b, op, sindex, sptr, scol, logw, acc):  # type: ignore[no-untyped-def]
     start, folds, units, inputs = op[START], op[A], op[B], op[C]
     t_size = b.shape[1]
@@ -611,7 +611,7 @@ def evidence(rows, discrete, limits, index, real):  # type: ignore[no-untyped-de
     return -1
 
 
-@njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
+@njit(fastmath=FAST, error_model="numpy", cache=True)
 def categorical_row(out, row, values, free):  # type: ignore[no-untyped-def]
     """out[t] = row[values[t]], or `free` where the value is missing (-1)."""
     for t in range(out.shape[0]):
@@ -619,7 +619,7 @@ def categorical_row(out, row, values, free):  # type: ignore[no-untyped-def]
         out[t] = row[x] if x >= 0 else free
 
 
-@njit(inline="always", error_model="numpy", cache=True)
+@njit(error_model="numpy", cache=True)
 def gaussian_row(out, xs, mean, std, free):  # type: ignore[no-untyped-def]
     """out[t] = log N(xs[t]; mean, std) (-inf where (x - mean) / std squared overflows), or `free`
     where the value is missing (NaN)."""
@@ -707,7 +707,7 @@ def _seed(rows, root, col, n, clear):  # type: ignore[no-untyped-def]
         rows[root, t] = 1 if col + t < n else 0
 
 
-@njit(inline="always", fastmath=FAST_REDUCE, error_model="numpy", cache=True)
+@njit(fastmath=FAST_REDUCE, error_model="numpy", cache=True)
 def _ratios(b, fl, first, units, mx, r, low):  # type: ignore[no-untyped-def]
     """r[m] = flow_m exp(mx - value_m) for the units from slot `first` (0 for units far below the
     shift); returns how many (unit, sample) pairs with flow lie that far below it."""
@@ -724,7 +724,7 @@ def _ratios(b, fl, first, units, mx, r, low):  # type: ignore[no-untyped-def]
     return far
 
 
-@njit(inline="always", fastmath=FAST_REDUCE, error_model="numpy", cache=True)
+@njit(fastmath=FAST_REDUCE, error_model="numpy", cache=True)
 def _sparse_ratios(b, fl, first, sptr, rows, units, mx, r, low, live):  # type: ignore[no-untyped-def]
     """`_ratios` for the live units of two or more edges (from sptr[rows]); the others are left out."""
     t_size = b.shape[1]
@@ -741,7 +741,7 @@ def _sparse_ratios(b, fl, first, sptr, rows, units, mx, r, low, live):  # type: 
     return far
 
 
-@njit(inline="always", fastmath=FAST_REDUCE, error_model="numpy", cache=True)
+@njit(fastmath=FAST_REDUCE, error_model="numpy", cache=True)
 def _sparse_flows(b, fl, op, sindex, sptr, scol, slive, weights, logw, wflow, e, mx, r, zc, live, flive):  # type: ignore[no-untyped-def]
     """`_sum_flows` over the kept edges of the live units (dead ones have no flow: skipped). A
     unit of one edge passes its flow on whole (its value is log W + x: the edge carries all of
@@ -818,7 +818,7 @@ def _sparse_exact_flows(b, fl, sindex, sptr, scol, logw, wflow, row, first, rows
                     wflow[j] += edge
 
 
-@njit(inline="always", fastmath=FAST_REDUCE, error_model="numpy", cache=True)
+@njit(fastmath=FAST_REDUCE, error_model="numpy", cache=True)
 def _sum_flows(b, fl, op, sindex, weights, logw, wflow, e, mx, r, z, zc, g, blas, flive):  # type: ignore[no-untyped-def]
     """Flows of one sum layer for one tile: child flow += e_c * sum_m W[m, c] r_m and weight flow
     += W[m, c] * sum_t r_m e_c, with r_m = flow_m exp(mx - value_m) (`_fold_flows`; z and zc
@@ -844,7 +844,7 @@ def _sum_flows(b, fl, op, sindex, weights, logw, wflow, e, mx, r, z, zc, g, blas
         _fold_flows(fl, sindex, row, inputs, weights, wflow, w, units, e, r, z, zc, g, wide)
 
 
-@njit(inline="always", fastmath=FAST_REDUCE, error_model="numpy", cache=True)
+@njit(fastmath=FAST_REDUCE, error_model="numpy", cache=True)
 def _fold_flows(fl, sindex, row, inputs, weights, wflow, w, units, e, r, z, zc, g, wide):  # type: ignore[no-untyped-def]
     """One fold's flows from its inputs' terms e (inputs, T) and its units' ratios r (units, T):
     child c's flow += e_c * sum_m W[m, c] r_m, weight flow += W[m, c] * sum_t r_m e_c. Through
@@ -976,7 +976,7 @@ def tile_flows(b, fl, ops, pindex, sindex, sptr, scol, slive, weights, logw, wfl
             _product_flows(fl, op, pindex, live)
 
 
-@njit(inline="always", fastmath=FAST_REDUCE, error_model="numpy", cache=True)
+@njit(fastmath=FAST_REDUCE, error_model="numpy", cache=True)
 def _count4(flow, idx, cat, units, counts, missing):  # type: ignore[no-untyped-def]
     """`input_counts` for four units, each alone in its row of lp, side by side."""
     tiles, _, t_size = flow.shape

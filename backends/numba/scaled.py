@@ -68,7 +68,7 @@ from .kernels import (
 # ---- one tile, one layer ----------------------------------------------------------------------
 
 
-@njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
+@njit(fastmath=FAST, error_model="numpy", cache=True)
 def _inputs(b, s, sgroup, sindex, row, inputs, e, mx, fac, read):  # type: ignore[no-untyped-def]
     """e[c] = value_c exp(scale_c - mx) for the inputs of one fold that live units read (read[row
     + c] != 0; the others' rows of e are left as they are), mx (float64, T) the largest finite
@@ -103,7 +103,7 @@ def _inputs(b, s, sgroup, sindex, row, inputs, e, mx, fac, read):  # type: ignor
             e[c, t] = b[child, t] * fac[t]
 
 
-@njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
+@njit(fastmath=FAST, error_model="numpy", cache=True)
 def _terms(b, s, sgroup, sindex, row, inputs, e, mx, fac, direct, read):  # type: ignore[no-untyped-def]
     """A fold's input terms (inputs, T) and shift mx: where its inputs are consecutive slots of one
     group (`direct`), the slots themselves and that group's scale (no copy, no exp), else e
@@ -118,7 +118,7 @@ def _terms(b, s, sgroup, sindex, row, inputs, e, mx, fac, direct, read):  # type
     return e
 
 
-@njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
+@njit(fastmath=FAST, error_model="numpy", cache=True)
 def _renormalise(out, scale, mx, top, small, live):  # type: ignore[no-untyped-def]
     """One fold's sums out (units, T; its rows of the buffer; only the rows with live[m] != 0 count
     and change) keep the inputs' shift (scale = mx)
@@ -161,7 +161,7 @@ def _renormalise(out, scale, mx, top, small, live):  # type: ignore[no-untyped-d
     return True
 
 
-@njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
+@njit(fastmath=FAST, error_model="numpy", cache=True)
 def _product_layer(b, s, op, pindex, sgroup, pgroups, lo, hi, live):  # type: ignore[no-untyped-def]
     """Values of the live units multiply (`kernels._product`); each product group's scale (groups
     pgroups[lo:hi], by first unit: its units' children lie in the same groups) is the sum of its
@@ -181,7 +181,7 @@ def _product_layer(b, s, op, pindex, sgroup, pgroups, lo, hi, live):  # type: ig
                 out[t] += child[t]
 
 
-@njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
+@njit(fastmath=FAST, error_model="numpy", cache=True)
 def _sum(b, s, op, sindex, sgroup, direct, weights, e, mx, fac, top, blas, live, flive, read):  # type: ignore[no-untyped-def]
     """A dense sum layer: per live fold (flive) its terms (`_terms`), W @ terms written into the
     fold's rows (`kernels._fold_sums`), renormalised there. False when a fold's column max fell
@@ -202,7 +202,7 @@ def _sum(b, s, op, sindex, sgroup, direct, weights, e, mx, fac, top, blas, live,
     return True
 
 
-@njit(inline="always", fastmath=FAST, error_model="numpy", cache=True)
+@njit(fastmath=FAST, error_model="numpy", cache=True)
 def _sparse_sum(b, s, op, sindex, sgroup, direct, sptr, scol, weights, e, mx, fac, top, live, flive, read):  # type: ignore[no-untyped-def]
     """A sparse sum layer (see kernels.py for sptr and scol): each live unit adds its kept edges'
     terms, four per pass; then as `_sum`."""
@@ -224,7 +224,7 @@ def _sparse_sum(b, s, op, sindex, sgroup, direct, sptr, scol, weights, e, mx, fa
     return True
 
 
-@njit(inline="always", fastmath=FAST_REDUCE, error_model="numpy", cache=True)
+@njit(fastmath=FAST_REDUCE, error_model="numpy", cache=True)
 def _ratios(b, s, fl, first, units, group, mx, fac, r, live):  # type: ignore[no-untyped-def]
     """r[m] = flow_m / z_m for one fold's units, z_m = value_m exp(scale - mx) its sum relative to
     the inputs' shift mx (0 where the flow is 0, and for dead units: live[first + m] = 0, whose
@@ -245,7 +245,7 @@ def _ratios(b, s, fl, first, units, group, mx, fac, r, live):  # type: ignore[no
             f[t] = 0.0
 
 
-@njit(inline="always", fastmath=FAST_REDUCE, error_model="numpy", cache=True)
+@njit(fastmath=FAST_REDUCE, error_model="numpy", cache=True)
 def _sum_flows(b, s, fl, op, sindex, sgroup, direct, weights, wflow, e, mx, fac, r, z, zc, g, blas, live, flive,
                read):  # type: ignore[no-untyped-def]
     """A dense sum layer's flows: the log kernels' products (`kernels._fold_flows`) on this
@@ -263,7 +263,7 @@ def _sum_flows(b, s, fl, op, sindex, sgroup, direct, weights, wflow, e, mx, fac,
                     zc, g, wide)
 
 
-@njit(inline="always", fastmath=FAST_REDUCE, error_model="numpy", cache=True)
+@njit(fastmath=FAST_REDUCE, error_model="numpy", cache=True)
 def _sparse_flows(b, s, fl, op, sindex, sgroup, direct, sptr, scol, weights, wflow, e, mx, fac, r, zc, live, flive,
                   read):  # type: ignore[no-untyped-def]
     """A sparse sum layer's flows: zc[c] gathers sum_m W[m, c] r_m edge by edge over the live
