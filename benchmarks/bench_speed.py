@@ -13,11 +13,11 @@ one batch of real images (median of several runs after a warm-up, as the peers d
 
 - forward ``log_prob`` and forward+``flows`` samples/s, and peak RSS (VmHWM since a reset);
 - the sum layers alone, in G edge-evals/s (torch: each ``SumRule.forward`` over a prepared
-  buffer; numba: the scaled forward kernel with the layer table cut to its sum layers, less the
-  same kernel with no layers), beside the machine's limits for the same (F, M, C) fold shapes
-  and batch measured in the torch process: a plain folded ``log(W @ exp(x - m)) + m`` with
-  ``torch.bmm`` (fresh outputs, and into reused ``out=`` buffers), and a plain ``torch.bmm`` of
-  the same size;
+  buffer; numba: the scaled forward kernel, whole, less the same kernel with the layer table
+  cut to its input and product layers), beside the machine's limits for the same (F, M, C)
+  fold shapes and batch measured in the torch process: a plain folded
+  ``log(W @ exp(x - m)) + m`` with ``torch.bmm`` (fresh outputs, and into reused ``out=``
+  buffers), and a plain ``torch.bmm`` of the same size;
 - time per layer kind (evidence, input, product, sum) of the forward and of flows;
 - the mean log-likelihood (bits/dim) and its agreement with the float64 model.
 
@@ -382,7 +382,7 @@ def run_numba(structure: str, units: int, batch: int, threads: int, repeats: int
 
     os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="pcdsl-bench-numba-")
     import numba
-    from pcdsl.backends.numba import kernels
+    from pcdsl.backends.numba import kernels, runtime
 
     import pcdsl
     from pcdsl.ir.graph import NodeKind
@@ -410,21 +410,24 @@ def run_numba(structure: str, units: int, batch: int, threads: int, repeats: int
 
     # Where the forward's time goes, timed on the kernel itself (no evidence, no Python): the
     # scaled forward on this batch with the layer table cut to no layers (the input layers only),
-    # to the sum layers only, and whole. The buffers keep the values of the last whole pass, so
-    # each sum reads what it reads in a real pass; the cut tables keep the whole table's scale
-    # groups (sum layers carry their own fold ids; only product layers index groups by layer).
+    # to its product layers, and whole; the sums' share is the whole less the inputs and products
+    # (what they add to a real pass, whose products leave the sums' inputs in cache). A cut table
+    # has scale groups of its own (product layers index them by layer); the tiles sent back to
+    # the log kernels are counted (none expected: each cut reads the values of the last whole pass).
     circuit = model.circuit
-    ops = circuit.ops
-    sums = np.ascontiguousarray(ops[ops[:, kernels.KIND] != kernels.PRODUCT])
+    ops, groups = circuit.ops, circuit.groups
     index, real, _, _ = circuit._evidence(xb)
     parts, lost = {}, 0
-    for name, subset in (("input", ops[:0]), ("input+sum", sums), ("all", ops)):
+    for name, subset in (("input", ops[:0]), ("input+product", ops[ops[:, kernels.KIND] == kernels.PRODUCT]),
+                         ("all", ops)):
         circuit.ops = np.ascontiguousarray(subset)
+        circuit.groups = groups if name == "all" else runtime._scale_groups(
+            circuit.cat, circuit.gauss, circuit.ops, circuit.pindex, circuit.sindex, circuit.num_slots)
         lost += int(circuit._forward_scaled(index, real)[2].sum())
-        parts[name] = bench_small(lambda: circuit._forward_scaled(index, real), repeats=5)
-    circuit.ops = ops
-    t_sums = parts["input+sum"] - parts["input"]
-    profile = {"input": parts["input"], "sum": t_sums, "product": parts["all"] - parts["input+sum"],
+        parts[name] = bench_small(lambda: circuit._forward_scaled(index, real), repeats=7)
+    circuit.ops, circuit.groups = ops, groups
+    t_sums = parts["all"] - parts["input+product"]
+    profile = {"input": parts["input"], "product": parts["input+product"] - parts["input"], "sum": t_sums,
                "total": parts["all"]}
 
     def rate(t):
