@@ -124,7 +124,7 @@ def _wide_quad_tree() -> tuple[CircuitGraph, Parameters]:
 def test_numba_dense_sums_by_gemm_or_by_loops_equal_the_reference(blas: int) -> None:
     """Dense folds go through BLAS's gemm (blas=0: every fold; 64: the wider ones) or the kernels'
     own loops (blas=-1): log-likelihoods and flows equal the reference evaluator's to 1e-9 in
-    float64, over batches that take several tile sizes (1 sample up to whole tiles of 128)."""
+    float64, over batches that take several tile sizes (1 sample up to whole tiles of 256)."""
     pytest.importorskip("numba")
     from pcdsl.backends.numba import kernels
     if blas >= 0 and not kernels.BLAS:
