@@ -130,10 +130,12 @@ def flows(method: _Method) -> _Method:
 def _scaled(result: Flows, factor: float, like: Any) -> Flows:
     """Flows with every statistic times `factor`, typed like `like`."""
     tensor = is_tensor(like)
+    if factor == 1.0 and not tensor and all(type(v) is np.ndarray for v in result.weights.values()) and all(
+            type(v) is np.ndarray for stats in result.inputs.values() for v in stats.values()) and all(
+            type(v) is np.ndarray for v in result.node.values()):
+        return result  # already what the caller gets
 
     def one(value: Any) -> Any:
-        if factor == 1.0 and not tensor and type(value) is np.ndarray:
-            return value  # already what the caller gets (the common case: no per-array work)
         return _typed(value * factor if factor != 1.0 else value, like)
 
     weights = {group: one(f) for group, f in result.weights.items()}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -46,10 +47,14 @@ class InputLayer:
 
     def table_nodes(self) -> list[int]:
         """For each table, the index of the first node that reads it (its family and variable)."""
+        return list(self._table_nodes)
+
+    @cached_property
+    def _table_nodes(self) -> tuple[int, ...]:  # asked for on every flows call: worked out once
         first: dict[str, int] = {}
         for i, group in enumerate(self.groups):
             first.setdefault(group, i)
-        return [first[g] for g in self.tables]
+        return tuple(first[g] for g in self.tables)
 
     def table_cardinalities(self, cardinalities: tuple[int | None, ...]) -> list[int | None]:
         """The cardinality of each table's variable (None for a real one)."""
