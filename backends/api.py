@@ -10,6 +10,7 @@ integers (int64; -1 where the evidence has probability zero and no completion ex
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -130,9 +131,9 @@ def flows(method: _Method) -> _Method:
 def _scaled(result: Flows, factor: float, like: Any) -> Flows:
     """Flows with every statistic times `factor`, typed like `like`."""
     tensor = is_tensor(like)
-    if factor == 1.0 and not tensor and all(type(v) is np.ndarray for v in result.weights.values()) and all(
-            type(v) is np.ndarray for stats in result.inputs.values() for v in stats.values()) and all(
-            type(v) is np.ndarray for v in result.node.values()):
+    arrays = itertools.chain(result.weights.values(), result.node.values(),
+                             (v for stats in result.inputs.values() for v in stats.values()))
+    if factor == 1.0 and not tensor and all(type(v) is np.ndarray for v in arrays):
         return result  # already what the caller gets
 
     def one(value: Any) -> Any:

@@ -213,19 +213,19 @@ class Circuit:
             buf = self._buffers[name] = make((tiles, rows, tile), dtype=dtype)
         return buf[:tiles]
 
-    def _stats(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    def _stats(self, name: str, shape: tuple[int, ...], unwritten: np.ndarray | None = None) -> np.ndarray:
         """A float64 array for the kernels' statistics, kept between calls: fresh arrays of this
         size fault a page per 4 KiB inside the kernels' threads. ``flows`` hands these arrays out
         (no copy); one comes back into use only once nothing outside holds it (nor a view of it:
         a view holds its base), else a fresh one (zeros) takes its place. The kernels zero what
-        they add to; entries they never write (lp's padding, dead units' rows) are zeroed here, as
-        a caller may have written to an array before letting it go."""
+        they add to; the entries they never write (`unwritten`) are zeroed here on reuse, as a
+        caller may have written to an array before letting it go."""
         array = self._buffers.get(name)
         # references: the dict, `array` and getrefcount's argument (CPython counts them exactly)
         if array is None or array.shape != shape or sys.getrefcount(array) > 3:
             array = self._buffers[name] = np.zeros(shape)
-        elif name == "counts":
-            array[self._unwritten[self.skip]] = 0.0
+        elif unwritten is not None:
+            array[unwritten] = 0.0
         return array
 
     def _tile_for(self, n: int) -> int:
@@ -385,11 +385,10 @@ class Circuit:
         the unit's mean; a missing value counts in expectation: 0 and std^2); and
         ``log_likelihood``, the batch's summed log-likelihood."""
         data = _rows(x)
-        # weight flows and counts go into buffers kept between calls, zeroed by the kernels on the
-        # first piece (`clear`), then copied out: a fresh array of this size faults a page per 4 KiB,
-        # and faults taken by the kernels' threads at once cost several times more than one copy
+        # weight flows and counts go into arrays kept between calls (`_stats`), zeroed by the
+        # kernels on the first piece (`clear`); counts and the summed weight flows are handed out
         wflow = self._stats("wflow", (numba.get_num_threads(), len(self.weights)))
-        counts = self._stats("counts", (len(self.lp),))
+        counts = self._stats("counts", (len(self.lp),), self._unwritten[self.skip])
         missing = np.zeros(len(self.crows) - 1)
         g = np.zeros((len(self.gauss), 4))
         log_likelihood = 0.0

@@ -69,8 +69,10 @@ def _add(totals: dict[str, Any], key: str, value: Any) -> None:
     have = totals.get(key)
     if isinstance(have, np.ndarray) and have.dtype == np.float64 and have.base is None and have.flags.writeable:
         np.add(have, _np(value), out=have)
+    elif have is None:
+        totals[key] = _np(value).astype(np.float64)  # a copy of its own, never a view of `value`
     else:
-        totals[key] = (0 if have is None else have) + _np(value).astype(np.float64)
+        totals[key] = have + _np(value).astype(np.float64)
 
 
 def em_update(params: Parameters, flows: Flows, step: float = 1.0, pseudocount: float = 0.1,
